@@ -1,0 +1,1 @@
+"""The `peerstack` command line."""

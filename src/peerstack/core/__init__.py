@@ -1,0 +1,1 @@
+"""Core data types: identity, PeerId, multiaddr, varint, multihash, CID, protobuf messages."""

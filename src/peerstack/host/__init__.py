@@ -1,0 +1,1 @@
+"""The host: protocol handlers, streams to peers, peerstore, connection manager, limits."""

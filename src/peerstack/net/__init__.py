@@ -1,0 +1,1 @@
+"""The asyncio shell that drives the wire state machines over TCP."""

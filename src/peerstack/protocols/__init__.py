@@ -1,0 +1,1 @@
+"""Small libp2p protocols: identify, ping, perf, echo."""
