@@ -202,7 +202,8 @@ class Multiaddr:
             return None
         if comps[0].name not in ("ip4", "ip6", "dns", "dns4", "dns6"):
             return None
-        assert comps[0].value is not None and comps[1].value is not None
+        assert comps[0].value is not None
+        assert comps[1].value is not None
         return comps[0].value, int(comps[1].value)
 
     def __str__(self) -> str:

@@ -9,6 +9,7 @@ virtual clock. Services must not import anything below this module.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from peerstack.core import varint
@@ -26,6 +27,11 @@ class Stream(Protocol):
 
     @property
     def remote_peer(self) -> PeerId: ...
+
+    @property
+    def remote_addr(self) -> Multiaddr | None:
+        """The remote address of the connection under this stream (for identify's observed addr)."""
+        ...
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (``-1``: whatever is buffered, at least one byte).
@@ -55,6 +61,26 @@ class Stream(Protocol):
 StreamHandler = Callable[[Stream], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    """A first connection to ``peer`` is up (secured and multiplexed)."""
+
+    peer: PeerId
+    remote_addr: Multiaddr | None
+    outbound: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    """The last connection to ``peer`` closed."""
+
+    peer: PeerId
+
+
+HostEvent = PeerConnected | PeerDisconnected
+HostListener = Callable[[HostEvent], None]
+
+
 class Host(Protocol):
     """What a service needs from the node under it."""
 
@@ -82,6 +108,10 @@ class Host(Protocol):
         ...
 
     def add_peer_addrs(self, peer: PeerId, addrs: Sequence[Multiaddr], ttl: float) -> None: ...
+
+    def add_listener(self, listener: HostListener) -> Callable[[], None]:
+        """Call ``listener`` on every ``HostEvent``; returns a function that unsubscribes."""
+        ...
 
 
 # Helpers every request/response protocol needs: uvarint-length-prefixed messages.
