@@ -1,0 +1,56 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peerstack.core.identity import PrivateKey
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import DecodeError
+
+# From libp2p/specs peer-ids: the same Ed25519 peer in base58 and CIDv1 forms.
+B58 = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+CID = "bafzaajaiaejcalj543iwv2d7pkjt7ykvefrkfu7ecn6gpe7ydgc5fbqlc3hqqvz3"
+
+
+def test_generated_ids_roundtrip() -> None:
+    pid = PeerId.from_public_key(PrivateKey.generate().public_key)
+    assert str(pid).startswith("12D3KooW")
+    assert PeerId.from_string(str(pid)) == pid
+    assert PeerId.from_string(pid.to_cid_string()) == pid
+    assert PeerId(pid.to_bytes()) == pid
+    assert len({pid, PeerId(pid.to_bytes())}) == 1
+
+
+def test_cid_form_of_known_peer() -> None:
+    pid = PeerId.from_string(B58)
+    assert pid.to_cid_string().startswith("bafz")
+    assert PeerId.from_string(pid.to_cid_string()) == pid
+    key = pid.extract_public_key()
+    assert key is not None
+    assert pid.matches(key)
+
+
+def test_spec_cid_string_parses() -> None:
+    assert PeerId.from_string(CID).to_cid_string() == CID
+
+
+@pytest.mark.parametrize("bad", ["", "12D3KooW0OIl", "bafy" + "a" * 20, "Qm", "zzz"])
+def test_bad_strings(bad: str) -> None:
+    with pytest.raises(DecodeError):
+        PeerId.from_string(bad)
+
+
+@given(st.text(max_size=80))
+def test_arbitrary_text(text: str) -> None:
+    try:
+        PeerId.from_string(text)
+    except DecodeError:
+        pass
+
+
+@given(st.binary(max_size=80))
+def test_arbitrary_bytes(data: bytes) -> None:
+    try:
+        pid = PeerId(data)
+    except DecodeError:
+        return
+    assert PeerId.from_string(str(pid)) == pid
