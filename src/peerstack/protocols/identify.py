@@ -1,0 +1,511 @@
+"""identify ``/ipfs/id/1.0.0`` and identify push ``/ipfs/id/push/1.0.0``.
+
+On every new connection each side opens an identify stream to the other; the responder writes
+one uvarint-length-prefixed ``Identify`` protobuf (see ``core/pb/identify.proto``) and closes.
+go-libp2p may split a large message (one carrying a signed peer record) into several
+length-prefixed messages on the same stream, so the reader merges up to ``MAX_MESSAGES`` of them
+until the end of the stream, as js-libp2p does.
+
+Push is the same message sent the other way, unasked, on its own stream when our protocols or
+listen addresses change. A push is a partial update: only the fields present replace what we
+knew.
+
+Everything a peer sends is bounded and validated before it reaches the peerstore: the message
+size, the number of addresses and protocols, the length of each protocol id, and the public key,
+which must belong to the PeerId the secure channel authenticated. A peer that breaks these rules
+gets a typed ``PeerError``; its stream is reset, the connection itself stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from peerstack import __version__
+from peerstack.core.identity import PublicKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.pb.identify_pb2 import Identify
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import (
+    DecodeError,
+    LimitExceeded,
+    NegotiationError,
+    PeerError,
+    PeerstackError,
+)
+from peerstack.host.interface import (
+    Host,
+    HostEvent,
+    PeerConnected,
+    PeerDisconnected,
+    Stream,
+    read_length_prefixed,
+    write_length_prefixed,
+)
+
+log = logging.getLogger(__name__)
+
+IDENTIFY = "/ipfs/id/1.0.0"
+IDENTIFY_PUSH = "/ipfs/id/push/1.0.0"
+PROTOCOL_VERSION = "ipfs/0.1.0"
+AGENT_VERSION = f"peerstack/{__version__}"
+
+# Limits on what a peer may send (go-libp2p and js-libp2p use 8 KiB and 10 messages too).
+MAX_MESSAGE_SIZE = 8 * 1024
+MAX_MESSAGES = 10
+MAX_ADDRS = 128
+MAX_PROTOCOLS = 256
+MAX_PROTOCOL_LENGTH = 256
+MAX_VERSION_LENGTH = 256
+
+# How long one identify exchange may take before we give up on it.
+IDENTIFY_TIMEOUT = 15.0
+# Addresses learnt from identify stay in the peerstore this long (go uses an hour-ish TTL for
+# addresses of connected peers; they are refreshed on every identify).
+ADDR_TTL = 3600.0
+# How many identify results and observed addresses we keep.
+MAX_CACHED_INFOS = 4096
+MAX_OBSERVED_ADDRS = 32
+MAX_PUSH_CONCURRENCY = 32
+
+
+class IdentifyKeyMismatch(PeerError):
+    """The public key in an identify message does not belong to the peer that sent it."""
+
+
+class IdentifyPeerstore(Protocol):
+    """The part of the host's peerstore identify writes to."""
+
+    def add_addrs(self, peer: PeerId, addrs: Sequence[Multiaddr], ttl: float) -> None: ...
+
+    def set_protocols(self, peer: PeerId, protocols: Sequence[str]) -> None: ...
+
+    def set_public_key(self, peer: PeerId, key: PublicKey) -> None: ...
+
+    def set_metadata(self, peer: PeerId, key: str, value: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyInfo:
+    """What a peer told us about itself. ``None``/empty means the field was absent."""
+
+    peer: PeerId
+    public_key: PublicKey | None
+    listen_addrs: tuple[Multiaddr, ...]
+    protocols: tuple[str, ...]
+    observed_addr: Multiaddr | None
+    protocol_version: str | None
+    agent_version: str | None
+    # Which of the repeated fields were present (a push carries only what changed).
+    has_listen_addrs: bool = True
+    has_protocols: bool = True
+
+
+def encode_identify(
+    *,
+    public_key: PublicKey | None,
+    listen_addrs: Sequence[Multiaddr],
+    protocols: Sequence[str],
+    observed_addr: Multiaddr | None,
+    protocol_version: str = PROTOCOL_VERSION,
+    agent_version: str = AGENT_VERSION,
+) -> bytes:
+    """Serialize an ``Identify`` message (without the length prefix)."""
+    msg = Identify()
+    msg.protocolVersion = protocol_version
+    msg.agentVersion = agent_version
+    if public_key is not None:
+        msg.publicKey = public_key.to_protobuf()
+    msg.listenAddrs.extend(_strip_p2p(a).to_bytes() for a in listen_addrs)
+    msg.protocols.extend(protocols)
+    if observed_addr is not None:
+        msg.observedAddr = _strip_p2p(observed_addr).to_bytes()
+    return msg.SerializeToString()
+
+
+def decode_identify(messages: Sequence[bytes], peer: PeerId) -> IdentifyInfo:
+    """Merge and validate the identify messages ``peer`` sent.
+
+    Raises ``DecodeError`` for bytes that do not parse, ``LimitExceeded`` for a message over the
+    limits, and ``IdentifyKeyMismatch`` when the key is not ``peer``'s. Addresses that do not
+    parse are skipped (a peer may advertise transports we do not know).
+    """
+    if len(messages) > MAX_MESSAGES:
+        raise LimitExceeded(f"more than {MAX_MESSAGES} identify messages")
+    msg = Identify()
+    for raw in messages:
+        if len(raw) > MAX_MESSAGE_SIZE:
+            raise LimitExceeded(f"identify message of {len(raw)} bytes")
+        try:
+            msg.MergeFromString(raw)
+        except (ProtobufDecodeError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"malformed identify message: {exc}") from None
+
+    if len(msg.listenAddrs) > MAX_ADDRS:
+        raise LimitExceeded(f"{len(msg.listenAddrs)} listen addrs (limit {MAX_ADDRS})")
+    if len(msg.protocols) > MAX_PROTOCOLS:
+        raise LimitExceeded(f"{len(msg.protocols)} protocols (limit {MAX_PROTOCOLS})")
+    for proto in msg.protocols:
+        if len(proto.encode()) > MAX_PROTOCOL_LENGTH:
+            raise LimitExceeded(f"protocol id of {len(proto.encode())} bytes")
+    for name in ("protocolVersion", "agentVersion"):
+        if len(getattr(msg, name).encode()) > MAX_VERSION_LENGTH:
+            raise LimitExceeded(f"{name} too long")
+
+    public_key: PublicKey | None = None
+    if msg.HasField("publicKey"):
+        public_key = PublicKey.from_protobuf(msg.publicKey)
+        if not peer.matches(public_key):
+            raise IdentifyKeyMismatch(f"identify public key does not belong to {peer}")
+
+    addrs: list[Multiaddr] = []
+    for raw_addr in msg.listenAddrs:
+        try:
+            addr = Multiaddr.from_bytes(raw_addr)
+        except DecodeError:
+            continue
+        if addr not in addrs:
+            addrs.append(addr)
+
+    observed: Multiaddr | None = None
+    if msg.HasField("observedAddr"):
+        with contextlib.suppress(DecodeError):
+            observed = Multiaddr.from_bytes(msg.observedAddr)
+
+    return IdentifyInfo(
+        peer=peer,
+        public_key=public_key,
+        listen_addrs=tuple(addrs),
+        protocols=tuple(dict.fromkeys(msg.protocols)),
+        observed_addr=observed,
+        protocol_version=msg.protocolVersion if msg.HasField("protocolVersion") else None,
+        agent_version=msg.agentVersion if msg.HasField("agentVersion") else None,
+        has_listen_addrs=len(msg.listenAddrs) > 0,
+        has_protocols=len(msg.protocols) > 0,
+    )
+
+
+async def read_identify(stream: Stream) -> IdentifyInfo:
+    """Read every identify message on ``stream`` up to its end and validate them."""
+    messages: list[bytes] = []
+    while True:
+        raw = await read_length_prefixed(stream, MAX_MESSAGE_SIZE)
+        if raw is None:
+            break
+        if len(messages) >= MAX_MESSAGES:
+            raise LimitExceeded(f"more than {MAX_MESSAGES} identify messages")
+        messages.append(raw)
+    if not messages:
+        raise DecodeError("identify stream closed without a message")
+    return decode_identify(messages, stream.remote_peer)
+
+
+def _strip_p2p(addr: Multiaddr) -> Multiaddr:
+    return addr.decapsulate_p2p()[0]
+
+
+class ObservedAddrs:
+    """Addresses other peers saw us at, with the set of peers that reported each.
+
+    Bounded: at most ``MAX_OBSERVED_ADDRS`` addresses; when full, the address with the fewest
+    observers gives way. One peer counts once per address, so a single peer cannot make an
+    address look popular.
+    """
+
+    def __init__(self, max_addrs: int = MAX_OBSERVED_ADDRS) -> None:
+        self._max = max_addrs
+        self._seen: dict[Multiaddr, set[PeerId]] = {}
+
+    def add(self, addr: Multiaddr, observer: PeerId) -> None:
+        peers = self._seen.get(addr)
+        if peers is None:
+            if len(self._seen) >= self._max:
+                weakest = min(self._seen, key=lambda a: len(self._seen[a]))
+                del self._seen[weakest]
+            peers = self._seen[addr] = set()
+        if len(peers) < 1024:
+            peers.add(observer)
+
+    def addrs(self, min_observers: int = 1) -> list[Multiaddr]:
+        """Addresses reported by at least ``min_observers`` peers, most reported first."""
+        ranked = sorted(self._seen.items(), key=lambda kv: -len(kv[1]))
+        return [a for a, peers in ranked if len(peers) >= min_observers]
+
+
+class IdentifyService:
+    """Runs identify and identify push on a host and keeps the peerstore up to date.
+
+    ``protocols`` returns the protocol ids we currently serve (the host does not list its own
+    handlers through the service interface). Call ``notify_changed()`` after our protocols or
+    listen addresses change; a push follows after ``push_delay`` seconds, so a burst of changes
+    makes one push.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        peerstore: IdentifyPeerstore,
+        public_key: PublicKey,
+        protocols: Callable[[], Sequence[str]],
+        *,
+        agent_version: str = AGENT_VERSION,
+        push_delay: float = 0.2,
+        timeout: float = IDENTIFY_TIMEOUT,
+        on_peer_error: Callable[[PeerId, PeerError], None] | None = None,
+    ) -> None:
+        self._host = host
+        self._peerstore = peerstore
+        self._public_key = public_key
+        self._protocols = protocols
+        self._agent_version = agent_version
+        self._push_delay = push_delay
+        self._timeout = timeout
+        self._on_peer_error = on_peer_error
+        self._infos: OrderedDict[PeerId, IdentifyInfo] = OrderedDict()
+        self._errors: OrderedDict[PeerId, PeerError] = OrderedDict()
+        self._waiters: dict[PeerId, asyncio.Future[IdentifyInfo]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._push_task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._push_limit = asyncio.Semaphore(MAX_PUSH_CONCURRENCY)
+        self.observed = ObservedAddrs()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register the handlers and identify every peer that connects from now on."""
+        self._host.set_stream_handler(IDENTIFY, self._handle_identify)
+        self._host.set_stream_handler(IDENTIFY_PUSH, self._handle_push)
+        self._unsubscribe = self._host.add_listener(self._on_event)
+        for peer in self._host.connected_peers():
+            self._spawn(self._identify_quietly(peer))
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        tasks = list(self._tasks)
+        if self._push_task is not None:
+            tasks.append(self._push_task)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for fut in self._waiters.values():
+            fut.cancel()
+        self._waiters.clear()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_event(self, event: HostEvent) -> None:
+        if isinstance(event, PeerConnected):
+            self._spawn(self._identify_quietly(event.peer))
+        elif isinstance(event, PeerDisconnected):
+            fut = self._waiters.pop(event.peer, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(PeerstackError(f"{event.peer} disconnected before identify"))
+                fut.exception()  # mark retrieved: nobody may be waiting
+
+    # -- what we learnt -----------------------------------------------------------------------
+
+    def info(self, peer: PeerId) -> IdentifyInfo | None:
+        """The last identify result for ``peer``, pushes applied."""
+        return self._infos.get(peer)
+
+    def last_error(self, peer: PeerId) -> PeerError | None:
+        """The last identify failure ``peer`` caused, if any."""
+        return self._errors.get(peer)
+
+    async def wait_identified(self, peer: PeerId) -> IdentifyInfo:
+        """Wait until the identify exchange triggered by the connection to ``peer`` finished.
+
+        Gives up after the service's identify timeout; raises the error identify ended with.
+        """
+        known = self._infos.get(peer)
+        if known is not None:
+            return known
+        fut = self._waiters.get(peer)
+        if fut is None:
+            fut = self._waiters[peer] = asyncio.get_running_loop().create_future()
+        async with asyncio.timeout(self._timeout):
+            return await asyncio.shield(fut)
+
+    # -- outbound identify --------------------------------------------------------------------
+
+    async def identify(self, peer: PeerId) -> IdentifyInfo:
+        """Ask ``peer`` to identify itself, validate the answer and store it.
+
+        Raises a ``PeerError`` subclass when the peer's answer breaks the rules; the connection
+        stays open, only the stream is reset.
+        """
+        stream = await self._host.new_stream(peer, [IDENTIFY])
+        try:
+            async with asyncio.timeout(self._timeout):
+                info = await read_identify(stream)
+        except PeerError as exc:
+            stream.reset()
+            self._record_error(peer, exc)
+            raise
+        except BaseException:
+            stream.reset()
+            raise
+        with contextlib.suppress(PeerstackError):
+            await stream.close()
+        self._apply(info, push=False)
+        return info
+
+    async def _identify_quietly(self, peer: PeerId) -> None:
+        try:
+            await self.identify(peer)
+        except NegotiationError:
+            log.debug("%s does not speak identify", peer)
+            self._fail_waiter(peer, None)
+        except PeerError as exc:
+            log.info("identify with %s failed: %s", peer, exc)
+            self._fail_waiter(peer, exc)
+        except (PeerstackError, OSError, TimeoutError) as exc:
+            log.debug("identify with %s did not complete: %s", peer, exc)
+            self._fail_waiter(peer, exc)
+
+    def _fail_waiter(self, peer: PeerId, exc: BaseException | None) -> None:
+        fut = self._waiters.pop(peer, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc or PeerstackError(f"{peer} does not support identify"))
+            fut.exception()
+
+    def _record_error(self, peer: PeerId, exc: PeerError) -> None:
+        self._errors[peer] = exc
+        self._errors.move_to_end(peer)
+        while len(self._errors) > MAX_CACHED_INFOS:
+            self._errors.popitem(last=False)
+        if self._on_peer_error is not None:
+            self._on_peer_error(peer, exc)
+
+    def _apply(self, info: IdentifyInfo, *, push: bool) -> None:
+        """Merge ``info`` into what we know about its peer and into the peerstore."""
+        peer = info.peer
+        old = self._infos.get(peer)
+        if push and old is not None:
+            info = replace(
+                old,
+                public_key=info.public_key or old.public_key,
+                listen_addrs=info.listen_addrs if info.has_listen_addrs else old.listen_addrs,
+                protocols=info.protocols if info.has_protocols else old.protocols,
+                observed_addr=info.observed_addr or old.observed_addr,
+                protocol_version=info.protocol_version or old.protocol_version,
+                agent_version=info.agent_version or old.agent_version,
+            )
+        self._infos[peer] = info
+        self._infos.move_to_end(peer)
+        while len(self._infos) > MAX_CACHED_INFOS:
+            self._infos.popitem(last=False)
+
+        try:
+            self._store(info, push=push)
+        except PeerError as exc:
+            # The peerstore has tighter limits than the wire (e.g. addresses per peer): what
+            # did not fit is refused there, the rest of the message still counts.
+            log.info("peerstore refused identify data from %s: %s", peer, exc)
+            self._record_error(peer, exc)
+        if info.observed_addr is not None and not push:
+            self.observed.add(info.observed_addr, peer)
+
+        fut = self._waiters.pop(peer, None)
+        if fut is not None and not fut.done():
+            fut.set_result(info)
+
+    def _store(self, info: IdentifyInfo, *, push: bool) -> None:
+        ps = self._peerstore
+        peer = info.peer
+        if info.public_key is not None:
+            ps.set_public_key(peer, info.public_key)
+        if info.agent_version is not None:
+            ps.set_metadata(peer, "agent_version", info.agent_version)
+        if info.protocol_version is not None:
+            ps.set_metadata(peer, "protocol_version", info.protocol_version)
+        if info.has_protocols or not push:
+            ps.set_protocols(peer, info.protocols)
+        if info.has_listen_addrs or not push:
+            ps.add_addrs(peer, info.listen_addrs, ADDR_TTL)
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    def _our_message(self, observed: Multiaddr | None) -> bytes:
+        return encode_identify(
+            public_key=self._public_key,
+            listen_addrs=self._host.listen_addrs(),
+            protocols=list(self._protocols()),
+            observed_addr=observed,
+            agent_version=self._agent_version,
+        )
+
+    async def _handle_identify(self, stream: Stream) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await write_length_prefixed(stream, self._our_message(stream.remote_addr))
+                await stream.close()
+        except (PeerstackError, OSError, TimeoutError) as exc:
+            log.debug("answering identify from %s failed: %s", stream.remote_peer, exc)
+            stream.reset()
+
+    async def _handle_push(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        try:
+            async with asyncio.timeout(self._timeout):
+                info = await read_identify(stream)
+        except PeerError as exc:
+            log.info("bad identify push from %s: %s", peer, exc)
+            stream.reset()
+            self._record_error(peer, exc)
+            return
+        except (PeerstackError, OSError, TimeoutError) as exc:
+            log.debug("identify push from %s did not complete: %s", peer, exc)
+            stream.reset()
+            return
+        with contextlib.suppress(PeerstackError):
+            await stream.close()
+        self._apply(info, push=True)
+
+    # -- push ---------------------------------------------------------------------------------
+
+    def notify_changed(self) -> None:
+        """Our protocols or listen addresses changed: push to connected peers soon."""
+        if self._push_task is not None and not self._push_task.done():
+            return  # a push is already scheduled and will carry the latest state
+        self._push_task = asyncio.get_running_loop().create_task(self._delayed_push())
+
+    async def _delayed_push(self) -> None:
+        await asyncio.sleep(self._push_delay)
+        await self.push()
+
+    async def push(self, peers: Sequence[PeerId] | None = None) -> None:
+        """Push our current identify message to ``peers`` (default: every connected peer)."""
+        targets = list(peers) if peers is not None else self._host.connected_peers()
+        await asyncio.gather(*(self._push_one(p) for p in targets))
+
+    async def _push_one(self, peer: PeerId) -> None:
+        async with self._push_limit:
+            try:
+                stream = await self._host.new_stream(peer, [IDENTIFY_PUSH])
+            except (PeerstackError, OSError) as exc:
+                log.debug("cannot push identify to %s: %s", peer, exc)
+                return
+            try:
+                async with asyncio.timeout(self._timeout):
+                    # A push carries no observed address: we are not answering a dial.
+                    await write_length_prefixed(stream, self._our_message(None))
+                    await stream.close()
+            except (PeerstackError, OSError, TimeoutError) as exc:
+                log.debug("identify push to %s failed: %s", peer, exc)
+                stream.reset()

@@ -1,0 +1,131 @@
+"""perf ``/perf/1.0.0``: the throughput yardstick shared by libp2p implementations.
+
+The client sends a big-endian u64 N (how many bytes it wants back), uploads its bytes and closes
+its write side; the server reads everything up to the end, then sends N bytes and closes.
+
+Both sides move data in 1 MiB writes from one preallocated zero buffer, so the cost per byte is
+the transport's, not ours. The server never holds more than one read's worth of data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import LimitExceeded, PeerError, PeerstackError, UsageError
+from peerstack.host.interface import Host, Stream
+
+log = logging.getLogger(__name__)
+
+PERF = "/perf/1.0.0"
+CHUNK = 1024 * 1024
+MAX_U64 = (1 << 64) - 1
+# The most a peer may ask our server to send on one stream (it costs us time and bandwidth, not
+# memory). 64 GiB is far beyond any test yet stops a peer from asking for 2**64 bytes.
+DEFAULT_MAX_SERVE = 64 * 1024**3
+# A peer silent for this long in the middle of a transfer has its stream reset.
+IDLE_TIMEOUT = 60.0
+
+_ZEROS = memoryview(bytes(CHUNK))
+
+
+class PerfShortRead(PeerError):
+    """The peer sent back a different number of bytes than we asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class PerfResult:
+    """One perf run. Upload time runs until the server's first answer byte (it only answers
+    after reading everything), download time from there to the end of the stream."""
+
+    upload_bytes: int
+    download_bytes: int
+    upload_seconds: float
+    download_seconds: float
+
+    @property
+    def upload_bps(self) -> float:
+        """Upload throughput in bytes per second."""
+        return self.upload_bytes / self.upload_seconds if self.upload_seconds > 0 else 0.0
+
+    @property
+    def download_bps(self) -> float:
+        """Download throughput in bytes per second."""
+        return self.download_bytes / self.download_seconds if self.download_seconds > 0 else 0.0
+
+
+async def _send_zeros(stream: Stream, n: int) -> None:
+    while n > 0:
+        step = min(n, CHUNK)
+        await stream.write(_ZEROS[:step])
+        n -= step
+
+
+async def handle_perf(
+    stream: Stream, max_serve: int = DEFAULT_MAX_SERVE, idle_timeout: float = IDLE_TIMEOUT
+) -> None:
+    """Serve one perf request on ``stream``."""
+    try:
+        async with asyncio.timeout(idle_timeout):
+            header = await stream.readexactly(8)
+        (wanted,) = struct.unpack(">Q", header)
+        if wanted > max_serve:
+            raise LimitExceeded(f"perf peer asked for {wanted} bytes (limit {max_serve})")
+        while True:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await stream.read(CHUNK)
+            if not chunk:
+                break
+        await _send_zeros(stream, wanted)
+        await stream.close()
+    except (PeerstackError, OSError, TimeoutError) as exc:
+        log.debug("perf stream from %s ended: %s", stream.remote_peer, exc)
+        stream.reset()
+
+
+async def perf_stream(stream: Stream, upload: int, download: int) -> PerfResult:
+    """Run one perf exchange on an open ``/perf/1.0.0`` stream."""
+    if not 0 <= upload <= MAX_U64 or not 0 <= download <= MAX_U64:
+        raise UsageError("perf sizes must fit in an unsigned 64-bit integer")
+    start = time.perf_counter()
+    await stream.write(struct.pack(">Q", download))
+    await _send_zeros(stream, upload)
+    await stream.close()
+    received = 0
+    first: float | None = None
+    while True:
+        chunk = await stream.read(CHUNK)
+        if not chunk:
+            break
+        if first is None:
+            first = time.perf_counter()
+        received += len(chunk)
+        if received > download:
+            raise PerfShortRead(f"peer sent more than the {download} bytes asked for")
+    end = time.perf_counter()
+    if received != download:
+        raise PerfShortRead(f"peer sent {received} bytes, {download} asked for")
+    if first is None:
+        first = end
+    return PerfResult(upload, received, first - start, end - first)
+
+
+async def perf(host: Host, peer: PeerId, upload: int, download: int) -> PerfResult:
+    """Upload ``upload`` bytes to ``peer`` and download ``download`` bytes from it."""
+    stream = await host.new_stream(peer, [PERF])
+    try:
+        return await perf_stream(stream, upload, download)
+    except BaseException:
+        stream.reset()
+        raise
+
+
+def register(host: Host) -> Sequence[str]:
+    """Serve perf on ``host``; return the protocol ids registered."""
+    host.set_stream_handler(PERF, handle_perf)
+    return (PERF,)

@@ -1,0 +1,126 @@
+"""ping ``/ipfs/ping/1.0.0``: 32 random bytes, echoed back, as often as the client likes.
+
+The client may send many pings on one stream, one at a time. The server echoes each 32-byte
+payload as soon as it is complete and holds at most 32 bytes per stream; a stream idle for
+``PING_IDLE_TIMEOUT`` seconds is reset so a silent peer cannot pin it forever.
+
+js kad-dht pings a peer before it adds it to its routing table, so this protocol must be served
+for DHT traffic from js peers to reach us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import PeerError, PeerstackError, StreamClosed, UsageError
+from peerstack.host.interface import Host, Stream
+
+log = logging.getLogger(__name__)
+
+PING = "/ipfs/ping/1.0.0"
+PING_SIZE = 32
+PING_IDLE_TIMEOUT = 60.0
+PING_TIMEOUT = 10.0
+MAX_PING_COUNT = 1_000_000
+
+
+class PingMismatch(PeerError):
+    """The peer answered a ping with bytes other than the ones we sent."""
+
+
+class LatencyRecorder(Protocol):
+    """The part of a peerstore ping writes RTTs to."""
+
+    def record_latency(self, peer: PeerId, rtt: float) -> None: ...
+
+
+async def _read_ping(stream: Stream) -> bytes:
+    """Read one 32-byte payload; ``b""`` on a clean end of stream between pings."""
+    buf = b""
+    while len(buf) < PING_SIZE:
+        chunk = await stream.read(PING_SIZE - len(buf))
+        if not chunk:
+            if buf:
+                raise StreamClosed("stream ended inside a ping payload")
+            return b""
+        buf += chunk
+    return buf
+
+
+async def handle_ping(stream: Stream, idle_timeout: float = PING_IDLE_TIMEOUT) -> None:
+    """Serve pings on ``stream`` until the client closes it."""
+    try:
+        while True:
+            async with asyncio.timeout(idle_timeout):
+                payload = await _read_ping(stream)
+            if not payload:
+                break
+            await stream.write(payload)
+    except (PeerstackError, OSError, TimeoutError) as exc:
+        log.debug("ping stream from %s ended: %s", stream.remote_peer, exc)
+        stream.reset()
+        return
+    with contextlib.suppress(PeerstackError):
+        await stream.close()
+
+
+async def ping_stream(
+    stream: Stream, count: int, rtt_timeout: float = PING_TIMEOUT
+) -> list[float]:
+    """Send ``count`` pings on ``stream``; return each round-trip time in seconds.
+
+    Raises ``PingMismatch`` on a wrong echo, ``StreamClosed`` if the peer stops answering, and
+    ``TimeoutError`` when one round trip takes longer than ``rtt_timeout``.
+    """
+    if not 1 <= count <= MAX_PING_COUNT:
+        raise UsageError(f"ping count must be between 1 and {MAX_PING_COUNT}")
+    rtts: list[float] = []
+    for _ in range(count):
+        payload = os.urandom(PING_SIZE)
+        start = time.perf_counter()
+        async with asyncio.timeout(rtt_timeout):
+            await stream.write(payload)
+            answer = await _read_ping(stream)
+        rtt = time.perf_counter() - start
+        if not answer:
+            raise StreamClosed("peer closed the ping stream")
+        if answer != payload:
+            raise PingMismatch("ping answer does not match the payload")
+        rtts.append(rtt)
+    return rtts
+
+
+async def ping(
+    host: Host,
+    peer: PeerId,
+    count: int = 1,
+    *,
+    peerstore: LatencyRecorder | None = None,
+    rtt_timeout: float = PING_TIMEOUT,
+) -> list[float]:
+    """Ping ``peer`` ``count`` times over one stream; RTTs in seconds, also recorded."""
+    stream = await host.new_stream(peer, [PING])
+    try:
+        rtts = await ping_stream(stream, count, rtt_timeout)
+    except BaseException:
+        stream.reset()
+        raise
+    with contextlib.suppress(PeerstackError):
+        await stream.close()
+    if peerstore is not None:
+        for rtt in rtts:
+            peerstore.record_latency(peer, rtt)
+    return rtts
+
+
+def register(host: Host) -> Sequence[str]:
+    """Serve ping on ``host``; return the protocol ids registered."""
+    host.set_stream_handler(PING, handle_ping)
+    return (PING,)

@@ -1,0 +1,199 @@
+"""The identify message: encoding, validation, limits, and fuzzing of the decoder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerstack.core import varint
+from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.pb.identify_pb2 import Identify
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import DecodeError, LimitExceeded, PeerError
+from peerstack.host.interface import Stream
+from peerstack.protocols.identify import (
+    AGENT_VERSION,
+    MAX_ADDRS,
+    MAX_MESSAGE_SIZE,
+    MAX_PROTOCOLS,
+    PROTOCOL_VERSION,
+    IdentifyKeyMismatch,
+    ObservedAddrs,
+    decode_identify,
+    encode_identify,
+    read_identify,
+)
+
+Pair = Callable[..., tuple[Stream, Stream]]
+
+KEY = PrivateKey.generate()
+PEER = PeerId.from_public_key(KEY.public_key)
+OTHER = PeerId.from_public_key(PrivateKey.generate().public_key)
+
+
+def test_round_trip_all_fields() -> None:
+    addrs = [Multiaddr("/ip4/127.0.0.1/tcp/4001"), Multiaddr("/ip6/::1/tcp/4002")]
+    raw = encode_identify(
+        public_key=KEY.public_key,
+        listen_addrs=[*addrs, Multiaddr(f"/ip4/10.0.0.1/tcp/1/p2p/{PEER}")],
+        protocols=["/ipfs/ping/1.0.0", "/ipfs/id/1.0.0"],
+        observed_addr=Multiaddr("/ip4/1.2.3.4/tcp/5"),
+    )
+    info = decode_identify([raw], PEER)
+    assert info.public_key == KEY.public_key
+    assert info.listen_addrs == (*addrs, Multiaddr("/ip4/10.0.0.1/tcp/1"))  # /p2p stripped
+    assert info.protocols == ("/ipfs/ping/1.0.0", "/ipfs/id/1.0.0")
+    assert info.observed_addr == Multiaddr("/ip4/1.2.3.4/tcp/5")
+    assert info.protocol_version == PROTOCOL_VERSION == "ipfs/0.1.0"
+    assert info.agent_version == AGENT_VERSION
+    assert AGENT_VERSION.startswith("peerstack/")
+
+
+def test_wire_field_numbers_match_the_spec() -> None:
+    raw = encode_identify(
+        public_key=KEY.public_key,
+        listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/1")],
+        protocols=["/p"],
+        observed_addr=Multiaddr("/ip4/127.0.0.1/tcp/2"),
+    )
+    tags = set()
+    i = 0
+    while i < len(raw):
+        tag, i = varint.decode(raw, i)
+        n, i = varint.decode(raw, i)
+        i += n
+        tags.add(tag)
+    # field << 3 | 2 (length-delimited) for fields 1..6
+    assert tags == {(f << 3) | 2 for f in (1, 2, 3, 4, 5, 6)}
+
+
+def test_key_of_another_peer_is_refused() -> None:
+    raw = encode_identify(
+        public_key=KEY.public_key, listen_addrs=[], protocols=[], observed_addr=None
+    )
+    with pytest.raises(IdentifyKeyMismatch):
+        decode_identify([raw], OTHER)
+
+
+def test_bad_key_bytes_are_a_decode_error() -> None:
+    msg = Identify()
+    msg.publicKey = b"\x08\x01\x12\x03abc"  # Ed25519 with 3 bytes of key
+    with pytest.raises(DecodeError):
+        decode_identify([msg.SerializeToString()], PEER)
+
+
+def test_unparseable_addrs_are_skipped() -> None:
+    msg = Identify()
+    msg.listenAddrs.extend([b"\xff\xff\xff", Multiaddr("/ip4/127.0.0.1/tcp/9").to_bytes()])
+    msg.observedAddr = b"\x04\x01"
+    info = decode_identify([msg.SerializeToString()], PEER)
+    assert info.listen_addrs == (Multiaddr("/ip4/127.0.0.1/tcp/9"),)
+    assert info.observed_addr is None
+
+
+def test_limits() -> None:
+    msg = Identify()
+    msg.listenAddrs.extend([Multiaddr("/ip4/1.1.1.1/tcp/1").to_bytes()] * (MAX_ADDRS + 1))
+    with pytest.raises(LimitExceeded):
+        decode_identify([msg.SerializeToString()], PEER)
+    msg = Identify()
+    msg.protocols.extend(f"/p/{i}" for i in range(MAX_PROTOCOLS + 1))
+    with pytest.raises(LimitExceeded):
+        decode_identify([msg.SerializeToString()], PEER)
+    msg = Identify()
+    msg.protocols.append("/" + "x" * 300)
+    with pytest.raises(LimitExceeded):
+        decode_identify([msg.SerializeToString()], PEER)
+    with pytest.raises(LimitExceeded):
+        decode_identify([b"\x00" * (MAX_MESSAGE_SIZE + 1)], PEER)
+
+
+def test_split_messages_merge() -> None:
+    first = Identify()
+    first.protocols.append("/a")
+    second = Identify()
+    second.protocols.append("/b")
+    second.agentVersion = "go-libp2p/0.40"
+    info = decode_identify([first.SerializeToString(), second.SerializeToString()], PEER)
+    assert info.protocols == ("/a", "/b")
+    assert info.agent_version == "go-libp2p/0.40"
+    assert info.public_key is None
+
+
+def test_partial_message_marks_absent_fields() -> None:
+    msg = Identify()
+    msg.protocols.append("/new")
+    info = decode_identify([msg.SerializeToString()], PEER)
+    assert info.has_protocols
+    assert not info.has_listen_addrs
+    assert info.agent_version is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=600), max_size=3))
+def test_fuzz_decoder_gives_info_or_typed_error(messages: list[bytes]) -> None:
+    try:
+        info = decode_identify(messages, PEER)
+    except PeerError:
+        return
+    assert info.peer == PEER
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(min_size=1, max_size=40), max_size=20),
+    st.lists(st.sampled_from(["/ip4/127.0.0.1/tcp/1", "/ip6/::1/tcp/2", "/dns/a.b/tcp/3"])),
+)
+def test_property_round_trip(protocols: list[str], addrs: list[str]) -> None:
+    mas = [Multiaddr(a) for a in addrs]
+    raw = encode_identify(
+        public_key=KEY.public_key, listen_addrs=mas, protocols=protocols, observed_addr=None
+    )
+    info = decode_identify([raw], PEER)
+    assert info.protocols == tuple(dict.fromkeys(protocols))
+    assert info.listen_addrs == tuple(dict.fromkeys(mas))
+
+
+async def test_read_identify_from_stream(stream_pair: Pair) -> None:
+    client, server = stream_pair("/ipfs/id/1.0.0")
+    # The client end's remote peer is the server's identity, created by the fixture.
+    raw = encode_identify(public_key=None, listen_addrs=[], protocols=["/x"], observed_addr=None)
+    await server.write(varint.encode(len(raw)) + raw)
+    await server.close()
+    info = await read_identify(client)
+    assert info.protocols == ("/x",)
+    assert info.peer == client.remote_peer
+
+
+async def test_read_identify_refuses_oversized_prefix(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+    await server.write(varint.encode(MAX_MESSAGE_SIZE + 1))
+    with pytest.raises(LimitExceeded):
+        await asyncio.wait_for(read_identify(client), 5)
+
+
+async def test_read_identify_needs_a_message(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+    await server.close()
+    with pytest.raises(DecodeError):
+        await read_identify(client)
+
+
+def test_observed_addrs_bounded_and_ranked() -> None:
+    obs = ObservedAddrs(max_addrs=3)
+    a = Multiaddr("/ip4/1.1.1.1/tcp/1")
+    peers = [PeerId.from_public_key(PrivateKey.generate().public_key) for _ in range(3)]
+    for p in peers:
+        obs.add(a, p)
+    obs.add(a, peers[0])  # the same observer counts once
+    for i in range(10):
+        obs.add(Multiaddr(f"/ip4/2.2.2.{i}/tcp/1"), peers[0])
+    ranked = obs.addrs()
+    assert len(ranked) == 3
+    assert ranked[0] == a
+    assert obs.addrs(min_observers=3) == [a]

@@ -1,0 +1,151 @@
+"""ping, perf and echo handlers and clients on an in-memory stream pair."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from peerstack.errors import LimitExceeded, StreamClosed, StreamReset, UsageError
+from peerstack.host.interface import Stream
+from peerstack.protocols.echo import echo_stream, handle_echo
+from peerstack.protocols.perf import PerfShortRead, handle_perf, perf_stream
+from peerstack.protocols.ping import PingMismatch, handle_ping, ping_stream
+
+Pair = Callable[..., tuple[Stream, Stream]]
+
+
+async def test_ping_round_trips(stream_pair: Pair) -> None:
+    client, server = stream_pair("/ipfs/ping/1.0.0")
+    serve = asyncio.create_task(handle_ping(server))
+    rtts = await ping_stream(client, 5)
+    assert len(rtts) == 5
+    assert all(r >= 0 for r in rtts)
+    await client.close()
+    await serve
+    assert await client.read() == b""  # server closed after our close
+
+
+async def test_ping_rejects_wrong_echo(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+
+    async def liar() -> None:
+        await server.readexactly(32)
+        await server.write(b"\x00" * 32)
+
+    task = asyncio.create_task(liar())
+    with pytest.raises(PingMismatch):
+        await ping_stream(client, 1)
+    await task
+
+
+async def test_ping_peer_closing_early(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+
+    async def quitter() -> None:
+        await server.readexactly(32)
+        await server.write(b"\x01" * 10)
+        await server.close()
+
+    task = asyncio.create_task(quitter())
+    with pytest.raises(StreamClosed):
+        await ping_stream(client, 1)
+    await task
+
+
+async def test_ping_count_must_be_positive(stream_pair: Pair) -> None:
+    client, _ = stream_pair()
+    with pytest.raises(UsageError):
+        await ping_stream(client, 0)
+
+
+async def test_ping_server_resets_idle_stream(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+    await handle_ping(server, idle_timeout=0.05)
+    with pytest.raises(StreamReset):
+        await client.read()
+
+
+@pytest.mark.parametrize(
+    ("upload", "download"), [(0, 0), (1, 0), (0, 1), (3 * 1024 * 1024 + 7, 2 * 1024 * 1024 + 3)]
+)
+async def test_perf_sizes_exact(stream_pair: Pair, upload: int, download: int) -> None:
+    client, server = stream_pair("/perf/1.0.0")
+    serve = asyncio.create_task(handle_perf(server))
+    result = await perf_stream(client, upload, download)
+    await serve
+    assert result.upload_bytes == upload
+    assert result.download_bytes == download
+    assert result.upload_seconds >= 0
+    assert result.download_seconds >= 0
+
+
+async def test_perf_server_refuses_huge_request(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+    await client.write(struct.pack(">Q", 2**63))
+    await client.close()
+    await handle_perf(server, max_serve=1024)
+    with pytest.raises(StreamReset):
+        await client.read()
+
+
+async def test_perf_client_detects_short_answer(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+
+    async def stingy() -> None:
+        await server.readexactly(8)
+        while await server.read():
+            pass
+        await server.write(b"\x00" * 10)
+        await server.close()
+
+    task = asyncio.create_task(stingy())
+    with pytest.raises(PerfShortRead):
+        await perf_stream(client, 5, 100)
+    await task
+
+
+async def test_perf_client_detects_long_answer(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+
+    async def generous() -> None:
+        await server.readexactly(8)
+        while await server.read():
+            pass
+        await server.write(b"\x00" * 200)
+        await server.close()
+
+    task = asyncio.create_task(generous())
+    with pytest.raises(PerfShortRead):
+        await perf_stream(client, 0, 100)
+    await task
+
+
+async def test_perf_rejects_negative_sizes(stream_pair: Pair) -> None:
+    client, _ = stream_pair()
+    with pytest.raises(UsageError):
+        await perf_stream(client, -1, 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65536, 1_000_003])
+async def test_echo_round_trip_bigger_than_window(stream_pair: Pair, size: int) -> None:
+    client, server = stream_pair("/echo/1.0.0", capacity=16 * 1024)
+    serve = asyncio.create_task(handle_echo(server))
+    data = bytes(i % 251 for i in range(size))
+    assert await echo_stream(client, data) == data
+    await serve
+
+
+async def test_echo_client_refuses_extra_bytes(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+
+    async def chatty() -> None:
+        await server.write(b"x" * 10)
+        await server.close()
+
+    task = asyncio.create_task(chatty())
+    with pytest.raises(LimitExceeded):
+        await echo_stream(client, b"abc")
+    await task
