@@ -71,9 +71,7 @@ async def handle_ping(stream: Stream, idle_timeout: float = PING_IDLE_TIMEOUT) -
         await stream.close()
 
 
-async def ping_stream(
-    stream: Stream, count: int, rtt_timeout: float = PING_TIMEOUT
-) -> list[float]:
+async def ping_stream(stream: Stream, count: int, rtt_timeout: float = PING_TIMEOUT) -> list[float]:
     """Send ``count`` pings on ``stream``; return each round-trip time in seconds.
 
     Raises ``PingMismatch`` on a wrong echo, ``StreamClosed`` if the peer stops answering, and

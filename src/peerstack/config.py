@@ -1,0 +1,127 @@
+"""Node configuration: what ``config.toml`` in a repo holds, as typed dataclasses.
+
+The default listen address is ``/ip4/127.0.0.1/tcp/4001``: loopback only, so a node started
+without thinking about it is not reachable from the network. Pass ``--listen
+/ip4/0.0.0.0/tcp/4001`` (or set it in ``config.toml``) to serve other machines.
+
+Unknown keys in the file are refused rather than ignored, so a typo does not silently fall back
+to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peerstack import __version__
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.errors import DecodeError, UsageError
+from peerstack.host.limits import Limits
+
+DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/4001",)
+EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
+DEFAULT_AGENT = f"peerstack/{__version__}"
+
+
+def _check_addrs(name: str, addrs: Sequence[str]) -> tuple[str, ...]:
+    out = []
+    for a in addrs:
+        if not isinstance(a, str):
+            raise UsageError(f"{name}: {a!r} is not a multiaddr string")
+        try:
+            Multiaddr(a)
+        except DecodeError as exc:
+            raise UsageError(f"{name}: bad multiaddr {a!r}: {exc}") from None
+        out.append(a)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a ``Node`` needs besides its identity key."""
+
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    bootstrap: tuple[str, ...] = ()
+    agent_version: str = DEFAULT_AGENT
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        _check_addrs("listen", self.listen)
+        _check_addrs("bootstrap", self.bootstrap)
+
+    def listen_addrs(self) -> list[Multiaddr]:
+        return [Multiaddr(a) for a in self.listen]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Build from the parsed TOML; ``UsageError`` names the offending key."""
+        node = dict(data.get("node", {}))
+        limits_data = dict(data.get("limits", {}))
+        unknown_sections = set(data) - {"node", "limits"}
+        if unknown_sections:
+            raise UsageError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
+        known = {"listen", "bootstrap", "agent_version"}
+        unknown = set(node) - known
+        if unknown:
+            raise UsageError(f"unknown [node] key(s): {', '.join(sorted(unknown))}")
+        limit_fields = {f.name: f for f in dataclasses.fields(Limits)}
+        unknown = set(limits_data) - set(limit_fields)
+        if unknown:
+            raise UsageError(f"unknown [limits] key(s): {', '.join(sorted(unknown))}")
+        for key, value in limits_data.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"[limits] {key} must be a number")
+        kwargs: dict[str, Any] = {}
+        for key in ("listen", "bootstrap"):
+            if key in node:
+                if not isinstance(node[key], list):
+                    raise UsageError(f"[node] {key} must be a list of multiaddrs")
+                kwargs[key] = tuple(node[key])
+        if "agent_version" in node:
+            if not isinstance(node["agent_version"], str):
+                raise UsageError("[node] agent_version must be a string")
+            kwargs["agent_version"] = node["agent_version"]
+        return cls(limits=Limits(**limits_data), **kwargs)
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        return cls.from_dict(data)
+
+    def to_toml(self) -> str:
+        """The config as TOML text (what ``Repo.init`` writes)."""
+
+        def strings(values: Sequence[str]) -> str:
+            return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+        lines = [
+            "# peerstack node configuration",
+            "[node]",
+            "# Loopback only by default; use /ip4/0.0.0.0/tcp/4001 to accept remote peers.",
+            f"listen = {strings(self.listen)}",
+            f"bootstrap = {strings(self.bootstrap)}",
+            f"agent_version = {_toml_str(self.agent_version)}",
+            "",
+            "[limits]",
+        ]
+        for f in dataclasses.fields(Limits):
+            lines.append(f"{f.name} = {getattr(self.limits, f.name)!r}")
+        return "\n".join(lines) + "\n"
+
+    def with_listen(self, listen: Sequence[str]) -> Config:
+        return dataclasses.replace(self, listen=tuple(listen))
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

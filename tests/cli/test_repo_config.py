@@ -1,0 +1,81 @@
+"""The repo directory and config.toml."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from peerstack.config import DEFAULT_LISTEN, Config
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import UsageError
+from peerstack.host.limits import Limits
+from peerstack.repo import REPO_ENV, Repo, default_repo_path
+
+
+def test_open_creates_identity_and_config(tmp_path: Path) -> None:
+    repo = Repo.open(tmp_path / "r")
+    assert stat.S_IMODE(repo.identity_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(repo.path.stat().st_mode) == 0o700
+    key = repo.identity()
+    # Stable across opens.
+    again = Repo.open(tmp_path / "r").identity()
+    assert PeerId.from_public_key(key.public_key) == PeerId.from_public_key(again.public_key)
+    assert repo.config() == Config()
+    assert repo.config().listen == DEFAULT_LISTEN
+
+
+def test_default_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REPO_ENV, str(tmp_path / "x"))
+    assert default_repo_path() == tmp_path / "x"
+    monkeypatch.delenv(REPO_ENV)
+    assert default_repo_path() == Path.home() / ".peerstack"
+
+
+def test_config_round_trip_through_toml(tmp_path: Path) -> None:
+    cfg = Config(
+        listen=("/ip4/0.0.0.0/tcp/4001", "/ip6/::1/tcp/4002"),
+        bootstrap=(
+            "/ip4/127.0.0.1/tcp/5/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+        ),
+        agent_version='my "agent"',
+        limits=Limits(max_inbound_connections=7, dial_timeout=2.5),
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml())
+    assert Config.load(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[node]\nlisten = ['not an addr']\n",
+        "[node]\nlisten = '/ip4/1.2.3.4/tcp/1'\n",
+        "[node]\nlisten_typo = []\n",
+        "[limits]\nmax_inbound_connections = 'many'\n",
+        "[limits]\nbogus = 1\n",
+        "[other]\n",
+        "this is = not toml =",
+        "[limits]\nlow_water = 500\n",
+    ],
+)
+def test_bad_config_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError):
+        Config.load(path)
+
+
+def test_corrupt_identity_is_a_usage_error(tmp_path: Path) -> None:
+    repo = Repo.open(tmp_path)
+    repo.identity_path.write_bytes(b"garbage")
+    with pytest.raises(UsageError):
+        repo.identity()
+
+
+def test_repo_path_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UsageError):
+        Repo.open(f)
