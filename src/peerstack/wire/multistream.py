@@ -195,9 +195,7 @@ class Initiator(_Negotiator):
         elif text == NA:
             self._index += 1
             if self._index >= len(self._proposals):
-                raise NegotiationError(
-                    f"peer supports none of {', '.join(self._proposals)}"
-                )
+                raise NegotiationError(f"peer supports none of {', '.join(self._proposals)}")
             self._out.append(encode_message(self._proposals[self._index]))
         else:
             raise MultistreamError(f"unexpected answer {text[:64]!r} to {current!r}")

@@ -1,0 +1,713 @@
+"""Noise XX for libp2p (``/noise``) as a sans-IO state machine, and the encrypted transport.
+
+The handshake is ``Noise_XX_25519_ChaChaPoly_SHA256`` with an empty prologue::
+
+    -> e
+    <- e, ee, s, es      + responder payload
+    -> s, se             + initiator payload
+
+Every Noise message travels with a 2-byte big-endian length, so a message is at most 65535
+bytes and a transport frame carries at most 65519 bytes of plaintext (16 bytes go to the tag).
+
+The payload is the protobuf ``NoiseHandshakePayload`` (``core/pb/noise.proto``), encoded and
+parsed by hand here: it is tiny, and a hand parser lets us be strict and bounded. The Noise
+static key is a fresh X25519 key bound to the libp2p identity by ``identity_sig``, a signature
+over ``"noise-libp2p-static-key:" || static public key``.
+
+``NoiseTransport`` is the hot path of every byte peerstack moves: it frames and encrypts with
+``encrypt_into``/``decrypt_into`` into a reused scratch buffer, so each call costs the cipher
+plus one copy, and Python work is per frame, never per byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterator, Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from peerstack.core import varint
+from peerstack.core.identity import PrivateKey, PublicKey
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import (
+    DecodeError,
+    HandshakeError,
+    LimitExceeded,
+    NoiseError,
+    PeerError,
+    PeerIdMismatch,
+    UsageError,
+)
+
+PROTOCOL_ID = "/noise"
+PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+SIGNATURE_PREFIX = b"noise-libp2p-static-key:"
+
+MAX_MESSAGE = 65535
+TAG_LENGTH = 16
+MAX_PLAINTEXT = MAX_MESSAGE - TAG_LENGTH  # 65519
+DH_LENGTH = 32
+HASH_LENGTH = 32
+# Noise reserves nonce 2**64 - 1; a CipherState must never reach it.
+MAX_NONCE = 2**64 - 1
+
+# Bounds on what we keep from a peer's handshake payload extensions.
+MAX_MUXERS = 32
+MAX_CERTHASHES = 32
+
+# The transport keeps one scratch buffer per direction, grown to the largest call and never
+# beyond this (16 full frames): bulk connections reuse it, idle ones never allocate it.
+SCRATCH_LIMIT = 16 * (MAX_MESSAGE + 2)
+# Below this many plaintext bytes a single frame is built by concatenation, so that connections
+# that only send small frames (pings, window updates) never hold a scratch buffer.
+SMALL_FRAME = 2048
+
+_nonce = struct.Struct("<4xQ").pack
+_length = struct.Struct(">H")
+
+
+def _x25519_public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    """The Noise framework's HKDF with two outputs (HMAC-SHA256, the chaining key as salt)."""
+    temp_key = hmac.digest(chaining_key, ikm, "sha256")
+    out1 = hmac.digest(temp_key, b"\x01", "sha256")
+    out2 = hmac.digest(temp_key, out1 + b"\x02", "sha256")
+    return out1, out2
+
+
+class _SymmetricState:
+    """Noise ``SymmetricState`` with its ``CipherState`` folded in (spec sections 5.1, 5.2)."""
+
+    __slots__ = ("_aead", "_n", "ck", "h")
+
+    def __init__(self, protocol_name: bytes) -> None:
+        if len(protocol_name) <= HASH_LENGTH:
+            h = protocol_name.ljust(HASH_LENGTH, b"\x00")
+        else:
+            h = hashlib.sha256(protocol_name).digest()
+        self.h = h
+        self.ck = h
+        self._aead: ChaCha20Poly1305 | None = None
+        self._n = 0
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, temp_k = _hkdf2(self.ck, ikm)
+        self._aead = ChaCha20Poly1305(temp_k)
+        self._n = 0
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        if self._aead is None:
+            ciphertext = plaintext
+        else:
+            ciphertext = self._aead.encrypt(_nonce(self._n), plaintext, self.h)
+            self._n += 1
+        self.mix_hash(ciphertext)
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        if self._aead is None:
+            plaintext = ciphertext
+        else:
+            try:
+                plaintext = self._aead.decrypt(_nonce(self._n), ciphertext, self.h)
+            except InvalidTag:
+                raise NoiseError("handshake message failed authentication") from None
+            self._n += 1
+        self.mix_hash(ciphertext)
+        return plaintext
+
+    def split(self) -> tuple[bytes, bytes]:
+        return _hkdf2(self.ck, b"")
+
+
+class XXHandshakeState:
+    """The Noise XX handshake pattern without any libp2p framing or payload semantics.
+
+    Public so that it can be checked against published Noise test vectors (which use a prologue,
+    fixed ephemeral keys and payloads in every message); libp2p uses it through
+    ``NoiseHandshake``.
+    """
+
+    __slots__ = ("_e", "_initiator", "_re", "_rs", "_s", "_ss", "_step")
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        static_key: X25519PrivateKey,
+        prologue: bytes = b"",
+        ephemeral_key: X25519PrivateKey | None = None,
+    ) -> None:
+        self._initiator = initiator
+        self._s = static_key
+        self._e = ephemeral_key
+        self._re: bytes | None = None
+        self._rs: bytes | None = None
+        self._step = 0
+        self._ss = _SymmetricState(PROTOCOL_NAME)
+        self._ss.mix_hash(prologue)
+
+    @property
+    def finished(self) -> bool:
+        return self._step == 3
+
+    @property
+    def handshake_hash(self) -> bytes:
+        return self._ss.h
+
+    @property
+    def remote_static(self) -> bytes | None:
+        """The peer's X25519 static public key, once its ``s`` token was read."""
+        return self._rs
+
+    def _dh(self, local: X25519PrivateKey, remote: bytes) -> bytes:
+        try:
+            return local.exchange(X25519PublicKey.from_public_bytes(remote))
+        except ValueError:
+            # cryptography refuses low-order points (an all-zero shared secret).
+            raise NoiseError("peer sent an invalid X25519 public key") from None
+
+    def _ephemeral(self) -> X25519PrivateKey:
+        if self._e is None:
+            self._e = X25519PrivateKey.generate()
+        return self._e
+
+    def _check_turn(self, writing: bool) -> None:
+        if self._step >= 3:
+            raise UsageError("handshake already finished")
+        initiator_writes = self._step % 2 == 0
+        if writing != (initiator_writes == self._initiator):
+            raise UsageError("not this side's turn to " + ("write" if writing else "read"))
+
+    def write_message(self, payload: bytes) -> bytes:
+        """Produce the next handshake message carrying ``payload``."""
+        self._check_turn(writing=True)
+        ss = self._ss
+        parts: list[bytes] = []
+        if self._step == 0:  # -> e
+            e_pub = _x25519_public_bytes(self._ephemeral())
+            parts.append(e_pub)
+            ss.mix_hash(e_pub)
+        elif self._step == 1:  # <- e, ee, s, es
+            assert self._re is not None
+            e = self._ephemeral()
+            e_pub = _x25519_public_bytes(e)
+            parts.append(e_pub)
+            ss.mix_hash(e_pub)
+            ss.mix_key(self._dh(e, self._re))
+            parts.append(ss.encrypt_and_hash(_x25519_public_bytes(self._s)))
+            ss.mix_key(self._dh(self._s, self._re))
+        else:  # -> s, se
+            assert self._re is not None
+            parts.append(ss.encrypt_and_hash(_x25519_public_bytes(self._s)))
+            ss.mix_key(self._dh(self._s, self._re))
+        parts.append(ss.encrypt_and_hash(payload))
+        self._step += 1
+        return b"".join(parts)
+
+    def read_message(self, message: bytes) -> bytes:
+        """Consume the peer's next handshake message and return its payload."""
+        self._check_turn(writing=False)
+        ss = self._ss
+        pos = 0
+        if self._step == 0:  # -> e
+            if len(message) < DH_LENGTH:
+                raise NoiseError("handshake message 1 too short")
+            self._re = message[:DH_LENGTH]
+            ss.mix_hash(self._re)
+            pos = DH_LENGTH
+        elif self._step == 1:  # <- e, ee, s, es
+            if len(message) < DH_LENGTH + DH_LENGTH + 2 * TAG_LENGTH:
+                raise NoiseError("handshake message 2 too short")
+            e = self._ephemeral()
+            self._re = message[:DH_LENGTH]
+            ss.mix_hash(self._re)
+            ss.mix_key(self._dh(e, self._re))
+            pos = 2 * DH_LENGTH + TAG_LENGTH
+            self._rs = ss.decrypt_and_hash(message[DH_LENGTH:pos])
+            ss.mix_key(self._dh(e, self._rs))
+        else:  # -> s, se
+            if len(message) < DH_LENGTH + 2 * TAG_LENGTH:
+                raise NoiseError("handshake message 3 too short")
+            assert self._e is not None
+            pos = DH_LENGTH + TAG_LENGTH
+            self._rs = ss.decrypt_and_hash(message[:pos])
+            ss.mix_key(self._dh(self._e, self._rs))
+        payload = ss.decrypt_and_hash(message[pos:])
+        self._step += 1
+        return payload
+
+    def split(self) -> tuple[bytes, bytes]:
+        """``(send_key, receive_key)`` for this side once the handshake is finished."""
+        if self._step != 3:
+            raise UsageError("handshake not finished")
+        k1, k2 = self._ss.split()
+        return (k1, k2) if self._initiator else (k2, k1)
+
+
+# --- the libp2p handshake payload ------------------------------------------------------------
+
+
+def _field(number: int, value: bytes) -> bytes:
+    return varint.encode(number << 3 | 2) + varint.encode(len(value)) + value
+
+
+def encode_payload(
+    identity_key: bytes,
+    identity_sig: bytes,
+    muxers: Sequence[str] = (),
+    certhashes: Sequence[bytes] = (),
+) -> bytes:
+    """Encode ``NoiseHandshakePayload{identity_key=1, identity_sig=2, extensions=4}``."""
+    out = _field(1, identity_key) + _field(2, identity_sig)
+    if muxers or certhashes:
+        ext = b"".join(_field(1, h) for h in certhashes) + b"".join(
+            _field(2, m.encode()) for m in muxers
+        )
+        out += _field(4, ext)
+    return out
+
+
+def _iter_fields(buf: bytes) -> Iterator[tuple[int, int, bytes | None]]:
+    """Yield ``(field, wire_type, bytes_or_None)``; length-delimited fields carry their bytes.
+
+    Unknown fields of the four wire types protobuf still uses are skipped (a newer peer may add
+    fields); groups and undefined wire types are refused.
+    """
+    i = 0
+    n = len(buf)
+    while i < n:
+        tag, i = varint.decode(buf, i)
+        field, wire = tag >> 3, tag & 7
+        if field == 0:
+            raise DecodeError("protobuf field number 0")
+        if wire == 0:
+            _, i = varint.decode(buf, i)
+            yield field, wire, None
+        elif wire == 1:
+            i += 8
+            if i > n:
+                raise DecodeError("truncated fixed64 field")
+            yield field, wire, None
+        elif wire == 5:
+            i += 4
+            if i > n:
+                raise DecodeError("truncated fixed32 field")
+            yield field, wire, None
+        elif wire == 2:
+            length, i = varint.decode(buf, i)
+            end = i + length
+            if end > n:
+                raise DecodeError("truncated length-delimited field")
+            yield field, wire, buf[i:end]
+            i = end
+        else:
+            raise DecodeError(f"unsupported protobuf wire type {wire}")
+
+
+class HandshakePayload:
+    """A decoded ``NoiseHandshakePayload`` (signature not yet checked)."""
+
+    __slots__ = ("certhashes", "identity_key", "identity_sig", "muxers")
+
+    def __init__(
+        self,
+        identity_key: bytes,
+        identity_sig: bytes,
+        muxers: list[str],
+        certhashes: list[bytes],
+    ) -> None:
+        self.identity_key = identity_key
+        self.identity_sig = identity_sig
+        self.muxers = muxers
+        self.certhashes = certhashes
+
+    @classmethod
+    def decode(cls, buf: bytes) -> HandshakePayload:
+        """Parse a payload from a peer; raises ``DecodeError``/``LimitExceeded``."""
+        key = b""
+        sig = b""
+        muxers: list[str] = []
+        certhashes: list[bytes] = []
+        for field, wire, value in _iter_fields(buf):
+            if field in (1, 2, 4) and wire != 2:
+                raise DecodeError(f"payload field {field} has wire type {wire}")
+            if value is None:
+                continue
+            if field == 1:
+                key = value  # protobuf semantics: the last occurrence wins
+            elif field == 2:
+                sig = value
+            elif field == 4:  # NoiseExtensions; repeated occurrences merge
+                cls._decode_extensions(value, muxers, certhashes)
+        return cls(key, sig, muxers, certhashes)
+
+    @staticmethod
+    def _decode_extensions(buf: bytes, muxers: list[str], certhashes: list[bytes]) -> None:
+        for field, wire, value in _iter_fields(buf):
+            if field in (1, 2) and wire != 2:
+                raise DecodeError(f"extensions field {field} has wire type {wire}")
+            if value is None:
+                continue
+            if field == 1:
+                if len(certhashes) >= MAX_CERTHASHES:
+                    raise LimitExceeded("too many webtransport certhashes")
+                certhashes.append(value)
+            elif field == 2:
+                if len(muxers) >= MAX_MUXERS:
+                    raise LimitExceeded("too many stream muxers in noise extensions")
+                try:
+                    muxers.append(value.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise DecodeError("stream muxer id is not UTF-8") from None
+
+
+# --- the libp2p handshake --------------------------------------------------------------------
+
+
+class NoiseHandshake:
+    """One side of a libp2p Noise XX handshake, fed with bytes from the peer.
+
+    ``data_to_send`` returns framed handshake messages; ``receive_data`` consumes the peer's.
+    The initiator's first message is ready right after construction. Once ``complete``, use
+    ``transport()`` for the encrypted channel and hand ``unused_data()`` to its ``decrypt``.
+    """
+
+    def __init__(
+        self,
+        identity: PrivateKey,
+        *,
+        initiator: bool,
+        remote_peer: PeerId | None = None,
+        muxers: Sequence[str] = (),
+        static_key: X25519PrivateKey | None = None,
+    ) -> None:
+        if isinstance(muxers, str):
+            raise UsageError("muxers must be a sequence of protocol ids, not one string")
+        if len(muxers) > MAX_MUXERS:
+            raise UsageError(f"at most {MAX_MUXERS} muxers can be announced")
+        static_key = static_key if static_key is not None else X25519PrivateKey.generate()
+        self._initiator = initiator
+        self._expected = remote_peer
+        self._hs = XXHandshakeState(initiator=initiator, static_key=static_key)
+        static_pub = _x25519_public_bytes(static_key)
+        self._payload = encode_payload(
+            identity.public_key.to_protobuf(),
+            identity.sign(SIGNATURE_PREFIX + static_pub),
+            list(muxers),
+        )
+        # Message 2 (the larger one that carries a payload) must fit in one Noise message.
+        if 2 * DH_LENGTH + 2 * TAG_LENGTH + len(self._payload) > MAX_MESSAGE:
+            raise UsageError("handshake payload too large for one Noise message")
+        self._out: list[bytes] = []
+        self._buf = bytearray()
+        self._unused = b""
+        self._failed = False
+        self._remote_key: PublicKey | None = None
+        self._remote_peer: PeerId | None = None
+        self._remote_muxers: list[str] = []
+        self._transport: NoiseTransport | None = None
+        if initiator:
+            self._send(self._hs.write_message(b""))
+
+    def _send(self, message: bytes) -> None:
+        self._out.append(_length.pack(len(message)) + message)
+
+    def data_to_send(self) -> bytes:
+        """Drain the framed handshake messages that should be written to the peer."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer.
+
+        Raises ``NoiseError`` (malformed or unauthenticated message), ``DecodeError`` (bad
+        payload or key), ``HandshakeError`` (bad signature) or ``PeerIdMismatch``.
+        """
+        if self._failed:
+            raise UsageError("handshake already failed")
+        if self._transport is not None:
+            raise UsageError("handshake complete; pass further bytes to the transport")
+        buf = self._buf
+        buf += data
+        try:
+            while self._transport is None and len(buf) >= 2:
+                end = 2 + ((buf[0] << 8) | buf[1])
+                if len(buf) < end:
+                    break
+                message = bytes(buf[2:end])
+                del buf[:end]
+                self._on_message(message)
+        except PeerError:
+            self._failed = True
+            buf.clear()
+            raise
+        if self._transport is not None:
+            self._unused = bytes(buf)
+            buf.clear()
+
+    def _on_message(self, message: bytes) -> None:
+        hs = self._hs
+        payload = hs.read_message(message)
+        if self._initiator:  # message 2 read: authenticate the responder, answer, finish
+            self._authenticate(payload)
+            self._send(hs.write_message(self._payload))
+            self._finish()
+        elif not hs.finished:  # message 1 read; its (plaintext) payload is meaningless
+            self._send(hs.write_message(self._payload))
+        else:  # message 3 read
+            self._authenticate(payload)
+            self._finish()
+
+    def _authenticate(self, payload_bytes: bytes) -> None:
+        payload = HandshakePayload.decode(payload_bytes)
+        if not payload.identity_key or not payload.identity_sig:
+            raise HandshakeError("handshake payload lacks identity key or signature")
+        key = PublicKey.from_protobuf(payload.identity_key)
+        remote_static = self._hs.remote_static
+        assert remote_static is not None
+        if not key.verify(payload.identity_sig, SIGNATURE_PREFIX + remote_static):
+            raise HandshakeError("invalid signature of the noise static key")
+        peer = PeerId.from_public_key(key)
+        if self._expected is not None and peer != self._expected:
+            raise PeerIdMismatch(f"expected peer {self._expected}, met {peer}")
+        self._remote_key = key
+        self._remote_peer = peer
+        self._remote_muxers = payload.muxers
+
+    def _finish(self) -> None:
+        send_key, recv_key = self._hs.split()
+        self._transport = NoiseTransport(send_key, recv_key)
+
+    @property
+    def complete(self) -> bool:
+        return self._transport is not None
+
+    def _require_complete(self) -> NoiseTransport:
+        if self._transport is None:
+            raise UsageError("handshake not complete")
+        return self._transport
+
+    @property
+    def remote_peer(self) -> PeerId:
+        self._require_complete()
+        assert self._remote_peer is not None
+        return self._remote_peer
+
+    @property
+    def remote_public_key(self) -> PublicKey:
+        self._require_complete()
+        assert self._remote_key is not None
+        return self._remote_key
+
+    @property
+    def remote_muxers(self) -> list[str]:
+        """Stream muxers the peer announced in its extensions (early muxer negotiation)."""
+        self._require_complete()
+        return list(self._remote_muxers)
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """The Noise handshake hash ``h``: identical on both sides of one handshake."""
+        return self._hs.handshake_hash
+
+    def transport(self) -> NoiseTransport:
+        return self._require_complete()
+
+    def unused_data(self) -> bytes:
+        """Ciphertext received after the last handshake message (feed it to ``decrypt``)."""
+        self._require_complete()
+        rest, self._unused = self._unused, b""
+        return rest
+
+
+# --- the transport ---------------------------------------------------------------------------
+
+
+class _ShortFrame(Exception):
+    """Internal: a frame too short to hold a tag (turned into ``NoiseError`` by the caller)."""
+
+
+class NoiseTransport:
+    """Encrypts and decrypts the Noise transport stream of one connection.
+
+    ``encrypt`` splits into frames of at most 65519 plaintext bytes; ``decrypt`` accepts the
+    stream in arbitrary pieces, returns the plaintext of every frame completed so far and keeps
+    at most one partial frame (at most 65537 bytes) between calls.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_dec",
+        "_dec_into",
+        "_enc",
+        "_enc_into",
+        "_in_scratch",
+        "_out_scratch",
+        "_partial",
+        "_recv_n",
+        "_send_n",
+    )
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        send = ChaCha20Poly1305(send_key)
+        recv = ChaCha20Poly1305(recv_key)
+        self._enc = send.encrypt
+        self._enc_into = send.encrypt_into
+        self._dec = recv.decrypt
+        self._dec_into = recv.decrypt_into
+        self._send_n = 0
+        self._recv_n = 0
+        self._partial = bytearray()
+        self._out_scratch = bytearray()
+        self._in_scratch = bytearray()
+        self._broken = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held until the rest of it arrives."""
+        return len(self._partial)
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Frame and encrypt ``data``; returns the bytes to write (``b""`` for no data)."""
+        n = len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
+        if n == 0:
+            return b""
+        frames = (n + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
+        nonce = self._send_n
+        if nonce + frames >= MAX_NONCE:
+            raise NoiseError("send nonce exhausted; the connection must be closed")
+        if n <= SMALL_FRAME:
+            self._send_n = nonce + 1
+            return _length.pack(n + TAG_LENGTH) + self._enc(_nonce(nonce), data, None)
+        total = n + frames * (2 + TAG_LENGTH)
+        if total <= SCRATCH_LIMIT:
+            out = self._out_scratch
+            if len(out) < total:
+                out = self._out_scratch = bytearray(total)
+        else:
+            out = bytearray(total)
+        src = memoryview(data).cast("B")
+        with memoryview(out) as view:
+            enc_into = self._enc_into
+            pack_length = _length.pack_into
+            i = 0
+            o = 0
+            while i < n:
+                chunk = min(MAX_PLAINTEXT, n - i)
+                pack_length(out, o, chunk + TAG_LENGTH)
+                o += 2
+                enc_into(_nonce(nonce), src[i : i + chunk], None, view[o : o + chunk + TAG_LENGTH])
+                nonce += 1
+                i += chunk
+                o += chunk + TAG_LENGTH
+            result = bytes(view[:total])
+        src.release()
+        self._send_n = nonce
+        return result
+
+    def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Feed ciphertext; return the plaintext of all frames completed so far (maybe ``b""``).
+
+        Raises ``NoiseError`` when a frame fails authentication or is too short to be one; the
+        transport is unusable afterwards.
+        """
+        if self._broken:
+            raise NoiseError("noise transport failed earlier")
+        try:
+            return self._decrypt(data)
+        except InvalidTag:
+            reason = "noise frame failed authentication"
+        except _ShortFrame:
+            reason = "noise frame shorter than its tag"
+        # Raised outside the except blocks on purpose: the original traceback (and with it the
+        # memoryviews on the caller's buffer) is dropped, so the caller can still resize that
+        # buffer while handling our error.
+        self._broken = True
+        raise NoiseError(reason)
+
+    def _decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        src = memoryview(data).cast("B")
+        n = len(src)
+        pos = 0
+        partial = self._partial
+        first: bytes | None = None
+        nonce = self._recv_n
+        if partial:
+            # Complete the frame left over from the previous call (copying only its tail).
+            have = len(partial)
+            if have < 2:
+                pos = min(2 - have, n)
+                partial += src[:pos]
+                if len(partial) < 2:
+                    return b""
+            end = 2 + ((partial[0] << 8) | partial[1])
+            if end < 2 + TAG_LENGTH:
+                raise _ShortFrame
+            take = min(end - len(partial), n - pos)
+            partial += src[pos : pos + take]
+            pos += take
+            if len(partial) < end:
+                return b""
+            with memoryview(partial) as pview:
+                first = self._dec(_nonce(nonce), pview[2:end], None)
+            nonce += 1
+            partial.clear()
+        # Locate the whole frames in the rest of the input.
+        starts: list[int] = []
+        total = 0 if first is None else len(first)
+        while pos + 2 <= n:
+            length = (src[pos] << 8) | src[pos + 1]
+            if length < TAG_LENGTH:
+                raise _ShortFrame
+            if pos + 2 + length > n:
+                break
+            starts.append(pos)
+            total += length - TAG_LENGTH
+            pos += 2 + length
+        if pos < n:
+            partial += src[pos:]
+        if nonce + len(starts) >= MAX_NONCE:
+            raise NoiseError("receive nonce exhausted; the connection must be closed")
+        if not starts:
+            self._recv_n = nonce
+            return first if first is not None else b""
+        if first is None and len(starts) == 1:
+            p = starts[0]
+            length = (src[p] << 8) | src[p + 1]
+            plain = self._dec(_nonce(nonce), src[p + 2 : p + 2 + length], None)
+            self._recv_n = nonce + 1
+            return plain
+        if total <= SCRATCH_LIMIT:
+            out = self._in_scratch
+            if len(out) < total:
+                out = self._in_scratch = bytearray(total)
+        else:
+            out = bytearray(total)
+        dec_into = self._dec_into
+        with memoryview(out) as view:
+            o = 0
+            if first is not None:
+                o = len(first)
+                view[:o] = first
+            for p in starts:
+                length = (src[p] << 8) | src[p + 1]
+                size = length - TAG_LENGTH
+                dec_into(_nonce(nonce), src[p + 2 : p + 2 + length], None, view[o : o + size])
+                nonce += 1
+                o += size
+            result = bytes(view[:total])
+        self._recv_n = nonce
+        return result
