@@ -27,6 +27,16 @@ EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 DEFAULT_AGENT = f"peerstack/{__version__}"
 
 
+def parse_multiaddr(text: str | Multiaddr) -> Multiaddr:
+    """A multiaddr from user input; a bad one is the caller's ``UsageError``, not a peer's."""
+    if isinstance(text, Multiaddr):
+        return text
+    try:
+        return Multiaddr(text)
+    except DecodeError as exc:
+        raise UsageError(f"bad multiaddr {text!r}: {exc}") from None
+
+
 def _check_addrs(name: str, addrs: Sequence[str]) -> tuple[str, ...]:
     out = []
     for a in addrs:
