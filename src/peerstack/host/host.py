@@ -1,0 +1,408 @@
+"""``BasicHost``: the real ``Host`` on TCP + Noise + Yamux.
+
+It listens, dials (merging concurrent dials to one peer), keeps one connection per peer,
+answers inbound streams with the registered protocol handlers and opens outbound streams with
+``new_stream``. Handlers run as tasks: one that raises gets its stream reset and is logged, and
+nothing else is affected. ``close()`` (or leaving ``async with``) stops listeners, closes every
+connection and cancels every task it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Collection, Coroutine, Sequence
+from types import TracebackType
+from typing import Any
+
+from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import (
+    ConnectionClosed,
+    DialError,
+    PeerstackError,
+    ResourceLimitError,
+    StreamClosed,
+    StreamError,
+    UsageError,
+)
+from peerstack.host.connmgr import ConnectionManager, Reservation
+from peerstack.host.interface import (
+    HostEvent,
+    HostListener,
+    PeerConnected,
+    PeerDisconnected,
+    StreamHandler,
+)
+from peerstack.host.limits import Limits
+from peerstack.host.peerstore import (
+    CONNECTED_ADDR_TTL,
+    RECENTLY_CONNECTED_ADDR_TTL,
+    Peerstore,
+)
+from peerstack.net import tcp
+from peerstack.net.connection import Connection
+from peerstack.net.stream import YamuxStream
+from peerstack.net.upgrader import UpgradeOptions, upgrade
+from peerstack.wire import multistream
+from peerstack.wire.yamux import YamuxConfig
+
+log = logging.getLogger(__name__)
+
+
+class NegotiationTimeout(StreamError, TimeoutError):
+    """Protocol negotiation on a new stream did not finish in time."""
+
+
+class DialFailed(DialError):
+    """Every address of a peer failed; ``errors`` holds ``(address, error)`` per attempt."""
+
+    def __init__(self, message: str, errors: list[tuple[Multiaddr, BaseException]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+async def negotiate(
+    stream: YamuxStream, ms: multistream.Initiator | multistream.Responder
+) -> str:
+    """Run multistream-select on ``stream``; bytes read past the agreement are pushed back."""
+    out = ms.data_to_send()
+    if out:
+        await stream.write(out)
+    while not ms.done:
+        data = await stream.read()
+        if not data:
+            raise StreamClosed("the peer closed the stream during protocol negotiation")
+        ms.receive_data(data)
+        out = ms.data_to_send()
+        if out:
+            await stream.write(out)
+    stream.unread(ms.unused_data())
+    protocol = ms.protocol
+    assert protocol is not None
+    return protocol
+
+
+class BasicHost:
+    """A libp2p host: TCP transport, Noise security, Yamux streams, multistream protocols."""
+
+    def __init__(
+        self,
+        key: PrivateKey,
+        *,
+        listen_addrs: Sequence[Multiaddr | str] = (),
+        limits: Limits | None = None,
+        yamux_config: YamuxConfig | None = None,
+        peerstore: Peerstore | None = None,
+        early_muxer_negotiation: bool = True,
+    ) -> None:
+        self._key = key
+        self._peer_id = PeerId.from_public_key(key.public_key)
+        self._listen_on = [a if isinstance(a, Multiaddr) else Multiaddr(a) for a in listen_addrs]
+        self.limits = limits if limits is not None else Limits()
+        self.peerstore = peerstore if peerstore is not None else Peerstore()
+        self._upgrade = UpgradeOptions(
+            handshake_timeout=self.limits.handshake_timeout,
+            early_muxer_negotiation=early_muxer_negotiation,
+            yamux_config=yamux_config if yamux_config is not None else YamuxConfig(),
+            max_inbound_streams=self.limits.max_inbound_streams_per_connection,
+            max_outbound_streams=self.limits.max_outbound_streams_per_connection,
+        )
+        self.connmgr: ConnectionManager[Connection] = ConnectionManager(self.limits)
+        self.peerstore.set_protect(self.connmgr.is_connected)
+        self._handlers: dict[str, StreamHandler] = {}
+        self._listeners: list[tcp.TcpListener] = []
+        self._event_listeners: list[HostListener] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._trim_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            raise UsageError("host already started")
+        self._started = True
+        try:
+            for addr in self._listen_on:
+                self._listeners.append(await tcp.listen(addr, self._on_tcp_connection))
+        except BaseException:
+            await self.close()
+            raise
+        self._trim_task = asyncio.get_running_loop().create_task(self._trim_loop())
+
+    async def close(self) -> None:
+        """Stop listening, close every connection (streams reset), cancel every task."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._trim_task is not None:
+            self._trim_task.cancel()
+        for listener in self._listeners:
+            listener.close_nowait()
+        conns = self.connmgr.connections()
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        tasks = list(self._tasks)
+        if self._trim_task is not None:
+            tasks.append(self._trim_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for listener in self._listeners:
+            await listener.close()
+        self._listeners.clear()
+
+    async def __aenter__(self) -> BasicHost:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- identity and addresses --------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._peer_id
+
+    @property
+    def private_key(self) -> PrivateKey:
+        return self._key
+
+    def listen_addrs(self) -> list[Multiaddr]:
+        """The real bound addresses (ephemeral ports resolved)."""
+        return [a for listener in self._listeners for a in listener.multiaddrs]
+
+    def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
+        return self.peerstore.addrs(peer)
+
+    def add_peer_addrs(self, peer: PeerId, addrs: Sequence[Multiaddr], ttl: float) -> None:
+        self.peerstore.add_addrs(peer, addrs, ttl)
+
+    # -- handlers and events -----------------------------------------------------------------
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        if not protocol or "\n" in protocol:
+            raise UsageError(f"invalid protocol id {protocol!r}")
+        self._handlers[protocol] = handler
+
+    def remove_stream_handler(self, protocol: str) -> None:
+        self._handlers.pop(protocol, None)
+
+    def protocols(self) -> list[str]:
+        """Protocols we have handlers for (what identify announces)."""
+        return list(self._handlers)
+
+    def add_listener(self, listener: HostListener) -> Callable[[], None]:
+        self._event_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._event_listeners:
+                self._event_listeners.remove(listener)
+
+        return unsubscribe
+
+    def _emit(self, event: HostEvent) -> None:
+        for listener in list(self._event_listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("host event listener failed on %r", event)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def connected_peers(self) -> list[PeerId]:
+        return self.connmgr.peers()
+
+    def connection(self, peer: PeerId) -> Connection | None:
+        """The connection new streams to ``peer`` would use (for stats), if any."""
+        return self.connmgr.get(peer)
+
+    def connections(self, peer: PeerId | None = None) -> list[Connection]:
+        return self.connmgr.connections(peer)
+
+    async def connect(self, peer: PeerId, addrs: Sequence[Multiaddr] = ()) -> None:
+        if addrs:
+            self.peerstore.add_addrs(peer, addrs, RECENTLY_CONNECTED_ADDR_TTL)
+        await self._connection_to(peer, list(addrs))
+
+    async def dial(self, addr: Multiaddr | str) -> PeerId:
+        """Dial one address; with ``/p2p/<id>`` that peer must answer, without it anyone may.
+
+        Returns the PeerId of who answered.
+        """
+        if isinstance(addr, str):
+            addr = Multiaddr(addr)
+        bare, pid = addr.decapsulate_p2p()
+        if pid is not None:
+            peer = PeerId.from_string(pid)
+            await self.connect(peer, [bare])
+            return peer
+        conn = await self._dial_addr(bare, None)
+        return conn.remote_peer
+
+    async def disconnect(self, peer: PeerId) -> None:
+        """Close every connection to ``peer``."""
+        await asyncio.gather(
+            *(c.close() for c in self.connmgr.connections(peer)), return_exceptions=True
+        )
+
+    async def _connection_to(
+        self, peer: PeerId, addrs: list[Multiaddr] | None = None
+    ) -> Connection:
+        if peer == self._peer_id:
+            raise UsageError("cannot dial ourselves")
+        if self._closing:
+            raise ConnectionClosed("host is closing")
+        return await self.connmgr.dial(peer, lambda: self._dial_peer(peer, addrs or []))
+
+    async def _dial_peer(self, peer: PeerId, addrs: list[Multiaddr]) -> Connection:
+        candidates = list(dict.fromkeys([*addrs, *self.peerstore.addrs(peer)]))
+        dialable = [a.decapsulate_p2p()[0] for a in candidates if a.tcp_target() is not None]
+        if not dialable:
+            raise DialError(f"no dialable address known for {peer}")
+        errors: list[tuple[Multiaddr, BaseException]] = []
+        for addr in dialable:
+            try:
+                return await self._dial_addr(addr, peer)
+            except ResourceLimitError:
+                raise
+            except (PeerstackError, OSError) as exc:
+                log.debug("dialling %s at %s failed: %s", peer, addr, exc)
+                errors.append((addr, exc))
+        if len(errors) == 1:
+            raise errors[0][1]
+        detail = "; ".join(f"{a}: {e}" for a, e in errors)
+        raise DialFailed(f"could not reach {peer}: {detail}", errors)
+
+    async def _dial_addr(self, addr: Multiaddr, expected: PeerId | None) -> Connection:
+        if self._closing:
+            raise ConnectionClosed("host is closing")
+        reservation = self.connmgr.reserve_outbound()
+        try:
+            raw = await tcp.dial(addr, self.limits.dial_timeout)
+            conn = await upgrade(
+                raw, self._key, outbound=True, expected_peer=expected, options=self._upgrade
+            )
+        except BaseException:
+            reservation.release()
+            raise
+        if self._closing:
+            reservation.release()
+            await conn.close()
+            raise ConnectionClosed("host is closing")
+        self.peerstore.add_addrs(conn.remote_peer, [addr], CONNECTED_ADDR_TTL)
+        self._register(conn, reservation)
+        return conn
+
+    def _on_tcp_connection(self, raw: tcp.TcpConnection) -> None:
+        """A peer connected to one of our listeners (called from the protocol callback)."""
+        if self._closing:
+            raw.abort()
+            return
+        try:
+            reservation = self.connmgr.reserve_inbound(raw.remote_ip)
+        except ResourceLimitError as exc:
+            log.info("refusing inbound connection from %s: %s", raw.remote_addr, exc)
+            raw.abort()
+            return
+        self._spawn(self._upgrade_inbound(raw, reservation))
+
+    async def _upgrade_inbound(self, raw: tcp.TcpConnection, reservation: Reservation) -> None:
+        try:
+            conn = await upgrade(raw, self._key, outbound=False, options=self._upgrade)
+        except (PeerstackError, OSError) as exc:
+            reservation.release()
+            log.info("inbound handshake from %s failed: %r", raw.remote_addr, exc)
+            return
+        except BaseException:
+            reservation.release()
+            raise
+        self._register(conn, reservation)
+
+    def _register(self, conn: Connection, reservation: Reservation) -> None:
+        first = self.connmgr.register(conn, reservation)
+        peer = conn.remote_peer
+        if conn.remote_public_key is not None:
+            self.peerstore.set_public_key(peer, conn.remote_public_key)
+        conn.on_stream = self._on_inbound_stream
+        conn.on_rtt = lambda rtt: self.peerstore.record_latency(peer, rtt)
+        conn.add_closed_callback(self._on_connection_closed)
+        if first:
+            self._emit(PeerConnected(peer, conn.remote_addr, conn.outbound))
+        conn.start()
+
+    def _on_connection_closed(self, conn: Connection) -> None:
+        if self.connmgr.unregister(conn):
+            self.peerstore.set_addr_ttl(conn.remote_peer, RECENTLY_CONNECTED_ADDR_TTL)
+            self._emit(PeerDisconnected(conn.remote_peer))
+
+    async def _trim_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.limits.trim_interval)
+            await self.connmgr.trim(loop.time())
+
+    # -- streams -----------------------------------------------------------------------------
+
+    async def new_stream(self, peer: PeerId, protocols: Sequence[str]) -> YamuxStream:
+        """Open a stream to ``peer`` (dialling if needed) and negotiate one of ``protocols``."""
+        if isinstance(protocols, str):
+            raise UsageError("pass a sequence of protocol ids, not one string")
+        conn = await self._connection_to(peer)
+        stream = conn.open_stream()
+        try:
+            async with asyncio.timeout(self.limits.stream_negotiation_timeout):
+                stream.protocol = await negotiate(stream, multistream.Initiator(protocols))
+        except TimeoutError:
+            stream.reset()
+            raise NegotiationTimeout(f"{peer} did not agree on a protocol in time") from None
+        except BaseException:
+            stream.reset()
+            raise
+        return stream
+
+    open_stream = new_stream
+
+    def _on_inbound_stream(self, stream: YamuxStream) -> None:
+        self._spawn(self._serve_stream(stream))
+
+    async def _serve_stream(self, stream: YamuxStream) -> None:
+        supported: Collection[str] = self._handlers.keys()
+        try:
+            async with asyncio.timeout(self.limits.stream_negotiation_timeout):
+                protocol = await negotiate(stream, multistream.Responder(supported))
+        except (PeerstackError, TimeoutError) as exc:
+            log.debug("inbound stream from %s not negotiated: %r", stream.remote_peer, exc)
+            stream.reset()
+            return
+        handler = self._handlers.get(protocol)
+        if handler is None:  # removed while negotiating
+            stream.reset()
+            return
+        stream.protocol = protocol
+        try:
+            await handler(stream)
+        except asyncio.CancelledError:
+            stream.reset()
+            raise
+        except Exception:
+            log.exception("handler for %s from %s failed", protocol, stream.remote_peer)
+            stream.reset()
+            return
+        if not stream.is_reset and not stream.write_closed:
+            with contextlib.suppress(StreamError, ConnectionClosed):
+                await stream.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

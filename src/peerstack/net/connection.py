@@ -1,0 +1,443 @@
+"""``Connection``: a secured, multiplexed connection driving NoiseTransport + YamuxSession.
+
+Read path (the event loop's read callback, synchronous): TCP bytes -> ``decrypt`` -> yamux
+``receive_data`` -> events dispatched to ``YamuxStream`` objects.
+
+Write path: streams hand data to the session; the session's output is drained, encrypted once
+and written once per loop turn (or at once when a large batch is waiting), so many small frames
+cost one ``transport.write``. The TCP transport's pause/resume drive the writers' waits.
+
+A peer that breaks Noise or Yamux gets a GoAway (when possible) and the connection closes with
+the typed error in ``error``; other connections are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from peerstack.core.identity import PublicKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import (
+    ConnectionClosed,
+    PeerError,
+    PeerstackError,
+    ResourceLimitError,
+    StreamReset,
+)
+from peerstack.net.stream import StreamConnectionClosed, YamuxStream
+from peerstack.net.tcp import TcpConnection
+from peerstack.wire import yamux
+from peerstack.wire.noise import NoiseTransport
+
+log = logging.getLogger(__name__)
+
+#: Queued outgoing bytes that trigger an immediate flush rather than one at the end of the turn.
+FLUSH_THRESHOLD = 256 * 1024
+
+StreamCallback = Callable[[YamuxStream], None]
+ClosedCallback = Callable[["Connection"], None]
+
+_DataReceived = yamux.DataReceived
+_SendWindowUpdated = yamux.SendWindowUpdated
+
+
+class Connection:
+    """One upgraded connection to a peer."""
+
+    def __init__(
+        self,
+        tcp: TcpConnection,
+        noise: NoiseTransport,
+        session: yamux.YamuxSession,
+        *,
+        remote_peer: PeerId,
+        remote_public_key: PublicKey | None,
+        outbound: bool,
+        max_inbound_streams: int = 256,
+        max_outbound_streams: int = 1024,
+        leftover_plaintext: bytes = b"",
+        leftover_ciphertext: bytes = b"",
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._tcp = tcp
+        self._noise = noise
+        self._session = session
+        self._remote_peer = remote_peer
+        self.remote_public_key = remote_public_key
+        self._outbound = outbound
+        self.max_inbound_streams = max_inbound_streams
+        self.max_outbound_streams = max_outbound_streams
+        self._streams: dict[int, YamuxStream] = {}
+        self._n_inbound = 0
+        self._n_outbound = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._queued = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._closed_event = asyncio.Event()
+        self.error: PeerstackError | None = None
+        self.opened_at = self._loop.time()
+        self._idle_since: float | None = self.opened_at
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.on_stream: StreamCallback | None = None
+        self.on_rtt: Callable[[float], None] | None = None
+        self._on_closed: list[ClosedCallback] = []
+        self._leftover = (leftover_plaintext, leftover_ciphertext)
+        self._started = False
+
+    def start(self) -> None:
+        """Begin driving the session: take over the TCP read callback, start keepalive.
+
+        Set ``on_stream`` first: inbound streams may already be waiting.
+        """
+        if self._started:
+            return
+        self._started = True
+        leftover_plaintext, leftover_ciphertext = self._leftover
+        self._leftover = (b"", b"")
+        pending = self._tcp.attach(self._data_received, self._connection_lost)
+        self._session.tick(self._loop.time())  # starts the keepalive clock
+        if leftover_plaintext:
+            self._plaintext_received(leftover_plaintext)
+        if leftover_ciphertext or pending:
+            self._data_received(leftover_ciphertext + pending)
+        if self._closed:
+            return
+        self._arm_timer()
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self._remote_peer
+
+    @property
+    def remote_addr(self) -> Multiaddr | None:
+        return self._tcp.remote_addr
+
+    @property
+    def local_addr(self) -> Multiaddr | None:
+        return self._tcp.local_addr
+
+    @property
+    def remote_ip(self) -> str | None:
+        return self._tcp.remote_ip
+
+    @property
+    def outbound(self) -> bool:
+        return self._outbound
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def idle_since(self) -> float | None:
+        return self._idle_since if not self._streams else None
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    @property
+    def can_open_streams(self) -> bool:
+        s = self._session
+        return not (self._closed or s.goaway_received or s.goaway_sent or s.is_closed)
+
+    @property
+    def rtt(self) -> float | None:
+        return self._session.rtt
+
+    @property
+    def write_paused(self) -> bool:
+        return self._tcp.write_paused
+
+    @property
+    def session(self) -> yamux.YamuxSession:
+        return self._session
+
+    def streams(self) -> list[YamuxStream]:
+        return list(self._streams.values())
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "peer": str(self._remote_peer),
+            "remote_addr": str(self.remote_addr),
+            "outbound": self._outbound,
+            "streams": len(self._streams),
+            "inbound_streams": self._n_inbound,
+            "outbound_streams": self._n_outbound,
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "rtt": self._session.rtt,
+            "age": self._loop.time() - self.opened_at,
+            "closed": self._closed,
+            "error": repr(self.error) if self.error else None,
+        }
+
+    def add_closed_callback(self, callback: ClosedCallback) -> None:
+        if self._closed:
+            self._loop.call_soon(callback, self)
+        else:
+            self._on_closed.append(callback)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def open_stream(self) -> YamuxStream:
+        """Open an outbound stream (the SYN goes out this loop turn; no round trip waited)."""
+        if self._closed:
+            raise ConnectionClosed(f"connection to {self._remote_peer} is closed")
+        if self._n_outbound >= self.max_outbound_streams:
+            raise ResourceLimitError(
+                f"{self._n_outbound} outbound streams open to {self._remote_peer}"
+            )
+        sid = self._session.open_stream()
+        stream = YamuxStream(self, sid, outbound=True)
+        self._streams[sid] = stream
+        self._n_outbound += 1
+        self._schedule_flush()
+        return stream
+
+    def send(self, stream_id: int, data: bytes | memoryview) -> int:
+        """Queue ``data`` on a stream as far as its send window allows; returns bytes taken."""
+        if self._closed:
+            raise self.error_for_streams()
+        n = self._session.send_data(stream_id, data)
+        if n:
+            self.bytes_sent += n
+            self._queued += n
+            if self._queued >= FLUSH_THRESHOLD:
+                self._flush()
+            elif self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush)
+        return n
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        if self._closed or not n:
+            return
+        self._session.consumed(stream_id, n, self._loop.time())
+        self._schedule_flush()
+
+    def close_stream(self, stream: YamuxStream) -> None:
+        if self._closed:
+            return
+        self._session.close_stream(stream.stream_id)
+        self._schedule_flush()
+        if stream._eof:
+            self._forget(stream)
+
+    def reset_stream(self, stream: YamuxStream) -> None:
+        if self._closed:
+            return
+        self._session.reset_stream(stream.stream_id)
+        self._schedule_flush()
+        self._forget(stream)
+
+    def _forget(self, stream: YamuxStream) -> None:
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        if stream.outbound:
+            self._n_outbound -= 1
+        else:
+            self._n_inbound -= 1
+        if not self._streams:
+            self._idle_since = self._loop.time()
+
+    async def wait_writable(self) -> None:
+        """Wait while the TCP transport's buffer is over its high-water mark."""
+        try:
+            await self._tcp.drain()
+        except ConnectionClosed:
+            raise self.error_for_streams() from None
+
+    def error_for_streams(self) -> StreamConnectionClosed:
+        reason = f": {self.error}" if self.error is not None else ""
+        err = StreamConnectionClosed(f"connection to {self._remote_peer} closed{reason}")
+        err.__cause__ = self.error
+        return err
+
+    # -- the read path -----------------------------------------------------------------------
+
+    def _data_received(self, data: bytes | memoryview) -> None:
+        if self._closed:
+            return
+        try:
+            plain = self._noise.decrypt(data)
+        except PeerError as exc:
+            self._fail(exc)
+            return
+        if plain:
+            self._plaintext_received(plain)
+
+    def _plaintext_received(self, plain: bytes) -> None:
+        self.bytes_received += len(plain)
+        try:
+            events = self._session.receive_data(plain, self._loop.time())
+        except PeerError as exc:
+            self._fail(exc)
+            return
+        streams = self._streams
+        for ev in events:
+            t = type(ev)
+            if t is _DataReceived:
+                assert isinstance(ev, yamux.DataReceived)
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream._feed(ev.data)
+            elif t is _SendWindowUpdated:
+                assert isinstance(ev, yamux.SendWindowUpdated)
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream._wake_writer()
+            else:
+                self._other_event(ev)
+        if self._flush_handle is None and not self._closed:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _other_event(self, ev: yamux.Event) -> None:
+        if isinstance(ev, yamux.StreamOpened):
+            self._inbound_stream(ev.stream_id)
+        elif isinstance(ev, yamux.StreamEnded):
+            stream = self._streams.get(ev.stream_id)
+            if stream is not None:
+                stream._feed_eof()
+                if stream.write_closed:
+                    self._forget(stream)
+        elif isinstance(ev, yamux.StreamReset):
+            stream = self._streams.get(ev.stream_id)
+            if stream is not None:
+                stream._fail(StreamReset(f"stream {ev.stream_id} reset by the peer"))
+                self._forget(stream)
+        elif isinstance(ev, yamux.PongReceived):
+            if self.on_rtt is not None:
+                self.on_rtt(ev.rtt)
+        elif isinstance(ev, yamux.GoAwayReceived):
+            log.debug("%s sent GoAway(%d)", self._remote_peer, ev.code)
+            if not self._streams:
+                self._loop.call_soon(self._close_now, None)
+        elif isinstance(ev, yamux.KeepaliveTimeout):
+            self._fail(ConnectionClosed(f"keepalive timeout to {self._remote_peer}"))
+        # StreamAccepted needs nothing: data may flow before the ACK.
+
+    def _inbound_stream(self, sid: int) -> None:
+        if self._n_inbound >= self.max_inbound_streams or self.on_stream is None:
+            log.debug("refusing stream %d from %s: limit reached", sid, self._remote_peer)
+            self._session.reset_stream(sid)
+            return
+        self._session.accept(sid)
+        stream = YamuxStream(self, sid, outbound=False)
+        self._streams[sid] = stream
+        self._n_inbound += 1
+        self.on_stream(stream)
+
+    # -- the write path ----------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and not self._closed:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush_handle = None
+        self._queued = 0
+        out = self._session.data_to_send()
+        if out and not self._tcp.is_closed:
+            self._tcp.write(self._noise.encrypt(out))
+
+    # -- keepalive ---------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._closed:
+            return
+        deadline = self._session.next_deadline()
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        events = self._session.tick(self._loop.time())
+        for ev in events:
+            self._other_event(ev)
+        if self._closed:
+            return
+        self._flush()
+        self._arm_timer()
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _fail(self, error: PeerstackError) -> None:
+        """The peer broke the protocol (or stopped answering): flush GoAway and close."""
+        if self._closed:
+            return
+        log.info("closing connection to %s: %s", self._remote_peer, error)
+        self.error = error
+        if not self._session.is_closed:
+            self._session.go_away(yamux.GOAWAY_PROTOCOL_ERROR)
+        self._flush_goaway()
+        self._close_now(error)
+
+    def _flush_goaway(self) -> None:
+        out = self._session.data_to_send()
+        if out and not self._tcp.is_closed:
+            with contextlib.suppress(ConnectionClosed):
+                self._tcp.write(self._noise.encrypt(out))
+
+    async def close(self) -> None:
+        """Send GoAway, close the socket after flushing, reset every stream."""
+        if not self._closed:
+            self._session.go_away(yamux.GOAWAY_NORMAL)
+            self._flush_goaway()
+            self._close_now(None)
+        await self._tcp.wait_closed()
+
+    async def wait_closed(self) -> None:
+        await self._closed_event.wait()
+
+    def _close_now(self, error: PeerstackError | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if error is not None and self.error is None:
+            self.error = error
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._tcp.close()
+        streams = list(self._streams.values())
+        self._streams.clear()
+        self._n_inbound = self._n_outbound = 0
+        for stream in streams:
+            # A stream the peer already finished keeps its data for the reader; writes to it
+            # fail in send(). Every other stream ends abruptly.
+            if not stream._eof:
+                stream._fail(self.error_for_streams())
+        self._closed_event.set()
+        callbacks, self._on_closed = self._on_closed, []
+        for cb in callbacks:
+            cb(self)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        err = ConnectionClosed(f"connection to {self._remote_peer} lost: {exc}") if exc else None
+        # A TCP close without GoAway: the streams still open end abruptly.
+        self._close_now(err or ConnectionClosed(f"{self._remote_peer} closed the connection"))
+
+    def __repr__(self) -> str:
+        direction = "out" if self._outbound else "in"
+        return f"<Connection {direction} {self._remote_peer} {self.remote_addr}>"

@@ -1,0 +1,320 @@
+"""``YamuxStream``: one Yamux stream as an awaitable ``peerstack.host.interface.Stream``.
+
+The connection feeds it (``_feed``, ``_feed_eof``, ``_on_reset``, ``_wake_writer``) from the
+event loop's read callback; the application reads and writes through coroutines.
+
+Memory: the read buffer holds at most the receive window the session granted (the session
+refuses a peer that overruns it), and ``consumed()`` returns window only as the application
+reads, so a slow reader slows the sender instead of growing our buffer. Writes wait for send
+window and for the TCP transport to drain; they never fail on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import (
+    ConnectionClosed,
+    LimitExceeded,
+    StreamClosed,
+    StreamReset,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from peerstack.net.connection import Connection
+
+#: Largest piece handed to the session per send_data call: bounds what one writer can queue
+#: past the transport's high-water mark before it waits.
+WRITE_CHUNK = 1024 * 1024
+
+
+class StreamConnectionClosed(StreamReset, ConnectionClosed):
+    """The connection under the stream closed or failed; the stream is gone both ways."""
+
+
+class YamuxStream:
+    """A bidirectional byte stream multiplexed on a ``Connection``."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_eof",
+        "_error",
+        "_id",
+        "_local_closed",
+        "_pos",
+        "_preconsumed",
+        "_protocol",
+        "_read_waiter",
+        "_size",
+        "_write_waiter",
+        "outbound",
+    )
+
+    def __init__(self, conn: Connection, stream_id: int, outbound: bool) -> None:
+        self._conn = conn
+        self._id = stream_id
+        self.outbound = outbound
+        self._protocol = ""
+        self._chunks: deque[bytes] = deque()
+        self._pos = 0  # offset of unread data in _chunks[0]
+        self._size = 0  # unread bytes in _chunks (from _pos on)
+        self._preconsumed = 0  # bytes pushed back by unread(): window already returned
+        self._eof = False
+        self._error: StreamReset | None = None
+        self._local_closed = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+
+    # -- the Stream interface --------------------------------------------------------------
+
+    @property
+    def protocol(self) -> str:
+        return self._protocol
+
+    @protocol.setter
+    def protocol(self, value: str) -> None:
+        self._protocol = value
+
+    @property
+    def stream_id(self) -> int:
+        return self._id
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self._conn.remote_peer
+
+    @property
+    def remote_addr(self) -> Multiaddr | None:
+        return self._conn.remote_addr
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read by the application."""
+        return self._size
+
+    @property
+    def is_reset(self) -> bool:
+        return self._error is not None
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer closed its side and every byte was read."""
+        return self._eof and not self._size
+
+    @property
+    def write_closed(self) -> bool:
+        return self._local_closed
+
+    async def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        if not self._size:
+            await self._wait_readable()
+            if not self._size:
+                return b""
+        if self._error is not None:
+            raise self._error
+        data = self._take(n)
+        self._report_consumed(len(data))
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        if n < 0:
+            raise UsageError("readexactly() needs n >= 0")
+        if n <= self._size and self._error is None:
+            data = self._take(n)
+            self._report_consumed(n)
+            return data
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            # Read piecewise so window goes back while we wait (n may exceed the window).
+            piece = await self.read(n - got)
+            if not piece:
+                raise StreamClosed(f"stream ended after {got} of {n} bytes")
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    async def read_until_eof(self, limit: int) -> bytes:
+        """Everything up to the peer's close; ``LimitExceeded`` once more than ``limit``."""
+        parts: list[bytes] = []
+        got = 0
+        while True:
+            piece = await self.read()
+            if not piece:
+                return b"".join(parts)
+            got += len(piece)
+            if got > limit:
+                self.reset()
+                raise LimitExceeded(f"stream sent more than {limit} bytes")
+            parts.append(piece)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._local_closed:
+            raise StreamClosed("write after close()")
+        conn = self._conn
+        if isinstance(data, bytes) and len(data) <= WRITE_CHUNK:
+            # The common case: one piece, referenced (not copied) by the session.
+            view: bytes | memoryview = data
+            total = len(data)
+        else:
+            view = memoryview(data).cast("B")
+            total = view.nbytes
+        off = 0
+        while off < total:
+            if conn.write_paused:
+                await conn.wait_writable()
+                if self._error is not None:
+                    raise self._error
+            piece = view if off == 0 and total <= WRITE_CHUNK else view[off : off + WRITE_CHUNK]
+            sent = conn.send(self._id, piece)
+            off += sent
+            if off < total and not sent:
+                await self._wait_window()
+
+    async def drain(self) -> None:
+        """Wait until the connection's transport buffer is below its low-water mark."""
+        if self._conn.write_paused:
+            await self._conn.wait_writable()
+
+    async def close(self) -> None:
+        """Half-close: send FIN. Reading goes on until the peer closes too."""
+        if self._local_closed or self._error is not None:
+            return
+        self._local_closed = True
+        self._conn.close_stream(self)
+
+    def reset(self) -> None:
+        if self._error is not None:
+            return
+        self._fail(StreamReset("stream reset locally"))
+        self._conn.reset_stream(self)
+
+    def unread(self, data: bytes) -> None:
+        """Push ``data`` back in front of the buffer (bytes read past a negotiation)."""
+        if not data:
+            return
+        if self._pos:
+            self._chunks[0] = self._chunks[0][self._pos :]
+            self._pos = 0
+        self._chunks.appendleft(data)
+        self._size += len(data)
+        self._preconsumed += len(data)
+
+    def __repr__(self) -> str:
+        return f"<YamuxStream {self._id} {self._protocol or '?'} to {self._conn.remote_peer}>"
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _take(self, n: int) -> bytes:
+        chunks = self._chunks
+        pos = self._pos
+        if n < 0 or n >= self._size:
+            if len(chunks) == 1:
+                first = chunks.popleft()
+                data = first[pos:] if pos else first
+            else:
+                if pos:
+                    chunks[0] = chunks[0][pos:]
+                data = b"".join(chunks)
+                chunks.clear()
+            self._pos = 0
+            self._size = 0
+            return data
+        parts: list[bytes] = []
+        need = n
+        while need:
+            first = chunks[0]
+            avail = len(first) - pos
+            if avail <= need:
+                parts.append(first[pos:] if pos else first)
+                chunks.popleft()
+                need -= avail
+                pos = 0
+            else:
+                parts.append(first[pos : pos + need])
+                pos += need
+                need = 0
+        self._pos = pos
+        self._size -= n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _report_consumed(self, n: int) -> None:
+        pre = self._preconsumed
+        if pre:
+            if pre >= n:
+                self._preconsumed = pre - n
+                return
+            self._preconsumed = 0
+            n -= pre
+        self._conn.consumed(self._id, n)
+
+    async def _wait_readable(self) -> None:
+        while not self._size:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return
+            fut = asyncio.get_running_loop().create_future()
+            self._read_waiter = fut
+            try:
+                await fut
+            finally:
+                self._read_waiter = None
+
+    async def _wait_window(self) -> None:
+        if self._error is not None:
+            raise self._error
+        fut = asyncio.get_running_loop().create_future()
+        self._write_waiter = fut
+        try:
+            await fut
+        finally:
+            self._write_waiter = None
+        if self._error is not None:
+            raise self._error
+
+    # Called by the connection --------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        fut = self._read_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        fut = self._read_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _wake_writer(self) -> None:
+        fut = self._write_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _fail(self, error: StreamReset) -> None:
+        """The stream is gone (reset by either side, or the connection ended)."""
+        if self._error is not None:
+            return
+        self._error = error
+        self._chunks.clear()
+        self._size = 0
+        self._pos = 0
+        for fut in (self._read_waiter, self._write_waiter):
+            if fut is not None and not fut.done():
+                fut.set_result(None)

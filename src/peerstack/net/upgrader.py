@@ -1,0 +1,178 @@
+"""The upgrade of a raw TCP connection into a secured, multiplexed ``Connection``.
+
+    multistream-select /noise  ->  Noise XX (libp2p payload)  ->  muxer  ->  YamuxSession
+
+The muxer is chosen by *early muxer negotiation* when both sides announced ``/yamux/1.0.0`` in
+their Noise extensions (go-libp2p does; it then skips the inner negotiation, so we must too),
+and otherwise by multistream-select over the encrypted channel. Only ``/noise`` is offered or
+accepted: never a plaintext channel, never secio.
+
+The whole sequence runs under one handshake timeout; any failure closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from peerstack.core.identity import PrivateKey
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import ConnectionClosed, HandshakeError, PeerIdMismatch
+from peerstack.net.connection import Connection
+from peerstack.net.tcp import TcpConnection
+from peerstack.wire import multistream, noise, yamux
+
+log = logging.getLogger(__name__)
+
+SECURITY_PROTOCOL = noise.PROTOCOL_ID
+MUXER_PROTOCOL = yamux.PROTOCOL_ID
+
+
+class HandshakeTimeout(HandshakeError, TimeoutError):
+    """The peer did not finish the upgrade within the handshake timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeOptions:
+    """How connections are upgraded."""
+
+    handshake_timeout: float = 15.0
+    #: Announce our muxer in the Noise extensions (and skip the inner negotiation when the
+    #: peer announced it too).
+    early_muxer_negotiation: bool = True
+    yamux_config: yamux.YamuxConfig = field(default_factory=yamux.YamuxConfig)
+    max_inbound_streams: int = 256
+    max_outbound_streams: int = 1024
+
+
+async def _read(tcp: TcpConnection, stage: str) -> bytes:
+    data = await tcp.read_some()
+    if not data:
+        raise ConnectionClosed(f"the peer closed the connection during {stage}")
+    return data
+
+
+async def _select_security(tcp: TcpConnection, outbound: bool) -> bytes:
+    """multistream-select ``/noise`` in the clear; returns bytes that follow the agreement."""
+    ms: multistream.Initiator | multistream.Responder
+    if outbound:
+        ms = multistream.Initiator([SECURITY_PROTOCOL])
+    else:
+        ms = multistream.Responder([SECURITY_PROTOCOL])
+    tcp.write(ms.data_to_send())
+    while not ms.done:
+        ms.receive_data(await _read(tcp, "security negotiation"))
+        out = ms.data_to_send()
+        if out:
+            tcp.write(out)
+    return ms.unused_data()
+
+
+async def _noise_handshake(
+    tcp: TcpConnection,
+    identity: PrivateKey,
+    *,
+    outbound: bool,
+    expected: PeerId | None,
+    muxers: list[str],
+    leftover: bytes,
+) -> noise.NoiseHandshake:
+    hs = noise.NoiseHandshake(identity, initiator=outbound, remote_peer=expected, muxers=muxers)
+    if leftover:
+        hs.receive_data(leftover)
+    out = hs.data_to_send()
+    if out:
+        tcp.write(out)
+    while not hs.complete:
+        hs.receive_data(await _read(tcp, "the noise handshake"))
+        out = hs.data_to_send()
+        if out:
+            tcp.write(out)
+    if expected is not None and hs.remote_peer != expected:  # noise checks too; be certain
+        raise PeerIdMismatch(f"expected peer {expected}, met {hs.remote_peer}")
+    return hs
+
+
+async def _select_muxer(
+    tcp: TcpConnection, transport: noise.NoiseTransport, outbound: bool, ciphertext: bytes
+) -> bytes:
+    """multistream-select the muxer inside the encrypted channel; returns leftover plaintext."""
+    ms: multistream.Initiator | multistream.Responder
+    if outbound:
+        ms = multistream.Initiator([MUXER_PROTOCOL])
+    else:
+        ms = multistream.Responder([MUXER_PROTOCOL])
+    tcp.write(transport.encrypt(ms.data_to_send()))
+    data = ciphertext
+    while not ms.done:
+        if not data:
+            data = await _read(tcp, "muxer negotiation")
+        plain = transport.decrypt(data)
+        data = b""
+        if plain:
+            ms.receive_data(plain)
+            out = ms.data_to_send()
+            if out:
+                tcp.write(transport.encrypt(out))
+    return ms.unused_data()
+
+
+async def upgrade(
+    tcp: TcpConnection,
+    identity: PrivateKey,
+    *,
+    outbound: bool,
+    expected_peer: PeerId | None = None,
+    options: UpgradeOptions | None = None,
+) -> Connection:
+    """Secure and multiplex ``tcp``; returns a ``Connection`` to ``start()``, or raises.
+
+    Raises ``PeerIdMismatch`` when ``expected_peer`` is given and someone else answered,
+    ``NegotiationError`` when the peer offers neither Noise nor Yamux, ``HandshakeTimeout``,
+    and the wire layers' ``PeerError`` subclasses for malformed input.
+    """
+    opts = options if options is not None else UpgradeOptions()
+    loop = asyncio.get_running_loop()
+    try:
+        try:
+            async with asyncio.timeout(opts.handshake_timeout):
+                rest = await _select_security(tcp, outbound)
+                muxers = [MUXER_PROTOCOL] if opts.early_muxer_negotiation else []
+                hs = await _noise_handshake(
+                    tcp,
+                    identity,
+                    outbound=outbound,
+                    expected=expected_peer,
+                    muxers=muxers,
+                    leftover=rest,
+                )
+                transport = hs.transport()
+                ciphertext = hs.unused_data()
+                if muxers and MUXER_PROTOCOL in hs.remote_muxers:
+                    plaintext = b""
+                else:
+                    plaintext = await _select_muxer(tcp, transport, outbound, ciphertext)
+                    ciphertext = b""
+        except TimeoutError:
+            raise HandshakeTimeout(
+                f"upgrade not finished within {opts.handshake_timeout} s"
+            ) from None
+    except BaseException:
+        tcp.abort()
+        raise
+    session = yamux.YamuxSession(is_client=outbound, config=opts.yamux_config, now=loop.time())
+    conn = Connection(
+        tcp,
+        transport,
+        session,
+        remote_peer=hs.remote_peer,
+        remote_public_key=hs.remote_public_key,
+        outbound=outbound,
+        max_inbound_streams=opts.max_inbound_streams,
+        max_outbound_streams=opts.max_outbound_streams,
+        leftover_plaintext=plaintext,
+        leftover_ciphertext=ciphertext,
+    )
+    log.debug("upgraded %s connection to %s", "outbound" if outbound else "inbound", conn)
+    return conn
