@@ -1,0 +1,1 @@
+"""Content-addressed storage and exchange: blockstore, dag-pb, UnixFS import/export, Bitswap."""

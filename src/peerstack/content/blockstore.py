@@ -1,0 +1,506 @@
+"""The on-disk blockstore: one file per block, pins and refs in SQLite.
+
+Layout under ``root``::
+
+    blocks/<shard>/<KEY>.data   KEY = base32 (upper case, no padding) of the block's multihash,
+                                shard = the two characters before the last one (go-ds-flatfs
+                                "next-to-last/2"), so keys spread evenly over 1024 folders
+    tmp/                        blocks being written; emptied on open
+    store.sqlite                pins, the links of dag-pb blocks (refs), transfers, metadata
+
+Blocks are keyed by multihash, not CID, as kubo does: the same bytes under CIDv0 and CIDv1 are one
+file. A block is written to ``tmp/``, optionally fsynced, then renamed into place, so a reader never
+sees half a block and a crash leaves at most a stray temp file. SQLite runs in WAL mode and every
+multi-row change is one transaction.
+
+All file I/O and hashing run in worker threads (``asyncio.to_thread``) so the event loop stays
+live; the SQLite connection is shared by those threads under a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import errno
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peerstack.content import dagpb
+from peerstack.core.cid import CID, DAG_PB, hash_bytes
+from peerstack.core.multihash import SHA2_256, Multihash
+from peerstack.errors import DecodeError, PeerstackError, UsageError
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK_SIZE = 2 * 1024 * 1024
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class BlockstoreError(PeerstackError):
+    """The blockstore could not do what was asked (I/O failure, closed store)."""
+
+
+class BlockstoreFull(BlockstoreError):
+    """The disk is full (ENOSPC/EDQUOT). Nothing partial was left behind."""
+
+
+class BlockNotFound(BlockstoreError, KeyError):
+    """No block with this multihash is stored."""
+
+
+class HashMismatch(DecodeError):
+    """Bytes do not hash to the CID they were given under."""
+
+
+class FsyncPolicy(enum.Enum):
+    ALWAYS = "always"  # fsync the block file and its folder: survives power loss
+    FILE = "file"  # fsync the block file only: its content survives, a fresh rename may not
+    NEVER = "never"  # leave it to the OS: fastest, for caches and tests
+
+
+class PinKind(enum.Enum):
+    RECURSIVE = "recursive"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class GCResult:
+    removed: int
+    freed_bytes: int
+    kept: int
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    checked: int = 0
+    damaged: list[str] = field(default_factory=list)  # keys whose bytes do not match
+    unreadable: list[str] = field(default_factory=list)  # keys that could not be read
+    foreign: list[str] = field(default_factory=list)  # files that are not blocks
+    missing_pinned: list[str] = field(default_factory=list)  # pinned roots not stored
+
+    @property
+    def ok(self) -> bool:
+        return not (self.damaged or self.unreadable or self.missing_pinned)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pins (cid TEXT PRIMARY KEY, kind TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dagpb (mh TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS refs (parent TEXT NOT NULL, child TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS refs_parent ON refs(parent);
+CREATE TABLE IF NOT EXISTS transfers (root TEXT PRIMARY KEY, target TEXT, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def mh_key(mh: Multihash) -> str:
+    """The file-name key of a multihash (kubo's upper-case unpadded base32)."""
+    return base64.b32encode(mh.to_bytes()).decode("ascii").rstrip("=")
+
+
+def key_to_multihash(key: str) -> Multihash:
+    try:
+        raw = base64.b32decode(key + "=" * (-len(key) % 8))
+    except ValueError:
+        raise DecodeError(f"not a block key: {key!r}") from None
+    return Multihash.from_bytes(raw)
+
+
+def _shard(key: str) -> str:
+    return key[-3:-1]
+
+
+class Blockstore:
+    """Blocks on disk plus pins; open with ``Blockstore(root)``, close with ``close()``."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], fsync: FsyncPolicy = FsyncPolicy.FILE,
+        max_block_size: int = MAX_BLOCK_SIZE,
+    ) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.max_block_size = max_block_size
+        self._blocks = self.root / "blocks"
+        self._tmp = self.root / "tmp"
+        self._blocks.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for stale in self._tmp.iterdir():  # leftovers of writes a crash interrupted
+            stale.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            self.root / "store.sqlite", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Blockstore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise UsageError("blockstore is closed")
+        return self._db
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def path_for(self, cid: CID | Multihash) -> Path:
+        mh = cid.multihash if isinstance(cid, CID) else cid
+        key = mh_key(mh)
+        return self._blocks / _shard(key) / f"{key}.data"
+
+    # -- synchronous core (runs in worker threads) -----------------------------------------
+
+    def _write_sync(self, cid: CID, data: bytes | bytearray | memoryview, verify: bool) -> bool:
+        """Store ``data`` under ``cid``; False when it was already there."""
+        if len(data) > self.max_block_size:
+            raise UsageError(f"block of {len(data)} bytes exceeds {self.max_block_size}")
+        if verify and not cid.verify(data):
+            raise HashMismatch(f"block does not hash to {cid}")
+        links: tuple[dagpb.PBLink, ...] | None = None
+        if cid.codec == DAG_PB:
+            links = dagpb.decode(data).links  # refuse malformed dag-pb before it is stored
+        final = self.path_for(cid)
+        if final.exists():
+            if links is not None:
+                self._index_links(cid.multihash, links)
+            return False
+        tmp = self._tmp / f"{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.fsync is not FsyncPolicy.NEVER:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            if self.fsync is FsyncPolicy.ALWAYS:
+                dfd = os.open(final.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in _DISK_FULL:
+                raise BlockstoreFull(f"disk full while writing block {cid}") from exc
+            raise BlockstoreError(f"cannot write block {cid}: {exc}") from exc
+        if links is not None:
+            self._index_links(cid.multihash, links)
+        return True
+
+    def _index_links(self, mh: Multihash, links: tuple[dagpb.PBLink, ...]) -> None:
+        key = mh_key(mh)
+        with self._lock:
+            db = self._conn()
+            if db.execute("SELECT 1 FROM dagpb WHERE mh=?", (key,)).fetchone():
+                return
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM refs WHERE parent=?", (key,))
+                db.executemany(
+                    "INSERT INTO refs(parent, child) VALUES (?, ?)",
+                    [(key, str(link.hash)) for link in links],
+                )
+                db.execute("INSERT INTO dagpb(mh) VALUES (?)", (key,))
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                db.execute("ROLLBACK")
+                if "full" in str(exc):
+                    raise BlockstoreFull("disk full while indexing links") from exc
+                raise
+
+    def _read_sync(self, cid: CID | Multihash) -> bytes:
+        path = self.path_for(cid)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise BlockNotFound(str(cid)) from None
+        except OSError as exc:
+            raise BlockstoreError(f"cannot read block {cid}: {exc}") from exc
+
+    def _children_sync(self, cid: CID) -> list[CID]:
+        """The CIDs a dag-pb block links to (from the index, or parsed and indexed now)."""
+        if cid.codec != DAG_PB:
+            return []
+        key = mh_key(cid.multihash)
+        with self._lock:
+            db = self._conn()
+            indexed = db.execute("SELECT 1 FROM dagpb WHERE mh=?", (key,)).fetchone()
+            if indexed:
+                rows = db.execute("SELECT child FROM refs WHERE parent=? ORDER BY rowid", (key,))
+                return [CID.parse(r[0]) for r in rows.fetchall()]
+        links = dagpb.decode(self._read_sync(cid)).links
+        self._index_links(cid.multihash, links)
+        return [link.hash for link in links]
+
+    def iter_keys(self) -> Iterator[str]:
+        """Every stored block key (synchronous; a directory scan)."""
+        for shard in sorted(self._blocks.iterdir()):
+            if not shard.is_dir():
+                continue
+            for entry in sorted(shard.iterdir()):
+                if entry.suffix == ".data":
+                    yield entry.stem
+
+    # -- async API ------------------------------------------------------------------------
+
+    async def put(
+        self, cid: CID, data: bytes | bytearray | memoryview, *, verify: bool = True
+    ) -> bool:
+        """Store a block; with ``verify`` (default) its hash is checked first.
+
+        Returns False when the block was already stored. Raises ``HashMismatch``,
+        ``BlockstoreFull``, ``BlockstoreError`` or ``MalformedDagPb`` for bad dag-pb bytes.
+        """
+        return await asyncio.to_thread(self._write_sync, cid, data, verify)
+
+    async def put_data(
+        self, data: bytes | bytearray | memoryview, codec: int, version: int = 1,
+        hash_code: int = SHA2_256,
+    ) -> CID:
+        """Hash ``data``, store it, return its CID: one trip to a worker thread."""
+
+        def work() -> CID:
+            cid = CID.hash_of(data, codec, version, hash_code)
+            self._write_sync(cid, data, verify=False)
+            return cid
+
+        return await asyncio.to_thread(work)
+
+    async def get(self, cid: CID) -> bytes:
+        """The block's bytes; ``BlockNotFound`` if absent."""
+        return await asyncio.to_thread(self._read_sync, cid)
+
+    async def has(self, cid: CID) -> bool:
+        return await asyncio.to_thread(self.path_for(cid).exists)
+
+    def has_sync(self, cid: CID) -> bool:
+        """A cheap stat, fine on the loop for the odd call (the server's presence checks)."""
+        return self.path_for(cid).exists()
+
+    async def size(self, cid: CID) -> int | None:
+        def work() -> int | None:
+            try:
+                return self.path_for(cid).stat().st_size
+            except FileNotFoundError:
+                return None
+
+        return await asyncio.to_thread(work)
+
+    async def read_stream(self, cid: CID, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """The block's bytes in pieces of at most ``chunk_size``, each read off the loop."""
+        path = self.path_for(cid)
+        try:
+            fh = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            raise BlockNotFound(str(cid)) from None
+        try:
+            while True:
+                piece = await asyncio.to_thread(fh.read, chunk_size)
+                if not piece:
+                    return
+                yield piece
+        finally:
+            fh.close()
+
+    async def delete(self, cid: CID) -> bool:
+        def work() -> bool:
+            try:
+                self.path_for(cid).unlink()
+            except FileNotFoundError:
+                return False
+            self._forget_links([mh_key(cid.multihash)])
+            return True
+
+        return await asyncio.to_thread(work)
+
+    def _forget_links(self, keys: list[str]) -> None:
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM refs WHERE parent=?", [(k,) for k in keys])
+            db.executemany("DELETE FROM dagpb WHERE mh=?", [(k,) for k in keys])
+            db.execute("COMMIT")
+
+    async def children(self, cid: CID) -> list[CID]:
+        return await asyncio.to_thread(self._children_sync, cid)
+
+    # -- pins and transfers ---------------------------------------------------------------
+
+    def _exec(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._conn().execute(sql, args).fetchall())
+
+    async def pin(self, cid: CID, kind: PinKind = PinKind.RECURSIVE) -> None:
+        """Protect ``cid`` (and with RECURSIVE everything under it) from garbage collection."""
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT INTO pins(cid, kind, created) VALUES (?, ?, ?) "
+            "ON CONFLICT(cid) DO UPDATE SET kind=excluded.kind",
+            (str(cid), kind.value, time.time()),
+        )
+
+    async def unpin(self, cid: CID) -> bool:
+        def work() -> bool:
+            with self._lock:
+                cur = self._conn().execute("DELETE FROM pins WHERE cid=?", (str(cid),))
+                return cur.rowcount > 0
+
+        return await asyncio.to_thread(work)
+
+    async def pins(self) -> list[tuple[CID, PinKind]]:
+        rows = await asyncio.to_thread(self._exec, "SELECT cid, kind FROM pins ORDER BY created")
+        return [(CID.parse(str(c)), PinKind(str(k))) for c, k in rows]
+
+    async def begin_transfer(self, root: CID, target: str | None = None) -> None:
+        """Record a fetch in progress: its blocks survive GC and a restart resumes it."""
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR IGNORE INTO transfers(root, target, created) VALUES (?, ?, ?)",
+            (str(root), target, time.time()),
+        )
+
+    async def end_transfer(self, root: CID) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM transfers WHERE root=?", (str(root),))
+
+    async def transfers(self) -> list[tuple[CID, str | None]]:
+        rows = await asyncio.to_thread(self._exec, "SELECT root, target FROM transfers")
+        return [(CID.parse(str(r)), None if t is None else str(t)) for r, t in rows]
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await asyncio.to_thread(
+            self._exec, "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value)
+        )
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await asyncio.to_thread(self._exec, "SELECT value FROM meta WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    # -- garbage collection and verification ----------------------------------------------
+
+    def _live_keys_sync(self) -> set[str]:
+        roots: list[tuple[CID, bool]] = []
+        for c, k in self._exec("SELECT cid, kind FROM pins"):
+            roots.append((CID.parse(str(c)), str(k) == PinKind.RECURSIVE.value))
+        for (r,) in self._exec("SELECT root FROM transfers"):
+            roots.append((CID.parse(str(r)), True))
+        live: set[str] = set()
+        stack: list[CID] = []
+        for cid, recursive in roots:
+            live.add(mh_key(cid.multihash))
+            if recursive:
+                stack.append(cid)
+        seen: set[CID] = set()
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            try:
+                kids = self._children_sync(cid)
+            except BlockNotFound:
+                continue  # a pinned DAG with missing parts (an unfinished transfer)
+            except DecodeError:
+                log.warning("pinned block %s is not valid dag-pb; its children are not kept", cid)
+                continue
+            for kid in kids:
+                live.add(mh_key(kid.multihash))
+                stack.append(kid)
+        return live
+
+    def _gc_sync(self) -> GCResult:
+        live = self._live_keys_sync()
+        removed = freed = kept = 0
+        dead: list[str] = []
+        for key in list(self.iter_keys()):
+            if key in live:
+                kept += 1
+                continue
+            path = self._blocks / _shard(key) / f"{key}.data"
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += size
+            dead.append(key)
+        if dead:
+            self._forget_links(dead)
+        return GCResult(removed, freed, kept)
+
+    async def gc(self) -> GCResult:
+        """Delete every block not reachable from a pin or a transfer in progress.
+
+        The caller must not add unpinned content concurrently (the node holds a GC lock).
+        """
+        return await asyncio.to_thread(self._gc_sync)
+
+    def _verify_sync(self, remove_damaged: bool) -> VerifyReport:
+        report = VerifyReport()
+        for shard in sorted(self._blocks.iterdir()):
+            entries = sorted(shard.iterdir()) if shard.is_dir() else [shard]
+            for entry in entries:
+                if entry.suffix != ".data" or not shard.is_dir():
+                    report.foreign.append(str(entry.relative_to(self.root)))
+                    continue
+                key = entry.stem
+                try:
+                    mh = key_to_multihash(key)
+                except DecodeError:
+                    report.foreign.append(str(entry.relative_to(self.root)))
+                    continue
+                report.checked += 1
+                if _shard(key) != shard.name:
+                    report.foreign.append(str(entry.relative_to(self.root)))
+                    continue
+                try:
+                    data = entry.read_bytes()
+                except OSError:
+                    report.unreadable.append(key)
+                    continue
+                try:
+                    good = hash_bytes(data, mh.code) == mh.digest
+                except UsageError:
+                    report.unreadable.append(key)  # a hash we cannot compute here
+                    continue
+                if not good:
+                    report.damaged.append(key)
+                    if remove_damaged:
+                        entry.unlink(missing_ok=True)
+        if remove_damaged and report.damaged:
+            self._forget_links(report.damaged)
+        for c, _k in self._exec("SELECT cid, kind FROM pins"):
+            cid = CID.parse(str(c))
+            if not self.path_for(cid).exists():
+                report.missing_pinned.append(str(cid))
+        return report
+
+    async def verify(self, remove_damaged: bool = False) -> VerifyReport:
+        """Re-hash every block; report (and optionally delete) those whose bytes are damaged."""
+        return await asyncio.to_thread(self._verify_sync, remove_damaged)

@@ -1,0 +1,113 @@
+"""The importer reproduces helia's CIDs (vectors produced by helia, see helia_vectors.mjs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import pattern
+
+from peerstack.content.blockstore import Blockstore
+from peerstack.content.importer import (
+    DEFAULT_PROFILE,
+    LEGACY_PROFILE,
+    ImportProfile,
+    import_bytes,
+    import_file,
+    import_path,
+)
+from peerstack.core.cid import CID
+from peerstack.errors import UsageError
+
+PROFILES = {"default": DEFAULT_PROFILE, "legacy": LEGACY_PROFILE}
+SMALL = ["empty", "one_byte", "one_mib", "one_mib_plus_one", "five_mib"]
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("profile", ["default", "legacy"])
+async def test_file_cids_match_helia(
+    store: Blockstore, vectors: dict[str, Any], name: str, profile: str
+) -> None:
+    vec = vectors["files"][name]
+    res = await import_bytes(store, pattern(vec["size"]), PROFILES[profile])
+    assert str(res.cid) == vec[profile]
+    assert res.file_size == vec["size"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", ["default", "legacy"])
+async def test_fifty_mib_file_streamed_from_disk(
+    store: Blockstore, vectors: dict[str, Any], tmp_path: Path, profile: str
+) -> None:
+    """Two tree levels in the legacy profile (200 leaves > 174 links)."""
+    vec = vectors["files"]["fifty_mib"]
+    src = tmp_path / "big.bin"
+    src.write_bytes(pattern(vec["size"]))
+    res = await import_file(store, src, PROFILES[profile])
+    assert str(res.cid) == vec[profile]
+
+
+async def test_deep_trees_match_helia(store: Blockstore, vectors: dict[str, Any]) -> None:
+    for case in vectors["custom"]:
+        profile = ImportProfile(
+            cid_version=case["cidVersion"], raw_leaves=case["rawLeaves"],
+            chunk_size=case["chunkSize"], max_links=case["maxChildrenPerNode"],
+        )
+        res = await import_bytes(store, pattern(case["size"]), profile)
+        assert str(res.cid) == case["cid"], case
+
+
+def _build_tree(root: Path, vectors: dict[str, Any]) -> Path:
+    for entry in vectors["tree"]["entries"]:
+        path = root / entry["path"]
+        if entry["kind"] == "dir":
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if entry["kind"] == "pattern":
+            path.write_bytes(pattern(entry["size"]))
+        else:
+            path.write_text(entry["text"])
+    return root / "tree"
+
+
+@pytest.mark.parametrize("profile", ["default", "legacy"])
+async def test_directory_cids_match_helia(
+    store: Blockstore, vectors: dict[str, Any], tmp_path: Path, profile: str
+) -> None:
+    tree = _build_tree(tmp_path / "src", vectors)
+    res = await import_path(store, tree, PROFILES[profile])
+    cids = vectors["tree"]["cids"][profile]
+    assert str(res.cid) == cids["tree"]
+    assert res.is_dir
+    sub = await import_path(store, tree / "sub", PROFILES[profile])
+    assert str(sub.cid) == cids["tree/sub"]
+
+
+async def test_import_is_idempotent_and_blocks_are_stored(store: Blockstore) -> None:
+    data = pattern(3 * 1024 * 1024 + 5)
+    a = await import_bytes(store, data)
+    b = await import_bytes(store, data)
+    assert a == b
+    assert await store.has(a.cid)
+    assert len(list(store.iter_keys())) == 5  # 4 raw leaves + 1 root
+
+
+async def test_blake3_profile_changes_the_cid(store: Blockstore) -> None:
+    pytest.importorskip("blake3")
+    from peerstack.core.multihash import BLAKE3
+
+    res = await import_bytes(store, b"hello", ImportProfile(hash_code=BLAKE3))
+    assert res.cid.multihash.code == BLAKE3
+    assert CID.parse(str(res.cid)) == res.cid
+    assert await store.get(res.cid) == b"hello"
+
+
+def test_bad_profiles_are_usage_errors() -> None:
+    with pytest.raises(UsageError):
+        ImportProfile(cid_version=0, raw_leaves=True)
+    with pytest.raises(UsageError):
+        ImportProfile(max_links=1)
+    with pytest.raises(UsageError):
+        ImportProfile(chunk_size=0)
