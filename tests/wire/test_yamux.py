@@ -263,6 +263,18 @@ def test_rst_after_data_was_sent() -> None:
     assert pair.client.data_to_send() == b""
 
 
+def test_local_reset_while_a_payload_is_half_received() -> None:
+    server = YamuxSession(is_client=False)
+    server.receive_data(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0), 0.0)
+    wire = frame(TYPE_DATA, FLAG_FIN, 1, 10, b"0123456789") + frame(TYPE_PING, FLAG_SYN, 0, 5)
+    assert server.receive_data(wire[:15], 0.0) == [DataReceived(1, b"012")]
+    server.reset_stream(1)
+    # The rest of the payload is skipped, its FIN ignored, and the next frame parsed.
+    assert server.receive_data(wire[15:], 0.0) == []
+    assert server.data_to_send().endswith(frame(TYPE_PING, FLAG_ACK, 0, 5))
+    assert server.stream_count == 0
+
+
 def test_local_reset_forgets_stream_and_peer_sees_reset() -> None:
     pair = Pair()
     sid = pair.client.open_stream()
@@ -440,7 +452,8 @@ def test_consumed_more_than_delivered_is_usage_error() -> None:
 
 
 def test_accept_backlog_limit_refuses_with_rst() -> None:
-    pair = Pair()
+    # A client that does not hold back its own opens (our default would stop at 256).
+    pair = Pair(client_config=YamuxConfig(max_outbound_unacked=1000))
     sids = [pair.client.open_stream() for _ in range(257)]
     pair.flush()
     opened = [e for e in pair.take("server") if isinstance(e, StreamOpened)]
@@ -455,6 +468,25 @@ def test_accept_backlog_limit_refuses_with_rst() -> None:
     pair.flush()
     assert pair.take("server") == [StreamOpened(sid)]
     assert not pair.server.is_closed
+
+
+def test_outbound_ack_backlog() -> None:
+    client = YamuxSession(is_client=True, config=YamuxConfig(max_outbound_unacked=2))
+    a = client.open_stream()
+    b = client.open_stream()
+    with pytest.raises(ResourceLimitError):
+        client.open_stream()
+    assert client.outbound_unacked == 2
+    assert client.receive_data(frame(TYPE_WINDOW_UPDATE, FLAG_ACK, a, 0), 0.0) == [
+        StreamAccepted(a)
+    ]
+    c = client.open_stream()
+    # A refused (RST) stream frees its slot too.
+    assert client.receive_data(frame(TYPE_WINDOW_UPDATE, FLAG_RST, b, 0), 0.0) == [StreamReset(b)]
+    client.open_stream()
+    assert client.outbound_unacked == 2
+    client.reset_stream(c)
+    assert client.outbound_unacked == 1
 
 
 def test_refused_syn_data_is_skipped() -> None:
@@ -789,12 +821,14 @@ def test_fuzz_plausible_frames(frames: list[bytes], cuts: list[int]) -> None:
 
 _ops = st.lists(
     st.tuples(
-        st.sampled_from(["open", "send", "close", "reset", "consume", "ping", "accept"]),
+        st.sampled_from(
+            ["open", "send", "send", "close", "reset", "consume", "ping", "accept", "pump", "pump"]
+        ),
         st.booleans(),  # which side acts
         st.integers(0, 7),  # which of its streams
         st.integers(0, 300_000),  # size
     ),
-    max_size=40,
+    max_size=50,
 )
 
 
@@ -803,26 +837,37 @@ _ops = st.lists(
 def test_random_operations_keep_both_sides_consistent(
     ops: list[tuple[str, bool, int, int]],
 ) -> None:
-    """Random API use on both sides: no errors, and every stream delivers what was sent."""
-    pair = Pair()
-    sides = {True: pair.client, False: pair.server}
-    sent: dict[tuple[bool, int], bytearray] = defaultdict(bytearray)
-    got: dict[tuple[bool, int], bytearray] = defaultdict(bytearray)
-    unread: dict[tuple[bool, int], int] = defaultdict(int)  # by receiving side
+    """Random API use on both sides with bytes delivered in random slices.
+
+    Nothing raises, every stream delivers a prefix of what was sent, and all of it once the
+    wire is drained (unless the stream was reset, after which a prefix is all one can expect).
+    """
+    client = YamuxSession(is_client=True, now=0.0)
+    server = YamuxSession(is_client=False, now=0.0)
+    sides = {True: client, False: server}
+    in_flight: dict[bool, bytearray] = {True: bytearray(), False: bytearray()}  # by sender
+    sent: dict[tuple[bool, int], bytearray] = defaultdict(bytearray)  # by sender
+    got: dict[tuple[bool, int], bytearray] = defaultdict(bytearray)  # by sender
+    unread: dict[tuple[bool, int], int] = defaultdict(int)  # by receiver
+    was_reset: set[int] = set()
     streams: dict[bool, list[int]] = {True: [], False: []}
     counter = 0
 
-    def drain() -> None:
-        pair.flush()
-        for side, sink in ((True, pair.client_events), (False, pair.server_events)):
-            for event in sink:
-                if isinstance(event, StreamOpened):
-                    streams[side].append(event.stream_id)
-                elif isinstance(event, DataReceived):
-                    # Key by the sender's side.
-                    got[(not side, event.stream_id)] += event.data
-                    unread[(side, event.stream_id)] += len(event.data)
-            sink.clear()
+    def deliver(sender: bool, size: int) -> int:
+        in_flight[sender] += sides[sender].data_to_send()
+        piece = bytes(in_flight[sender][:size])
+        del in_flight[sender][:size]
+        receiver = not sender
+        for event in sides[receiver].receive_data(piece, 1.0):
+            if isinstance(event, StreamOpened):
+                streams[receiver].append(event.stream_id)
+            elif isinstance(event, DataReceived):
+                got[(sender, event.stream_id)] += event.data
+                unread[(receiver, event.stream_id)] += len(event.data)
+            elif isinstance(event, StreamReset):
+                was_reset.add(event.stream_id)
+        assert sides[receiver].buffered_input < HEADER_SIZE
+        return len(piece)
 
     for op, side, index, size in ops:
         session = sides[side]
@@ -831,6 +876,9 @@ def test_random_operations_keep_both_sides_consistent(
         if op == "open":
             with contextlib.suppress(ResourceLimitError):
                 streams[side].append(session.open_stream())
+        elif op == "pump":
+            deliver(True, size % 70_000 + 1)
+            deliver(False, size % 50_000 + 1)
         elif sid is None:
             pass
         elif op == "send" and session.send_window(sid) > 0:
@@ -842,10 +890,7 @@ def test_random_operations_keep_both_sides_consistent(
             session.close_stream(sid)
         elif op == "reset":
             session.reset_stream(sid)
-            sent.pop((side, sid), None)
-            sent.pop((not side, sid), None)
-            got.pop((side, sid), None)
-            got.pop((not side, sid), None)
+            was_reset.add(sid)
         elif op == "consume":
             n = min(size, unread[(side, sid)])
             session.consumed(sid, n, 1.0)
@@ -854,13 +899,15 @@ def test_random_operations_keep_both_sides_consistent(
             session.ping(0.0)
         elif op == "accept":
             session.accept(sid)
-        drain()
-        for key in list(got):
-            if key in sent:
-                assert got[key] == sent[key][: len(got[key])]
-    drain()
+        for key, data in got.items():
+            assert data == sent[key][: len(data)]
+    for _ in range(100):
+        if not deliver(True, 1 << 30) + deliver(False, 1 << 30):
+            break
     for key, data in got.items():
-        if key in sent:
-            assert bytes(data) == bytes(sent[key])
-    assert not pair.client.is_closed
-    assert not pair.server.is_closed
+        assert data == sent[key][: len(data)]
+    for key, data in sent.items():
+        if key[1] not in was_reset:
+            assert got[key] == data
+    assert not client.is_closed
+    assert not server.is_closed

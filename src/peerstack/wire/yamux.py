@@ -149,6 +149,9 @@ class YamuxConfig:
     max_inbound_unacked: int = 256
     #: Open streams per session, both directions together.
     max_streams: int = 1024
+    #: Streams we opened that the peer has not ACKed yet; open_stream() refuses more (the
+    #: libp2p spec's "ACK backlog": at most 256). StreamAccepted says when there is room again.
+    max_outbound_unacked: int = 256
     #: Largest Data payload we send in one frame (we accept anything within the window).
     max_frame_payload: int = 1 << 20
     #: Send a keepalive ping after this long without hearing from the peer (0 disables).
@@ -165,7 +168,7 @@ class YamuxConfig:
             raise UsageError("max_window must be in [initial_window, 2**32-1]")
         if self.max_frame_payload < 1 or self.max_frame_payload > _U32_MAX:
             raise UsageError("max_frame_payload must be in [1, 2**32-1]")
-        if self.max_inbound_unacked < 0 or self.max_streams < 1:
+        if self.max_inbound_unacked < 0 or self.max_streams < 1 or self.max_outbound_unacked < 1:
             raise UsageError("stream limits must be positive")
         if self.keepalive_interval < 0 or self.keepalive_timeout < 0:
             raise UsageError("keepalive times must not be negative")
@@ -320,6 +323,7 @@ class YamuxSession:
         self._peer_gaps: set[int] = set()
         self._streams: dict[int, _Stream] = {}
         self._backlog = 0
+        self._unacked = 0  # our streams whose SYN the peer has not ACKed yet
         self._granted = 0  # sum of recv_window over live streams
         self._out: list[bytes | memoryview] = []
         self._control_bytes = 0
@@ -383,6 +387,11 @@ class YamuxSession:
         return self._backlog
 
     @property
+    def outbound_unacked(self) -> int:
+        """Streams we opened whose SYN the peer has not ACKed yet."""
+        return self._unacked
+
+    @property
     def granted_window(self) -> int:
         """Sum of the receive windows granted across live streams."""
         return self._granted
@@ -434,6 +443,10 @@ class YamuxSession:
             raise SessionClosedError("session is going away: no new streams")
         if len(self._streams) >= self._config.max_streams:
             raise ResourceLimitError(f"too many streams ({self._config.max_streams})")
+        if self._unacked >= self._config.max_outbound_unacked:
+            raise ResourceLimitError(
+                f"{self._unacked} opened streams await the peer's ACK; wait for StreamAccepted"
+            )
         sid = self._next_id
         if sid > _U32_MAX:
             raise ResourceLimitError("stream ids exhausted on this session")
@@ -442,6 +455,7 @@ class YamuxSession:
         st = _Stream(sid, True, window, self._now)
         self._streams[sid] = st
         self._granted += window
+        self._unacked += 1
         self._out.append(
             _pack_header(0, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, window - INITIAL_WINDOW)
         )
@@ -556,9 +570,15 @@ class YamuxSession:
 
     def _remove(self, st: _Stream) -> None:
         del self._streams[st.sid]
+        if self._rx_stream is st:
+            # Reset locally while one of its Data payloads is half received: skip the rest.
+            self._rx_stream = None
+            self._rx_fin = 0
         self._granted -= st.recv_window
         if not st.accepted:
             self._backlog -= 1
+        if not st.acked:
+            self._unacked -= 1
 
     # ---- liveness and termination -------------------------------------------------------
 
@@ -749,6 +769,7 @@ class YamuxSession:
             self._check_known(sid)
         elif flags & FLAG_ACK and not st.acked:
             st.acked = True
+            self._unacked -= 1
             events.append(StreamAccepted(sid))
         if ftype == TYPE_DATA:
             if st is not None:
