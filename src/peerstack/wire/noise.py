@@ -643,10 +643,10 @@ class NoiseTransport:
         n = len(src)
         pos = 0
         partial = self._partial
-        first: bytes | None = None
-        nonce = self._recv_n
+        # Length (with its 2-byte prefix) of the frame left over from the previous call, once
+        # this call has completed it; it is decrypted first, straight out of ``partial``.
+        first_end = 0
         if partial:
-            # Complete the frame left over from the previous call (copying only its tail).
             have = len(partial)
             if have < 2:
                 pos = min(2 - have, n)
@@ -657,17 +657,14 @@ class NoiseTransport:
             if end < 2 + TAG_LENGTH:
                 raise _ShortFrame
             take = min(end - len(partial), n - pos)
-            partial += src[pos : pos + take]
+            partial += src[pos : pos + take]  # copy only the missing tail of that frame
             pos += take
             if len(partial) < end:
                 return b""
-            with memoryview(partial) as pview:
-                first = self._dec(_nonce(nonce), pview[2:end], None)
-            nonce += 1
-            partial.clear()
+            first_end = end
         # Locate the whole frames in the rest of the input.
         starts: list[int] = []
-        total = 0 if first is None else len(first)
+        total = first_end - 2 - TAG_LENGTH if first_end else 0
         while pos + 2 <= n:
             length = (src[pos] << 8) | src[pos + 1]
             if length < TAG_LENGTH:
@@ -677,19 +674,33 @@ class NoiseTransport:
             starts.append(pos)
             total += length - TAG_LENGTH
             pos += 2 + length
+        nonce = self._recv_n
+        count = len(starts) + (1 if first_end else 0)
+        if nonce + count >= MAX_NONCE:
+            raise NoiseError("receive nonce exhausted; the connection must be closed")
+        if count == 0:
+            result = b""
+        elif count == 1:  # one frame: the AEAD's own output is the result, no copy
+            if first_end:
+                with memoryview(partial) as pview:
+                    result = self._dec(_nonce(nonce), pview[2:first_end], None)
+            else:
+                p = starts[0]
+                length = (src[p] << 8) | src[p + 1]
+                result = self._dec(_nonce(nonce), src[p + 2 : p + 2 + length], None)
+        else:
+            result = self._decrypt_many(src, starts, first_end, total, nonce)
+        self._recv_n = nonce + count
+        if first_end:
+            partial.clear()
         if pos < n:
             partial += src[pos:]
-        if nonce + len(starts) >= MAX_NONCE:
-            raise NoiseError("receive nonce exhausted; the connection must be closed")
-        if not starts:
-            self._recv_n = nonce
-            return first if first is not None else b""
-        if first is None and len(starts) == 1:
-            p = starts[0]
-            length = (src[p] << 8) | src[p + 1]
-            plain = self._dec(_nonce(nonce), src[p + 2 : p + 2 + length], None)
-            self._recv_n = nonce + 1
-            return plain
+        return result
+
+    def _decrypt_many(
+        self, src: memoryview, starts: list[int], first_end: int, total: int, nonce: int
+    ) -> bytes:
+        """Decrypt several frames into the scratch buffer and return one copy of the result."""
         if total <= SCRATCH_LIMIT:
             out = self._in_scratch
             if len(out) < total:
@@ -697,17 +708,18 @@ class NoiseTransport:
         else:
             out = bytearray(total)
         dec_into = self._dec_into
+        nonce_of = _nonce
         with memoryview(out) as view:
             o = 0
-            if first is not None:
-                o = len(first)
-                view[:o] = first
+            if first_end:
+                o = first_end - 2 - TAG_LENGTH
+                with memoryview(self._partial) as pview:
+                    dec_into(nonce_of(nonce), pview[2:first_end], None, view[:o])
+                nonce += 1
             for p in starts:
                 length = (src[p] << 8) | src[p + 1]
                 size = length - TAG_LENGTH
-                dec_into(_nonce(nonce), src[p + 2 : p + 2 + length], None, view[o : o + size])
+                dec_into(nonce_of(nonce), src[p + 2 : p + 2 + length], None, view[o : o + size])
                 nonce += 1
                 o += size
-            result = bytes(view[:total])
-        self._recv_n = nonce
-        return result
+            return bytes(view[:total])
