@@ -243,3 +243,13 @@ def test_fuzz_initiator(chunks: list[bytes]) -> None:
         return
     if init.done:
         assert init.protocol in ("/x", "/a", "/b")
+
+
+def test_we_send_at_most_1024_bytes_but_tolerate_a_little_more() -> None:
+    Initiator(["/" + "x" * 1022])  # 1023 bytes + newline: the most we send
+    with pytest.raises(UsageError):
+        Initiator(["/" + "x" * 1023])
+    proto = "/" + "y" * 1040
+    resp = Responder(lambda p: p == proto)
+    resp.receive_data(HEADER + encode_message(proto))
+    assert resp.protocol == proto

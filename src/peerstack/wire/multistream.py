@@ -21,9 +21,10 @@ PROTOCOL_ID = "/multistream/1.0.0"
 NA = "na"
 LS = "ls"
 
-# go and js cap a message at 1024 bytes; we tolerate a little more so that a peer a few bytes
-# over (a varint or newline counted differently) still negotiates.
-MAX_MESSAGE_LENGTH = 1024 + 64
+# go and js cap a message at 1024 bytes: we never send more than that, and tolerate a little
+# more from a peer (a varint or newline counted differently) so that it still negotiates.
+MAX_SEND_LENGTH = 1024
+MAX_MESSAGE_LENGTH = MAX_SEND_LENGTH + 64
 # Proposals (and ``ls`` requests) we answer, or ``na`` answers we accept, per negotiation.
 MAX_PROPOSALS = 32
 
@@ -51,7 +52,7 @@ def _check_own_protocol(proto: str) -> None:
         raise UsageError("a protocol id must be a non-empty string")
     if "\n" in proto:
         raise UsageError(f"protocol id {proto!r} contains a newline")
-    if len(proto.encode()) + 1 > MAX_MESSAGE_LENGTH:
+    if len(proto.encode()) + 1 > MAX_SEND_LENGTH:
         raise UsageError(f"protocol id {proto[:40]!r}... is too long")
 
 
