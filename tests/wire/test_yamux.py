@@ -666,7 +666,7 @@ def test_syn_after_local_go_away_is_refused() -> None:
 
 
 def test_keepalive_ping_pong() -> None:
-    config = YamuxConfig(keepalive_interval=10.0, keepalive_timeout=5.0)
+    config = YamuxConfig(keepalive_interval=10.0, keepalive_timeout=5.0, rtt_interval=0)
     pair = Pair(client_config=config, server_config=config)
     assert pair.client.next_deadline() == 10.0
     assert pair.client.tick(9.0) == []
@@ -684,7 +684,7 @@ def test_keepalive_ping_pong() -> None:
 
 
 def test_keepalive_timeout() -> None:
-    config = YamuxConfig(keepalive_interval=10.0, keepalive_timeout=5.0)
+    config = YamuxConfig(keepalive_interval=10.0, keepalive_timeout=5.0, rtt_interval=0)
     client = YamuxSession(is_client=True, config=config)
     assert client.next_deadline() is None  # no time seen yet
     assert client.tick(100.0) == []
@@ -701,7 +701,7 @@ def test_keepalive_timeout() -> None:
 
 
 def test_received_bytes_postpone_keepalive() -> None:
-    config = YamuxConfig(keepalive_interval=10.0)
+    config = YamuxConfig(keepalive_interval=10.0, rtt_interval=0)
     session = YamuxSession(is_client=True, config=config, now=0.0)
     session.receive_data(frame(TYPE_PING, FLAG_SYN, 0, 1), 8.0)
     session.data_to_send()
@@ -711,9 +711,44 @@ def test_received_bytes_postpone_keepalive() -> None:
 
 
 def test_keepalive_disabled() -> None:
-    session = YamuxSession(is_client=True, config=YamuxConfig(keepalive_interval=0), now=0.0)
+    config = YamuxConfig(keepalive_interval=0, rtt_interval=0)
+    session = YamuxSession(is_client=True, config=config, now=0.0)
     assert session.next_deadline() is None
     assert session.tick(1e9) == []
+    assert session.data_to_send() == b""
+
+
+def test_rtt_is_probed_at_start_and_periodically_while_busy() -> None:
+    config = YamuxConfig(keepalive_interval=100.0, rtt_interval=10.0)
+    pair = Pair(client_config=config, server_config=config)
+    assert pair.client.next_deadline() == 0.0  # the first probe is due at once
+    pair.client.tick(0.0)
+    pair.now = 0.02
+    pair.flush()
+    assert pair.client.rtt == pytest.approx(0.02)
+    assert pair.client.next_deadline() == pytest.approx(10.02)
+    # Busy: bytes keep arriving, which postpones keepalive but not the RTT probe.
+    sid = pair.server.open_stream()
+    for t in range(1, 11):
+        pair.now = float(t)
+        pair.server.send_data(sid, b"x")
+        pair.flush()
+        assert pair.client.tick(float(t)) == []
+    assert pair.client.data_to_send() == b""
+    pair.client.tick(10.02)
+    pair.now = 10.07
+    pair.flush()
+    assert pair.client.rtt == pytest.approx(0.05)
+
+
+def test_unanswered_rtt_probe_without_keepalive_is_no_timeout() -> None:
+    config = YamuxConfig(keepalive_interval=0, rtt_interval=10.0)
+    session = YamuxSession(is_client=True, config=config, now=0.0)
+    session.tick(0.0)
+    assert session.data_to_send()  # the probe
+    assert session.next_deadline() is None  # nothing to do until the pong
+    assert session.tick(1e6) == []
+    assert not session.is_closed
 
 
 def test_config_validation() -> None:

@@ -156,8 +156,11 @@ class YamuxConfig:
     max_frame_payload: int = 1 << 20
     #: Send a keepalive ping after this long without hearing from the peer (0 disables).
     keepalive_interval: float = 30.0
-    #: A ping unanswered this long raises KeepaliveTimeout.
+    #: A ping unanswered this long raises KeepaliveTimeout (only while keepalive is on).
     keepalive_timeout: float = 30.0
+    #: tick() measures the RTT (which window auto-tuning needs) with a ping at the start of the
+    #: session and again this long after each measurement, busy or idle (0 disables).
+    rtt_interval: float = 30.0
     #: Cap on the sum of receive windows granted across streams (auto-tuning stops there).
     max_session_buffer: int = 64 * 1024 * 1024
 
@@ -170,7 +173,7 @@ class YamuxConfig:
             raise UsageError("max_frame_payload must be in [1, 2**32-1]")
         if self.max_inbound_unacked < 0 or self.max_streams < 1 or self.max_outbound_unacked < 1:
             raise UsageError("stream limits must be positive")
-        if self.keepalive_interval < 0 or self.keepalive_timeout < 0:
+        if self.keepalive_interval < 0 or self.keepalive_timeout < 0 or self.rtt_interval < 0:
             raise UsageError("keepalive times must not be negative")
         if self.max_session_buffer < 0:
             raise UsageError("max_session_buffer must not be negative")
@@ -335,6 +338,8 @@ class YamuxSession:
         # Liveness.
         self._now = now if now is not None else 0.0
         self._last_recv = now
+        self._started = now  # first time we were told; the first RTT probe is due then
+        self._last_pong: float | None = None
         self._pings: dict[int, float] = {}
         self._ping_counter = 0
         self._rtt: float | None = None
@@ -595,34 +600,52 @@ class YamuxSession:
         self._out.append(_pack_header(0, TYPE_PING, FLAG_SYN, 0, opaque))
 
     def tick(self, now: float) -> list[Event]:
-        """Run timers: keepalive ping after idle, KeepaliveTimeout if a ping goes unanswered."""
+        """Run timers: RTT probes, keepalive pings, KeepaliveTimeout for an unanswered ping."""
         self._now = now
         events: list[Event] = []
-        if self.is_closed or self._config.keepalive_interval <= 0:
+        if self.is_closed:
             return events
+        if self._started is None:
+            self._started = now
         if self._last_recv is None:
             self._last_recv = now
         if self._pings:
-            timeout = self._config.keepalive_timeout
-            oldest = min(self._pings.values())
-            if timeout > 0 and now - oldest >= timeout:
+            deadline = self._ping_deadline()
+            if deadline is not None and now >= deadline:
                 self._keepalive_failed = True
                 events.append(KeepaliveTimeout())
-        elif now - self._last_recv >= self._config.keepalive_interval:
-            self.ping(now)
+        else:
+            due = self._ping_due()
+            if due is not None and now >= due:
+                self.ping(now)
         return events
 
     def next_deadline(self) -> float | None:
         """When tick() next has work to do, or None if no timer is needed."""
-        if self.is_closed or self._config.keepalive_interval <= 0:
+        if self.is_closed:
             return None
         if self._pings:
-            if self._config.keepalive_timeout <= 0:
-                return None
-            return min(self._pings.values()) + self._config.keepalive_timeout
-        if self._last_recv is None:
+            return self._ping_deadline()
+        return self._ping_due()
+
+    def _ping_deadline(self) -> float | None:
+        """When the oldest unanswered ping counts as a keepalive failure."""
+        config = self._config
+        if config.keepalive_interval <= 0 or config.keepalive_timeout <= 0 or not self._pings:
             return None
-        return self._last_recv + self._config.keepalive_interval
+        return min(self._pings.values()) + config.keepalive_timeout
+
+    def _ping_due(self) -> float | None:
+        """When the next ping is due: keepalive after idle, or an RTT probe."""
+        config = self._config
+        due: float | None = None
+        if config.keepalive_interval > 0 and self._last_recv is not None:
+            due = self._last_recv + config.keepalive_interval
+        if config.rtt_interval > 0 and self._started is not None:
+            last = self._last_pong
+            probe = self._started if last is None else last + config.rtt_interval
+            due = probe if due is None or probe < due else due
+        return due
 
     def go_away(self, code: int = GOAWAY_NORMAL) -> None:
         """Tell the peer we open and accept no more streams (existing ones carry on)."""
@@ -658,6 +681,8 @@ class YamuxSession:
             raise MuxerError(f"session already failed: {self._failed}")
         self._now = now
         self._last_recv = now
+        if self._started is None:
+            self._started = now
         events: list[Event] = []
         mv = data if isinstance(data, memoryview) else memoryview(data)
         if mv.format != "B" or mv.ndim != 1:
@@ -749,6 +774,7 @@ class YamuxSession:
                 if sent is not None:
                     rtt = max(self._now - sent, 0.0)
                     self._rtt = rtt
+                    self._last_pong = self._now
                     events.append(PongReceived(rtt))
         elif ftype == TYPE_GO_AWAY:
             if not self._remote_goaway:
