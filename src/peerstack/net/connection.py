@@ -30,13 +30,16 @@ from peerstack.errors import (
 )
 from peerstack.net.stream import StreamConnectionClosed, YamuxStream
 from peerstack.net.tcp import TcpConnection
-from peerstack.wire import yamux
+from peerstack.wire import noise, yamux
 from peerstack.wire.noise import NoiseTransport
 
 log = logging.getLogger(__name__)
 
 #: Queued outgoing bytes that trigger an immediate flush rather than one at the end of the turn.
 FLUSH_THRESHOLD = 256 * 1024
+
+#: Plaintext encrypted per call: a whole number of Noise frames within its scratch buffer.
+ENCRYPT_SLICE = 15 * noise.MAX_PLAINTEXT
 
 StreamCallback = Callable[[YamuxStream], None]
 ClosedCallback = Callable[["Connection"], None]
@@ -101,7 +104,11 @@ class Connection:
         leftover_plaintext, leftover_ciphertext = self._leftover
         self._leftover = (b"", b"")
         pending = self._tcp.attach(self._data_received, self._connection_lost)
-        self._session.tick(self._loop.time())  # starts the keepalive clock
+        now = self._loop.time()
+        self._session.tick(now)  # starts the keepalive clock
+        # Measure the RTT at once: window auto-tuning needs it to grow past 256 KiB.
+        self._session.ping(now)
+        self._schedule_flush()
         if leftover_plaintext:
             self._plaintext_received(leftover_plaintext)
         if leftover_ciphertext or pending:
@@ -348,8 +355,19 @@ class Connection:
             self._flush_handle = None
         self._queued = 0
         out = self._session.data_to_send()
-        if out and not self._tcp.is_closed:
+        if not out or self._tcp.is_closed:
+            return
+        size = len(out)
+        if size <= ENCRYPT_SLICE:
             self._tcp.write(self._noise.encrypt(out))
+            return
+        # Encrypt in slices that fit the Noise transport's reusable scratch buffer: a fresh
+        # multi-MiB buffer per batch costs more in page faults than the cipher itself.
+        encrypt = self._noise.encrypt
+        write = self._tcp.write
+        with memoryview(out) as view:
+            for off in range(0, size, ENCRYPT_SLICE):
+                write(encrypt(view[off : off + ENCRYPT_SLICE]))
 
     # -- keepalive ---------------------------------------------------------------------------
 

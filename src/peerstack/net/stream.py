@@ -166,20 +166,25 @@ class YamuxStream:
         if self._local_closed:
             raise StreamClosed("write after close()")
         conn = self._conn
-        if isinstance(data, bytes) and len(data) <= WRITE_CHUNK:
-            # The common case: one piece, referenced (not copied) by the session.
-            view: bytes | memoryview = data
-            total = len(data)
-        else:
-            view = memoryview(data).cast("B")
-            total = view.nbytes
+        # Whole ``bytes`` up to WRITE_CHUNK go to the session as they are (referenced, not
+        # copied); anything else goes in memoryview slices, of which the session copies only
+        # what the window accepts (slicing bytes would copy the whole rest every time).
+        whole = data if isinstance(data, bytes) and len(data) <= WRITE_CHUNK else None
+        view: memoryview | None = None
+        total = len(data) if whole is not None else memoryview(data).nbytes
         off = 0
         while off < total:
             if conn.write_paused:
                 await conn.wait_writable()
                 if self._error is not None:
                     raise self._error
-            piece = view if off == 0 and total <= WRITE_CHUNK else view[off : off + WRITE_CHUNK]
+            piece: bytes | memoryview
+            if off == 0 and whole is not None:
+                piece = whole
+            else:
+                if view is None:
+                    view = memoryview(data).cast("B")
+                piece = view[off : off + WRITE_CHUNK]
             sent = conn.send(self._id, piece)
             off += sent
             if off < total and not sent:

@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import ConnectionClosed, DialError, UsageError
@@ -87,16 +88,16 @@ class TcpConnection(asyncio.BufferedProtocol):
     # -- asyncio protocol callbacks --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = self.transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        peer = transport.get_extra_info("peername")
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        peer = self.transport.get_extra_info("peername")
         self.remote_addr = sockaddr_to_multiaddr(peer)
-        self.local_addr = sockaddr_to_multiaddr(transport.get_extra_info("sockname"))
+        self.local_addr = sockaddr_to_multiaddr(self.transport.get_extra_info("sockname"))
         if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
             self.remote_ip = peer[0]
         if self._on_made is not None:

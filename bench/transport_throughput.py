@@ -1,0 +1,157 @@
+"""One stream, two processes, loopback: throughput of TCP + Noise + Yamux through BasicHost.
+
+Anchor in the same run: the same bytes through a bare asyncio BufferedProtocol pair with the
+same Noise framing (encrypt 65519-byte frames, decrypt on the far side), i.e. the ceiling the
+host's per-frame Python work is measured against. Only the ratio of one run is meaningful.
+
+    python bench/transport_throughput.py [--mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import cast
+
+from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.host.host import BasicHost
+from peerstack.host.interface import Stream
+from peerstack.net.tcp import best_event_loop_policy
+from peerstack.wire.noise import NoiseTransport
+
+PROTO = "/bench/sink/1"
+CHUNK = 1024 * 1024
+KEY_A = b"a" * 32
+KEY_B = b"b" * 32
+
+
+async def serve_host() -> None:
+    async def sink(stream: Stream) -> None:
+        total = 0
+        while True:
+            data = await stream.read()
+            if not data:
+                break
+            total += len(data)
+        await stream.write(total.to_bytes(8, "big"))
+
+    host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"])
+    async with host:
+        host.set_stream_handler(PROTO, sink)
+        print(f"{host.listen_addrs()[0]}/p2p/{host.peer_id}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def run_host_client(addr: str, total: int) -> float:
+    async with BasicHost(PrivateKey.generate()) as host:
+        peer = await host.dial(addr)
+        stream = await host.new_stream(peer, [PROTO])
+        payload = os.urandom(CHUNK)
+        start = time.perf_counter()
+        sent = 0
+        while sent < total:
+            await stream.write(payload)
+            sent += CHUNK
+        await stream.close()
+        got = int.from_bytes(await stream.readexactly(8), "big")
+        elapsed = time.perf_counter() - start
+        assert got == total, (got, total)
+        return elapsed
+
+
+class _SinkProtocol(asyncio.BufferedProtocol):
+    """Anchor receiver: decrypt everything, count plaintext, answer with the count at the end."""
+
+    def __init__(self, total: int) -> None:
+        self.buf = bytearray(256 * 1024)
+        self.noise = NoiseTransport(KEY_B, KEY_A)
+        self.total = total
+        self.count = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buf)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.count += len(self.noise.decrypt(memoryview(self.buf)[:nbytes]))
+        if self.count >= self.total and self.transport is not None:
+            self.transport.write(self.count.to_bytes(8, "big"))
+
+
+async def serve_anchor(total: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _SinkProtocol(total), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(f"/ip4/127.0.0.1/tcp/{port}", flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    server.close()
+
+
+async def run_anchor_client(addr: str, total: int) -> float:
+    host, port = Multiaddr(addr).tcp_target() or ("", 0)
+    reader, writer = await asyncio.open_connection(host, port)
+    noise = NoiseTransport(KEY_A, KEY_B)
+    payload = os.urandom(CHUNK)
+    writer.transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        writer.write(noise.encrypt(payload))
+        sent += CHUNK
+        await writer.drain()
+    await reader.readexactly(8)
+    elapsed = time.perf_counter() - start
+    writer.close()
+    return elapsed
+
+
+def measure(kind: str, total: int) -> float:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--mib", str(total // CHUNK)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    addr = proc.stdout.readline().strip()
+    try:
+        client = run_host_client if kind == "host" else run_anchor_client
+        return asyncio.run(client(addr, total))
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--serve", choices=["host", "anchor"])
+    args = parser.parse_args()
+    asyncio.set_event_loop_policy(best_event_loop_policy())
+    total = args.mib * CHUNK
+    if args.serve == "host":
+        asyncio.run(serve_host())
+        return
+    if args.serve == "anchor":
+        asyncio.run(serve_anchor(total))
+        return
+    anchor = measure("anchor", total)
+    host = measure("host", total)
+    gb = total / 1e9
+    print(f"anchor (BufferedProtocol + Noise frames): {gb / anchor:6.2f} GB/s")
+    print(f"BasicHost one stream (Noise + Yamux):     {gb / host:6.2f} GB/s")
+    print(f"ratio host / anchor: {anchor / host:.2f}")
+
+
+if __name__ == "__main__":
+    main()
