@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peerstack.core import varint
 from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
@@ -521,3 +522,45 @@ def test_transport_partial_buffer_is_bounded() -> None:
     assert b.pending == MAX_MESSAGE + 1
     with pytest.raises(NoiseError):
         b.decrypt(b"\x00" * 100_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 4),
+    st.binary(max_size=600),
+    st.binary(max_size=300),
+    st.lists(st.binary(max_size=40), max_size=4),
+    st.binary(max_size=64),
+)
+def test_fuzz_authenticated_payload(
+    key_type: int, key_data: bytes, sig: bytes, muxers: list[bytes], junk: bytes
+) -> None:
+    """Whatever an authenticated peer puts in its payload gives a typed error, never a crash."""
+    key = b"\x08" + varint.encode(key_type) + b"\x12" + varint.encode(len(key_data)) + key_data
+    ext = b"".join(b"\x12" + varint.encode(len(m)) + m for m in muxers)
+    payload = b"\x0a" + varint.encode(len(key)) + key + b"\x12" + varint.encode(len(sig)) + sig
+    payload += b"\x22" + varint.encode(len(ext)) + ext + junk
+    init = NoiseHandshake(PrivateKey.generate(), initiator=True)
+    resp = _with_payload(NoiseHandshake(PrivateKey.generate(), initiator=False), payload)
+    with pytest.raises(PeerError):
+        shuttle(init, resp)
+    assert not init.complete
+
+
+def test_message_1_payload_is_ignored_and_responder_checks_expected_peer() -> None:
+    ka, kb, kc = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    init = NoiseHandshake(ka, initiator=True)
+    resp = NoiseHandshake(kb, initiator=False, remote_peer=PeerId.from_public_key(kc.public_key))
+    m1 = init.data_to_send()
+    # Re-frame message 1 with a stray plaintext payload: the initiator's hash then differs
+    # from the responder's, so message 2 cannot authenticate at the initiator.
+    resp.receive_data((len(m1) - 2 + 3).to_bytes(2, "big") + m1[2:] + b"abc")
+    with pytest.raises(NoiseError):
+        init.receive_data(resp.data_to_send())
+    # A responder told whom to expect refuses anyone else.
+    init = NoiseHandshake(ka, initiator=True)
+    resp = NoiseHandshake(kb, initiator=False, remote_peer=PeerId.from_public_key(kc.public_key))
+    with pytest.raises(PeerIdMismatch):
+        shuttle(init, resp)
+    assert init.complete  # the initiator finished its side before the responder refused
+    assert not resp.complete
