@@ -1,0 +1,331 @@
+"""What a DHT node keeps: provider records, value records, its own provides, its peers.
+
+Two stores with the same behaviour: ``SqliteDhtStore`` (the node's state database, WAL mode,
+one transaction per change, opened lazily) and ``MemoryDhtStore`` (tests and the simulator,
+where ten thousand SQLite connections would be wasteful). Both enforce the limits: providers
+per key, keys per providing peer, providers in total, records in total. Over a limit the store
+raises ``LimitExceeded`` and keeps nothing: a peer cannot make us hold more.
+
+Provider records expire after 48 h (``provider_ttl``); our own provides are republished every
+22 h by the service (``due_republish``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import DecodeError, LimitExceeded
+
+PROVIDER_TTL = 48 * 3600.0
+REPUBLISH_INTERVAL = 22 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    provider_ttl: float = PROVIDER_TTL
+    max_providers_per_key: int = 100
+    max_keys_per_provider: int = 10_000
+    max_providers_total: int = 1_000_000
+    max_records: int = 100_000
+    max_addrs_per_provider: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEntry:
+    peer: PeerId
+    addrs: tuple[Multiaddr, ...]
+    expires: float
+
+
+class DhtStore(Protocol):
+    limits: StoreLimits
+
+    def add_provider(
+        self, key: bytes, peer: PeerId, addrs: tuple[Multiaddr, ...], now: float
+    ) -> None: ...
+
+    def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderEntry]: ...
+
+    def put_record(self, key: bytes, value: bytes, received: str) -> None: ...
+
+    def get_record(self, key: bytes) -> tuple[bytes, str] | None: ...
+
+    def remove_record(self, key: bytes) -> None: ...
+
+    def add_own_provide(self, key: bytes, now: float) -> None: ...
+
+    def due_republish(self, now: float, interval: float) -> list[bytes]: ...
+
+    def mark_republished(self, key: bytes, now: float) -> None: ...
+
+    def save_peers(self, peers: list[tuple[PeerId, tuple[Multiaddr, ...]]]) -> None: ...
+
+    def load_peers(self) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]: ...
+
+    def gc(self, now: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _pack_addrs(addrs: tuple[Multiaddr, ...]) -> bytes:
+    out = bytearray()
+    for a in addrs:
+        raw = a.to_bytes()
+        out += len(raw).to_bytes(2, "big") + raw
+    return bytes(out)
+
+
+def _unpack_addrs(data: bytes) -> tuple[Multiaddr, ...]:
+    out = []
+    i = 0
+    while i + 2 <= len(data):
+        n = int.from_bytes(data[i : i + 2], "big")
+        # Written by us; a parse failure means a protocol we dropped support for since.
+        with contextlib.suppress(DecodeError):
+            out.append(Multiaddr.from_bytes(data[i + 2 : i + 2 + n]))
+        i += 2 + n
+    return tuple(out)
+
+
+class MemoryDhtStore:
+    """The in-memory store (bounded like the SQLite one)."""
+
+    def __init__(self, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
+        self._providers: dict[bytes, dict[PeerId, ProviderEntry]] = {}
+        self._keys_per_peer: dict[PeerId, int] = {}
+        self._total = 0
+        self._records: dict[bytes, tuple[bytes, str]] = {}
+        self._own: dict[bytes, float] = {}
+        self._peers: list[tuple[PeerId, tuple[Multiaddr, ...]]] = []
+
+    def add_provider(
+        self, key: bytes, peer: PeerId, addrs: tuple[Multiaddr, ...], now: float
+    ) -> None:
+        lim = self.limits
+        entries = self._providers.get(key)
+        entry = ProviderEntry(peer, addrs[: lim.max_addrs_per_provider], now + lim.provider_ttl)
+        if entries is not None and peer in entries:
+            entries[peer] = entry  # a refresh: same slot, new expiry
+            return
+        if entries is not None and len(entries) >= lim.max_providers_per_key:
+            raise LimitExceeded("too many providers for this key")
+        if self._keys_per_peer.get(peer, 0) >= lim.max_keys_per_provider:
+            raise LimitExceeded("this peer provides too many keys")
+        if self._total >= lim.max_providers_total:
+            raise LimitExceeded("provider store full")
+        if entries is None:
+            entries = self._providers[key] = {}
+        entries[peer] = entry
+        self._keys_per_peer[peer] = self._keys_per_peer.get(peer, 0) + 1
+        self._total += 1
+
+    def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderEntry]:
+        entries = self._providers.get(key, {})
+        live = [e for e in entries.values() if e.expires > now]
+        live.sort(key=lambda e: -e.expires)
+        return live[:limit]
+
+    def put_record(self, key: bytes, value: bytes, received: str) -> None:
+        if key not in self._records and len(self._records) >= self.limits.max_records:
+            raise LimitExceeded("record store full")
+        self._records[key] = (value, received)
+
+    def get_record(self, key: bytes) -> tuple[bytes, str] | None:
+        return self._records.get(key)
+
+    def remove_record(self, key: bytes) -> None:
+        self._records.pop(key, None)
+
+    def add_own_provide(self, key: bytes, now: float) -> None:
+        self._own[key] = now
+
+    def due_republish(self, now: float, interval: float) -> list[bytes]:
+        return [k for k, t in self._own.items() if now - t >= interval]
+
+    def mark_republished(self, key: bytes, now: float) -> None:
+        if key in self._own:
+            self._own[key] = now
+
+    def save_peers(self, peers: list[tuple[PeerId, tuple[Multiaddr, ...]]]) -> None:
+        self._peers = list(peers)
+
+    def load_peers(self) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]:
+        return list(self._peers)
+
+    def gc(self, now: float) -> int:
+        removed = 0
+        for key in list(self._providers):
+            entries = self._providers[key]
+            for peer in [p for p, e in entries.items() if e.expires <= now]:
+                del entries[peer]
+                self._keys_per_peer[peer] -= 1
+                if not self._keys_per_peer[peer]:
+                    del self._keys_per_peer[peer]
+                self._total -= 1
+                removed += 1
+            if not entries:
+                del self._providers[key]
+        return removed
+
+    def close(self) -> None:
+        return None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dht_providers (
+    key BLOB NOT NULL, peer BLOB NOT NULL, addrs BLOB NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (key, peer));
+CREATE INDEX IF NOT EXISTS dht_providers_peer ON dht_providers(peer);
+CREATE INDEX IF NOT EXISTS dht_providers_expires ON dht_providers(expires);
+CREATE TABLE IF NOT EXISTS dht_records (
+    key BLOB PRIMARY KEY, value BLOB NOT NULL, received TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dht_own_provides (
+    key BLOB PRIMARY KEY, last_published REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dht_peers (peer BLOB PRIMARY KEY, addrs BLOB NOT NULL);
+"""
+
+
+class SqliteDhtStore:
+    """The store in the node's SQLite database (``path``; ``":memory:"`` for a private one)."""
+
+    def __init__(self, path: str | Path, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
+        self._path = str(path)
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self._path, isolation_level=None)
+            if self._path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    def _count(self, sql: str, *args: object) -> int:
+        row = self.db.execute(sql, args).fetchone()
+        return int(row[0]) if row else 0
+
+    def add_provider(
+        self, key: bytes, peer: PeerId, addrs: tuple[Multiaddr, ...], now: float
+    ) -> None:
+        lim = self.limits
+        pid = peer.to_bytes()
+        packed = _pack_addrs(addrs[: lim.max_addrs_per_provider])
+        expires = now + lim.provider_ttl
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            exists = self._count(
+                "SELECT COUNT(*) FROM dht_providers WHERE key=? AND peer=?", key, pid
+            )
+            if not exists:
+                n_key = self._count("SELECT COUNT(*) FROM dht_providers WHERE key=?", key)
+                if n_key >= lim.max_providers_per_key:
+                    raise LimitExceeded("too many providers for this key")
+                n_peer = self._count("SELECT COUNT(*) FROM dht_providers WHERE peer=?", pid)
+                if n_peer >= lim.max_keys_per_provider:
+                    raise LimitExceeded("this peer provides too many keys")
+                if self._count("SELECT COUNT(*) FROM dht_providers") >= lim.max_providers_total:
+                    raise LimitExceeded("provider store full")
+            db.execute(
+                "INSERT OR REPLACE INTO dht_providers(key, peer, addrs, expires) "
+                "VALUES (?, ?, ?, ?)",
+                (key, pid, packed, expires),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderEntry]:
+        rows = self.db.execute(
+            "SELECT peer, addrs, expires FROM dht_providers WHERE key=? AND expires>? "
+            "ORDER BY expires DESC LIMIT ?",
+            (key, now, limit),
+        ).fetchall()
+        return [ProviderEntry(PeerId(p), _unpack_addrs(a), e) for p, a, e in rows]
+
+    def put_record(self, key: bytes, value: bytes, received: str) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            exists = self._count("SELECT COUNT(*) FROM dht_records WHERE key=?", key)
+            if not exists and (
+                self._count("SELECT COUNT(*) FROM dht_records") >= self.limits.max_records
+            ):
+                raise LimitExceeded("record store full")
+            db.execute(
+                "INSERT OR REPLACE INTO dht_records(key, value, received) VALUES (?, ?, ?)",
+                (key, value, received),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def get_record(self, key: bytes) -> tuple[bytes, str] | None:
+        row = self.db.execute(
+            "SELECT value, received FROM dht_records WHERE key=?", (key,)
+        ).fetchone()
+        return (bytes(row[0]), str(row[1])) if row else None
+
+    def remove_record(self, key: bytes) -> None:
+        self.db.execute("DELETE FROM dht_records WHERE key=?", (key,))
+
+    def add_own_provide(self, key: bytes, now: float) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO dht_own_provides(key, last_published) VALUES (?, ?)",
+            (key, now),
+        )
+
+    def due_republish(self, now: float, interval: float) -> list[bytes]:
+        rows = self.db.execute(
+            "SELECT key FROM dht_own_provides WHERE last_published <= ?", (now - interval,)
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def mark_republished(self, key: bytes, now: float) -> None:
+        self.db.execute(
+            "UPDATE dht_own_provides SET last_published=? WHERE key=?", (now, key)
+        )
+
+    def save_peers(self, peers: list[tuple[PeerId, tuple[Multiaddr, ...]]]) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM dht_peers")
+            db.executemany(
+                "INSERT OR REPLACE INTO dht_peers(peer, addrs) VALUES (?, ?)",
+                [(p.to_bytes(), _pack_addrs(a)) for p, a in peers],
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def load_peers(self) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]:
+        out = []
+        for raw, addrs in self.db.execute("SELECT peer, addrs FROM dht_peers"):
+            try:
+                out.append((PeerId(bytes(raw)), _unpack_addrs(bytes(addrs))))
+            except DecodeError:
+                continue  # a row we cannot read is no reason to refuse to start
+        return out
+
+    def gc(self, now: float) -> int:
+        cur = self.db.execute("DELETE FROM dht_providers WHERE expires <= ?", (now,))
+        return cur.rowcount
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,775 @@
+"""The Kademlia DHT service on a ``Host``: the server handlers and the client lookups.
+
+Written only against ``peerstack.host.interface``: the same object runs on the TCP host and on
+the simulated host in ``sim/``. Pure logic lives elsewhere (``routing_table``, ``query``,
+``records``, ``providers``); this module moves messages between them and streams.
+
+Time: ``loop.time()`` (monotonic, virtual in the simulator) for timeouts, expiry and refresh;
+``wall_clock()`` (unix time) only where the wire needs it (IPNS validity, ``timeReceived``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from peerstack.core import multihash
+from peerstack.core.peer_id import PeerId
+from peerstack.dht.config import DhtConfig, Mode
+from peerstack.dht.distance import kad_key
+from peerstack.dht.messages import (
+    PROTOCOL_ID,
+    KadMessage,
+    KadRecord,
+    MessageType,
+    PeerInfo,
+    decode,
+    encode,
+)
+from peerstack.dht.providers import DhtStore, MemoryDhtStore
+from peerstack.dht.query import Query
+from peerstack.dht.records import RecordError, Validators, format_rfc3339_ns
+from peerstack.dht.routing_table import AddResult, RoutingTable
+from peerstack.errors import (
+    ConnectionClosed,
+    DecodeError,
+    LimitExceeded,
+    PeerError,
+    PeerstackError,
+    ResourceLimitError,
+    StreamError,
+    UsageError,
+)
+from peerstack.host.interface import (
+    Host,
+    HostEvent,
+    PeerConnected,
+    Stream,
+    read_length_prefixed,
+    write_length_prefixed,
+)
+
+log = logging.getLogger(__name__)
+
+# Addresses learned from DHT answers are kept for this long in the host's peerstore.
+ADDR_TTL = 3600.0
+_RPC_ERRORS = (
+    PeerstackError,  # PeerError, StreamError, DialError, NegotiationError, ConnectionClosed...
+    TimeoutError,
+    OSError,
+)
+
+
+class ValueNotFound(PeerstackError):
+    """No peer had a valid record for the key."""
+
+
+class ProviderMismatch(PeerError):
+    """An ADD_PROVIDER named a provider other than the peer that sent it."""
+
+
+@dataclass(slots=True)
+class LookupStats:
+    """What the last lookup cost: for the simulator's tables and for debugging."""
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    hops: int = 0
+    found: bool = False
+
+
+@dataclass(slots=True)
+class DhtCounters:
+    rpcs_sent: int = 0
+    rpcs_failed: int = 0
+    requests_served: int = 0
+    requests_refused: int = 0
+    streams_refused: int = 0
+    checks_skipped: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class _CachedStream:
+    __slots__ = ("lock", "stream")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.lock = asyncio.Lock()
+
+
+class KadDHT:
+    """A Kademlia DHT node (``/ipfs/kad/1.0.0``) on ``host``."""
+
+    def __init__(
+        self,
+        host: Host,
+        config: DhtConfig | None = None,
+        *,
+        store: DhtStore | None = None,
+        validators: Validators | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.host = host
+        self.config = cfg = config or DhtConfig()
+        self.store: DhtStore = store or MemoryDhtStore(cfg.store_limits)
+        self.validators = validators or Validators()
+        self.rng = rng or random.Random()
+        self.wall_clock = wall_clock
+        self.routing_table = RoutingTable(
+            host.peer_id,
+            k=cfg.k,
+            max_per_group_bucket=cfg.max_per_group_bucket,
+            max_per_group_table=cfg.max_per_group_table,
+        )
+        self.counters = DhtCounters()
+        self.last_lookup = LookupStats()
+        self._local_key = kad_key(host.peer_id.to_bytes())
+        self._streams: dict[PeerId, _CachedStream] = {}
+        self._inbound = 0
+        self._inbound_per_peer: dict[PeerId, int] = {}
+        self._checking: set[PeerId] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        return self.config.mode
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def start(self) -> None:
+        """Load the saved table, serve (server mode), and start the background work."""
+        if self._started:
+            raise UsageError("DHT already started")
+        self._started = True
+        now = self._now()
+        for peer, addrs in self.store.load_peers():
+            if addrs:
+                self.host.add_peer_addrs(peer, addrs, ADDR_TTL)
+            self.routing_table.add(peer, now, addrs)
+        if self.config.mode is Mode.SERVER:
+            self.host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
+        if self.config.probe_on_connect:
+            self._unsubscribe = self.host.add_listener(self._on_host_event)
+        if self.config.background:
+            self._spawn(self._maintenance_loop())
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self.config.mode is Mode.SERVER:
+            self.host.remove_stream_handler(PROTOCOL_ID)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for cached in self._streams.values():
+            cached.stream.reset()
+        self._streams.clear()
+        self.save_routing_table()
+
+    def save_routing_table(self) -> None:
+        """Persist the table so a restarted node rejoins at once."""
+        self.store.save_peers([(e.peer, e.addrs) for e in self.routing_table.entries()])
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("DHT background task failed: %r", task.exception())
+
+    # -- background ----------------------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        cfg = self.config
+        backoff = cfg.bootstrap_backoff
+        while len(self.routing_table) == 0:
+            if await self.bootstrap():
+                break
+            await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+            backoff = min(backoff * 2, cfg.bootstrap_backoff_max)
+        last_gc = self._now()
+        while True:
+            await self.refresh()
+            now = self._now()
+            if now - last_gc >= cfg.gc_interval:
+                self.store.gc(now)
+                last_gc = now
+            await self.republish()
+            self.save_routing_table()
+            await asyncio.sleep(min(cfg.refresh_interval, cfg.gc_interval))
+            if len(self.routing_table) == 0:
+                await self.bootstrap()
+
+    async def bootstrap(self) -> bool:
+        """Contact the configured bootstrap peers, then look ourselves up.
+
+        Returns whether the routing table has any peer afterwards.
+        """
+        peers: list[PeerId] = []
+        for addr in self.config.bootstrap_peers:
+            base, pid_text = addr.decapsulate_p2p()
+            if pid_text is None:
+                log.warning("bootstrap address %s has no /p2p/ part", addr)
+                continue
+            try:
+                peer = PeerId.from_string(pid_text)
+            except DecodeError:
+                log.warning("bootstrap address %s has a bad PeerId", addr)
+                continue
+            if peer == self.host.peer_id:
+                continue
+            self.host.add_peer_addrs(peer, [base], ADDR_TTL)
+            peers.append(peer)
+        results = await asyncio.gather(*(self._check_peer(p) for p in peers))
+        for peer, alive in zip(peers, results, strict=True):
+            if alive:
+                self._peer_responded(peer)
+        if len(self.routing_table):
+            await self.get_closest_peers(self.host.peer_id.to_bytes())
+        return len(self.routing_table) > 0
+
+    async def refresh(self) -> None:
+        """Self-lookup, then a random lookup in every bucket not used for a while."""
+        await self.get_closest_peers(self.host.peer_id.to_bytes())
+        now = self._now()
+        for cpl in self.routing_table.stale_buckets(now, self.config.refresh_interval):
+            target = self.routing_table.random_peer_id_in_bucket(cpl, self.rng)
+            await self.get_closest_peers(target.to_bytes())
+
+    async def republish(self) -> int:
+        """Provide again every key of ours whose last announcement is getting old."""
+        count = 0
+        now = self._now()
+        for key in self.store.due_republish(now, self.config.republish_interval):
+            await self.provide(key)
+            count += 1
+        return count
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        if not isinstance(event, PeerConnected) or event.peer in self.routing_table:
+            return
+        if event.peer in self._checking or len(self._checking) >= self.config.max_concurrent_checks:
+            self.counters.checks_skipped += 1
+            return
+        self._spawn(self._probe_new_peer(event.peer))
+
+    async def _probe_new_peer(self, peer: PeerId) -> None:
+        if await self._check_peer(peer):
+            self._peer_responded(peer)
+
+    # -- routing table upkeep ------------------------------------------------------------
+
+    def _peer_responded(self, peer: PeerId) -> None:
+        """``peer`` answered a DHT request: it is a live server, offer it to the table."""
+        outcome = self.routing_table.add(peer, self._now(), self.host.peer_addrs(peer))
+        if outcome.result is AddResult.FULL and outcome.to_check is not None:
+            self._maybe_check(outcome.to_check)
+
+    def _peer_failed(self, peer: PeerId) -> None:
+        self.routing_table.remove(peer)
+        cached = self._streams.pop(peer, None)
+        if cached is not None:
+            cached.stream.reset()
+
+    def _maybe_check(self, peer: PeerId) -> None:
+        if not self.config.check_full_buckets:
+            return
+        if peer in self._checking or len(self._checking) >= self.config.max_concurrent_checks:
+            self.counters.checks_skipped += 1
+            return
+        self._spawn(self._check_and_update(peer))
+
+    async def _check_and_update(self, peer: PeerId) -> None:
+        if await self._check_peer(peer):
+            self.routing_table.mark_seen(peer, self._now())
+        else:
+            self._peer_failed(peer)
+
+    async def _check_peer(self, peer: PeerId) -> bool:
+        """Is ``peer`` a live DHT server? (A FIND_NODE for our own key works with everyone.)"""
+        self._checking.add(peer)
+        try:
+            await self._request(
+                peer, KadMessage(MessageType.FIND_NODE, key=self.host.peer_id.to_bytes())
+            )
+        except _RPC_ERRORS as exc:
+            log.debug("peer %s failed its check: %r", peer, exc)
+            return False
+        finally:
+            self._checking.discard(peer)
+        return True
+
+    # -- client: one request ---------------------------------------------------------------
+
+    async def _request(
+        self, peer: PeerId, msg: KadMessage, *, expect_response: bool = True
+    ) -> KadMessage | None:
+        """Send ``msg`` to ``peer`` and return its answer (checked and decoded)."""
+        self.counters.rpcs_sent += 1
+        name = msg.type.name
+        self.counters.by_type[name] = self.counters.by_type.get(name, 0) + 1
+        try:
+            async with asyncio.timeout(self.config.rpc_timeout):
+                return await self._request_inner(peer, msg, expect_response)
+        except BaseException:
+            self.counters.rpcs_failed += 1
+            raise
+
+    async def _request_inner(
+        self, peer: PeerId, msg: KadMessage, expect_response: bool
+    ) -> KadMessage | None:
+        data = encode(msg)
+        cached = self._streams.get(peer)
+        if cached is not None and not cached.lock.locked():
+            async with cached.lock:
+                try:
+                    return await self._exchange(cached.stream, data, msg.type, expect_response)
+                except (StreamError, ConnectionClosed, OSError):
+                    # A stream the peer closed while idle: forget it and use a fresh one.
+                    if self._streams.get(peer) is cached:
+                        del self._streams[peer]
+                    cached.stream.reset()
+                except BaseException:
+                    if self._streams.get(peer) is cached:
+                        del self._streams[peer]
+                    cached.stream.reset()
+                    raise
+        stream = await self.host.new_stream(peer, [PROTOCOL_ID])
+        try:
+            reply = await self._exchange(stream, data, msg.type, expect_response)
+        except BaseException:
+            stream.reset()
+            raise
+        if self.config.max_cached_streams > 0 and peer not in self._streams:
+            if len(self._streams) >= self.config.max_cached_streams:
+                _, oldest = next(iter(self._streams.items()))
+                del self._streams[next(iter(self._streams))]
+                oldest.stream.reset()
+            self._streams[peer] = _CachedStream(stream)
+        else:
+            await stream.close()
+        return reply
+
+    async def _exchange(
+        self, stream: Stream, data: bytes, mtype: MessageType, expect_response: bool
+    ) -> KadMessage | None:
+        await write_length_prefixed(stream, data)
+        if not expect_response:
+            return None
+        raw = await read_length_prefixed(stream, self.config.message_limits.max_message_size)
+        if raw is None:
+            raise ConnectionClosed("peer closed the stream instead of answering")
+        reply = decode(raw, self.config.message_limits)
+        if reply.type is not mtype:
+            raise DecodeError(f"answer of type {reply.type.name} to a {mtype.name}")
+        return reply
+
+    # -- client: lookups -----------------------------------------------------------------
+
+    def _learn_peers(self, infos: Sequence[PeerInfo]) -> list[PeerId]:
+        me = self.host.peer_id
+        out = []
+        for info in infos:
+            if info.peer_id == me:
+                continue
+            if info.addrs:
+                self.host.add_peer_addrs(info.peer_id, info.addrs, ADDR_TTL)
+            out.append(info.peer_id)
+        return out
+
+    async def _run_query(
+        self,
+        key: bytes,
+        request: KadMessage,
+        on_reply: Callable[[Query, PeerId, KadMessage], None] | None = None,
+    ) -> Query:
+        """Drive a ``Query`` for ``key`` with ``request`` sent to every peer it picks."""
+        cfg = self.config
+        target = kad_key(key)
+        query = Query(
+            target,
+            self.routing_table.closest(target, cfg.k),
+            k=cfg.k,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            timeout=cfg.rpc_timeout,
+            max_peers=cfg.max_query_peers,
+            exclude=(self.host.peer_id,),
+        )
+        pending: dict[asyncio.Task[KadMessage | None], PeerId] = {}
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(cfg.query_timeout):
+                while True:
+                    for peer in query.requests(loop.time()):
+                        task = loop.create_task(self._request(peer, request))
+                        pending[task] = peer
+                    if query.finished or not pending:
+                        break
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    now = loop.time()
+                    for task in done:
+                        peer = pending.pop(task)
+                        exc = task.exception()
+                        if exc is not None:
+                            if not isinstance(exc, _RPC_ERRORS):
+                                raise exc
+                            log.debug("query: %s failed: %r", peer, exc)
+                            query.on_failure(peer, now)
+                            self._peer_failed(peer)
+                            continue
+                        reply = task.result()
+                        if reply is None:  # pragma: no cover - requests expect replies
+                            query.on_failure(peer, now)
+                            continue
+                        query.on_response(peer, self._learn_peers(reply.closer_peers), now)
+                        self._peer_responded(peer)
+                        if on_reply is not None:
+                            on_reply(query, peer, reply)
+                    query.check_timeouts(now)
+        except TimeoutError:
+            log.debug("query for %s hit the %.0f s limit", key.hex()[:16], cfg.query_timeout)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                for task in pending:  # retrieve exceptions so none is reported as lost
+                    if not task.cancelled():
+                        task.exception()
+        self.routing_table.mark_refreshed(target, loop.time())
+        stats = query.stats
+        self.last_lookup = LookupStats(
+            stats.requests, stats.successes, stats.failures, query.hops(), False
+        )
+        return query
+
+    async def get_closest_peers(self, key: bytes) -> list[PeerId]:
+        """The k closest DHT servers to ``key`` that answered us, nearest first."""
+        query = await self._run_query(key, KadMessage(MessageType.FIND_NODE, key=key))
+        return query.closest(self.config.k)
+
+    async def find_peer(self, peer: PeerId) -> PeerInfo | None:
+        """Addresses of ``peer``, from the DHT (or ``None`` if nobody knows it)."""
+        if peer == self.host.peer_id:
+            return PeerInfo(peer, tuple(self.host.listen_addrs()))
+        found: list[PeerInfo] = []
+
+        def on_reply(query: Query, sender: PeerId, reply: KadMessage) -> None:
+            if sender == peer:
+                found.append(PeerInfo(peer, tuple(self.host.peer_addrs(peer))))
+                query.stop()
+                return
+            for info in reply.closer_peers:
+                if info.peer_id == peer:
+                    found.append(info)
+                    query.stop()
+                    return
+
+        key = peer.to_bytes()
+        query = await self._run_query(key, KadMessage(MessageType.FIND_NODE, key=key), on_reply)
+        if found:
+            depth = query.depth_of(peer)
+            self.last_lookup.found = True
+            self.last_lookup.hops = depth if depth is not None else self.last_lookup.hops
+            info = found[0]
+            addrs = info.addrs or tuple(self.host.peer_addrs(peer))
+            return PeerInfo(peer, addrs)
+        return None
+
+    async def put_value(self, key: bytes, value: bytes) -> int:
+        """Store a record on the k closest peers (and here); returns how many peers took it."""
+        self.validators.validate(key, value, self.wall_clock())
+        self._store_record_locally(key, value)
+        peers = await self.get_closest_peers(key)
+        record = KadRecord(key, value)
+        msg = KadMessage(MessageType.PUT_VALUE, key=key, record=record)
+        results = await asyncio.gather(
+            *(self._request(p, msg) for p in peers), return_exceptions=True
+        )
+        ok = 0
+        for peer, res in zip(peers, results, strict=True):
+            if isinstance(res, BaseException):
+                if not isinstance(res, _RPC_ERRORS):
+                    raise res
+                log.debug("PUT_VALUE to %s failed: %r", peer, res)
+            else:
+                ok += 1
+        return ok
+
+    def _store_record_locally(self, key: bytes, value: bytes) -> None:
+        existing = self.store.get_record(key)
+        if (
+            existing is not None
+            and existing[0] != value
+            and self.validators.select(key, [value, existing[0]]) != 0
+        ):
+            return  # ours is older than what we hold: keep the better one
+        received = format_rfc3339_ns(int(self.wall_clock() * 1e9)).decode()
+        self.store.put_record(key, value, received)
+
+    async def get_value(self, key: bytes, quorum: int | None = None) -> bytes:
+        """The best record for ``key`` among ``quorum`` peers; stale holders get corrected."""
+        need = self.config.get_quorum if quorum is None else quorum
+        if need < 1:
+            raise UsageError("quorum must be at least 1")
+        wall = self.wall_clock()
+        got: list[tuple[PeerId | None, bytes]] = []
+        local = self.store.get_record(key)
+        if local is not None:
+            try:
+                self.validators.validate(key, local[0], wall)
+                got.append((None, local[0]))
+            except RecordError:
+                self.store.remove_record(key)  # expired since we stored it
+
+        def on_reply(query: Query, sender: PeerId, reply: KadMessage) -> None:
+            rec = reply.record
+            if rec is None:
+                return
+            if rec.key != key:
+                log.debug("%s answered GET_VALUE with another key", sender)
+                return
+            try:
+                self.validators.validate(key, rec.value, wall)
+            except RecordError as exc:
+                log.debug("%s returned an invalid record: %s", sender, exc)
+                return
+            got.append((sender, rec.value))
+            if sum(1 for s, _ in got if s is not None) >= need:
+                query.stop()
+
+        query = await self._run_query(key, KadMessage(MessageType.GET_VALUE, key=key), on_reply)
+        if not got:
+            raise ValueNotFound(f"no valid record for {key!r}")
+        values = [v for _, v in got]
+        best = values[self.validators.select(key, values)]
+        self.last_lookup.found = True
+        # Correct the peers that returned something else, and keep the best ourselves.
+        stale = [p for p, v in got if p is not None and v != best]
+        if local is None or local[0] != best:
+            self._store_record_locally(key, best)
+        if stale:
+            msg = KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, best))
+            await asyncio.gather(*(self._request(p, msg) for p in stale), return_exceptions=True)
+        del query
+        return best
+
+    async def provide(self, key: bytes) -> int:
+        """Announce that we provide ``key`` (a multihash) to the k closest peers."""
+        _check_own_provider_key(key)
+        now = self._now()
+        self.store.add_own_provide(key, now)
+        if self.config.mode is Mode.SERVER:
+            addrs = tuple(self.host.listen_addrs())
+            self.store.add_provider(key, self.host.peer_id, addrs, now)
+        peers = await self.get_closest_peers(key)
+        me = PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs()))
+        msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
+        results = await asyncio.gather(
+            *(self._request(p, msg, expect_response=False) for p in peers),
+            return_exceptions=True,
+        )
+        self.store.mark_republished(key, now)
+        ok = 0
+        for res in results:
+            if isinstance(res, BaseException):
+                if not isinstance(res, _RPC_ERRORS):
+                    raise res
+            else:
+                ok += 1
+        return ok
+
+    async def find_providers(self, key: bytes, count: int | None = None) -> list[PeerInfo]:
+        """Up to ``count`` peers that provide ``key``."""
+        _check_own_provider_key(key)
+        want = self.config.provider_count if count is None else count
+        found: dict[PeerId, PeerInfo] = {}
+        for entry in self.store.get_providers(key, self._now(), want):
+            found[entry.peer] = PeerInfo(entry.peer, entry.addrs)
+        if len(found) >= want:
+            return list(found.values())[:want]
+
+        def on_reply(query: Query, sender: PeerId, reply: KadMessage) -> None:
+            for info in reply.provider_peers:
+                if info.peer_id not in found and len(found) < want:
+                    found[info.peer_id] = info
+                    if info.addrs and info.peer_id != self.host.peer_id:
+                        self.host.add_peer_addrs(info.peer_id, info.addrs, ADDR_TTL)
+            if len(found) >= want:
+                query.stop()
+
+        await self._run_query(key, KadMessage(MessageType.GET_PROVIDERS, key=key), on_reply)
+        self.last_lookup.found = bool(found)
+        return list(found.values())
+
+    # -- server --------------------------------------------------------------------------
+
+    async def _handle_stream(self, stream: Stream) -> None:
+        cfg = self.config
+        peer = stream.remote_peer
+        per_peer = self._inbound_per_peer.get(peer, 0)
+        if self._inbound >= cfg.max_inbound_streams or per_peer >= cfg.max_inbound_streams_per_peer:
+            self.counters.streams_refused += 1
+            log.debug("refusing a kad stream from %s: too many open", peer)
+            stream.reset()
+            return
+        self._inbound += 1
+        self._inbound_per_peer[peer] = per_peer + 1
+        try:
+            await self._serve(stream)
+        except (PeerError, ResourceLimitError) as exc:
+            self.counters.requests_refused += 1
+            log.debug("kad stream from %s: %r", peer, exc)
+            stream.reset()
+        except (StreamError, ConnectionClosed, TimeoutError, OSError) as exc:
+            log.debug("kad stream from %s ended: %r", peer, exc)
+            stream.reset()
+        finally:
+            self._inbound -= 1
+            left = self._inbound_per_peer[peer] - 1
+            if left:
+                self._inbound_per_peer[peer] = left
+            else:
+                del self._inbound_per_peer[peer]
+
+    async def _serve(self, stream: Stream) -> None:
+        cfg = self.config
+        limits = cfg.message_limits
+        for _ in range(cfg.max_requests_per_stream):
+            async with asyncio.timeout(cfg.stream_idle_timeout):
+                raw = await read_length_prefixed(stream, limits.max_message_size)
+            if raw is None:
+                await stream.close()
+                return
+            msg = decode(raw, limits)
+            reply = self._handle_message(stream.remote_peer, msg)
+            self.counters.requests_served += 1
+            if reply is not None:
+                await write_length_prefixed(stream, encode(reply))
+        raise LimitExceeded(f"more than {cfg.max_requests_per_stream} requests on one stream")
+
+    def _peer_infos(self, peers: Sequence[PeerId]) -> list[PeerInfo]:
+        out = []
+        for p in peers:
+            addrs = self.host.peer_addrs(p)
+            if not addrs:
+                entry = self.routing_table.get(p)
+                addrs = list(entry.addrs) if entry else []
+            out.append(PeerInfo(p, tuple(addrs)))
+        return out
+
+    def _closer(self, key: bytes, requester: PeerId) -> list[PeerInfo]:
+        peers = self.routing_table.closest(kad_key(key), self.config.k, exclude=requester)
+        infos = self._peer_infos(peers)
+        if key == self.host.peer_id.to_bytes():
+            infos.insert(0, PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs())))
+        return infos
+
+    def _handle_message(self, sender: PeerId, msg: KadMessage) -> KadMessage | None:
+        """Answer one request (``None``: no answer on the wire). Raises ``PeerError``."""
+        t = msg.type
+        if t is MessageType.FIND_NODE:
+            return KadMessage(t, key=msg.key, closer_peers=self._closer(msg.key, sender))
+        if t is MessageType.PING:
+            return KadMessage(t)
+        if t is MessageType.GET_VALUE:
+            return self._handle_get_value(sender, msg)
+        if t is MessageType.PUT_VALUE:
+            return self._handle_put_value(msg)
+        if t is MessageType.ADD_PROVIDER:
+            self._handle_add_provider(sender, msg)
+            return None
+        if t is MessageType.GET_PROVIDERS:
+            _check_provider_key(msg.key)
+            entries = self.store.get_providers(msg.key, self._now(), self.config.k)
+            providers = [PeerInfo(e.peer, e.addrs) for e in entries]
+            return KadMessage(
+                t, key=msg.key, provider_peers=providers, closer_peers=self._closer(msg.key, sender)
+            )
+        raise DecodeError(f"unexpected message type {t.name}")  # pragma: no cover
+
+    def _handle_get_value(self, sender: PeerId, msg: KadMessage) -> KadMessage:
+        if not msg.key:
+            raise DecodeError("GET_VALUE without a key")
+        record = None
+        held = self.store.get_record(msg.key)
+        if held is not None:
+            try:
+                self.validators.validate(msg.key, held[0], self.wall_clock())
+                record = KadRecord(msg.key, held[0], held[1])
+            except RecordError:
+                self.store.remove_record(msg.key)  # expired: do not hand it out
+        return KadMessage(
+            MessageType.GET_VALUE,
+            key=msg.key,
+            record=record,
+            closer_peers=self._closer(msg.key, sender),
+        )
+
+    def _handle_put_value(self, msg: KadMessage) -> KadMessage:
+        rec = msg.record
+        if rec is None:
+            raise DecodeError("PUT_VALUE without a record")
+        if rec.key != msg.key:
+            raise RecordError("PUT_VALUE record key differs from the message key")
+        self.validators.validate(rec.key, rec.value, self.wall_clock())
+        held = self.store.get_record(rec.key)
+        if (
+            held is not None
+            and held[0] != rec.value
+            and self.validators.select(rec.key, [rec.value, held[0]]) != 0
+        ):
+            raise RecordError("PUT_VALUE with a record older than the one held")
+        received = format_rfc3339_ns(int(self.wall_clock() * 1e9)).decode()
+        self.store.put_record(rec.key, rec.value, received)
+        return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value))
+
+    def _handle_add_provider(self, sender: PeerId, msg: KadMessage) -> None:
+        _check_provider_key(msg.key)
+        if not msg.provider_peers:
+            raise DecodeError("ADD_PROVIDER without a provider")
+        for info in msg.provider_peers:
+            if info.peer_id != sender:
+                raise ProviderMismatch(f"{sender} tried to add {info.peer_id} as a provider")
+        info = msg.provider_peers[0]
+        addrs = info.addrs or tuple(self.host.peer_addrs(sender))
+        self.store.add_provider(msg.key, sender, addrs, self._now())
+
+
+def _check_provider_key(key: bytes) -> None:
+    """Provider keys are multihashes (for a CID: its multihash bytes)."""
+    if not key:
+        raise DecodeError("empty provider key")
+    multihash.Multihash.from_bytes(key)
+
+
+
+def _check_own_provider_key(key: bytes) -> None:
+    try:
+        _check_provider_key(key)
+    except DecodeError as exc:
+        raise UsageError(f"a provider key must be a multihash: {exc}") from None
