@@ -365,6 +365,21 @@ def test_frames_are_split_at_max_frame_payload() -> None:
     assert received(events, sid) == b"y" * 2500
 
 
+def test_send_data_views() -> None:
+    client = YamuxSession(is_client=True, config=YamuxConfig(max_frame_payload=4))
+    server = YamuxSession(is_client=False)
+    sid = client.open_stream()
+    backing = bytearray(b"mutable!")
+    assert client.send_data(sid, memoryview(backing)[2:]) == 6
+    backing[:] = b"XXXXXXXX"  # views of mutable buffers were copied
+    with memoryview(b"immutable") as view:
+        assert client.send_data(sid, view[2:7]) == 5  # views of bytes are referenced
+    words = memoryview(bytearray(8)).cast("H")  # non-byte formats are sent as their bytes
+    assert client.send_data(sid, words) == 8
+    events = server.receive_data(client.data_to_send(), 0.0)
+    assert received(events, sid) == b"table!" + b"mutab" + bytes(8)
+
+
 def test_window_grows_with_fast_consumption() -> None:
     config = YamuxConfig(max_window=4 * MIB)
     pair = Pair(client_config=config, server_config=config)

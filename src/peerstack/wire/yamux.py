@@ -485,8 +485,9 @@ class YamuxSession:
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue up to the send window of ``data``; return how many bytes were taken.
 
-        Frames carry at most ``max_frame_payload`` bytes. ``bytes`` input is referenced, not
-        copied, until data_to_send(); mutable input is copied (the caller may reuse it).
+        Frames carry at most ``max_frame_payload`` bytes. ``bytes`` input, or a memoryview of
+        ``bytes``, is referenced, not copied, until data_to_send(); mutable input is copied
+        (the caller may reuse its buffer).
         """
         st = self._streams.get(stream_id)
         if st is None:
@@ -503,15 +504,23 @@ class YamuxSession:
             return 0
         out = self._out
         step = self._config.max_frame_payload
+        # Immutable input (bytes, or a view of bytes) is referenced until data_to_send();
+        # anything mutable is copied now, since the caller may reuse its buffer.
+        if isinstance(data, bytes):
+            view = memoryview(data)
+            copy = False
+        else:
+            view = memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            copy = not isinstance(view.obj, bytes)
         if n <= step:
             out.append(_pack_header(0, 0, 0, stream_id, n))
-            if isinstance(data, bytes):
-                out.append(data if n == size else memoryview(data)[:n])
+            if n == size and not copy:
+                out.append(data if isinstance(data, bytes) else view)
             else:
-                out.append(bytes(memoryview(data).cast("B")[:n]))
+                out.append(bytes(view[:n]) if copy else view[:n])
         else:
-            view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-            copy = not isinstance(data, bytes)
             for off in range(0, n, step):
                 end = off + step if off + step < n else n
                 out.append(_pack_header(0, 0, 0, stream_id, end - off))
