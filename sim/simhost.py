@@ -18,7 +18,6 @@ under test apply their own read limits (``read_length_prefixed``).
 from __future__ import annotations
 
 import asyncio
-import heapq
 import random
 import selectors
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -130,6 +129,7 @@ class SimStream:
         local: SimHost,
         remote: SimHost,
         protocol: str,
+        *,
         inbound: _Pipe,
         outbound: _Pipe,
         delay: float,
@@ -279,8 +279,10 @@ class SimHost:
         handler = target._handlers[chosen]
         a_to_b, b_to_a = _Pipe(), _Pipe()
         delay = self.delay + target.delay
-        ours = SimStream(net, self, target, chosen, b_to_a, a_to_b, delay)
-        theirs = SimStream(net, target, self, chosen, a_to_b, b_to_a, delay)
+        ours = SimStream(net, self, target, chosen, inbound=b_to_a, outbound=a_to_b, delay=delay)
+        theirs = SimStream(
+            net, target, self, chosen, inbound=a_to_b, outbound=b_to_a, delay=delay
+        )
         net.counters.streams += 1
         self._note_connected(target, outbound=True)
         target._note_connected(self, outbound=False)
@@ -393,9 +395,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(q * (len(ordered) - 1)))))
+    rank = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
     return ordered[rank]
 
-
-def nsmallest_by(items: Sequence[T], n: int, key: Callable[[T], int]) -> list[T]:
-    return heapq.nsmallest(n, items, key=key)
