@@ -286,7 +286,7 @@ class SimHost:
         net.counters.streams += 1
         self._note_connected(target, outbound=True)
         target._note_connected(self, outbound=False)
-        asyncio.get_running_loop().create_task(handler(theirs))
+        asyncio.get_running_loop().create_task(_serve(handler, theirs))
         return ours
 
     def _note_connected(self, other: SimHost, outbound: bool) -> None:
@@ -333,6 +333,10 @@ class SimHost:
     def emit(self, event: HostEvent) -> None:
         for listener in list(self._listeners):
             listener(event)
+
+
+async def _serve(handler: StreamHandler, stream: SimStream) -> None:
+    await handler(stream)
 
 
 class SimNetwork:
