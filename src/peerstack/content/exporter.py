@@ -1,0 +1,216 @@
+"""Read UnixFS content back: stream a file (or a byte range of it), list and export directories.
+
+Blocks come from anything with ``async get(cid) -> bytes`` (the blockstore, or a Bitswap session
+that fetches on demand). Every node is checked as it is read: the ``blocksizes`` must match the
+links one to one and add up to ``filesize``, a child must hold as many bytes as its parent says,
+and the tree depth is bounded, so a malicious DAG cannot make us loop, lie about sizes or buffer
+without end. Names that would escape an export folder (``..``, absolute paths, separators) are
+refused with ``UnsafeName``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from peerstack.content import dagpb, unixfs
+from peerstack.content.unixfs import DataType, MalformedUnixFS
+from peerstack.core.cid import CID, DAG_PB, RAW
+from peerstack.errors import DecodeError, UsageError
+
+MAX_DEPTH = 64
+
+
+class BlockGetter(Protocol):
+    async def get(self, cid: CID) -> bytes: ...
+
+
+class UnsafeName(DecodeError):
+    """A directory entry name that could escape the export target."""
+
+
+class NotAFile(UsageError):
+    """``cat`` on a directory, or ``ls`` on a file."""
+
+
+class UnsupportedNode(DecodeError):
+    """A node we cannot export (HAMT-sharded directories, symlinks, dag-cbor, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    name: str
+    cid: CID
+    is_dir: bool
+    size: int | None  # file size when known from the node itself
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a plain single path component, else raise ``UnsafeName``."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or (len(name) >= 2 and name[1] == ":")  # a Windows drive: "C:evil"
+    ):
+        raise UnsafeName(f"refusing entry name {name!r}")
+    return name
+
+
+async def _node(getter: BlockGetter, cid: CID) -> tuple[dagpb.PBNode, unixfs.UnixFSData]:
+    if cid.codec != DAG_PB:
+        raise UnsupportedNode(f"{cid} is not dag-pb")
+    block = await getter.get(cid)
+    node = dagpb.decode(block)
+    if node.data is None:
+        raise MalformedUnixFS(f"{cid}: dag-pb node without UnixFS data")
+    return node, unixfs.decode(node.data)
+
+
+async def stat(getter: BlockGetter, cid: CID) -> Entry:
+    if cid.codec == RAW:
+        return Entry("", cid, False, len(await getter.get(cid)))
+    _, data = await _node(getter, cid)
+    if data.type in (DataType.DIRECTORY, DataType.HAMT_SHARD):
+        return Entry("", cid, True, None)
+    if data.type in (DataType.FILE, DataType.RAW):
+        return Entry("", cid, False, data.file_size())
+    raise UnsupportedNode(f"UnixFS type {data.type.name} is not supported")
+
+
+def _check_file_node(cid: CID, node: dagpb.PBNode, data: unixfs.UnixFSData) -> None:
+    if data.type not in (DataType.FILE, DataType.RAW):
+        raise NotAFile(f"{cid} is a {data.type.name.lower()}, not a file")
+    if len(data.blocksizes) != len(node.links):
+        raise MalformedUnixFS(
+            f"{cid}: {len(data.blocksizes)} blocksizes for {len(node.links)} links"
+        )
+    if data.filesize is not None and data.filesize != data.file_size():
+        raise MalformedUnixFS(f"{cid}: filesize {data.filesize} != data + blocksizes")
+
+
+async def cat(
+    getter: BlockGetter, cid: CID, offset: int = 0, length: int | None = None
+) -> AsyncIterator[bytes]:
+    """The bytes of the file at ``cid`` from ``offset``, at most ``length`` of them.
+
+    Subtrees that lie wholly outside the range are never fetched.
+    """
+    if offset < 0 or (length is not None and length < 0):
+        raise UsageError("offset and length must not be negative")
+    end = None if length is None else offset + length
+    async for piece in _cat(getter, cid, (offset, end), None, 0):
+        yield piece
+
+
+async def _cat(
+    getter: BlockGetter, cid: CID, span: tuple[int, int | None], expected: int | None, depth: int
+) -> AsyncIterator[bytes]:
+    """Yield bytes [start, end) of the subtree at ``cid``, which must hold ``expected`` bytes."""
+    start, end = span
+    if depth > MAX_DEPTH:
+        raise MalformedUnixFS("UnixFS tree too deep")
+    if cid.codec == RAW:
+        block = await getter.get(cid)
+        if expected is not None and len(block) != expected:
+            raise MalformedUnixFS(f"{cid}: raw leaf of {len(block)} bytes, parent says {expected}")
+        piece = block[start:end]
+        if piece:
+            yield piece
+        return
+    node, data = await _node(getter, cid)
+    _check_file_node(cid, node, data)
+    if expected is not None and data.file_size() != expected:
+        raise MalformedUnixFS(f"{cid}: holds {data.file_size()} bytes, parent says {expected}")
+    pos = 0
+    inline = data.data
+    if inline:
+        piece = inline[max(start, 0) : end]
+        if piece:
+            yield piece
+        pos = len(inline)
+    for link, size in zip(node.links, data.blocksizes, strict=True):
+        child_start, child_end = pos, pos + size
+        pos = child_end
+        if child_end <= start:
+            continue
+        if end is not None and child_start >= end:
+            break
+        sub_start = max(start - child_start, 0)
+        sub_end = None if end is None else min(end - child_start, size)
+        async for piece in _cat(getter, link.hash, (sub_start, sub_end), size, depth + 1):
+            yield piece
+
+
+async def ls(getter: BlockGetter, cid: CID) -> list[Entry]:
+    """The entries of a (flat) UnixFS directory, names checked."""
+    node, data = await _node(getter, cid)
+    if data.type == DataType.HAMT_SHARD:
+        raise UnsupportedNode("HAMT-sharded directories are not supported yet")
+    if data.type != DataType.DIRECTORY:
+        raise NotAFile(f"{cid} is not a directory")
+    out = []
+    seen: set[str] = set()
+    for link in node.links:
+        name = check_name(link.name or "")
+        if name in seen:
+            raise MalformedUnixFS(f"{cid}: duplicate entry {name!r}")
+        seen.add(name)
+        out.append(Entry(name, link.hash, False, None))
+    return out
+
+
+async def export(getter: BlockGetter, cid: CID, target: str | os.PathLike[str]) -> None:
+    """Write the file or directory tree at ``cid`` to ``target`` (which must not exist).
+
+    Files are written under a temporary name in the same folder and renamed when complete, so
+    an interrupted export never leaves a truncated file under the final name.
+    """
+    dest = Path(target)
+    if await asyncio.to_thread(os.path.lexists, dest):
+        raise UsageError(f"{dest} already exists")
+    await _export(getter, cid, dest, 0)
+
+
+async def _export(getter: BlockGetter, cid: CID, dest: Path, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise MalformedUnixFS("directory tree too deep")
+    info = await stat(getter, cid)
+    if not info.is_dir:
+        await write_file(getter, cid, dest)
+        return
+    entries = await ls(getter, cid)
+    await asyncio.to_thread(dest.mkdir)
+    for entry in entries:
+        child = dest / entry.name
+        # Belt and braces: the name check above already makes this impossible.
+        if child.parent != dest:
+            raise UnsafeName(f"refusing entry name {entry.name!r}")
+        await _export(getter, entry.cid, child, depth + 1)
+
+
+async def write_file(getter: BlockGetter, cid: CID, dest: Path) -> int:
+    """Stream the file at ``cid`` into ``dest`` via a temp file + rename; return its size."""
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    fh: BinaryIO = await asyncio.to_thread(open, tmp, "xb")
+    total = 0
+    try:
+        async for piece in cat(getter, cid):
+            await asyncio.to_thread(fh.write, piece)
+            total += len(piece)
+        await asyncio.to_thread(fh.flush)
+        await asyncio.to_thread(os.fsync, fh.fileno())
+    except BaseException:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    fh.close()
+    await asyncio.to_thread(os.replace, tmp, dest)
+    return total

@@ -1,0 +1,184 @@
+"""The on-disk blockstore: layout, atomic writes, pins, GC, verify, a full disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from conftest import pattern
+
+from peerstack.content.blockstore import (
+    BlockNotFound,
+    Blockstore,
+    BlockstoreFull,
+    FsyncPolicy,
+    HashMismatch,
+    PinKind,
+    mh_key,
+)
+from peerstack.content.dagpb import MalformedDagPb
+from peerstack.content.importer import import_bytes
+from peerstack.core.cid import CID, DAG_PB, RAW
+from peerstack.errors import UsageError
+
+
+async def test_put_get_layout(store: Blockstore) -> None:
+    cid = CID.hash_of(b"hello")
+    assert await store.put(cid, b"hello")
+    assert not await store.put(cid, b"hello")  # already there
+    assert await store.get(cid) == b"hello"
+    assert await store.has(cid)
+    assert await store.size(cid) == 5
+    key = mh_key(cid.multihash)
+    assert key.startswith("CIQ")  # kubo's key form for sha2-256
+    path = store.path_for(cid)
+    assert path == store.root / "blocks" / key[-3:-1] / f"{key}.data"
+    assert path.read_bytes() == b"hello"
+    # the same multihash under another CID is the same block
+    assert await store.has(CID(1, DAG_PB, cid.multihash))
+    assert list(store.iter_keys()) == [key]
+
+
+async def test_wrong_hash_is_refused_and_nothing_stored(store: Blockstore) -> None:
+    cid = CID.hash_of(b"hello")
+    with pytest.raises(HashMismatch):
+        await store.put(cid, b"hellO")
+    assert not await store.has(cid)
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+async def test_malformed_dag_pb_is_refused(store: Blockstore) -> None:
+    junk = b"\x0a\x00\x12\x00"
+    with pytest.raises(MalformedDagPb):
+        await store.put(CID.hash_of(junk, DAG_PB), junk)
+    assert list(store.iter_keys()) == []
+
+
+async def test_oversized_block_is_refused(tmp_path: Path) -> None:
+    with (
+        Blockstore(tmp_path / "r", FsyncPolicy.NEVER, max_block_size=10) as small,
+        pytest.raises(UsageError),
+    ):
+        await small.put(CID.hash_of(bytes(11)), bytes(11))
+
+
+async def test_missing_block(store: Blockstore) -> None:
+    with pytest.raises(BlockNotFound):
+        await store.get(CID.hash_of(b"nope"))
+    with pytest.raises(BlockNotFound):
+        async for _ in store.read_stream(CID.hash_of(b"nope")):
+            pass
+
+
+async def test_streaming_read(store: Blockstore) -> None:
+    data = pattern(100_000)
+    cid = await store.put_data(data, RAW)
+    pieces = [p async for p in store.read_stream(cid, 30_000)]
+    assert [len(p) for p in pieces] == [30_000, 30_000, 30_000, 10_000]
+    assert b"".join(pieces) == data
+
+
+@pytest.mark.parametrize("policy", list(FsyncPolicy))
+async def test_fsync_policies_write_the_same(tmp_path: Path, policy: FsyncPolicy) -> None:
+    with Blockstore(tmp_path / policy.value, policy) as bs:
+        cid = await bs.put_data(b"x" * 1000, RAW)
+        assert await bs.get(cid) == b"x" * 1000
+
+
+async def test_full_disk_is_a_clear_error_and_leaves_no_temp(
+    store: Blockstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    cid = CID.hash_of(b"data")
+    with pytest.raises(BlockstoreFull):
+        await store.put(cid, b"data")
+    monkeypatch.setattr(os, "write", real_write)
+    assert list((store.root / "tmp").iterdir()) == []
+    assert not await store.has(cid)
+    # the store keeps working once there is room again
+    assert await store.put(cid, b"data")
+    assert (await store.verify()).ok
+
+
+async def test_stale_temp_files_are_cleared_on_open(tmp_path: Path) -> None:
+    Blockstore(tmp_path / "r").close()
+    (tmp_path / "r" / "tmp" / "junk.tmp").write_bytes(b"half a block")
+    Blockstore(tmp_path / "r").close()
+    assert list((tmp_path / "r" / "tmp").iterdir()) == []
+
+
+async def test_pins_and_gc(store: Blockstore) -> None:
+    kept = await import_bytes(store, pattern(3 * 1024 * 1024))  # 3 leaves + root
+    dropped = await import_bytes(store, pattern(2 * 1024 * 1024 + 1)[::-1])  # 3 leaves + root
+    direct = await store.put_data(b"direct", RAW)
+    loose = await store.put_data(b"loose", RAW)
+    await store.pin(kept.cid)
+    await store.pin(direct, PinKind.DIRECT)
+    assert {c for c, _ in await store.pins()} == {kept.cid, direct}
+    result = await store.gc()
+    assert result.removed == 5
+    assert result.kept == 5
+    assert await store.has(kept.cid)
+    assert await store.has(direct)
+    assert not await store.has(dropped.cid)
+    assert not await store.has(loose)
+    for child in await store.children(kept.cid):
+        assert await store.has(child)
+    assert await store.unpin(kept.cid)
+    assert not await store.unpin(kept.cid)
+    assert (await store.gc()).removed == 4
+
+
+async def test_transfers_protect_partial_dags(store: Blockstore) -> None:
+    res = await import_bytes(store, pattern(2 * 1024 * 1024 + 7))
+    kids = await store.children(res.cid)
+    await store.delete(kids[0])  # as if the transfer had not fetched it yet
+    await store.begin_transfer(res.cid, "/tmp/out")
+    assert await store.transfers() == [(res.cid, "/tmp/out")]
+    assert (await store.gc()).removed == 0
+    await store.end_transfer(res.cid)
+    assert (await store.gc()).removed == 3
+
+
+async def test_refs_survive_reopen(tmp_path: Path) -> None:
+    with Blockstore(tmp_path / "r") as bs:
+        res = await import_bytes(bs, pattern(2 * 1024 * 1024 + 7))
+        await bs.pin(res.cid)
+        await bs.set_meta("k", "v")
+    with Blockstore(tmp_path / "r") as bs:
+        assert len(await bs.children(res.cid)) == 3
+        assert (await bs.gc()).removed == 0
+        assert await bs.get_meta("k") == "v"
+        assert await bs.get_meta("other") is None
+
+
+async def test_verify_reports_damage(store: Blockstore) -> None:
+    good = await store.put_data(b"good", RAW)
+    bad = await store.put_data(b"bad!", RAW)
+    store.path_for(bad).write_bytes(b"rot!")
+    await store.pin(CID.hash_of(b"never stored"), PinKind.DIRECT)
+    (store.root / "blocks" / "stray.txt").write_text("?")
+    report = await store.verify()
+    assert report.checked == 2
+    assert not report.ok
+    assert report.damaged == [mh_key(bad.multihash)]
+    assert report.missing_pinned == [str(CID.hash_of(b"never stored"))]
+    assert report.foreign == ["blocks/stray.txt"]
+    report = await store.verify(remove_damaged=True)
+    assert not await store.has(bad)
+    assert await store.has(good)
+    assert (await store.verify()).damaged == []
+
+
+async def test_closed_store_is_a_usage_error(tmp_path: Path) -> None:
+    bs = Blockstore(tmp_path / "r")
+    bs.close()
+    with pytest.raises(UsageError):
+        await bs.pins()

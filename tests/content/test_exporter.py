@@ -1,0 +1,134 @@
+"""The exporter: whole files, byte ranges, directories, and refusal of hostile DAGs."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from conftest import pattern
+
+from peerstack.content import dagpb
+from peerstack.content.blockstore import BlockNotFound, Blockstore
+from peerstack.content.exporter import NotAFile, UnsafeName, cat, check_name, export, ls
+from peerstack.content.importer import (
+    LEGACY_PROFILE,
+    ImportProfile,
+    import_bytes,
+    import_path,
+    make_directory,
+)
+from peerstack.content.unixfs import DataType, MalformedUnixFS, UnixFSData
+from peerstack.core.cid import CID, DAG_PB
+from peerstack.errors import UsageError
+
+SMALL = ImportProfile(chunk_size=1000, max_links=4)
+
+
+async def read_all(
+    store: Blockstore, cid: CID, offset: int = 0, length: int | None = None
+) -> bytes:
+    return b"".join([p async for p in cat(store, cid, offset, length)])
+
+
+@pytest.mark.parametrize("profile", [SMALL, ImportProfile(chunk_size=1000, max_links=4,
+                                                           cid_version=0, raw_leaves=False)])
+async def test_cat_whole_and_ranges(store: Blockstore, profile: ImportProfile) -> None:
+    data = pattern(17_345)
+    res = await import_bytes(store, data, profile)
+    assert await read_all(store, res.cid) == data
+    for off, n in [(0, 1), (999, 2), (1000, 1000), (5_123, 7_777), (17_000, 1000), (17_345, 5)]:
+        assert await read_all(store, res.cid, off, n) == data[off : off + n]
+    assert await read_all(store, res.cid, 16_000) == data[16_000:]
+    with pytest.raises(UsageError):
+        await read_all(store, res.cid, -1)
+
+
+class CountingGetter:
+    def __init__(self, store: Blockstore) -> None:
+        self.store = store
+        self.fetched: list[CID] = []
+
+    async def get(self, cid: CID) -> bytes:
+        self.fetched.append(cid)
+        return await self.store.get(cid)
+
+
+async def test_range_reads_skip_subtrees(store: Blockstore) -> None:
+    res = await import_bytes(store, pattern(64_000), SMALL)
+    getter = CountingGetter(store)
+    got = b"".join([p async for p in cat(getter, res.cid, 63_500, 100)])
+    assert got == pattern(64_000)[63_500:63_600]
+    assert len(getter.fetched) <= 4  # root, two inner nodes, one leaf
+
+
+async def test_export_directory(store: Blockstore, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("hello")
+    (src / "sub" / "big.bin").write_bytes(pattern(300_000))
+    (src / "empty").mkdir()
+    res = await import_path(store, src, LEGACY_PROFILE)
+    out = tmp_path / "out"
+    await export(store, res.cid, out)
+    assert (out / "a.txt").read_text() == "hello"
+    assert (out / "sub" / "big.bin").read_bytes() == pattern(300_000)
+    assert (out / "empty").is_dir()
+    assert not [p for p in out.rglob("*.part")]
+    names = [e.name for e in await ls(store, res.cid)]
+    assert names == ["a.txt", "empty", "sub"]
+    with pytest.raises(UsageError):
+        await export(store, res.cid, out)  # target exists
+    with pytest.raises(NotAFile):
+        await read_all(store, res.cid)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "/etc", "a\\b", "C:x", "x\0y"])
+def test_unsafe_names_refused(name: str) -> None:
+    with pytest.raises(UnsafeName):
+        check_name(name)
+
+
+async def _dir_with_raw_name(store: Blockstore, name: str) -> CID:
+    child = await store.put_data(b"evil", 0x55)
+    node = dagpb.PBNode((dagpb.PBLink(child, name, 4),), UnixFSData(DataType.DIRECTORY).encode())
+    return await store.put_data(dagpb.encode(node), DAG_PB)
+
+
+@pytest.mark.parametrize("name", ["..", "../escape", "/abs"])
+async def test_export_refuses_escaping_names(store: Blockstore, tmp_path: Path, name: str) -> None:
+    cid = await _dir_with_raw_name(store, name)
+    with pytest.raises(UnsafeName):
+        await export(store, cid, tmp_path / "out")
+    assert not (tmp_path / "escape").exists()
+    with pytest.raises(UsageError):
+        await make_directory(store, {name: await import_bytes(store, b"x")})
+
+
+async def test_lying_blocksizes_are_refused(store: Blockstore) -> None:
+    leaf = await store.put_data(b"abc", 0x55)
+    for blocksizes in [(3, 3), (4,)]:
+        data = UnixFSData(DataType.FILE, blocksizes=blocksizes).encode()
+        node = dagpb.PBNode((dagpb.PBLink(leaf, "", 3),), data)
+        cid = await store.put_data(dagpb.encode(node), DAG_PB)
+        with pytest.raises(MalformedUnixFS):
+            await read_all(store, cid)
+
+
+async def test_failed_export_leaves_no_partial_file(store: Blockstore, tmp_path: Path) -> None:
+    res = await import_bytes(store, pattern(5000), SMALL)
+    kids = await store.children(res.cid)
+    await store.delete(kids[-1])
+    with pytest.raises(BlockNotFound):
+        await export(store, res.cid, tmp_path / "f")
+    assert sorted(p.name for p in os.scandir(tmp_path)) == ["repo"]
+
+
+async def test_random_ranges(store: Blockstore) -> None:
+    data = pattern(5_555)
+    res = await import_bytes(store, data, SMALL)
+    rng = random.Random(7)
+    for _ in range(300):
+        offset, length = rng.randrange(6000), rng.randrange(6000)
+        assert await read_all(store, res.cid, offset, length) == data[offset : offset + length]
