@@ -1,0 +1,345 @@
+"""BasicHost end to end on loopback: connections, events, streams, transfers, resets, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+from conftest import MakeHost
+
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.errors import NegotiationError, StreamClosed, StreamReset
+from peerstack.host.host import BasicHost
+from peerstack.host.interface import HostEvent, PeerConnected, PeerDisconnected, Stream
+
+ECHO = "/test/echo/1.0.0"
+
+
+async def echo_handler(stream: Stream) -> None:
+    while True:
+        data = await stream.read()
+        if not data:
+            break
+        await stream.write(data)
+    await stream.close()
+
+
+def addr_of(host: BasicHost) -> str:
+    return f"{host.listen_addrs()[0]}/p2p/{host.peer_id}"
+
+
+async def test_listen_addrs_are_real_ports(make_host: MakeHost) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:  # the conftest runs these tests on the production loop
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    host = await make_host()
+    (addr,) = host.listen_addrs()
+    target = addr.tcp_target()
+    assert target is not None
+    assert target[0] == "127.0.0.1"
+    assert target[1] != 0
+
+
+async def test_connect_both_ways_and_events(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    events_a: list[HostEvent] = []
+    events_b: list[HostEvent] = []
+    a.add_listener(events_a.append)
+    unsubscribe = b.add_listener(events_b.append)
+    assert await a.dial(addr_of(b)) == b.peer_id
+    await asyncio.sleep(0.05)
+    assert a.connected_peers() == [b.peer_id]
+    assert b.connected_peers() == [a.peer_id]
+    assert events_a == [PeerConnected(b.peer_id, b.listen_addrs()[0], True)]
+    assert isinstance(events_b[0], PeerConnected)
+    assert not events_b[0].outbound
+    # b dials a back: the existing connection is reused, no second one.
+    await b.connect(a.peer_id, a.listen_addrs())
+    assert len(b.connections(a.peer_id)) == 1
+    # Dialling without /p2p/ accepts whoever answers and reports who it was.
+    c = await make_host()
+    assert await c.dial(a.listen_addrs()[0]) == a.peer_id
+    assert a.peerstore.public_key(c.peer_id) is not None
+    unsubscribe()
+    await a.disconnect(b.peer_id)
+    await asyncio.sleep(0.05)
+    assert PeerDisconnected(b.peer_id) in events_a
+    assert b.peer_id not in a.connected_peers()
+    assert a.peer_id not in b.connected_peers()
+    assert events_b == events_b[:1]  # unsubscribed: nothing after the first event
+    # Known addresses survive the disconnect, so a new stream redials.
+    b.set_stream_handler(ECHO, echo_handler)
+    stream = await a.new_stream(b.peer_id, [ECHO])
+    await stream.write(b"again")
+    assert await stream.readexactly(5) == b"again"
+
+
+async def test_echo_protocol_choice_and_unknown_protocol(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    b.set_stream_handler(ECHO, echo_handler)
+    await a.dial(addr_of(b))
+    stream = await a.new_stream(b.peer_id, ["/nope/1", ECHO])
+    assert stream.protocol == ECHO
+    assert stream.remote_peer == b.peer_id
+    assert stream.remote_addr == b.listen_addrs()[0]
+    await stream.write(b"hello")
+    assert await stream.readexactly(5) == b"hello"
+    await stream.close()
+    assert await stream.read() == b""
+    with pytest.raises(NegotiationError):
+        await a.new_stream(b.peer_id, ["/nope/1", "/nope/2"])
+    b.remove_stream_handler(ECHO)
+    with pytest.raises(NegotiationError):
+        await a.new_stream(b.peer_id, [ECHO])
+
+
+async def test_hundred_concurrent_streams(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    b.set_stream_handler(ECHO, echo_handler)
+    await a.dial(addr_of(b))
+
+    async def one(i: int) -> bytes:
+        stream = await a.new_stream(b.peer_id, [ECHO])
+        payload = os.urandom(1000 + i * 37)
+        await stream.write(payload)
+        await stream.close()
+        got = await stream.read_until_eof(1 << 20)
+        assert got == payload
+        return got
+
+    results = await asyncio.gather(*(one(i) for i in range(100)))
+    assert len(results) == 100
+    assert len(a.connections(b.peer_id)) == 1
+    await asyncio.sleep(0.05)
+    conn = a.connection(b.peer_id)
+    assert conn is not None
+    assert conn.num_streams == 0
+
+
+async def test_big_transfer_integrity(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    digests: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def sink(stream: Stream) -> None:
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            data = await stream.read()
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+        digests.set_result((n, h.digest()))
+        await stream.write(h.digest())
+
+    b.set_stream_handler("/sink", sink)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/sink"])
+    h = hashlib.sha256()
+    total = 64 << 20
+    block = os.urandom(1 << 20)
+    for i in range(total >> 20):
+        # Vary the pieces: whole bytes, a bytearray, an odd-sized memoryview slice.
+        piece = bytes([i & 0xFF]) + block[1:]
+        h.update(piece)
+        if i % 3 == 0:
+            await stream.write(piece)
+        elif i % 3 == 1:
+            await stream.write(bytearray(piece))
+        else:
+            view = memoryview(piece)
+            await stream.write(view[:12345])
+            await stream.write(view[12345:])
+    await stream.close()
+    assert await stream.readexactly(32) == h.digest()
+    assert await digests == (total, h.digest())
+
+
+async def test_half_close(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    seen: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def upper(stream: Stream) -> None:
+        data = await stream.read()
+        while chunk := await stream.read():
+            data += chunk
+        seen.set_result(data)
+        # Our side is still open after the peer's close: answer, then close.
+        await stream.write(data.upper())
+        await stream.write(b"!")
+        await stream.close()
+
+    b.set_stream_handler("/upper", upper)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/upper"])
+    await stream.write(b"abc")
+    await stream.write(b"def")
+    await stream.close()
+    with pytest.raises(StreamClosed):
+        await stream.write(b"more")
+    assert await seen == b"abcdef"
+    assert await stream.read_until_eof(100) == b"ABCDEF!"
+    assert await stream.read() == b""
+    with pytest.raises(StreamClosed):
+        await stream.readexactly(1)
+
+
+async def test_reset_mid_transfer(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    got_some = asyncio.Event()
+
+    async def reset_after_a_bit(stream: Stream) -> None:
+        await stream.readexactly(100_000)
+        got_some.set()
+        stream.reset()
+
+    b.set_stream_handler("/reset", reset_after_a_bit)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/reset"])
+    block = os.urandom(1 << 16)
+
+    async def write_forever() -> None:
+        for _ in range(10_000):  # far more than the windows hold: the reset must stop us
+            await stream.write(block)
+
+    with pytest.raises(StreamReset):
+        await write_forever()
+    assert got_some.is_set()
+    with pytest.raises(StreamReset):
+        await stream.read()
+    # The connection itself is fine.
+    b.set_stream_handler(ECHO, echo_handler)
+    echo = await a.new_stream(b.peer_id, [ECHO])
+    await echo.write(b"still here")
+    assert await echo.readexactly(10) == b"still here"
+
+
+async def test_local_reset_reaches_peer(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def reader(stream: Stream) -> None:
+        try:
+            while await stream.read():
+                pass
+        except StreamReset as exc:
+            outcome.set_result(exc)
+
+    b.set_stream_handler("/r", reader)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/r"])
+    await stream.write(b"x" * 1000)
+    stream.reset()
+    assert isinstance(await outcome, StreamReset)
+    with pytest.raises(StreamReset):
+        await stream.write(b"y")
+
+
+async def test_slow_reader_bounds_memory_and_blocks_writer(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    server_streams: list[Stream] = []
+    release = asyncio.Event()
+
+    async def lazy(stream: Stream) -> None:
+        server_streams.append(stream)
+        await release.wait()
+        total = 0
+        while data := await stream.read():
+            total += len(data)
+        await stream.write(total.to_bytes(8, "big"))
+
+    b.set_stream_handler("/lazy", lazy)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/lazy"])
+    total = 32 << 20
+
+    async def writer() -> None:
+        block = bytes(1 << 20)
+        for _ in range(total >> 20):
+            await stream.write(block)
+        await stream.close()
+
+    task = asyncio.create_task(writer())
+    await asyncio.sleep(0.5)
+    assert not task.done()  # blocked on the window
+    (server_stream,) = server_streams
+    conn_b = b.connection(a.peer_id)
+    conn_a = a.connection(b.peer_id)
+    assert conn_b is not None
+    assert conn_a is not None
+    window = conn_b.session.recv_window(getattr(server_stream, "stream_id", -1))
+    buffered = getattr(server_stream, "buffered", -1)
+    assert 0 < buffered <= window <= 256 * 1024  # never grown: nobody read
+    assert conn_a.session.send_window(getattr(stream, "stream_id", -1)) == 0
+    release.set()
+    await task
+    assert int.from_bytes(await stream.readexactly(8), "big") == total
+
+
+async def test_failing_handler_resets_only_its_stream(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+
+    async def broken(stream: Stream) -> None:
+        await stream.read()
+        raise RuntimeError("handler bug")
+
+    b.set_stream_handler("/broken", broken)
+    b.set_stream_handler(ECHO, echo_handler)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/broken"])
+    await stream.write(b"boom")
+    with pytest.raises(StreamReset):
+        await stream.read()
+    echo = await a.new_stream(b.peer_id, [ECHO])
+    await echo.write(b"ok")
+    assert await echo.readexactly(2) == b"ok"
+
+
+async def test_ipv6_listener(make_host: MakeHost) -> None:
+    from peerstack.core.identity import PrivateKey
+
+    host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip6/::1/tcp/0"])
+    try:
+        await host.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        (addr,) = host.listen_addrs()
+        assert addr.value_for("ip6") == "::1"
+        host.set_stream_handler(ECHO, echo_handler)
+        client = await make_host(listen=False)
+        peer = await client.dial(Multiaddr(f"{addr}/p2p/{host.peer_id}"))
+        stream = await client.new_stream(peer, [ECHO])
+        await stream.write(b"v6")
+        assert await stream.readexactly(2) == b"v6"
+    finally:
+        await host.close()
+
+
+async def test_close_cleans_up(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    started = asyncio.Event()
+
+    async def forever(stream: Stream) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    b.set_stream_handler("/forever", forever)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/forever"])
+    await started.wait()
+    await b.close()
+    with pytest.raises(StreamReset):
+        await stream.read()
+    assert b.connected_peers() == []
+    await asyncio.sleep(0.05)
+    assert a.connected_peers() == []
+    assert b.listen_addrs() == []
