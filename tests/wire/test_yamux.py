@@ -134,6 +134,36 @@ def test_inbound_syn_is_acked_and_data_framed_per_spec() -> None:
     assert server.data_to_send() == frame(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0)
 
 
+def test_partial_drains_give_the_same_bytes() -> None:
+    def loaded() -> YamuxSession:
+        session = YamuxSession(is_client=True, config=YamuxConfig(max_frame_payload=5000))
+        sid = session.open_stream()
+        session.send_data(sid, bytes(range(256)) * 40)
+        session.send_data(sid, memoryview(bytearray(b"tail" * 100)))
+        session.ping(0.0)
+        return session
+
+    whole = loaded().data_to_send()
+    assert len(whole) > 10_000
+    for step in (1, 7, 12, 13, 4096, 1 << 20):
+        session = loaded()
+        assert session.pending_output == len(whole)
+        pieces = []
+        while piece := session.data_to_send(step):
+            assert len(piece) <= step
+            pieces.append(piece)
+        assert b"".join(pieces) == whole
+        session = loaded()
+        scratch = bytearray(step)
+        copied = bytearray()
+        while n := session.data_to_send_into(scratch):
+            copied += scratch[:n]
+        assert copied == whole
+        assert session.pending_output == 0
+    with pytest.raises(UsageError):
+        loaded().data_to_send(0)
+
+
 def test_reset_and_goaway_bytes() -> None:
     client = YamuxSession(is_client=True)
     sid = client.open_stream()

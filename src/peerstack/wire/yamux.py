@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import deque
 from dataclasses import dataclass
 
 from peerstack.errors import (
@@ -328,7 +329,7 @@ class YamuxSession:
         self._backlog = 0
         self._unacked = 0  # our streams whose SYN the peer has not ACKed yet
         self._granted = 0  # sum of recv_window over live streams
-        self._out: list[bytes | memoryview] = []
+        self._out: deque[bytes | memoryview] = deque()
         self._control_bytes = 0
         # Input parsing state: an incomplete header, or the rest of a Data payload in flight.
         self._hdr = bytearray()
@@ -416,19 +417,78 @@ class YamuxSession:
 
     # ---- output -------------------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
-        """Drain and return every byte queued for the peer (b"" if none)."""
+    def data_to_send(self, max_bytes: int | None = None) -> bytes:
+        """Drain and return the bytes queued for the peer (b"" if none).
+
+        With ``max_bytes``, return at most that many and keep the rest queued: a caller that
+        encrypts in slices can drain slice by slice and never build one multi-MiB buffer
+        (glibc serves those with fresh mmap()s whose page faults cost more than the copy).
+        """
         out = self._out
         if not out:
             return b""
-        self._control_bytes = 0
-        if len(out) == 1:
-            chunk = out[0]
+        if max_bytes is None:
+            self._control_bytes = 0
+            if len(out) == 1:
+                chunk = out.popleft()
+                return chunk if isinstance(chunk, bytes) else bytes(chunk)
+            data = b"".join(out)
             out.clear()
-            return chunk if isinstance(chunk, bytes) else bytes(chunk)
-        data = b"".join(out)
-        out.clear()
-        return data
+            return data
+        if max_bytes <= 0:
+            raise UsageError("max_bytes must be positive")
+        parts: list[bytes | memoryview] = []
+        room = max_bytes
+        while out and room:
+            item = out[0]
+            size = len(item)
+            if size <= room:
+                parts.append(out.popleft())
+                room -= size
+            else:
+                view = item if isinstance(item, memoryview) else memoryview(item)
+                parts.append(view[:room])
+                out[0] = view[room:]
+                room = 0
+        if not out:
+            self._control_bytes = 0
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
+
+    def data_to_send_into(self, buffer: bytearray | memoryview) -> int:
+        """Move queued bytes into ``buffer`` (as many as fit); return how many.
+
+        The allocation-free variant of data_to_send() for a caller with a reusable scratch
+        buffer (e.g. one Noise frame of plaintext).
+        """
+        dest = memoryview(buffer)
+        if dest.format != "B" or dest.ndim != 1:
+            dest = dest.cast("B")
+        out = self._out
+        pos = 0
+        room = len(dest)
+        while out and pos < room:
+            item = out[0]
+            size = len(item)
+            if pos + size <= room:
+                dest[pos : pos + size] = item
+                pos += size
+                out.popleft()
+            else:
+                take = room - pos
+                view = item if isinstance(item, memoryview) else memoryview(item)
+                dest[pos:room] = view[:take]
+                out[0] = view[take:]
+                pos = room
+        if not out:
+            self._control_bytes = 0
+        return pos
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued for the peer (O(queued items); for flow decisions, not per byte)."""
+        return sum(len(item) for item in self._out)
 
     def _control(self, frame_type: int, flags: int, stream_id: int, length: int) -> None:
         """Queue a frame we send because of something the peer sent (bounded)."""
