@@ -1,0 +1,138 @@
+"""Connection manager on real hosts: merged dials, idle trimming and every limit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import MakeHost
+
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.errors import PeerstackError, ResourceLimitError, StreamReset
+from peerstack.host.host import BasicHost
+from peerstack.host.interface import Stream
+from peerstack.host.limits import Limits
+
+HOLD = "/test/hold/1"
+
+
+def addr_of(host: BasicHost) -> str:
+    return f"{host.listen_addrs()[0]}/p2p/{host.peer_id}"
+
+
+async def hold_handler(stream: Stream) -> None:
+    """Keep the stream open until the peer closes it."""
+    while await stream.read():
+        pass
+
+
+async def test_concurrent_dials_make_one_connection(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    b.set_stream_handler(HOLD, hold_handler)
+    a.add_peer_addrs(b.peer_id, b.listen_addrs(), ttl=60)
+    streams = await asyncio.gather(*(a.new_stream(b.peer_id, [HOLD]) for _ in range(10)))
+    assert len(streams) == 10
+    assert len(a.connections(b.peer_id)) == 1
+    await asyncio.sleep(0.05)
+    assert len(b.connections(a.peer_id)) == 1
+    assert a.connmgr.counts()["outbound"] == 1
+
+
+async def test_idle_connections_are_trimmed(make_host: MakeHost) -> None:
+    a = await make_host(Limits(idle_timeout=0.3, trim_interval=0.05))
+    b = await make_host()
+    b.set_stream_handler(HOLD, hold_handler)
+    peer = await a.dial(addr_of(b))
+    stream = await a.new_stream(peer, [HOLD])
+    await asyncio.sleep(0.6)  # a stream is open: not idle, kept
+    assert a.connected_peers() == [peer]
+    await stream.close()
+    await asyncio.sleep(0.8)
+    assert a.connected_peers() == []
+    await asyncio.sleep(0.05)
+    assert b.connected_peers() == []
+
+
+async def test_limit_per_ip(make_host: MakeHost) -> None:
+    server = await make_host(Limits(max_connections_per_ip=1))
+    c1 = await make_host(listen=False)
+    c2 = await make_host(listen=False)
+    await c1.dial(addr_of(server))
+    with pytest.raises(PeerstackError):
+        await c2.dial(addr_of(server))
+    await asyncio.sleep(0.05)
+    assert server.connected_peers() == [c1.peer_id]
+    assert c2.connected_peers() == []
+    assert c2.connmgr.counts()["outbound"] == 0  # the failed dial gave its slot back
+    # Once c1 leaves, the address may connect again.
+    await c1.close()
+    await asyncio.sleep(0.1)
+    assert await c2.dial(addr_of(server)) == server.peer_id
+
+
+async def test_inbound_connection_limit(make_host: MakeHost) -> None:
+    server = await make_host(Limits(max_inbound_connections=2))
+    clients = [await make_host(listen=False) for _ in range(3)]
+    await clients[0].dial(addr_of(server))
+    await clients[1].dial(addr_of(server))
+    with pytest.raises(PeerstackError):
+        await clients[2].dial(addr_of(server))
+    assert len(server.connected_peers()) == 2
+
+
+async def test_pending_handshakes_limit_and_handshake_timeout(make_host: MakeHost) -> None:
+    server = await make_host(Limits(max_pending_handshakes=1, handshake_timeout=0.5))
+    client = await make_host(listen=False)
+    target = Multiaddr(str(server.listen_addrs()[0])).tcp_target()
+    assert target is not None
+    # A peer that connects and never speaks holds the only handshake slot ...
+    reader, writer = await asyncio.open_connection(*target)
+    await asyncio.sleep(0.05)
+    with pytest.raises(PeerstackError):
+        await client.dial(addr_of(server))
+    # ... until the handshake timeout closes it (it got the listener's multistream header).
+    received = b""
+    try:
+        while chunk := await reader.read(1024):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    assert received == b"\x13/multistream/1.0.0\n"
+    writer.close()
+    assert await client.dial(addr_of(server)) == server.peer_id
+
+
+async def test_outbound_connection_limit(make_host: MakeHost) -> None:
+    client = await make_host(Limits(max_outbound_connections=1), listen=False)
+    b = await make_host()
+    c = await make_host()
+    await client.dial(addr_of(b))
+    with pytest.raises(ResourceLimitError):
+        await client.dial(addr_of(c))
+
+
+async def test_inbound_streams_per_connection(make_host: MakeHost) -> None:
+    server = await make_host(Limits(max_inbound_streams_per_connection=2))
+    client = await make_host()
+    server.set_stream_handler(HOLD, hold_handler)
+    peer = await client.dial(addr_of(server))
+    first = await client.new_stream(peer, [HOLD])
+    await client.new_stream(peer, [HOLD])
+    with pytest.raises(StreamReset):
+        await client.new_stream(peer, [HOLD])
+    # Closing one (both sides) frees a slot.
+    await first.close()
+    assert await first.read() == b""
+    await asyncio.sleep(0.05)
+    assert (await client.new_stream(peer, [HOLD])).protocol == HOLD
+
+
+async def test_outbound_streams_per_connection(make_host: MakeHost) -> None:
+    client = await make_host(Limits(max_outbound_streams_per_connection=1))
+    server = await make_host()
+    server.set_stream_handler(HOLD, hold_handler)
+    peer = await client.dial(addr_of(server))
+    await client.new_stream(peer, [HOLD])
+    with pytest.raises(ResourceLimitError):
+        await client.new_stream(peer, [HOLD])
