@@ -1,0 +1,287 @@
+"""The upgrade path and misbehaving peers, with raw sockets driving the wire machines by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+
+import pytest
+from conftest import MakeHost
+
+from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import (
+    MuxerError,
+    NegotiationError,
+    NoiseError,
+    PeerIdMismatch,
+    PeerstackError,
+)
+from peerstack.host.host import BasicHost
+from peerstack.host.interface import Stream
+from peerstack.net import tcp
+from peerstack.net.connection import Connection
+from peerstack.net.upgrader import UpgradeOptions, upgrade
+from peerstack.wire import multistream, noise, yamux
+
+ECHO = "/test/echo/1.0.0"
+
+
+async def echo_handler(stream: Stream) -> None:
+    while data := await stream.read():
+        await stream.write(data)
+
+
+def addr_of(host: BasicHost) -> str:
+    return f"{host.listen_addrs()[0]}/p2p/{host.peer_id}"
+
+
+def target_of(host: BasicHost) -> tuple[str, int]:
+    target = host.listen_addrs()[0].tcp_target()
+    assert target is not None
+    return target
+
+
+async def assert_echo(client: BasicHost, server: BasicHost) -> None:
+    stream = await client.new_stream(server.peer_id, [ECHO])
+    await stream.write(b"ping")
+    assert await stream.readexactly(4) == b"ping"
+
+
+async def read_until(reader: asyncio.StreamReader, machine: multistream.Initiator) -> None:
+    while not machine.done:
+        data = await reader.read(65536)
+        assert data, "peer closed during negotiation"
+        machine.receive_data(data)
+
+
+class RawPeer:
+    """A hand-driven libp2p dialer: just enough to reach the muxer, then anything we like."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.key = PrivateKey.generate()
+        self.peer_id = PeerId.from_public_key(self.key.public_key)
+        self.transport: noise.NoiseTransport | None = None
+
+    @classmethod
+    async def connect(cls, host: BasicHost) -> RawPeer:
+        return cls(*await asyncio.open_connection(*target_of(host)))
+
+    async def secure(self, *, early_muxer: bool) -> noise.NoiseTransport:
+        ms = multistream.Initiator([noise.PROTOCOL_ID])
+        self.writer.write(ms.data_to_send())
+        await read_until(self.reader, ms)
+        muxers = [yamux.PROTOCOL_ID] if early_muxer else []
+        hs = noise.NoiseHandshake(self.key, initiator=True, muxers=muxers)
+        rest = ms.unused_data()
+        if rest:
+            hs.receive_data(rest)
+        self.writer.write(hs.data_to_send())
+        while not hs.complete:
+            hs.receive_data(await self.reader.read(65536))
+            self.writer.write(hs.data_to_send())
+        transport = hs.transport()
+        assert not hs.unused_data()
+        if not early_muxer:
+            inner = multistream.Initiator([yamux.PROTOCOL_ID])
+            self.writer.write(transport.encrypt(inner.data_to_send()))
+            while not inner.done:
+                inner.receive_data(transport.decrypt(await self.reader.read(65536)))
+        self.transport = transport
+        return transport
+
+    async def frames_until_eof(self) -> list[tuple[int, int, int, int]]:
+        """Decrypt everything up to EOF; return the yamux headers (type, flags, id, length)."""
+        assert self.transport is not None
+        plain = b""
+        try:
+            while data := await self.reader.read(65536):
+                plain += self.transport.decrypt(data)
+        except ConnectionResetError:
+            pass
+        frames = []
+        pos = 0
+        while pos + 12 <= len(plain):
+            _, ftype, flags, sid, length = struct.unpack_from(">BBHII", plain, pos)
+            frames.append((ftype, flags, sid, length))
+            pos += 12 + (length if ftype == yamux.TYPE_DATA else 0)
+        return frames
+
+
+async def test_upgrade_without_host() -> None:
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
+    try:
+        raw_a = await tcp.dial(listener.multiaddrs[0])
+        raw_b = await accepted.get()
+        assert raw_b.remote_addr == raw_a.local_addr
+        conn_a, conn_b = await asyncio.gather(
+            upgrade(
+                raw_a, key_a, outbound=True, expected_peer=PeerId.from_public_key(key_b.public_key)
+            ),
+            upgrade(raw_b, key_b, outbound=False),
+        )
+        inbound: asyncio.Queue[object] = asyncio.Queue()
+        conn_b.on_stream = inbound.put_nowait
+        conn_a.start()
+        conn_b.start()
+        stream = conn_a.open_stream()
+        await stream.write(b"raw stream")
+        await stream.close()
+        peer_stream = await inbound.get()
+        assert peer_stream.__class__.__name__ == "YamuxStream"
+        assert await peer_stream.read_until_eof(100) == b"raw stream"  # type: ignore[attr-defined]
+        assert conn_b.remote_peer == PeerId.from_public_key(key_a.public_key)
+        assert conn_a.stats()["bytes_sent"] == 10
+        await conn_a.close()
+        await conn_b.wait_closed()
+        assert conn_b.is_closed
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize("early", [True, False])
+async def test_both_muxer_selection_paths(make_host: MakeHost, early: bool) -> None:
+    server = await make_host()
+    server.set_stream_handler(ECHO, echo_handler)
+    client = BasicHost(PrivateKey.generate(), early_muxer_negotiation=early)
+    async with client:
+        await client.dial(addr_of(server))
+        await assert_echo(client, server)
+
+
+async def test_wrong_peer_id_is_refused(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    other = PeerId.from_public_key(PrivateKey.generate().public_key)
+    with pytest.raises(PeerIdMismatch):
+        await a.dial(f"{b.listen_addrs()[0]}/p2p/{other}")
+    assert a.connected_peers() == []
+    assert a.connmgr.counts()["outbound"] == 0
+    await asyncio.sleep(0.1)
+    assert b.connected_peers() == []
+    assert b.connmgr.counts()["inbound"] == 0
+
+
+async def negotiate_raw(
+    ms: multistream.Initiator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    writer.write(ms.data_to_send())
+    while not ms.done:
+        ms.receive_data(await reader.read(65536))
+        writer.write(ms.data_to_send())
+
+
+async def test_insecure_channels_are_refused(make_host: MakeHost) -> None:
+    host = await make_host()
+    for proposals in (["/plaintext/2.0.0"], ["/secio/1.0.0"], ["/plaintext/2.0.0", "/secio/1.0.0"]):
+        reader, writer = await asyncio.open_connection(*target_of(host))
+        with pytest.raises(NegotiationError):
+            await negotiate_raw(multistream.Initiator(proposals), reader, writer)
+        writer.close()
+    await asyncio.sleep(0.05)
+    assert host.connected_peers() == []
+
+
+async def test_dialing_a_plaintext_only_peer_fails() -> None:
+    async def plaintext_only(raw: tcp.TcpConnection) -> None:
+        ms = multistream.Responder(["/plaintext/2.0.0", "/secio/1.0.0"])
+        raw.write(ms.data_to_send())
+        while not ms.done and (data := await raw.read_some()):
+            ms.receive_data(data)
+            raw.write(ms.data_to_send())
+
+    tasks: list[asyncio.Task[None]] = []
+    listener = await tcp.listen(
+        Multiaddr("/ip4/127.0.0.1/tcp/0"),
+        lambda raw: tasks.append(asyncio.create_task(plaintext_only(raw))),
+    )
+    try:
+        async with BasicHost(PrivateKey.generate()) as host:
+            with pytest.raises(NegotiationError):
+                await host.dial(listener.multiaddrs[0])
+            assert host.connected_peers() == []
+        await asyncio.gather(*tasks)
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize("early", [True, False])
+async def test_malformed_yamux_frame_closes_only_that_connection(
+    make_host: MakeHost, early: bool
+) -> None:
+    server = await make_host()
+    server.set_stream_handler(ECHO, echo_handler)
+    good = await make_host()
+    await good.dial(addr_of(server))
+    raw = await RawPeer.connect(server)
+    transport = await raw.secure(early_muxer=early)
+    await asyncio.sleep(0.05)
+    conn = server.connection(raw.peer_id)
+    assert isinstance(conn, Connection)
+    # Yamux version 1 does not exist.
+    raw.writer.write(transport.encrypt(struct.pack(">BBHII", 1, 0, 0, 0, 0)))
+    frames = await raw.frames_until_eof()
+    assert (yamux.TYPE_GO_AWAY, 0, 0, yamux.GOAWAY_PROTOCOL_ERROR) in frames
+    assert isinstance(conn.error, MuxerError)
+    assert conn.is_closed
+    assert raw.peer_id not in server.connected_peers()
+    await assert_echo(good, server)
+
+
+async def test_garbage_ciphertext_closes_with_noise_error(make_host: MakeHost) -> None:
+    server = await make_host()
+    server.set_stream_handler(ECHO, echo_handler)
+    good = await make_host()
+    await good.dial(addr_of(server))
+    raw = await RawPeer.connect(server)
+    await raw.secure(early_muxer=True)
+    await asyncio.sleep(0.05)
+    conn = server.connection(raw.peer_id)
+    assert conn is not None
+    raw.writer.write(b"\x00\x20" + os.urandom(32))
+    await raw.frames_until_eof()
+    assert isinstance(conn.error, NoiseError)
+    assert server.connected_peers() == [good.peer_id]
+    await assert_echo(good, server)
+
+
+async def test_garbage_before_handshake(make_host: MakeHost) -> None:
+    server = await make_host()
+    server.set_stream_handler(ECHO, echo_handler)
+    good = await make_host()
+    await good.dial(addr_of(server))
+    for junk in (os.urandom(2000), b"\x13/multistream/1.0.0\n" + os.urandom(500), b"\xff" * 20):
+        reader, writer = await asyncio.open_connection(*target_of(server))
+        writer.write(junk)
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        writer.close()
+    assert server.connected_peers() == [good.peer_id]
+    assert server.connmgr.counts()["pending_inbound"] == 0
+    await assert_echo(good, server)
+
+
+async def test_handshake_timeout_on_dial() -> None:
+    silent: list[tcp.TcpConnection] = []
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), silent.append)
+    try:
+        raw = await tcp.dial(listener.multiaddrs[0])
+        with pytest.raises(PeerstackError, match="not finished"):
+            await upgrade(
+                raw,
+                PrivateKey.generate(),
+                outbound=True,
+                options=UpgradeOptions(handshake_timeout=0.2),
+            )
+        assert raw.is_closed
+    finally:
+        await listener.close()
