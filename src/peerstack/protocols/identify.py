@@ -207,6 +207,19 @@ async def read_identify(stream: Stream) -> IdentifyInfo:
     return decode_identify(messages, stream.remote_peer)
 
 
+def _settle(
+    fut: asyncio.Future[IdentifyInfo], info: IdentifyInfo | None, error: BaseException | None
+) -> None:
+    """Complete ``fut`` once; an error is marked as retrieved since nobody may be waiting."""
+    if fut.done():
+        return
+    if info is not None:
+        fut.set_result(info)
+    else:
+        fut.set_exception(error or PeerstackError("identify did not complete"))
+        fut.exception()
+
+
 def _strip_p2p(addr: Multiaddr) -> Multiaddr:
     return addr.decapsulate_p2p()[0]
 
@@ -270,6 +283,9 @@ class IdentifyService:
         self._on_peer_error = on_peer_error
         self._infos: OrderedDict[PeerId, IdentifyInfo] = OrderedDict()
         self._errors: OrderedDict[PeerId, PeerError] = OrderedDict()
+        # The outcome of the identify run for each connected peer (done futures stay until the
+        # peer disconnects), and callers waiting for a peer that has not connected yet.
+        self._pending: dict[PeerId, asyncio.Future[IdentifyInfo]] = {}
         self._waiters: dict[PeerId, asyncio.Future[IdentifyInfo]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._push_task: asyncio.Task[None] | None = None
@@ -285,7 +301,7 @@ class IdentifyService:
         self._host.set_stream_handler(IDENTIFY_PUSH, self._handle_push)
         self._unsubscribe = self._host.add_listener(self._on_event)
         for peer in self._host.connected_peers():
-            self._spawn(self._identify_quietly(peer))
+            self._start_identify(peer)
 
     async def close(self) -> None:
         if self._unsubscribe is not None:
@@ -299,8 +315,9 @@ class IdentifyService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for fut in self._waiters.values():
+        for fut in [*self._pending.values(), *self._waiters.values()]:
             fut.cancel()
+        self._pending.clear()
         self._waiters.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -310,12 +327,21 @@ class IdentifyService:
 
     def _on_event(self, event: HostEvent) -> None:
         if isinstance(event, PeerConnected):
-            self._spawn(self._identify_quietly(event.peer))
+            self._start_identify(event.peer)
         elif isinstance(event, PeerDisconnected):
-            fut = self._waiters.pop(event.peer, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(PeerstackError(f"{event.peer} disconnected before identify"))
-                fut.exception()  # mark retrieved: nobody may be waiting
+            gone = PeerstackError(f"{event.peer} disconnected before identify finished")
+            for table in (self._pending, self._waiters):
+                fut = table.pop(event.peer, None)
+                if fut is not None:
+                    _settle(fut, None, gone)
+
+    def _start_identify(self, peer: PeerId) -> None:
+        old = self._pending.get(peer)
+        if old is not None and not old.done():
+            return  # already running for this peer
+        fut: asyncio.Future[IdentifyInfo] = asyncio.get_running_loop().create_future()
+        self._pending[peer] = fut
+        self._spawn(self._identify_quietly(peer, fut))
 
     # -- what we learnt -----------------------------------------------------------------------
 
@@ -328,16 +354,21 @@ class IdentifyService:
         return self._errors.get(peer)
 
     async def wait_identified(self, peer: PeerId) -> IdentifyInfo:
-        """Wait until the identify exchange triggered by the connection to ``peer`` finished.
+        """The result of the identify exchange run on the connection to ``peer``.
 
+        Waits for it if it is still running, or for the peer to connect if it has not yet.
         Gives up after the service's identify timeout; raises the error identify ended with.
         """
-        known = self._infos.get(peer)
-        if known is not None:
-            return known
-        fut = self._waiters.get(peer)
+        fut = self._pending.get(peer)
+        if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+            return self._infos.get(peer) or fut.result()  # pushes may have updated it since
         if fut is None:
-            fut = self._waiters[peer] = asyncio.get_running_loop().create_future()
+            known = self._infos.get(peer)
+            if known is not None:
+                return known
+            fut = self._waiters.get(peer)
+            if fut is None:
+                fut = self._waiters[peer] = asyncio.get_running_loop().create_future()
         async with asyncio.timeout(self._timeout):
             return await asyncio.shield(fut)
 
@@ -365,24 +396,27 @@ class IdentifyService:
         self._apply(info, push=False)
         return info
 
-    async def _identify_quietly(self, peer: PeerId) -> None:
+    async def _identify_quietly(self, peer: PeerId, fut: asyncio.Future[IdentifyInfo]) -> None:
+        info: IdentifyInfo | None = None
+        error: BaseException | None = None
         try:
-            await self.identify(peer)
-        except NegotiationError:
+            info = await self.identify(peer)
+        except NegotiationError as exc:
             log.debug("%s does not speak identify", peer)
-            self._fail_waiter(peer, None)
+            error = exc
         except PeerError as exc:
             log.info("identify with %s failed: %s", peer, exc)
-            self._fail_waiter(peer, exc)
+            error = exc
         except (PeerstackError, OSError, TimeoutError) as exc:
             log.debug("identify with %s did not complete: %s", peer, exc)
-            self._fail_waiter(peer, exc)
-
-    def _fail_waiter(self, peer: PeerId, exc: BaseException | None) -> None:
-        fut = self._waiters.pop(peer, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(exc or PeerstackError(f"{peer} does not support identify"))
-            fut.exception()
+            error = exc
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        _settle(fut, info, error)
+        waiter = self._waiters.pop(peer, None)
+        if waiter is not None:
+            _settle(waiter, info, error)
 
     def _record_error(self, peer: PeerId, exc: PeerError) -> None:
         self._errors[peer] = exc
@@ -421,9 +455,9 @@ class IdentifyService:
         if info.observed_addr is not None and not push:
             self.observed.add(info.observed_addr, peer)
 
-        fut = self._waiters.pop(peer, None)
-        if fut is not None and not fut.done():
-            fut.set_result(info)
+        waiter = self._waiters.pop(peer, None)
+        if waiter is not None:
+            _settle(waiter, info, None)
 
     def _store(self, info: IdentifyInfo, *, push: bool) -> None:
         ps = self._peerstore

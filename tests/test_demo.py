@@ -1,0 +1,42 @@
+"""`python -m peerstack.demo` runs end to end and exits 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# Wide enough that rich does not wrap the lines we look for.
+ENV = {**os.environ, "COLUMNS": "200"}
+
+
+def test_demo_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerstack.demo", "--size", "4MiB", "--pings", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "identify: B's agent" in out
+    assert "peerstack/" in out
+    assert "ping RTTs" in out
+    assert "perf A -> B" in out
+    assert "perf B -> A" in out
+    assert "MB/s" in out
+
+
+def test_demo_bad_size_fails_cleanly() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerstack.demo", "--size", "huge"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=ENV,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr

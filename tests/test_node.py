@@ -1,0 +1,224 @@
+"""Node: identify, push, ping, perf and echo between real hosts on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from peerstack.core import varint
+from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.errors import DecodeError, LimitExceeded, PeerError, UsageError
+from peerstack.host.interface import Stream
+from peerstack.node import Node
+from peerstack.protocols.echo import ECHO
+from peerstack.protocols.identify import (
+    AGENT_VERSION,
+    IDENTIFY,
+    IDENTIFY_PUSH,
+    PROTOCOL_VERSION,
+    IdentifyKeyMismatch,
+    encode_identify,
+)
+from peerstack.protocols.perf import PERF
+from peerstack.protocols.ping import PING
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Node, Node]]:
+    async with Node() as a, Node() as b:
+        yield a, b
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_addrs_carry_peer_id(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    assert a.addrs
+    for addr in a.addrs:
+        assert addr.value_for("p2p") == str(a.peer_id)
+        assert addr.value_for("ip4") == "127.0.0.1"
+        assert addr.value_for("tcp") != "0"
+
+
+async def test_identify_fields(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    peer = await a.connect(b.addrs[0])
+    assert peer == b.peer_id
+    info = a.identify_info(peer)
+    assert info is not None
+    assert info.public_key == b.private_key.public_key
+    assert info.protocol_version == PROTOCOL_VERSION
+    assert info.agent_version == AGENT_VERSION
+    for proto in (IDENTIFY, IDENTIFY_PUSH, PING, PERF, ECHO):
+        assert proto in info.protocols
+    assert set(info.listen_addrs) == {m.decapsulate_p2p()[0] for m in b.addrs}
+    # B saw A come from a loopback port: that is A's observed address.
+    assert info.observed_addr is not None
+    assert info.observed_addr.value_for("ip4") == "127.0.0.1"
+    assert a.observed_addrs() == [info.observed_addr]
+
+    # The same facts are in the peerstore.
+    ps = a.peerstore
+    assert ps.public_key(peer) == b.private_key.public_key
+    assert PING in ps.protocols(peer)
+    assert ps.metadata(peer, "agent_version") == AGENT_VERSION
+    assert set(ps.addrs(peer)) >= set(info.listen_addrs)
+
+    # B identified A too, on its own.
+    back = await b.identify.wait_identified(a.peer_id)
+    assert back.public_key == a.private_key.public_key
+    assert back.observed_addr is not None
+
+
+async def test_identify_push_on_new_handler(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    peer = await a.connect(b.addrs[0])
+    info = a.identify_info(peer)
+    assert info is not None
+    assert "/custom/1.0.0" not in info.protocols
+
+    async def handler(stream: Stream) -> None:
+        await stream.close()
+
+    b.set_stream_handler("/custom/1.0.0", handler)
+    await eventually(lambda: "/custom/1.0.0" in a.peerstore.protocols(peer))
+    pushed = a.identify_info(peer)
+    assert pushed is not None
+    assert "/custom/1.0.0" in pushed.protocols
+    assert pushed.public_key == b.private_key.public_key  # kept from the first identify
+
+    b.remove_stream_handler("/custom/1.0.0")
+    await eventually(lambda: "/custom/1.0.0" not in a.peerstore.protocols(peer))
+
+
+async def test_ping_records_latency(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    rtts = await a.ping(b.addrs[0], 4)
+    assert len(rtts) == 4
+    assert all(r > 0 for r in rtts)
+    latency = a.peerstore.latency(b.peer_id)
+    assert latency is not None
+    assert latency > 0
+
+
+@pytest.mark.parametrize(
+    ("upload", "download"),
+    [(0, 0), (3 * 1024 * 1024 + 1, 0), (0, 2 * 1024 * 1024 + 5), (1 << 20, 1 << 20)],
+)
+async def test_perf_sizes_exact(pair: tuple[Node, Node], upload: int, download: int) -> None:
+    a, b = pair
+    res = await a.perf(b.addrs[0], upload, download)
+    assert res.upload_bytes == upload
+    assert res.download_bytes == download
+
+
+async def test_echo(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    data = bytes(range(256)) * 4000
+    assert await a.echo(b.addrs[0], data) == data
+    assert await a.echo(b.peer_id, b"") == b""
+
+
+async def test_connect_without_peer_id(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    bare = b.addrs[0].decapsulate_p2p()[0]
+    assert await a.connect(bare) == b.peer_id
+
+
+def _bad_identify(payload: bytes) -> Callable[[Stream], Awaitable[None]]:
+    async def handler(stream: Stream) -> None:
+        await stream.write(payload)
+        await stream.close()
+
+    return handler
+
+
+def _framed(raw: bytes) -> bytes:
+    return varint.encode(len(raw)) + raw
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (varint.encode(9000) + b"\x00" * 100, LimitExceeded),
+        (_framed(b"\x0a\x05\x08\x01\x12\x01x"), DecodeError),  # publicKey: a 1-byte Ed25519 key
+        (
+            _framed(
+                encode_identify(
+                    public_key=PrivateKey.generate().public_key,
+                    listen_addrs=[],
+                    protocols=[],
+                    observed_addr=None,
+                )
+            ),
+            IdentifyKeyMismatch,
+        ),
+        (_framed(b"\xff\xff\xff"), DecodeError),
+    ],
+)
+async def test_malformed_identify_is_refused_and_connection_survives(
+    pair: tuple[Node, Node], payload: bytes, error: type[PeerError]
+) -> None:
+    a, b = pair
+    b.host.set_stream_handler(IDENTIFY, _bad_identify(payload))
+    peer = await a.connect(b.addrs[0])  # the automatic identify fails, connect does not
+    assert isinstance(a.identify.last_error(peer), error)
+    assert a.identify_info(peer) is None
+    with pytest.raises(error):
+        await a.identify.identify(peer)
+    # Nothing of the bad message reached the peerstore, and the connection still works.
+    assert a.peerstore.protocols(peer) == []
+    assert peer in a.host.connected_peers()
+    assert len(await a.ping(peer, 2)) == 2
+
+
+async def test_bad_push_is_ignored(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    peer = await a.connect(b.addrs[0])
+    stream = await b.host.new_stream(a.peer_id, [IDENTIFY_PUSH])
+    wrong = encode_identify(
+        public_key=PrivateKey.generate().public_key,
+        listen_addrs=[],
+        protocols=["/evil/1.0.0"],
+        observed_addr=None,
+    )
+    await stream.write(_framed(wrong))
+    await stream.close()
+    await eventually(lambda: a.identify.last_error(b.peer_id) is not None)
+    assert isinstance(a.identify.last_error(b.peer_id), IdentifyKeyMismatch)
+    assert "/evil/1.0.0" not in a.peerstore.protocols(peer)
+    assert len(await a.ping(peer, 1)) == 1
+
+
+async def test_repo_identity_persists(tmp_path: Path) -> None:
+    async with Node(repo=tmp_path / "r", listen=["/ip4/127.0.0.1/tcp/0"]) as first:
+        pid = first.peer_id
+    async with Node(repo=tmp_path / "r", listen=["/ip4/127.0.0.1/tcp/0"]) as second:
+        assert second.peer_id == pid
+
+
+async def test_user_errors() -> None:
+    async with Node() as a:
+        with pytest.raises(UsageError):
+            await a.connect("not a multiaddr")
+        with pytest.raises(UsageError):
+            await a.connect(a.addrs[0])  # ourselves
+    with pytest.raises(UsageError):
+        Node(listen=["/ip4/nope/tcp/1"])
+    with pytest.raises(UsageError):
+        _ = Node().host  # not started
+
+
+async def test_listen_override() -> None:
+    async with Node(listen=[Multiaddr("/ip4/127.0.0.1/tcp/0")]) as a:
+        assert len(a.addrs) == 1
