@@ -23,7 +23,17 @@ Design choices that matter for speed and memory:
   initial 256 KiB per stream).
 * Window updates go out when half the window has been consumed, not per frame, and the window
   doubles (up to ``max_window``) when updates come faster than twice the measured RTT, like
-  go-yamux's auto-tuning; this lets one stream fill a long fat pipe.
+  go-yamux's auto-tuning; this lets one stream fill a long fat pipe. tick() measures the RTT
+  with a ping at the start and every ``rtt_interval``.
+* ``data_to_send(max_bytes)`` / ``data_to_send_into(buffer)`` drain output in Noise-sized
+  slices, so no multi-MiB buffer is built per flush.
+
+Limits on what the peer controls: inbound streams not yet accept()ed (256) and streams beyond
+``max_streams`` are refused with RST (a peer cannot know how many streams *we* opened, so a full
+table is not its fault; go-yamux does the same); stream ids must have the peer's parity and are
+never reused; Data must fit the window granted; control frames we owe the peer (pongs, ACKs,
+RSTs) are bounded until drained. Any violation raises :class:`MuxerError` and queues
+GoAway(protocol error).
 """
 
 from __future__ import annotations
