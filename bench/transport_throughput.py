@@ -21,6 +21,7 @@ from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
+from peerstack.net.connection import ENCRYPT_SLICE
 from peerstack.net.tcp import best_event_loop_policy
 from peerstack.wire.noise import NoiseTransport
 
@@ -96,21 +97,52 @@ async def serve_anchor(total: int) -> None:
     server.close()
 
 
+class _SourceProtocol(asyncio.Protocol):
+    """Anchor sender: raw transport writes with pause/resume, and the 8-byte answer."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.resumed: asyncio.Future[None] | None = None
+        self.paused = False
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.resumed is not None and not self.resumed.done():
+            self.resumed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+
 async def run_anchor_client(addr: str, total: int) -> float:
     host, port = Multiaddr(addr).tcp_target() or ("", 0)
-    reader, writer = await asyncio.open_connection(host, port)
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(_SourceProtocol, host, port)
+    assert proto.transport is not None
     noise = NoiseTransport(KEY_A, KEY_B)
-    payload = os.urandom(CHUNK)
-    writer.transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+    payload = memoryview(os.urandom(CHUNK))
+    step = ENCRYPT_SLICE
     start = time.perf_counter()
     sent = 0
     while sent < total:
-        writer.write(noise.encrypt(payload))
+        for off in range(0, CHUNK, step):
+            proto.transport.write(noise.encrypt(payload[off : off + step]))
         sent += CHUNK
-        await writer.drain()
-    await reader.readexactly(8)
+        if proto.paused and proto.resumed is not None:
+            await proto.resumed
+    await proto.answer
     elapsed = time.perf_counter() - start
-    writer.close()
+    proto.transport.close()
     return elapsed
 
 

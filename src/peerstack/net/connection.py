@@ -165,6 +165,12 @@ class Connection:
         return self._tcp.write_paused
 
     @property
+    def write_buffer_size(self) -> int:
+        """Encrypted bytes waiting in the TCP transport (bounded by its high-water mark)."""
+        transport = self._tcp.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    @property
     def session(self) -> yamux.YamuxSession:
         return self._session
 
@@ -181,6 +187,7 @@ class Connection:
             "outbound_streams": self._n_outbound,
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
+            "write_buffer": self.write_buffer_size,
             "rtt": self._session.rtt,
             "age": self._loop.time() - self.opened_at,
             "closed": self._closed,
