@@ -7,12 +7,10 @@ else skips them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
-from harness import PeerKind, PeerProcess, missing_setup, start_peer
-
-StartPeer = Callable[[PeerKind], Awaitable[PeerProcess]]
+from harness import PeerKind, PeerProcess, StartPeer, missing_setup, start_peer
 
 
 def require_peer(kind: PeerKind) -> None:

@@ -18,7 +18,7 @@ import enum
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,8 @@ class PeerProcess:
             self.proc.stdin.write(line.encode())
             await self.proc.stdin.drain()
             answer = await asyncio.wait_for(fut, wait)
+        except ConnectionError as exc:
+            raise InteropError(f"{self.kind.value} peer closed its stdin{self._tail()}") from exc
         except TimeoutError as exc:
             raise InteropError(
                 f"{self.kind.value} peer: no answer to {cmd} in {wait}s{self._tail()}"
@@ -259,6 +261,10 @@ async def start_peer(
         await peer.stop()
         raise InteropError(f"{kind.value} peer reported no listen address")
     return peer
+
+
+# What the ``start_interop_peer`` fixture gives a test: start a peer of a kind, stopped at teardown.
+StartPeer = Callable[["PeerKind"], Awaitable["PeerProcess"]]
 
 
 @contextlib.asynccontextmanager

@@ -10,8 +10,9 @@
 //   {"id": 2, "cmd": "ping", "addr": "...", "count": 3}         -> {"id":2,"ok":true,"rtts_ms":[...]}
 //   {"id": 3, "cmd": "identify", "addr": "..."}                 -> {"id":3,"ok":true,"protocols":[...],...}
 //   {"id": 4, "cmd": "perf", "addr": "...", "upload": N, "download": M}
-//   {"id": 5, "cmd": "echo", "addr": "...", "data_hex": "...", "streams": 100}
-//   {"id": 6, "cmd": "echo-reset", "addr": "...", "data_hex": "...", "read_bytes": K}
+//   {"id": 5, "cmd": "echo", "addr": "...", "data_hex": "...", "streams": 100}  (or "size": N
+//                                 random bytes instead of data_hex; each stream is checked)
+//   {"id": 6, "cmd": "echo-reset", "addr": "...", "size": N, "read_bytes": K}
 //   {"id": 7, "cmd": "hangup", "addr": "..."}
 //   {"id": 8, "cmd": "peers"}
 //   {"id": 9, "cmd": "stop"}
@@ -54,6 +55,18 @@ function toHex (bytes) {
 
 function fromHex (text) {
   return new Uint8Array(Buffer.from(text ?? '', 'hex'))
+}
+
+// The bytes a command sends: data_hex, or "size" random bytes (keeps big payloads off stdin).
+function payload (msg) {
+  if (msg.size != null) {
+    const out = new Uint8Array(msg.size)
+    for (let off = 0; off < out.byteLength; off += 65536) {
+      crypto.getRandomValues(out.subarray(off, Math.min(off + 65536, out.byteLength)))
+    }
+    return out
+  }
+  return fromHex(msg.data_hex)
 }
 
 function chunkBytes (chunk) {
@@ -224,7 +237,7 @@ async function echoOnce (conn, data) {
 }
 
 async function cmdEcho (node, msg) {
-  const data = fromHex(msg.data_hex)
+  const data = payload(msg)
   const streams = msg.streams ?? 1
   const conn = await connectionTo(node, msg.addr)
   const results = await Promise.all(Array.from({ length: streams }, async () => await echoOnce(conn, data)))
@@ -240,7 +253,7 @@ async function cmdEcho (node, msg) {
 // Open an echo stream, send data, read back read_bytes of it, then reset the stream
 // (abort = yamux RST) while the remote still has work in flight.
 async function cmdEchoReset (node, msg) {
-  const data = fromHex(msg.data_hex)
+  const data = payload(msg)
   const readBytes = msg.read_bytes ?? 0
   const conn = await connectionTo(node, msg.addr)
   const stream = await conn.newStream(ECHO_PROTOCOL, { maxOutboundStreams: STREAM_LIMIT })
@@ -315,7 +328,9 @@ async function main () {
       maxParallelDials: 1000
     },
     services: {
-      identify: identify(),
+      // The default of one identify stream per connection makes an explicit identify
+      // command race the automatic one run on connection open.
+      identify: identify({ maxInboundStreams: 16, maxOutboundStreams: 16 }),
       ping: ping({ maxInboundStreams: STREAM_LIMIT, maxOutboundStreams: STREAM_LIMIT })
     }
   })

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import struct
 import sys
 import time
@@ -36,7 +37,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.identity.identify.identify import ID as IDENTIFY_ID
 from libp2p.identity.identify.pb.identify_pb2 import Identify
-from libp2p.network.stream.exceptions import StreamEOF, StreamReset
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID as PeerID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.perf.perf_service import PerfService
@@ -51,7 +52,7 @@ ECHO_PROTOCOL = TProtocol("/echo/1.0.0")
 PERF_PROTOCOL = TProtocol("/perf/1.0.0")
 PING_PROTOCOL = TProtocol("/ipfs/ping/1.0.0")
 CHUNK = 64 * 1024
-MAX_LINE = 1 << 20
+MAX_LINE = 16 << 20
 MAX_IDENTIFY = 8192
 
 Json = dict[str, Any]
@@ -159,22 +160,16 @@ async def cmd_ping(host: IHost, msg: Json) -> Json:
     rtts: list[float] = []
     try:
         for _ in range(int(msg.get("count", 1))):
-            payload = trio_random_bytes(32)
+            ping = secrets.token_bytes(32)
             start = time.perf_counter()
-            await stream.write(payload)
+            await stream.write(ping)
             pong = await read_exactly(stream, 32)
             rtts.append((time.perf_counter() - start) * 1000.0)
-            if pong != payload:
+            if pong != ping:
                 raise ValueError("ping: payload mismatch")
     finally:
         await stream.close()
     return {"rtts_ms": rtts}
-
-
-def trio_random_bytes(n: int) -> bytes:
-    import secrets
-
-    return secrets.token_bytes(n)
 
 
 async def cmd_identify(host: IHost, msg: Json) -> Json:
@@ -255,8 +250,15 @@ async def echo_once(host: IHost, peer_id: PeerID, data: bytes) -> bytes:
     return bytes(got)
 
 
+def payload(msg: Json) -> bytes:
+    """The bytes a command sends: data_hex, or "size" random bytes (no hex on the wire)."""
+    if "size" in msg:
+        return secrets.token_bytes(int(msg["size"]))
+    return bytes.fromhex(msg.get("data_hex", ""))
+
+
 async def cmd_echo(host: IHost, msg: Json) -> Json:
-    data = bytes.fromhex(msg.get("data_hex", ""))
+    data = payload(msg)
     streams = int(msg.get("streams", 1))
     peer_id = await connect(host, msg["addr"])
     results: list[bytes] = [b""] * streams
@@ -278,15 +280,20 @@ async def cmd_echo(host: IHost, msg: Json) -> Json:
 
 async def cmd_echo_reset(host: IHost, msg: Json) -> Json:
     """Send data on an echo stream, read read_bytes of the echo, then reset the stream."""
-    data = bytes.fromhex(msg.get("data_hex", ""))
+    data = payload(msg)
     want = int(msg.get("read_bytes", 0))
     peer_id = await connect(host, msg["addr"])
     stream = await host.new_stream(peer_id, [ECHO_PROTOCOL])
     got = 0
 
     async def writer() -> None:
-        for off in range(0, len(data), CHUNK):
-            await stream.write(data[off : off + CHUNK])
+        # Not cancelled from outside: a trio cancellation inside py-libp2p's write can leave
+        # half a frame on the connection. The reset below makes a blocked write fail instead.
+        try:
+            for off in range(0, len(data), CHUNK):
+                await stream.write(data[off : off + CHUNK])
+        except (StreamReset, StreamClosed, StreamError) as exc:
+            log.info("echo-reset writer stopped: %r", exc)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
@@ -295,8 +302,7 @@ async def cmd_echo_reset(host: IHost, msg: Json) -> Json:
             if not chunk:
                 break
             got += len(chunk)
-        nursery.cancel_scope.cancel()
-    await stream.reset()
+        await stream.reset()
     # The connection must outlive the stream: prove it with a ping on it.
     ping = await cmd_ping(host, {"addr": msg["addr"], "count": 1})
     return {"read": got, "connectionAlive": True, "rtt_ms": ping["rtts_ms"][0]}

@@ -1,0 +1,108 @@
+"""The interop harness itself works: third-party peers talk to each other through it.
+
+js-libp2p <-> js-libp2p, py-libp2p <-> py-libp2p and across (both directions): dial,
+identify, ping, echo (one stream and many concurrent streams), a stream reset mid-transfer,
+and perf with small sizes. If these fail, an interop failure of our own stack says nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+from harness import InteropError, PeerKind, StartPeer
+
+pytestmark = pytest.mark.interop
+
+PAIRS = [
+    pytest.param(PeerKind.JS, PeerKind.JS, id="js->js"),
+    pytest.param(PeerKind.PY, PeerKind.PY, id="py->py"),
+    pytest.param(PeerKind.JS, PeerKind.PY, id="js->py"),
+    pytest.param(PeerKind.PY, PeerKind.JS, id="py->js"),
+]
+
+
+@pytest.mark.parametrize(("client_kind", "server_kind"), PAIRS)
+async def test_dial_identify_ping(
+    start_interop_peer: StartPeer, client_kind: PeerKind, server_kind: PeerKind
+) -> None:
+    server = await start_interop_peer(server_kind)
+    client = await start_interop_peer(client_kind)
+    assert server.addr.endswith(f"/p2p/{server.peer_id}")
+
+    dialled = await client.command("dial", addr=server.addr)
+    assert dialled["peerId"] == server.peer_id
+
+    ident = await client.command("identify", addr=server.addr)
+    assert ident["peerId"] == server.peer_id
+    assert {"/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/echo/1.0.0", "/perf/1.0.0"} <= set(
+        ident["protocols"]
+    )
+    # An Ed25519 public key in its libp2p protobuf form: type=1 (Ed25519), 32 bytes of key.
+    assert ident["publicKey"].startswith("08011220")
+    assert len(bytes.fromhex(ident["publicKey"])) == 36
+    assert ident["listenAddrs"], "identify carried no listen address"
+    assert ident["observedAddr"] is not None
+    assert ident["observedAddr"].startswith("/ip4/127.0.0.1/tcp/")
+
+    pinged = await client.command("ping", addr=server.addr, count=3)
+    assert len(pinged["rtts_ms"]) == 3
+    assert all(rtt >= 0 for rtt in pinged["rtts_ms"])
+
+
+@pytest.mark.parametrize(("client_kind", "server_kind"), PAIRS)
+async def test_echo(
+    start_interop_peer: StartPeer, client_kind: PeerKind, server_kind: PeerKind
+) -> None:
+    server = await start_interop_peer(server_kind)
+    client = await start_interop_peer(client_kind)
+
+    small = await client.command("echo", addr=server.addr, data_hex=b"hello".hex())
+    assert small["mismatched"] == 0
+    assert bytes.fromhex(small["echoed_hex"]) == b"hello"
+    ev = await server.next_event("echo")
+    assert ev["result"] == "closed"
+    assert ev["bytes"] == 5
+
+    # Many concurrent streams on one connection, each bigger than a Yamux window, so flow
+    # control has to work on every stream at once.
+    many = await client.command("echo", addr=server.addr, size=300_000, streams=20)
+    assert many["streams"] == 20
+    assert many["mismatched"] == 0
+
+
+@pytest.mark.parametrize(("client_kind", "server_kind"), PAIRS)
+async def test_reset_mid_transfer_keeps_connection(
+    start_interop_peer: StartPeer, client_kind: PeerKind, server_kind: PeerKind
+) -> None:
+    server = await start_interop_peer(server_kind)
+    client = await start_interop_peer(client_kind)
+
+    # 2 MB in flight, the client reads 64 KiB of the echo and resets the stream.
+    out = await client.command("echo-reset", addr=server.addr, size=2_000_000, read_bytes=65536)
+    assert out["read"] >= 65536
+    assert out["connectionAlive"] is True
+    ev = await server.next_event("echo")
+    # The server may have read everything already (peers buffer generously), but it cannot
+    # have finished echoing it: its stream must end in a reset or an error.
+    assert ev["result"] != "closed", "the server's echo stream finished as if nothing was reset"
+
+
+@pytest.mark.parametrize(("client_kind", "server_kind"), PAIRS)
+async def test_perf_small(
+    start_interop_peer: StartPeer, client_kind: PeerKind, server_kind: PeerKind
+) -> None:
+    server = await start_interop_peer(server_kind)
+    client = await start_interop_peer(client_kind)
+
+    for upload, download in [(0, 0), (1, 0), (0, 1), (100_000, 3_000_000), (3_000_000, 0)]:
+        res = await client.command("perf", addr=server.addr, upload=upload, download=download)
+        assert res["upload_bytes"] == upload
+        assert res["download_bytes"] == download
+
+
+async def test_unknown_command_is_an_error_answer(start_interop_peer: StartPeer) -> None:
+    for kind in (PeerKind.JS, PeerKind.PY):
+        peer = await start_interop_peer(kind)
+        with pytest.raises(InteropError, match="unknown command"):
+            await peer.command("no-such-command")
+        # The peer still answers after a bad command.
+        assert (await peer.command("peers"))["connections"] == []
