@@ -1,0 +1,401 @@
+"""perf ``/perf/1.0.0`` over one stream between two processes on loopback, with its anchors.
+
+Each run uploads SIZE bytes and downloads SIZE bytes on one stream (the perf protocol: the
+client sends a u64 N and its upload, closes its write side, the server answers with N bytes).
+Throughput is (upload + download) / total time, measured inside the client process. In the same
+run, side by side:
+
+- plain TCP, same perf shape, uvloop protocols: what the kernel and loop allow;
+- Noise frames only (``bench/transport_throughput.py``'s anchor, upload only): the ceiling of
+  per-frame Python work plus the cipher, without Yamux or the host;
+- peerstack -> peerstack (``BasicHost`` + ``peerstack.protocols.perf``);
+- js-libp2p -> js-libp2p and py-libp2p -> py-libp2p (the interop peers' ``perf`` command).
+
+py-libp2p moves tens of MB/s, so it runs a smaller SIZE (``--py-mib``); MB/s stays comparable.
+
+    python bench/perf_1gib.py [--runs 3] [--mib 1024] [--py-mib 128] [--js-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from common import (
+    MB,
+    MIB,
+    PYTHON,
+    ServerProcess,
+    ensure_interop,
+    fmt,
+    fmt_ratio,
+    goal_mark,
+    load_interop_harness,
+    loop_name,
+    median,
+    print_table,
+    run,
+    status,
+    wait_stdin_closed,
+)
+
+from peerstack.core.identity import PrivateKey
+from peerstack.host.host import BasicHost
+from peerstack.protocols import perf
+
+CHUNK = 1024 * 1024
+_ZEROS = bytes(CHUNK)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One perf exchange: bytes each way and the seconds each phase took."""
+
+    upload: int
+    download: int
+    upload_seconds: float
+    download_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.upload_seconds + self.download_seconds
+
+    @property
+    def total_mbps(self) -> float:
+        return (self.upload + self.download) / self.seconds / MB if self.seconds > 0 else math.nan
+
+    @property
+    def upload_mbps(self) -> float:
+        if not self.upload or self.upload_seconds <= 0:
+            return math.nan
+        return self.upload / self.upload_seconds / MB
+
+    @property
+    def download_mbps(self) -> float:
+        if not self.download or self.download_seconds <= 0:
+            return math.nan
+        return self.download / self.download_seconds / MB
+
+
+# -- plain TCP, perf-shaped ----------------------------------------------------------------------
+
+
+class _Paced(asyncio.BufferedProtocol):
+    """Common part of the plain-TCP ends: a read buffer, write pausing, EOF and loss signals."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(256 * 1024)
+        self.view = memoryview(self.buf)
+        self.transport: asyncio.Transport | None = None
+        self.can_write: asyncio.Event = asyncio.Event()
+        self.can_write.set()
+        self.eof: asyncio.Event = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=4 * MIB, low=MIB)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def eof_received(self) -> bool:
+        self.eof.set()
+        return True  # keep our write side open: the perf answer goes after the peer's EOF
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof.set()
+        self.can_write.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    async def send_zeros(self, n: int) -> None:
+        assert self.transport is not None
+        view = memoryview(_ZEROS)
+        while n > 0:
+            await self.can_write.wait()
+            step = min(n, CHUNK)
+            self.transport.write(view[:step])
+            n -= step
+
+
+class _TcpPerfServer(_Paced):
+    def __init__(self) -> None:
+        super().__init__()
+        self.header = b""
+        self.received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        asyncio.get_running_loop().create_task(self._serve())
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if len(self.header) < 8:
+            need = 8 - len(self.header)
+            self.header += bytes(self.view[: min(need, nbytes)])
+            nbytes -= min(need, nbytes)
+        self.received += nbytes
+
+    async def _serve(self) -> None:
+        await self.eof.wait()
+        assert self.transport is not None
+        if len(self.header) == 8 and not self.transport.is_closing():
+            (wanted,) = struct.unpack(">Q", self.header)
+            await self.send_zeros(wanted)
+        self.transport.close()
+
+
+class _TcpPerfClient(_Paced):
+    def __init__(self) -> None:
+        super().__init__()
+        self.received = 0
+        self.first: float | None = None
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.received += nbytes
+
+
+async def serve_tcp() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_TcpPerfServer, "127.0.0.1", 0)
+    print(f"/ip4/127.0.0.1/tcp/{server.sockets[0].getsockname()[1]}", flush=True)
+    await wait_stdin_closed()
+    server.close()
+
+
+async def tcp_client(addr: str, size: int, runs: int) -> list[Run]:
+    port = int(addr.rsplit("/", 1)[1])
+    loop = asyncio.get_running_loop()
+    out: list[Run] = []
+    for _ in range(runs):
+        transport, proto = await loop.create_connection(_TcpPerfClient, "127.0.0.1", port)
+        start = time.perf_counter()
+        transport.write(struct.pack(">Q", size))
+        await proto.send_zeros(size)
+        transport.write_eof()
+        await proto.eof.wait()
+        end = time.perf_counter()
+        transport.close()
+        if proto.received != size:
+            raise RuntimeError(f"plain TCP perf: got {proto.received} of {size} bytes")
+        first = proto.first if proto.first is not None else end
+        out.append(Run(size, size, first - start, end - first))
+    return out
+
+
+# -- peerstack ---------------------------------------------------------------------------------
+
+
+async def serve_peerstack() -> None:
+    async with BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"]) as host:
+        perf.register(host)
+        print(f"{host.listen_addrs()[0]}/p2p/{host.peer_id}", flush=True)
+        await wait_stdin_closed()
+
+
+async def peerstack_client(addr: str, size: int, runs: int) -> list[Run]:
+    out: list[Run] = []
+    async with BasicHost(PrivateKey.generate()) as host:
+        peer = await host.dial(addr)
+        for _ in range(runs):
+            r = await perf.perf(host, peer, size, size)
+            out.append(Run(r.upload_bytes, r.download_bytes, r.upload_seconds, r.download_seconds))
+    return out
+
+
+# -- third-party peers -------------------------------------------------------------------------
+
+
+async def interop_runs(kind_name: str, size: int, runs: int, wait: float) -> list[Run]:
+    """Two peers of one kind (a listener and a client) and ``runs`` perf commands."""
+    harness, why = load_interop_harness()
+    if harness is None:
+        raise RuntimeError(why)
+    kind = harness.PeerKind[kind_name]
+    server = await harness.start_peer(kind)
+    try:
+        client = await harness.start_peer(kind)
+        try:
+            await client.command("dial", addr=server.addr)
+            out: list[Run] = []
+            for _ in range(runs):
+                r: dict[str, Any] = await client.command(
+                    "perf", wait=wait, addr=server.addr, upload=size, download=size
+                )
+                out.append(
+                    Run(
+                        int(r["upload_bytes"]),
+                        int(r["download_bytes"]),
+                        float(r["upload_seconds"]),
+                        float(r["download_seconds"]),
+                    )
+                )
+            return out
+        finally:
+            await client.stop()
+    finally:
+        await server.stop()
+
+
+# -- orchestration -----------------------------------------------------------------------------
+
+
+def with_server(kind: str, client: Callable[[str], list[Run]]) -> list[Run]:
+    with ServerProcess([PYTHON, __file__, "--serve", kind]) as server:
+        return client(server.ready)
+
+
+def noise_anchor(size: int, runs: int) -> list[Run]:
+    """``bench/transport_throughput.py``'s anchor: Noise-framed upload, no Yamux, no host."""
+    import transport_throughput
+
+    out = []
+    for _ in range(runs):
+        seconds = transport_throughput.measure("anchor", size)
+        out.append(Run(size, 0, seconds, 0.0))
+    return out
+
+
+def _interop_thunk(kind_name: str, size: int, runs: int, wait: float) -> Callable[[], list[Run]]:
+    return lambda: run(interop_runs(kind_name, size, runs, wait))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per stack (median reported)")
+    parser.add_argument("--mib", type=int, default=1024, help="MiB each way per run")
+    parser.add_argument("--js-mib", type=int, default=None, help="MiB for js (default --mib)")
+    parser.add_argument("--py-mib", type=int, default=128, help="MiB for py-libp2p")
+    parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
+    parser.add_argument("--only", default="tcp,noise,peerstack,js,py")
+    parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve == "peerstack":
+        run(serve_peerstack())
+        return
+    if args.serve == "tcp":
+        run(serve_tcp())
+        return
+
+    only = set(args.only.split(","))
+    size = args.mib * MIB
+    js_size = (args.js_mib if args.js_mib is not None else args.mib) * MIB
+    py_size = args.py_mib * MIB
+    runs = args.runs
+    results: dict[str, list[Run]] = {}
+    skipped: dict[str, str] = {}
+    sizes = {"tcp": size, "noise": size, "peerstack": size, "js": js_size, "py": py_size}
+
+    def attempt(name: str, fn: Callable[[], list[Run]]) -> None:
+        if name not in only:
+            skipped[name] = "not selected (--only)"
+            return
+        status(f"{name}: {runs} run(s) of {sizes[name] // MIB} MiB each way")
+        try:
+            results[name] = fn()
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            skipped[name] = f"failed: {exc}"
+            status(f"{name} failed: {exc}")
+
+    attempt("tcp", lambda: with_server("tcp", lambda a: run(tcp_client(a, size, runs))))
+    attempt("noise", lambda: noise_anchor(size, runs))
+    attempt(
+        "peerstack",
+        lambda: with_server("peerstack", lambda a: run(peerstack_client(a, size, runs))),
+    )
+    harness, why = load_interop_harness()
+    for name, kind_name, n in (("js", "JS", js_size), ("py", "PY", py_size)):
+        if name not in only:
+            continue
+        setup = not args.no_setup
+        reason = why if harness is None else ensure_interop(harness, kind_name, setup=setup)
+        if reason:
+            skipped[name] = f"not run: {reason}"
+            continue
+        # A generous bound: py-libp2p at ~5 MB/s still finishes; anything slower is a hang.
+        timeout = 60.0 + 2 * n / (5 * MB)
+        attempt(name, _interop_thunk(kind_name, n, runs, timeout))
+
+    labels = {
+        "tcp": "plain TCP (uvloop), perf-shaped",
+        "noise": "Noise frames only, upload (transport_throughput anchor)",
+        "peerstack": "peerstack -> peerstack",
+        "js": "js-libp2p -> js-libp2p",
+        "py": "py-libp2p -> py-libp2p",
+    }
+    med: dict[str, float] = {}
+    rows = []
+    for name, label in labels.items():
+        rs = results.get(name)
+        if rs is None:
+            rows.append([label, "-", "-", "-", "-", "-", skipped.get(name, "not run")])
+            med[name] = math.nan
+            continue
+        totals = [r.total_mbps for r in rs]
+        if name == "noise":  # upload only: its one figure is the upload throughput
+            totals = [r.upload_mbps for r in rs]
+        med[name] = median(totals)
+        rows.append(
+            [
+                label,
+                f"{sizes[name] // MIB} MiB",
+                fmt(median([r.upload_mbps for r in rs])),
+                fmt(median([r.download_mbps for r in rs])),
+                fmt(med[name]),
+                " ".join(fmt(t, 0) for t in totals),
+                "",
+            ]
+        )
+    print_table(
+        f"perf /perf/1.0.0, one stream, two processes, loopback, {loop_name()}, "
+        f"median of {runs} (MB/s = 10^6 bytes/s)",
+        ["stack", "each way", "upload MB/s", "download MB/s", "total MB/s", "runs", "note"],
+        rows,
+    )
+    ps = med["peerstack"]
+    print_table(
+        "perf ratios (same run)",
+        ["ratio", "value"],
+        [
+            ["peerstack / py-libp2p", fmt_ratio(ps, med["py"], goal=10)],
+            ["peerstack / js-libp2p", fmt_ratio(ps, med["js"], goal=2)],
+            [
+                "peerstack absolute (total)",
+                f"{fmt(ps / 1000, 2)} GB/s (goal >= 1.2 GB/s: {goal_mark(ps, 1200)})",
+            ],
+            ["peerstack / plain TCP", fmt_ratio(ps, med["tcp"])],
+            [
+                "peerstack upload / Noise frames upload",
+                fmt_ratio(
+                    median([r.upload_mbps for r in results.get("peerstack", [])]), med["noise"]
+                ),
+            ],
+        ],
+        notes=[
+            f"py-libp2p moved {py_size // MIB} MiB each way per run (it is slow); "
+            "MB/s is comparable across sizes."
+        ]
+        if "py" in results and py_size != size
+        else [],
+    )
+    for name, why_not in skipped.items():
+        if name in only:
+            print(f"  skipped {name}: {why_not}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
