@@ -49,9 +49,7 @@ class _VirtualSelector(selectors.BaseSelector):
         self.now = 0.0
         self._map: dict[Any, selectors.SelectorKey] = {}
 
-    def register(
-        self, fileobj: Any, events: int, data: Any = None
-    ) -> selectors.SelectorKey:
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = selectors.SelectorKey(fileobj, 0, events, data)
         self._map[fileobj] = key
         return key
@@ -280,9 +278,7 @@ class SimHost:
         a_to_b, b_to_a = _Pipe(), _Pipe()
         delay = self.delay + target.delay
         ours = SimStream(net, self, target, chosen, inbound=b_to_a, outbound=a_to_b, delay=delay)
-        theirs = SimStream(
-            net, target, self, chosen, inbound=a_to_b, outbound=b_to_a, delay=delay
-        )
+        theirs = SimStream(net, target, self, chosen, inbound=a_to_b, outbound=b_to_a, delay=delay)
         net.counters.streams += 1
         self._note_connected(target, outbound=True)
         target._note_connected(self, outbound=False)
@@ -401,4 +397,3 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
     return ordered[rank]
-

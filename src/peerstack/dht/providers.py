@@ -294,9 +294,7 @@ class SqliteDhtStore:
         return [bytes(r[0]) for r in rows]
 
     def mark_republished(self, key: bytes, now: float) -> None:
-        self.db.execute(
-            "UPDATE dht_own_provides SET last_published=? WHERE key=?", (now, key)
-        )
+        self.db.execute("UPDATE dht_own_provides SET last_published=? WHERE key=?", (now, key))
 
     def save_peers(self, peers: list[tuple[PeerId, tuple[Multiaddr, ...]]]) -> None:
         db = self.db

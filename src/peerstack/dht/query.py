@@ -132,9 +132,7 @@ class Query:
 
     def check_timeouts(self, now: float) -> list[PeerId]:
         """Fail the requests whose deadline passed; returns those peers."""
-        expired = [
-            qp for qp in self._order if qp.state is PeerState.WAITING and qp.deadline <= now
-        ]
+        expired = [qp for qp in self._order if qp.state is PeerState.WAITING and qp.deadline <= now]
         for qp in expired:
             self.on_failure(qp.peer, now)
             self.stats.timeouts += 1

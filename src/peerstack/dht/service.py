@@ -767,7 +767,6 @@ def _check_provider_key(key: bytes) -> None:
     multihash.Multihash.from_bytes(key)
 
 
-
 def _check_own_provider_key(key: bytes) -> None:
     try:
         _check_provider_key(key)

@@ -1,0 +1,105 @@
+"""Provider and record stores: limits, expiry, republish bookkeeping, peers persisted."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.dht.providers import (
+    PROVIDER_TTL,
+    DhtStore,
+    MemoryDhtStore,
+    SqliteDhtStore,
+    StoreLimits,
+)
+from peerstack.errors import LimitExceeded
+
+LIMITS = StoreLimits(
+    max_providers_per_key=3, max_keys_per_provider=4, max_providers_total=6, max_records=2
+)
+ADDR = (Multiaddr("/ip4/1.2.3.4/tcp/4001"),)
+
+
+def pid(i: int) -> PeerId:
+    return PeerId(b"\x12\x20" + random.Random(i).randbytes(32))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> DhtStore:
+    if request.param == "memory":
+        return MemoryDhtStore(LIMITS)
+    return SqliteDhtStore(tmp_path / "state.db", LIMITS)
+
+
+def test_add_get_and_refresh(store: DhtStore) -> None:
+    store.add_provider(b"k1", pid(1), ADDR, 0.0)
+    store.add_provider(b"k1", pid(2), (), 1.0)
+    store.add_provider(b"k1", pid(1), ADDR, 2.0)  # refresh: no new slot
+    got = store.get_providers(b"k1", 3.0, 10)
+    assert {e.peer for e in got} == {pid(1), pid(2)}
+    assert next(e for e in got if e.peer == pid(1)).addrs == ADDR
+    assert next(e for e in got if e.peer == pid(1)).expires == 2.0 + PROVIDER_TTL
+    assert store.get_providers(b"other", 3.0, 10) == []
+
+
+def test_limits_per_key_per_peer_and_total(store: DhtStore) -> None:
+    for i in range(3):
+        store.add_provider(b"key", pid(i), (), 0.0)
+    with pytest.raises(LimitExceeded):
+        store.add_provider(b"key", pid(9), (), 0.0)
+    for j in range(3):
+        store.add_provider(b"x%d" % j, pid(0), (), 0.0)
+    with pytest.raises(LimitExceeded):
+        store.add_provider(b"x9", pid(0), (), 0.0)  # pid(0) has 4 keys already
+    with pytest.raises(LimitExceeded):
+        store.add_provider(b"y", pid(5), (), 0.0)  # 6 in total
+    assert len(store.get_providers(b"key", 0.0, 10)) == 3
+    assert store.get_providers(b"x9", 0.0, 10) == []
+
+
+def test_expiry_and_gc(store: DhtStore) -> None:
+    store.add_provider(b"k", pid(1), (), 0.0)
+    store.add_provider(b"k", pid(2), (), 100.0)
+    assert len(store.get_providers(b"k", PROVIDER_TTL + 1, 10)) == 1
+    assert store.gc(PROVIDER_TTL + 1) == 1
+    # The freed slot is usable again.
+    store.add_provider(b"k", pid(3), (), PROVIDER_TTL + 1)
+    store.add_provider(b"k", pid(4), (), PROVIDER_TTL + 1)
+    assert len(store.get_providers(b"k", PROVIDER_TTL + 2, 10)) == 3
+
+
+def test_records_and_limit(store: DhtStore) -> None:
+    store.put_record(b"/a/1", b"v1", "t")
+    store.put_record(b"/a/2", b"v2", "t")
+    store.put_record(b"/a/1", b"v1b", "t2")  # replacing is not growth
+    with pytest.raises(LimitExceeded):
+        store.put_record(b"/a/3", b"v3", "t")
+    assert store.get_record(b"/a/1") == (b"v1b", "t2")
+    store.remove_record(b"/a/1")
+    assert store.get_record(b"/a/1") is None
+
+
+def test_own_provides_republish(store: DhtStore) -> None:
+    store.add_own_provide(b"mine", 0.0)
+    assert store.due_republish(10.0, 22 * 3600) == []
+    assert store.due_republish(22 * 3600, 22 * 3600) == [b"mine"]
+    store.mark_republished(b"mine", 22 * 3600)
+    assert store.due_republish(23 * 3600, 22 * 3600) == []
+
+
+def test_peers_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = SqliteDhtStore(path)
+    first.save_peers([(pid(1), ADDR), (pid(2), ())])
+    first.add_provider(b"k", pid(1), ADDR, 0.0)
+    first.close()
+    second = SqliteDhtStore(path)
+    assert sorted(second.load_peers(), key=lambda x: x[0].to_bytes()) == sorted(
+        [(pid(1), ADDR), (pid(2), ())], key=lambda x: x[0].to_bytes()
+    )
+    assert second.get_providers(b"k", 1.0, 5)[0].peer == pid(1)
+    second.close()
