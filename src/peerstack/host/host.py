@@ -326,6 +326,10 @@ class BasicHost:
         except BaseException:
             reservation.release()
             raise
+        if self._closing:  # close() already went through the connections
+            reservation.release()
+            await conn.close()
+            return
         self._register(conn, reservation)
 
     def _register(self, conn: Connection, reservation: Reservation) -> None:

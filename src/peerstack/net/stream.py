@@ -107,6 +107,11 @@ class YamuxStream:
         return self._error is not None
 
     @property
+    def eof_received(self) -> bool:
+        """The peer closed its write side (data may still be buffered)."""
+        return self._eof
+
+    @property
     def at_eof(self) -> bool:
         """The peer closed its side and every byte was read."""
         return self._eof and not self._size
