@@ -1,0 +1,219 @@
+"""The Bitswap message (spec: ipfs/specs BITSWAP.md), hand-encoded.
+
+    message Message {
+      message Wantlist {
+        enum WantType { Block = 0; Have = 1; }
+        message Entry { bytes block = 1; int32 priority = 2; bool cancel = 3;
+                        WantType wantType = 4; bool sendDontHave = 5; }
+        repeated Entry entries = 1; bool full = 2;
+      }
+      message Block { bytes prefix = 1; bytes data = 2; }
+      enum BlockPresenceType { Have = 0; DontHave = 1; }
+      message BlockPresence { bytes cid = 1; BlockPresenceType type = 2; }
+      Wantlist wantlist = 1;
+      repeated bytes blocks = 2;            // Bitswap 1.0.0: CIDv0 blocks
+      repeated Block payload = 3;           // 1.1.0+
+      repeated BlockPresence blockPresences = 4;  // 1.2.0
+      int32 pendingBytes = 5;
+    }
+
+Decoding enforces the limits a peer could abuse: entries per message, block size, presences.
+Wantlist entries whose CID is well formed but names a codec or hash we do not support are not an
+error (other implementations may want such blocks from others); they are counted in
+``Message.unsupported_wants`` and answered like any block we do not have.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from peerstack.content import _pb
+from peerstack.core.cid import CID, UnsupportedCid
+from peerstack.errors import DecodeError, LimitExceeded
+
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+MAX_BLOCK_SIZE = 2 * 1024 * 1024
+MAX_ENTRIES_PER_MESSAGE = 8192
+MAX_PRESENCES_PER_MESSAGE = 8192
+
+
+class WantType(enum.IntEnum):
+    BLOCK = 0
+    HAVE = 1
+
+
+class PresenceType(enum.IntEnum):
+    HAVE = 0
+    DONT_HAVE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WantEntry:
+    cid: CID
+    priority: int = 1
+    cancel: bool = False
+    want_type: WantType = WantType.BLOCK
+    send_dont_have: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BlockPayload:
+    """A block as it travels: the sender's CID prefix and the bytes (not verified yet)."""
+
+    prefix: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    cid: CID
+    type: PresenceType
+
+
+@dataclass(slots=True)
+class Message:
+    wantlist: list[WantEntry] = field(default_factory=list)
+    full: bool = False
+    blocks: list[bytes] = field(default_factory=list)  # 1.0.0 form
+    payload: list[BlockPayload] = field(default_factory=list)
+    presences: list[Presence] = field(default_factory=list)
+    pending_bytes: int = 0
+    unsupported_wants: int = 0
+
+    def is_empty(self) -> bool:
+        return not (self.wantlist or self.full or self.blocks or self.payload or self.presences)
+
+    def encode(self) -> bytes:
+        out = bytearray()
+        if self.wantlist or self.full:
+            wl = bytearray()
+            for e in self.wantlist:
+                entry = bytearray()
+                _pb.put_bytes(entry, 1, e.cid.to_bytes())
+                if e.priority:
+                    _pb.put_int(entry, 2, e.priority)
+                if e.cancel:
+                    _pb.put_varint(entry, 3, 1)
+                if e.want_type != WantType.BLOCK:
+                    _pb.put_varint(entry, 4, int(e.want_type))
+                if e.send_dont_have:
+                    _pb.put_varint(entry, 5, 1)
+                _pb.put_bytes(wl, 1, entry)
+            if self.full:
+                _pb.put_varint(wl, 2, 1)
+            _pb.put_bytes(out, 1, wl)
+        for data in self.blocks:
+            _pb.put_bytes(out, 2, data)
+        for block in self.payload:
+            b = bytearray()
+            _pb.put_bytes(b, 1, block.prefix)
+            _pb.put_bytes(b, 2, block.data)
+            _pb.put_bytes(out, 3, b)
+        for p in self.presences:
+            pres = bytearray()
+            _pb.put_bytes(pres, 1, p.cid.to_bytes())
+            if p.type != PresenceType.HAVE:
+                _pb.put_varint(pres, 2, int(p.type))
+            _pb.put_bytes(out, 4, pres)
+        if self.pending_bytes:
+            _pb.put_int(out, 5, self.pending_bytes)
+        return bytes(out)
+
+
+def _bool(value: int | memoryview, wt: int) -> bool:
+    return _pb.as_int(value, wt) != 0
+
+
+def _decode_entry(data: memoryview) -> WantEntry | None:
+    cid_bytes: bytes | None = None
+    priority = 0
+    cancel = False
+    want_type = WantType.BLOCK
+    send_dont_have = False
+    for f, wt, value in _pb.fields(data):
+        if f == 1:
+            cid_bytes = bytes(_pb.as_bytes(value, wt))
+        elif f == 2:
+            priority = _pb.to_int32(_pb.as_int(value, wt))
+        elif f == 3:
+            cancel = _bool(value, wt)
+        elif f == 4:
+            raw = _pb.as_int(value, wt)
+            if raw not in (0, 1):
+                raise DecodeError(f"unknown want type {raw}")
+            want_type = WantType(raw)
+        elif f == 5:
+            send_dont_have = _bool(value, wt)
+    if cid_bytes is None:
+        raise DecodeError("wantlist entry without a CID")
+    try:
+        cid = CID.from_bytes(cid_bytes)
+    except UnsupportedCid:
+        return None
+    return WantEntry(cid, priority, cancel, want_type, send_dont_have)
+
+
+def _decode_wantlist(data: memoryview, msg: Message) -> None:
+    for f, wt, value in _pb.fields(data):
+        if f == 1:
+            if len(msg.wantlist) + msg.unsupported_wants >= MAX_ENTRIES_PER_MESSAGE:
+                raise LimitExceeded(f"more than {MAX_ENTRIES_PER_MESSAGE} wantlist entries")
+            entry = _decode_entry(_pb.as_bytes(value, wt))
+            if entry is None:
+                msg.unsupported_wants += 1
+            else:
+                msg.wantlist.append(entry)
+        elif f == 2:
+            msg.full = _bool(value, wt)
+
+
+def _check_block(size: int) -> None:
+    if size > MAX_BLOCK_SIZE:
+        raise LimitExceeded(f"block of {size} bytes exceeds {MAX_BLOCK_SIZE}")
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Parse one message; ``DecodeError`` / ``LimitExceeded`` for anything a peer got wrong."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise LimitExceeded(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    msg = Message()
+    for f, wt, value in _pb.fields(data):
+        if f == 1:
+            _decode_wantlist(_pb.as_bytes(value, wt), msg)
+        elif f == 2:
+            block = _pb.as_bytes(value, wt)
+            _check_block(len(block))
+            msg.blocks.append(bytes(block))
+        elif f == 3:
+            prefix: bytes | None = None
+            payload: bytes | None = None
+            for bf, bwt, bvalue in _pb.fields(_pb.as_bytes(value, wt)):
+                if bf == 1:
+                    prefix = bytes(_pb.as_bytes(bvalue, bwt))
+                elif bf == 2:
+                    raw = _pb.as_bytes(bvalue, bwt)
+                    _check_block(len(raw))
+                    payload = bytes(raw)
+            if prefix is None or payload is None:
+                raise DecodeError("block without prefix or data")
+            msg.payload.append(BlockPayload(prefix, payload))
+        elif f == 4:
+            if len(msg.presences) >= MAX_PRESENCES_PER_MESSAGE:
+                raise LimitExceeded(f"more than {MAX_PRESENCES_PER_MESSAGE} block presences")
+            cid_bytes: bytes | None = None
+            ptype = PresenceType.HAVE
+            for pf, pwt, pvalue in _pb.fields(_pb.as_bytes(value, wt)):
+                if pf == 1:
+                    cid_bytes = bytes(_pb.as_bytes(pvalue, pwt))
+                elif pf == 2:
+                    raw_type = _pb.as_int(pvalue, pwt)
+                    if raw_type not in (0, 1):
+                        raise DecodeError(f"unknown presence type {raw_type}")
+                    ptype = PresenceType(raw_type)
+            if cid_bytes is None:
+                raise DecodeError("block presence without a CID")
+            msg.presences.append(Presence(CID.from_bytes(cid_bytes), ptype))
+        elif f == 5:
+            msg.pending_bytes = max(0, _pb.to_int32(_pb.as_int(value, wt)))
+    return msg

@@ -1,0 +1,169 @@
+"""The server side of Bitswap: the decision engine (sans-IO).
+
+It keeps a ledger per peer, turns received wantlists into tasks, and hands out work in batches,
+round robin across peers, so one peer with a huge wantlist cannot starve the others. Each peer has
+a cap on its wantlist and on the bytes we have queued for it and not yet written ("in flight"):
+a peer that does not read its stream stops getting new work instead of filling our memory.
+
+The engine never touches the disk or the network: ``block_size(cid)`` (``None`` when we do not
+have it) is passed in, and the service reads the blocks and writes the messages.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from peerstack.content.bitswap.ledger import Ledger
+from peerstack.content.bitswap.messages import Message, WantType
+from peerstack.core.cid import CID
+from peerstack.core.peer_id import PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    max_wantlist: int = 1024  # wants one peer may have with us at a time
+    max_bytes_in_flight: int = 4 * 1024 * 1024  # per peer, queued and not yet written
+    target_message_bytes: int = 1024 * 1024  # a batch stops growing past this
+    max_presences_per_batch: int = 1024
+
+
+@dataclass(slots=True)
+class Batch:
+    """One message's worth of work for one peer."""
+
+    peer: PeerId
+    blocks: list[CID] = field(default_factory=list)
+    haves: list[CID] = field(default_factory=list)
+    dont_haves: list[CID] = field(default_factory=list)
+    nbytes: int = 0
+
+    def is_empty(self) -> bool:
+        return not (self.blocks or self.haves or self.dont_haves)
+
+
+@dataclass(slots=True)
+class _Task:
+    cid: CID
+    want_type: WantType
+    send_dont_have: bool
+    priority: int
+
+
+class DecisionEngine:
+    def __init__(
+        self, block_size: Callable[[CID], int | None], config: ServerConfig | None = None
+    ) -> None:
+        self.block_size = block_size
+        self.config = config if config is not None else ServerConfig()
+        self.ledgers: dict[PeerId, Ledger] = {}
+        self._tasks: dict[PeerId, OrderedDict[CID, _Task]] = {}
+        self._ready: deque[PeerId] = deque()  # round-robin order of peers with tasks
+
+    def ledger(self, peer: PeerId) -> Ledger:
+        led = self.ledgers.get(peer)
+        if led is None:
+            led = Ledger.new(peer, self.config.max_wantlist)
+            self.ledgers[peer] = led
+        return led
+
+    def receive(self, peer: PeerId, msg: Message) -> None:
+        """Take a peer's wantlist into account. Raises ``LimitExceeded`` on a wantlist flood."""
+        led = self.ledger(peer)
+        led.messages_received += 1
+        if not msg.wantlist and not msg.full:
+            return
+        added, cancelled = led.apply(msg.wantlist, msg.full)
+        tasks = self._tasks.setdefault(peer, OrderedDict())
+        for cid in cancelled:
+            tasks.pop(cid, None)
+        for want in added:
+            tasks[want.cid] = _Task(want.cid, want.want_type, want.send_dont_have, want.priority)
+        if not tasks:
+            del self._tasks[peer]
+        elif peer not in self._ready:
+            self._ready.append(peer)
+
+    def peer_disconnected(self, peer: PeerId) -> None:
+        self.ledgers.pop(peer, None)
+        self._tasks.pop(peer, None)
+        if peer in self._ready:
+            self._ready.remove(peer)
+
+    def block_added(self, cid: CID) -> list[PeerId]:
+        """We now have ``cid``: queue it for every peer that wants it. Returns those peers."""
+        peers = []
+        for peer, led in self.ledgers.items():
+            want = led.wantlist.get(cid)
+            if want is None:
+                continue
+            led.waiting.discard(cid)
+            tasks = self._tasks.setdefault(peer, OrderedDict())
+            tasks[cid] = _Task(cid, want.want_type, False, want.priority)
+            if peer not in self._ready:
+                self._ready.append(peer)
+            peers.append(peer)
+        return peers
+
+    def has_work(self) -> bool:
+        return any(self._can_send(p) for p in self._ready)
+
+    def _can_send(self, peer: PeerId) -> bool:
+        led = self.ledgers.get(peer)
+        return led is not None and led.bytes_in_flight < self.config.max_bytes_in_flight
+
+    def next_batch(self) -> Batch | None:
+        """The next peer's share of work (round robin), or ``None`` when nobody can be served."""
+        for _ in range(len(self._ready)):
+            peer = self._ready.popleft()
+            tasks = self._tasks.get(peer)
+            if not tasks:
+                self._tasks.pop(peer, None)
+                continue
+            if not self._can_send(peer):
+                self._ready.append(peer)  # still has work; try again once it drains
+                continue
+            batch = self._fill(peer, tasks)
+            if tasks:
+                self._ready.append(peer)
+            else:
+                del self._tasks[peer]
+            if not batch.is_empty():
+                self.ledgers[peer].bytes_in_flight += batch.nbytes
+                return batch
+        return None
+
+    def _fill(self, peer: PeerId, tasks: OrderedDict[CID, _Task]) -> Batch:
+        cfg = self.config
+        led = self.ledgers[peer]
+        batch = Batch(peer)
+        budget = min(cfg.target_message_bytes, cfg.max_bytes_in_flight - led.bytes_in_flight)
+        for task in sorted(tasks.values(), key=lambda t: -t.priority):
+            if batch.nbytes >= budget and batch.blocks:
+                break
+            if len(batch.haves) + len(batch.dont_haves) >= cfg.max_presences_per_batch:
+                break
+            size = self.block_size(task.cid)
+            del tasks[task.cid]
+            if size is None:
+                led.waiting.add(task.cid)
+                if task.send_dont_have:
+                    batch.dont_haves.append(task.cid)
+                continue
+            led.wantlist.remove(task.cid)
+            if task.want_type == WantType.HAVE:
+                batch.haves.append(task.cid)
+            else:
+                batch.blocks.append(task.cid)
+                batch.nbytes += size
+        return batch
+
+    def batch_done(self, batch: Batch, sent_bytes: int) -> None:
+        """The service wrote (or gave up on) ``batch``; ``sent_bytes`` of blocks went out."""
+        led = self.ledgers.get(batch.peer)
+        if led is None:
+            return
+        led.bytes_in_flight = max(0, led.bytes_in_flight - batch.nbytes)
+        led.bytes_sent += sent_bytes
+        led.blocks_sent += len(batch.blocks)

@@ -1,0 +1,697 @@
+"""The Bitswap service on a ``Host``: server, client sessions, DAG fetching, providing.
+
+Bitswap is message based: each side sends its messages on its *own* outbound stream
+(``/ipfs/bitswap/1.2.0``; 1.1.0 and 1.0.0 are accepted inbound and spoken to peers that only know
+them). A message is a uvarint-length-prefixed protobuf of at most 4 MiB, a block at most 2 MiB.
+
+Trust: every received block is hashed (in a worker thread) and must match a CID some session of
+ours wants, or recently wanted (a block that crossed our cancel is fine). Anything else, and any
+malformed or oversized message or wantlist flood, is a ``PeerError``: the peer's streams are reset,
+it is dropped from every session, the server forgets its ledger, and it is banned for a while.
+Nothing unverified ever reaches the blockstore.
+
+Providers: connected peers are asked first (want-have); when nobody has a block, the optional
+``ContentRouting`` (the DHT) is asked for providers, which are dialled and added to the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from peerstack.content import dagpb, exporter
+from peerstack.content.bitswap import messages as m
+from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry, WantType
+from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
+from peerstack.content.bitswap.server import Batch, DecisionEngine, ServerConfig
+from peerstack.content.bitswap.session import Session, SessionConfig
+from peerstack.content.blockstore import BlockNotFound, Blockstore, PinKind
+from peerstack.content.importer import DEFAULT_PROFILE, ImportProfile, ImportResult, import_path
+from peerstack.core.cid import CID, DAG_PB, Prefix
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import (
+    ConnectionClosed,
+    DialError,
+    PeerError,
+    PeerstackError,
+    StreamError,
+)
+from peerstack.host.interface import (
+    Host,
+    HostEvent,
+    PeerConnected,
+    PeerDisconnected,
+    Stream,
+    read_length_prefixed,
+    write_length_prefixed,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_1_2 = "/ipfs/bitswap/1.2.0"
+PROTOCOL_1_1 = "/ipfs/bitswap/1.1.0"
+PROTOCOL_1_0 = "/ipfs/bitswap/1.0.0"
+PROTOCOLS = (PROTOCOL_1_2, PROTOCOL_1_1, PROTOCOL_1_0)
+
+
+class UnexpectedBlock(PeerError):
+    """A peer sent a block that hashes to nothing we asked for (corrupt or unsolicited)."""
+
+
+class FetchError(PeerstackError):
+    """A fetch could not complete (the DAG is malformed, or the service stopped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    peer: PeerId
+    addrs: tuple[Multiaddr, ...] = ()
+
+
+class ContentRouting(Protocol):
+    """What Bitswap needs from the DHT (or any other router)."""
+
+    def find_providers(self, cid: CID, limit: int) -> AsyncIterator[Provider]: ...
+
+    async def provide(self, cid: CID) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BitswapConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    server_workers: int = 4  # batches sent concurrently (to different peers)
+    max_providers: int = 10  # providers dialled per search
+    connect_timeout: float = 10.0
+    ban_seconds: float = 600.0
+    recent_blocks: int = 8192  # received/cancelled CIDs a late duplicate may still match
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    root: CID
+    blocks: int
+    bytes: int
+    fetched_bytes: int  # of ``bytes``, what came over the network
+
+
+class _Outbound:
+    """Our own outbound stream to one peer; messages are written one at a time."""
+
+    def __init__(self, host: Host, peer: PeerId) -> None:
+        self.host = host
+        self.peer = peer
+        self.lock = asyncio.Lock()
+        self.stream: Stream | None = None
+
+    async def send(self, msg: Message) -> None:
+        async with self.lock:
+            for attempt in (0, 1):
+                if self.stream is None:
+                    self.stream = await self.host.new_stream(self.peer, PROTOCOLS)
+                data = _for_protocol(msg, self.stream.protocol).encode()
+                try:
+                    await write_length_prefixed(self.stream, data)
+                    return
+                except (StreamError, ConnectionClosed):
+                    self.stream.reset()
+                    self.stream = None
+                    if attempt:
+                        raise
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.reset()
+            self.stream = None
+
+
+def _for_protocol(msg: Message, protocol: str) -> Message:
+    """Downgrade a message for a peer that speaks 1.1.0 or 1.0.0 (no HAVEs, no presences)."""
+    if protocol == PROTOCOL_1_2:
+        return msg
+    wants = [
+        WantEntry(e.cid, e.priority, e.cancel)
+        for e in msg.wantlist
+        if e.cancel or e.want_type == WantType.BLOCK
+    ]
+    out = Message(wantlist=wants, full=msg.full)
+    if protocol == PROTOCOL_1_0:
+        out.blocks = [b.data for b in msg.payload]
+    else:
+        out.payload = msg.payload
+    return out
+
+
+class FetchSession:
+    """The asyncio side of one ``Session``: drives it, and collects the blocks it gets."""
+
+    def __init__(self, bitswap: Bitswap) -> None:
+        self.bitswap = bitswap
+        self.core = Session(bitswap.config.session)
+        self.wake = asyncio.Event()
+        self.arrivals: asyncio.Queue[tuple[CID, bytes | None, PeerId | None]] = asyncio.Queue()
+        self.error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._searching = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.sizes: dict[CID, int] = {}  # size of every block this session received
+
+    def start(self) -> None:
+        now = self.bitswap.now()
+        for peer in self.bitswap.host.connected_peers():
+            if not self.bitswap.is_banned(peer):
+                self.core.add_peer(peer, now)
+        self._task = asyncio.get_running_loop().create_task(self._drive())
+
+    async def close(self) -> list[CID]:
+        """Cancel what is still wanted; return those CIDs (late answers are not an offence)."""
+        cancelled = list(self.core.wants)
+        for cid in cancelled:
+            self.core.cancel(cid)
+        self._flush(self.core.tick(self.bitswap.now()))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._tasks):
+            task.cancel()
+        return cancelled
+
+    def want(self, cid: CID) -> None:
+        self.core.want([cid], self.bitswap.now())
+        self.wake.set()
+
+    def deliver(self, peer: PeerId, cid: CID, data: bytes) -> None:
+        if self.core.on_block(peer, cid, len(data), self.bitswap.now()):
+            self.arrivals.put_nowait((cid, data if cid.codec == DAG_PB else None, peer))
+            self.sizes[cid] = len(data)
+        self.wake.set()
+
+    def fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self.arrivals.put_nowait((CID.hash_of(b""), None, None))
+        self.wake.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _flush(self, actions: Any) -> None:
+        for peer, entries in actions.messages.items():
+            self._spawn(self._send(peer, entries))
+        if actions.find_providers and not self._searching:
+            self._searching = True
+            self._spawn(self._find_providers(actions.find_providers[0]))
+
+    async def _send(self, peer: PeerId, entries: list[WantEntry]) -> None:
+        try:
+            await self.bitswap.send(peer, Message(wantlist=entries))
+        except (PeerstackError, OSError) as exc:
+            log.debug("cannot send wants to %s: %r", peer, exc)
+            self.core.remove_peer(peer)
+            self.wake.set()
+
+    async def _find_providers(self, cid: CID) -> None:
+        try:
+            async for peer in self.bitswap.find_providers(cid):
+                self.core.add_peer(peer, self.bitswap.now())
+                self.wake.set()
+        finally:
+            self._searching = False
+
+    async def _drive(self) -> None:
+        while True:
+            self.wake.clear()
+            now = self.bitswap.now()
+            self._flush(self.core.tick(now))
+            deadline = self.core.next_deadline()
+            timeout = None if deadline is None else max(deadline - now, 0.01)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+
+
+class Bitswap:
+    """Serve blocks from ``store`` to peers and fetch blocks and DAGs from them."""
+
+    def __init__(
+        self, host: Host, store: Blockstore, routing: ContentRouting | None = None,
+        config: BitswapConfig | None = None,
+    ) -> None:
+        self.host = host
+        self.store = store
+        self.routing = routing
+        self.config = config if config is not None else BitswapConfig()
+        self.engine = DecisionEngine(self._block_size, self.config.server)
+        self.sessions: set[FetchSession] = set()
+        self._outbound: dict[PeerId, _Outbound] = {}
+        self._banned: dict[PeerId, float] = {}
+        self._recent: OrderedDict[CID, None] = OrderedDict()
+        self._work = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._inbound: dict[PeerId, set[Stream]] = {}
+        self.penalties: dict[PeerId, int] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for proto in PROTOCOLS:
+            self.host.set_stream_handler(proto, self._handle_stream)
+        self._unsubscribe = self.host.add_listener(self._on_host_event)
+        loop = asyncio.get_running_loop()
+        self._workers = [
+            loop.create_task(self._serve_loop()) for _ in range(self.config.server_workers)
+        ]
+
+    async def stop(self) -> None:
+        for proto in PROTOCOLS:
+            self.host.remove_stream_handler(proto)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for task in [*self._workers, *self._tasks]:
+            task.cancel()
+        for task in [*self._workers, *self._tasks]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for session in list(self.sessions):
+            session.fail(FetchError("bitswap stopped"))
+        for out in self._outbound.values():
+            out.close()
+        self._outbound.clear()
+
+    async def __aenter__(self) -> Bitswap:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # -- peers ----------------------------------------------------------------------------
+
+    def is_banned(self, peer: PeerId) -> bool:
+        until = self._banned.get(peer)
+        if until is None:
+            return False
+        if self.now() >= until:
+            del self._banned[peer]
+            return False
+        return True
+
+    def penalize(self, peer: PeerId, reason: BaseException) -> None:
+        """Cut ``peer`` off: it broke the protocol or sent bad data."""
+        log.warning("bitswap: cutting off %s: %r", peer, reason)
+        self.penalties[peer] = self.penalties.get(peer, 0) + 1
+        self._banned[peer] = self.now() + self.config.ban_seconds
+        self.engine.peer_disconnected(peer)
+        for session in self.sessions:
+            session.core.ban(peer)
+            session.wake.set()
+        out = self._outbound.pop(peer, None)
+        if out is not None:
+            out.close()
+        for stream in self._inbound.pop(peer, set()):
+            stream.reset()
+        disconnect = getattr(self.host, "disconnect", None)
+        if disconnect is not None:
+            self._spawn(disconnect(peer))
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        if isinstance(event, PeerConnected):
+            if self.is_banned(event.peer):
+                return
+            for session in self.sessions:
+                session.core.add_peer(event.peer, self.now())
+                session.wake.set()
+        elif isinstance(event, PeerDisconnected):
+            self.engine.peer_disconnected(event.peer)
+            out = self._outbound.pop(event.peer, None)
+            if out is not None:
+                out.close()
+            for session in self.sessions:
+                session.core.remove_peer(event.peer)
+                session.wake.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send(self, peer: PeerId, msg: Message) -> None:
+        if self.is_banned(peer):
+            raise DialError(f"{peer} is banned")
+        out = self._outbound.get(peer)
+        if out is None:
+            out = self._outbound[peer] = _Outbound(self.host, peer)
+        await out.send(msg)
+
+    # -- inbound --------------------------------------------------------------------------
+
+    async def _handle_stream(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        if self.is_banned(peer):
+            stream.reset()
+            return
+        self._inbound.setdefault(peer, set()).add(stream)
+        try:
+            while True:
+                data = await read_length_prefixed(stream, m.MAX_MESSAGE_SIZE)
+                if data is None:
+                    return
+                await self.handle_message(peer, m.decode(data))
+                if self.is_banned(peer):
+                    return
+        except PeerError as exc:
+            self.penalize(peer, exc)
+        except (StreamError, ConnectionClosed) as exc:
+            log.debug("bitswap stream from %s ended: %r", peer, exc)
+        finally:
+            streams = self._inbound.get(peer)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    del self._inbound[peer]
+
+    async def handle_message(self, peer: PeerId, msg: Message) -> None:
+        """Process one decoded message from ``peer``; raises ``PeerError`` for misbehaviour."""
+        if msg.unsupported_wants:
+            log.debug("%s wants %d blocks with codecs we do not serve", peer, msg.unsupported_wants)
+        if msg.wantlist or msg.full:
+            self.engine.receive(peer, msg)
+            self._work.set()
+        now = self.now()
+        for p in msg.presences:
+            for session in self.sessions:
+                if p.type == PresenceType.HAVE:
+                    session.core.on_have(peer, p.cid, now)
+                else:
+                    session.core.on_dont_have(peer, p.cid, now)
+                session.wake.set()
+        if msg.blocks or msg.payload:
+            await self._receive_blocks(peer, msg)
+
+    @staticmethod
+    def _hash_blocks(msg: Message) -> list[tuple[CID, bytes]]:
+        out = []
+        v0 = Prefix(0, DAG_PB, 0x12, 32)
+        for data in msg.blocks:
+            out.append((v0.cid_for(data), data))
+        for block in msg.payload:
+            out.append((Prefix.from_bytes(block.prefix).cid_for(block.data), block.data))
+        return out
+
+    async def _receive_blocks(self, peer: PeerId, msg: Message) -> None:
+        blocks = await asyncio.to_thread(self._hash_blocks, msg)
+        ledger = self.engine.ledger(peer)
+        for cid, data in blocks:
+            ledger.blocks_received += 1
+            ledger.bytes_received += len(data)
+            wanting = [s for s in self.sessions if s.core.is_wanted(cid)]
+            if not wanting:
+                if cid in self._recent:
+                    continue  # a duplicate that crossed our cancel
+                raise UnexpectedBlock(f"{peer} sent {cid}, which nobody asked for")
+            try:
+                await self.store.put(cid, data, verify=False)  # verified just above
+            except PeerError as exc:  # hashes right but is malformed dag-pb
+                for session in wanting:
+                    session.fail(exc)
+                raise
+            self._remember(cid)
+            for session in wanting:
+                session.deliver(peer, cid, data)
+            if self.engine.block_added(cid):
+                self._work.set()
+
+    def _remember(self, cid: CID) -> None:
+        self._recent[cid] = None
+        self._recent.move_to_end(cid)
+        while len(self._recent) > self.config.recent_blocks:
+            self._recent.popitem(last=False)
+
+    # -- server ---------------------------------------------------------------------------
+
+    def _block_size(self, cid: CID) -> int | None:
+        try:
+            return self.store.path_for(cid).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def notify_new_blocks(self, cids: list[CID]) -> None:
+        """Blocks were added locally (an import): serve peers that were waiting for them."""
+        if any([self.engine.block_added(cid) for cid in cids]):
+            self._work.set()
+
+    async def _serve_loop(self) -> None:
+        while True:
+            batch = self.engine.next_batch()
+            if batch is None:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            sent = 0
+            try:
+                sent = await self._send_batch(batch)
+            except (PeerstackError, OSError) as exc:
+                log.debug("bitswap: cannot answer %s: %r", batch.peer, exc)
+            finally:
+                self.engine.batch_done(batch, sent)
+                self._work.set()
+
+    async def _send_batch(self, batch: Batch) -> int:
+        msg = Message()
+        sent = 0
+        for cid in batch.blocks:
+            try:
+                data = await self.store.get(cid)
+            except BlockNotFound:
+                msg.presences.append(Presence(cid, PresenceType.DONT_HAVE))
+                continue
+            msg.payload.append(m.BlockPayload(cid.prefix(), data))
+            sent += len(data)
+        msg.presences += [Presence(c, PresenceType.HAVE) for c in batch.haves]
+        msg.presences += [Presence(c, PresenceType.DONT_HAVE) for c in batch.dont_haves]
+        if not msg.is_empty():
+            await self.send(batch.peer, msg)
+        return sent
+
+    # -- client ---------------------------------------------------------------------------
+
+    async def find_providers(self, cid: CID) -> AsyncIterator[PeerId]:
+        """Providers of ``cid`` from the router, connected; nothing without a router."""
+        if self.routing is None:
+            return
+        found = 0
+        async for prov in self.routing.find_providers(cid, self.config.max_providers):
+            if prov.peer == self.host.peer_id or self.is_banned(prov.peer):
+                continue
+            if prov.addrs:
+                self.host.add_peer_addrs(prov.peer, prov.addrs, 3600.0)
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await self.host.connect(prov.peer)
+            except (PeerstackError, OSError, TimeoutError) as exc:
+                log.debug("provider %s unreachable: %r", prov.peer, exc)
+                continue
+            yield prov.peer
+            found += 1
+            if found >= self.config.max_providers:
+                return
+
+    def new_session(self) -> FetchSession:
+        session = FetchSession(self)
+        self.sessions.add(session)
+        session.start()
+        return session
+
+    async def _end_session(self, session: FetchSession) -> None:
+        self.sessions.discard(session)
+        for cid in [*await session.close(), *session.sizes]:
+            self._remember(cid)
+
+    async def get_block(self, cid: CID) -> bytes:
+        """One block, from the store or the network (verified and stored)."""
+        with contextlib.suppress(BlockNotFound):
+            return await self.store.get(cid)
+        session = self.new_session()
+        try:
+            session.want(cid)
+            while True:
+                got, _data, _peer = await session.arrivals.get()
+                if session.error is not None:
+                    raise session.error
+                if got == cid:
+                    return await self.store.get(cid)
+        finally:
+            await self._end_session(session)
+
+    async def fetch(self, root: CID, progress: ProgressCallback | None = None) -> FetchResult:
+        """Fetch the whole DAG under ``root`` into the store; blocks already there are kept.
+
+        Blocks are verified and stored as they arrive, so an interrupted fetch resumes where it
+        stopped. dag-pb nodes are parsed as they come and their children wanted at once.
+        """
+        session = self.new_session()
+        tracker = ProgressTracker(self.now())
+        seen: set[CID] = set()
+        stack: list[CID] = [root]
+        outstanding = 0
+        try:
+            while True:
+                while stack:
+                    cid = stack.pop()
+                    if cid in seen:
+                        continue
+                    seen.add(cid)
+                    tracker.discovered()
+                    local = await self._local_block(cid)
+                    if local is None:
+                        session.want(cid)
+                        outstanding += 1
+                        continue
+                    size, data = local
+                    tracker.block(size, self.now())
+                    if data is not None:
+                        stack.extend(reversed(_children(data)))
+                if progress is not None:
+                    progress(tracker.snapshot(self.now(), done=outstanding == 0))
+                if outstanding == 0:
+                    break
+                cid, data, peer = await session.arrivals.get()
+                if session.error is not None:
+                    raise session.error
+                outstanding -= 1
+                tracker.block(session.sizes.get(cid, 0), self.now(), peer)
+                if data is not None:
+                    stack.extend(reversed(_children(data)))
+        finally:
+            await self._end_session(session)
+        return FetchResult(root, tracker.blocks_done, tracker.bytes_done, tracker.bytes_fetched)
+
+    async def _local_block(self, cid: CID) -> tuple[int, bytes | None] | None:
+        if cid.codec == DAG_PB:
+            try:
+                data = await self.store.get(cid)
+            except BlockNotFound:
+                return None
+            return len(data), data
+        size = await self.store.size(cid)
+        return None if size is None else (size, None)
+
+    async def get_file(
+        self, root: CID, dest: str | os.PathLike[str], progress: ProgressCallback | None = None
+    ) -> FetchResult:
+        """Fetch ``root`` and write it (file or directory) to ``dest``.
+
+        The transfer is recorded in the store, so its blocks survive GC and a second call after
+        an interruption fetches only what is missing. The output appears under ``dest`` only
+        once complete (written under a temporary name, then renamed).
+        """
+        target = Path(dest)
+        if await asyncio.to_thread(os.path.lexists, target):
+            raise FileExistsError(f"{target} already exists")
+        await self.store.begin_transfer(root, str(target))
+        result = await self.fetch(root, progress)
+        tmp = target.with_name(f".{target.name}.partial")
+        if await asyncio.to_thread(os.path.lexists, tmp):
+            await asyncio.to_thread(_remove, tmp)
+        await exporter.export(self.store, root, tmp)
+        await asyncio.to_thread(os.replace, tmp, target)
+        await self.store.end_transfer(root)
+        return result
+
+    # -- providing ------------------------------------------------------------------------
+
+    async def provide(self, cid: CID) -> bool:
+        """Announce ``cid`` to the content router; False without one."""
+        if self.routing is None:
+            return False
+        await self.routing.provide(cid)
+        return True
+
+    async def add(
+        self, path: str | os.PathLike[str], profile: ImportProfile = DEFAULT_PROFILE,
+        pin: bool = True, provide: bool = True,
+    ) -> ImportResult:
+        """Import a file or directory, pin it, serve waiting peers, announce the root."""
+        result = await import_path(self.store, path, profile)
+        if pin:
+            await self.store.pin(result.cid, PinKind.RECURSIVE)
+        self.notify_new_blocks([result.cid])
+        if provide:
+            try:
+                await self.provide(result.cid)
+            except (PeerstackError, OSError) as exc:
+                log.warning("could not announce %s: %r", result.cid, exc)
+        return result
+
+
+def _children(data: bytes) -> list[CID]:
+    return [link.hash for link in dagpb.decode(data).links]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+class Reprovider:
+    """Re-announces every pinned root at an interval, so provider records do not expire.
+
+    Provider records live 48 h in the DHT and are republished every 22 h by convention; the
+    default here (12 h) leaves room for a missed round.
+    """
+
+    def __init__(
+        self, store: Blockstore, routing: ContentRouting, interval: float = 12 * 3600.0
+    ) -> None:
+        self.store = store
+        self.routing = routing
+        self.interval = interval
+        self.last_count = 0
+
+    async def reprovide_once(self) -> int:
+        count = 0
+        for cid, _kind in await self.store.pins():
+            try:
+                await self.routing.provide(cid)
+                count += 1
+            except (PeerstackError, OSError) as exc:
+                log.warning("reprovide of %s failed: %r", cid, exc)
+        self.last_count = count
+        return count
+
+    async def run(self) -> None:
+        while True:
+            await self.reprovide_once()
+            await asyncio.sleep(self.interval)
+
+
+__all__ = [
+    "PROTOCOLS",
+    "Bitswap",
+    "BitswapConfig",
+    "ContentRouting",
+    "FetchError",
+    "FetchResult",
+    "FetchSession",
+    "Provider",
+    "Reprovider",
+    "UnexpectedBlock",
+]

@@ -1,0 +1,274 @@
+"""The Bitswap service between in-memory hosts: real service code, real blockstores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from conftest import MemHost, MemNetwork, pattern
+
+from peerstack.content.bitswap import messages as m
+from peerstack.content.bitswap.messages import Message, WantEntry, WantType
+from peerstack.content.bitswap.progress import Progress
+from peerstack.content.bitswap.service import (
+    PROTOCOL_1_0,
+    PROTOCOL_1_2,
+    Bitswap,
+    Provider,
+    Reprovider,
+)
+from peerstack.content.blockstore import Blockstore, FsyncPolicy
+from peerstack.content.exporter import cat
+from peerstack.content.importer import ImportProfile, import_bytes
+from peerstack.core import varint
+from peerstack.core.cid import CID, RAW
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import PeerstackError
+from peerstack.host.interface import Stream, read_length_prefixed, write_length_prefixed
+
+SMALL_CHUNKS = ImportProfile(chunk_size=64 * 1024, max_links=16)
+
+
+class Node:
+    def __init__(self, host: MemHost, store: Blockstore, bitswap: Bitswap) -> None:
+        self.host = host
+        self.store = store
+        self.bitswap = bitswap
+
+    @property
+    def peer(self) -> PeerId:
+        return self.host.peer_id
+
+
+@pytest.fixture
+async def nodes(net: MemNetwork, tmp_path: Path) -> AsyncIterator[list[Node]]:
+    async with AsyncExitStack() as stack:
+        out: list[Node] = []
+        for i in range(4):
+            host = net.add_host()
+            store = stack.enter_context(Blockstore(tmp_path / f"n{i}", FsyncPolicy.NEVER))
+            bs = await stack.enter_async_context(Bitswap(host, store))
+            out.append(Node(host, store, bs))
+        yield out
+
+
+async def read_all(store: Blockstore, cid: CID) -> bytes:
+    return b"".join([p async for p in cat(store, cid)])
+
+
+async def test_fetch_a_file_from_one_peer(nodes: list[Node]) -> None:
+    a, b = nodes[0], nodes[1]
+    data = pattern(5 * 1024 * 1024 + 123)
+    res = await import_bytes(a.store, data)
+    await b.host.connect(a.peer)
+    events: list[Progress] = []
+    result = await asyncio.wait_for(b.bitswap.fetch(res.cid, events.append), 30)
+    assert result.blocks == 7  # 6 leaves + root
+    assert result.fetched_bytes == result.bytes
+    assert await read_all(b.store, res.cid) == data
+    assert events[-1].done
+    assert events[-1].bytes_done == result.bytes
+    assert events[-1].peers == 1
+    assert a.bitswap.engine.ledgers[b.peer].blocks_sent == 7
+    assert (await b.store.verify()).ok
+
+
+async def test_fetch_from_several_peers_in_parallel(nodes: list[Node]) -> None:
+    a, b, c = nodes[0], nodes[1], nodes[2]
+    data = pattern(3 * 1024 * 1024)
+    ra = await import_bytes(a.store, data, SMALL_CHUNKS)
+    rc = await import_bytes(c.store, data, SMALL_CHUNKS)
+    assert ra.cid == rc.cid
+    await b.host.connect(a.peer)
+    await b.host.connect(c.peer)
+    result = await asyncio.wait_for(b.bitswap.fetch(ra.cid), 30)
+    assert result.blocks == 48 + 3 + 1
+    assert await read_all(b.store, ra.cid) == data
+    sent_a = a.bitswap.engine.ledgers[b.peer].blocks_sent
+    sent_c = c.bitswap.engine.ledgers[b.peer].blocks_sent
+    assert sent_a > 0
+    assert sent_c > 0
+
+
+async def test_two_fetchers_in_parallel_and_dont_have(nodes: list[Node]) -> None:
+    a, b, c, empty = nodes
+    data = pattern(2 * 1024 * 1024 + 5)
+    res = await import_bytes(a.store, data, SMALL_CHUNKS)
+    for n in (b, c):
+        await n.host.connect(a.peer)
+        await n.host.connect(empty.peer)
+    await asyncio.wait_for(
+        asyncio.gather(b.bitswap.fetch(res.cid), c.bitswap.fetch(res.cid)), 30
+    )
+    assert await read_all(b.store, res.cid) == data
+    assert await read_all(c.store, res.cid) == data
+    # the empty peer was asked (want-have) and never sent anything
+    assert empty.bitswap.engine.ledgers[b.peer].blocks_sent == 0
+    assert empty.bitswap.engine.ledgers[b.peer].messages_received > 0
+
+
+async def test_get_file_resumes_and_renames_when_complete(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    a, b = nodes[0], nodes[1]
+    data = pattern(1024 * 1024 + 77)
+    res = await import_bytes(a.store, data, SMALL_CHUNKS)
+    # as if an earlier get had stopped half way: half the leaves are already on b's disk
+    leaves = await a.store.children(res.cid)
+    for leaf in leaves[: len(leaves) // 2]:
+        await b.store.put(leaf, await a.store.get(leaf))
+    await b.host.connect(a.peer)
+    out = tmp_path / "out.bin"
+    result = await asyncio.wait_for(b.bitswap.get_file(res.cid, out), 30)
+    assert out.read_bytes() == data
+    assert result.fetched_bytes < result.bytes
+    assert [name for name in os.listdir(tmp_path) if "partial" in name] == []
+    assert await b.store.transfers() == []
+
+
+class FakeRouting:
+    def __init__(self, providers: dict[CID, list[Provider]]) -> None:
+        self.providers = providers
+        self.provided: list[CID] = []
+
+    async def find_providers(self, cid: CID, limit: int) -> AsyncIterator[Provider]:
+        for prov in self.providers.get(cid, [])[:limit]:
+            yield prov
+
+    async def provide(self, cid: CID) -> None:
+        self.provided.append(cid)
+
+
+async def test_providers_from_the_router(net: MemNetwork, tmp_path: Path) -> None:
+    ha, hb = net.add_host(), net.add_host()
+    with Blockstore(tmp_path / "a") as sa, Blockstore(tmp_path / "b") as sb:
+        routing = FakeRouting({})
+        async with Bitswap(ha, sa, routing) as ba, Bitswap(hb, sb, routing) as bb:
+            src = tmp_path / "file.bin"
+            src.write_bytes(pattern(300_000))
+            added = await ba.add(src)
+            assert routing.provided == [added.cid]
+            routing.providers[added.cid] = [Provider(ha.peer_id)]
+            assert hb.connected_peers() == []
+            await asyncio.wait_for(bb.fetch(added.cid), 30)
+            assert await read_all(sb, added.cid) == pattern(300_000)
+            assert ha.peer_id in hb.connected_peers()
+            assert await Reprovider(sa, routing).reprovide_once() == 1
+            assert routing.provided == [added.cid, added.cid]
+
+
+# -- misbehaving peers -----------------------------------------------------------------------
+
+
+class RawPeer:
+    """A peer that speaks Bitswap by hand, to misbehave precisely."""
+
+    def __init__(self, host: MemHost) -> None:
+        self.host = host
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        for proto in (PROTOCOL_1_2,):
+            host.set_stream_handler(proto, self._handle)
+
+    async def _handle(self, stream: Stream) -> None:
+        try:
+            while True:
+                data = await read_length_prefixed(stream, m.MAX_MESSAGE_SIZE)
+                if data is None:
+                    return
+                await self.inbox.put(m.decode(data))
+        except (PeerstackError, OSError):
+            return  # the peer under test resets the stream when it cuts us off
+
+
+async def _wait_banned(node: Node, peer: PeerId) -> None:
+    for _ in range(200):
+        if node.bitswap.is_banned(peer):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("peer was not banned")
+
+
+async def test_corrupt_block_sender_is_cut_off(nodes: list[Node], net: MemNetwork) -> None:
+    a, b = nodes[0], nodes[1]
+    evil = RawPeer(net.add_host())
+    data = pattern(200_000)
+    res = await import_bytes(a.store, data, SMALL_CHUNKS)
+    await b.host.connect(evil.host.peer_id)
+    fetch = asyncio.create_task(b.bitswap.fetch(res.cid))
+    msg = await asyncio.wait_for(evil.inbox.get(), 10)
+    wanted = msg.wantlist[0].cid
+    stream = await evil.host.new_stream(b.peer, [PROTOCOL_1_2])
+    bad = Message(payload=[m.BlockPayload(wanted.prefix(), b"not the block")])
+    await write_length_prefixed(stream, bad.encode())
+    await _wait_banned(b, evil.host.peer_id)
+    assert b.bitswap.penalties[evil.host.peer_id] == 1
+    assert not await b.store.has(wanted)
+    # an honest peer shows up and the fetch completes
+    await b.host.connect(a.peer)
+    await asyncio.wait_for(fetch, 30)
+    assert await read_all(b.store, res.cid) == data
+    assert (await b.store.verify()).ok
+
+
+async def _send_raw(evil: RawPeer, target: Node, payload: bytes) -> None:
+    stream = await evil.host.new_stream(target.peer, [PROTOCOL_1_2])
+    await stream.write(payload)
+
+
+async def test_wantlist_flood_is_cut_off(nodes: list[Node], net: MemNetwork) -> None:
+    a = nodes[0]
+    evil = RawPeer(net.add_host())
+    wants = [WantEntry(CID.hash_of(i.to_bytes(4, "big"))) for i in range(1500)]
+    await _send_raw(evil, a, varint.encode(len(Message(wants).encode())) + Message(wants).encode())
+    await _wait_banned(a, evil.host.peer_id)
+    assert evil.host.peer_id not in a.bitswap.engine.ledgers
+
+
+async def test_oversized_message_is_cut_off(nodes: list[Node], net: MemNetwork) -> None:
+    evil = RawPeer(net.add_host())
+    await _send_raw(evil, nodes[0], varint.encode(m.MAX_MESSAGE_SIZE + 1) + b"x" * 100)
+    await _wait_banned(nodes[0], evil.host.peer_id)
+
+
+async def test_malformed_message_is_cut_off(nodes: list[Node], net: MemNetwork) -> None:
+    evil = RawPeer(net.add_host())
+    await _send_raw(evil, nodes[0], b"\x03\x0a\x05\x00")
+    await _wait_banned(nodes[0], evil.host.peer_id)
+
+
+async def test_unsolicited_block_is_cut_off(nodes: list[Node], net: MemNetwork) -> None:
+    evil = RawPeer(net.add_host())
+    cid = CID.hash_of(b"spam")
+    msg = Message(payload=[m.BlockPayload(cid.prefix(), b"spam")]).encode()
+    await _send_raw(evil, nodes[0], varint.encode(len(msg)) + msg)
+    await _wait_banned(nodes[0], evil.host.peer_id)
+    assert not await nodes[0].store.has(cid)
+
+
+async def test_server_answers_have_dont_have_and_old_protocols(
+    nodes: list[Node], net: MemNetwork
+) -> None:
+    a = nodes[0]
+    client = RawPeer(net.add_host())
+    client.host.set_stream_handler(PROTOCOL_1_0, client._handle)
+    have = await a.store.put_data(b"present", RAW)
+    missing = CID.hash_of(b"absent")
+    msg = Message([
+        WantEntry(have, want_type=WantType.HAVE, send_dont_have=True),
+        WantEntry(missing, want_type=WantType.BLOCK, send_dont_have=True),
+    ]).encode()
+    await _send_raw(client, a, varint.encode(len(msg)) + msg)
+    reply = await asyncio.wait_for(client.inbox.get(), 10)
+    kinds = {(p.cid, p.type) for p in reply.presences}
+    assert kinds == {(have, m.PresenceType.HAVE), (missing, m.PresenceType.DONT_HAVE)}
+    # the block arrives later: the waiting want is served then
+    await a.store.put(missing, b"absent")
+    a.bitswap.notify_new_blocks([missing])
+    reply = await asyncio.wait_for(client.inbox.get(), 10)
+    assert [p.data for p in reply.payload] == [b"absent"]
+
+
