@@ -149,7 +149,8 @@ async def upgrade(
                 )
                 transport = hs.transport()
                 ciphertext = hs.unused_data()
-                if muxers and MUXER_PROTOCOL in hs.remote_muxers:
+                early = bool(muxers) and MUXER_PROTOCOL in hs.remote_muxers
+                if early:
                     plaintext = b""
                 else:
                     plaintext = await _select_muxer(tcp, transport, outbound, ciphertext)
@@ -174,5 +175,10 @@ async def upgrade(
         leftover_plaintext=plaintext,
         leftover_ciphertext=ciphertext,
     )
-    log.debug("upgraded %s connection to %s", "outbound" if outbound else "inbound", conn)
+    log.debug(
+        "upgraded %s connection to %s (muxer by %s negotiation)",
+        "outbound" if outbound else "inbound",
+        conn,
+        "early" if early else "multistream",
+    )
     return conn
