@@ -1,0 +1,272 @@
+"""Dial latency: TCP + multistream + Noise XX + Yamux (+ identify), fresh connections each time.
+
+One listener in a second process; the dialer opens N fresh connections to it one after the
+other and times each from the dialer's side:
+
+- "dial" ends when ``BasicHost.dial`` returns (the connection is secured and multiplexed);
+- "dial + identify" ends when our identify exchange with the listener has finished, which is
+  when a real node knows the peer's protocols and addresses (goal: p50 <= 2 ms).
+
+After each measurement the connection is closed and the next dial starts from nothing. Anchors
+in the same run: a bare TCP connect (uvloop) to a plain listener in a second process, the CPU
+of a Noise XX handshake in memory (both sides, no sockets), and js-libp2p (and py-libp2p)
+dialling a listener of their own kind through the interop peers' ``dial`` command, with the
+command channel's own round trip (a ``peers`` command, no network) subtracted. js's dial
+resolves before its identify runs, so its row compares with our "dial" row.
+
+    python bench/dial_latency.py [--n 200] [--no-interop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import time
+
+from common import (
+    PYTHON,
+    ServerProcess,
+    bench_limits,
+    ensure_interop,
+    fmt,
+    fmt_ratio,
+    goal_mark,
+    load_interop_harness,
+    loop_name,
+    median,
+    percentile,
+    print_table,
+    run,
+    status,
+    wait_stdin_closed,
+)
+
+from peerstack.core.identity import PrivateKey
+from peerstack.host.host import BasicHost
+from peerstack.protocols import ping
+from peerstack.protocols.identify import IdentifyService
+from peerstack.wire.noise import NoiseHandshake
+
+WARMUP = 10
+
+
+def start_identify(host: BasicHost) -> IdentifyService:
+    service = IdentifyService(host, host.peerstore, host.private_key.public_key, host.protocols)
+    service.start()
+    return service
+
+
+# -- children ----------------------------------------------------------------------------------
+
+
+async def serve_peerstack() -> None:
+    host = BasicHost(
+        PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"], limits=bench_limits()
+    )
+    async with host:
+        ping.register(host)
+        service = start_identify(host)
+        print(f"{host.listen_addrs()[0]}/p2p/{host.peer_id}", flush=True)
+        await wait_stdin_closed()
+        await service.close()
+
+
+async def serve_tcp() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    print(f"/ip4/127.0.0.1/tcp/{server.sockets[0].getsockname()[1]}", flush=True)
+    await wait_stdin_closed()
+    server.close()
+
+
+# -- measurements (milliseconds) -----------------------------------------------------------------
+
+
+async def peerstack_dials(addr: str, n: int) -> tuple[list[float], list[float]]:
+    """(dial ms, dial + identify ms) for ``n`` fresh connections."""
+    dial_ms: list[float] = []
+    ident_ms: list[float] = []
+    host = BasicHost(PrivateKey.generate(), limits=bench_limits())
+    async with host:
+        ping.register(host)
+        service = start_identify(host)
+        for i in range(n + WARMUP):
+            t0 = time.perf_counter()
+            peer = await host.dial(addr)
+            t1 = time.perf_counter()
+            await service.wait_identified(peer)
+            t2 = time.perf_counter()
+            await host.disconnect(peer)
+            if i >= WARMUP:
+                dial_ms.append((t1 - t0) * 1000)
+                ident_ms.append((t2 - t0) * 1000)
+        await service.close()
+    return dial_ms, ident_ms
+
+
+async def tcp_connects(addr: str, n: int) -> list[float]:
+    port = int(addr.rsplit("/", 1)[1])
+    loop = asyncio.get_running_loop()
+    out: list[float] = []
+    for i in range(n + WARMUP):
+        t0 = time.perf_counter()
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        t1 = time.perf_counter()
+        transport.close()
+        await asyncio.sleep(0)
+        if i >= WARMUP:
+            out.append((t1 - t0) * 1000)
+    return out
+
+
+def noise_in_memory(n: int) -> list[float]:
+    """CPU of one Noise XX handshake, both sides in one process, bytes passed by hand."""
+    a, b = PrivateKey.generate(), PrivateKey.generate()
+    out: list[float] = []
+    for i in range(n + WARMUP):
+        t0 = time.perf_counter()
+        ini = NoiseHandshake(a, initiator=True, muxers=["/yamux/1.0.0"])
+        res = NoiseHandshake(b, initiator=False, muxers=["/yamux/1.0.0"])
+        while not (ini.complete and res.complete):
+            out_i = ini.data_to_send()
+            if out_i:
+                res.receive_data(out_i)
+            out_r = res.data_to_send()
+            if out_r:
+                ini.receive_data(out_r)
+            if not out_i and not out_r:
+                raise RuntimeError("noise handshake stalled in memory")
+        t1 = time.perf_counter()
+        if i >= WARMUP:
+            out.append((t1 - t0) * 1000)
+    return out
+
+
+async def interop_dials(kind_name: str, n: int) -> tuple[list[float], float]:
+    """Dial round trips (ms) through a peer's command channel, and that channel's own RTT."""
+    harness, why = load_interop_harness()
+    if harness is None:
+        raise RuntimeError(why)
+    kind = harness.PeerKind[kind_name]
+    listener = await harness.start_peer(kind)
+    try:
+        dialer = await harness.start_peer(kind)
+        try:
+            overhead: list[float] = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                await dialer.command("peers")
+                overhead.append((time.perf_counter() - t0) * 1000)
+            out: list[float] = []
+            for i in range(n + WARMUP):
+                t0 = time.perf_counter()
+                await dialer.command("dial", addr=listener.addr)
+                t1 = time.perf_counter()
+                await dialer.command("hangup", addr=listener.addr)
+                if i >= WARMUP:
+                    out.append((t1 - t0) * 1000)
+            return out, median(overhead)
+        finally:
+            await dialer.stop()
+    finally:
+        await listener.stop()
+
+
+# -- orchestration -----------------------------------------------------------------------------
+
+
+def stats_row(label: str, values: list[float], note: str = "") -> list[str]:
+    return [
+        label,
+        str(len(values)),
+        fmt(median(values), 2),
+        fmt(percentile(values, 90), 2),
+        fmt(percentile(values, 99), 2),
+        fmt(min(values) if values else math.nan, 2),
+        note,
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="fresh connections per stack")
+    parser.add_argument("--no-interop", action="store_true", help="skip js / py-libp2p")
+    parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
+    parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve == "peerstack":
+        run(serve_peerstack())
+        return
+    if args.serve == "tcp":
+        run(serve_tcp())
+        return
+    n = args.n
+    rows: list[list[str]] = []
+    status(f"plain TCP connect x{n}")
+    with ServerProcess([PYTHON, __file__, "--serve", "tcp"]) as server:
+        tcp_ms = run(tcp_connects(server.ready, n))
+    rows.append(stats_row("TCP connect only (uvloop)", tcp_ms))
+    status(f"Noise XX in memory x{n}")
+    noise_ms = noise_in_memory(n)
+    rows.append(stats_row("Noise XX handshake CPU, in memory", noise_ms, "both sides"))
+    status(f"peerstack dial x{n}")
+    with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
+        dial_ms, ident_ms = run(peerstack_dials(server.ready, n))
+    rows.append(stats_row("peerstack dial (TCP+Noise+Yamux)", dial_ms))
+    rows.append(
+        stats_row(
+            "peerstack dial + identify",
+            ident_ms,
+            f"goal p50 <= 2 ms: {goal_mark(median(ident_ms), 2.0, higher_is_better=False)}",
+        )
+    )
+    anchors: dict[str, list[float]] = {}
+    if not args.no_interop:
+        harness, why = load_interop_harness()
+        for name, kind_name in (("js-libp2p", "JS"), ("py-libp2p", "PY")):
+            reason = (
+                why
+                if harness is None
+                else ensure_interop(harness, kind_name, setup=not args.no_setup)
+            )
+            if reason:
+                rows.append([f"{name} dial", "0", "-", "-", "-", "-", f"not run: {reason}"])
+                continue
+            status(f"{name} dial x{n}")
+            try:
+                raw, overhead = run(interop_dials(kind_name, n))
+            except (RuntimeError, OSError, TimeoutError) as exc:
+                rows.append([f"{name} dial", "0", "-", "-", "-", "-", f"failed: {exc}"])
+                continue
+            net = [max(0.0, v - overhead) for v in raw]
+            anchors[name] = net
+            rows.append(
+                stats_row(f"{name} dial (no identify)", net, f"cmd RTT {overhead:.2f} ms removed")
+            )
+    else:
+        rows.append(["js-libp2p dial", "0", "-", "-", "-", "-", "not run (--no-interop)"])
+    print_table(
+        f"dial latency, fresh connections, listener in a second process, {loop_name()} (ms)",
+        ["what", "n", "p50", "p90", "p99", "min", "note"],
+        rows,
+    )
+    p50_dial = median(dial_ms)
+    ratio_rows = [
+        ["peerstack dial / TCP connect (p50)", fmt_ratio(p50_dial, median(tcp_ms))],
+        ["identify adds (p50, ms)", fmt(median(ident_ms) - p50_dial, 2)],
+    ]
+    ratio_rows += [
+        [f"{name} dial / peerstack dial (p50)", fmt_ratio(median(ms), p50_dial)]
+        for name, ms in anchors.items()
+    ]
+    print_table(
+        "dial latency ratios (same run)",
+        ["ratio", "value"],
+        ratio_rows,
+        notes=["an anchor / peerstack ratio above 1x means peerstack dials faster"],
+    )
+
+
+if __name__ == "__main__":
+    main()
