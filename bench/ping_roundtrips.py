@@ -1,0 +1,217 @@
+"""Ping round trips per second on one open stream, two processes, loopback.
+
+peerstack -> peerstack over ``/ipfs/ping/1.0.0`` (32-byte payloads, one outstanding), measured
+two ways on the same kind of stream:
+
+- "stream loop": ``write(payload)`` + ``readexactly(32)``, the transport's cost alone;
+- "ping_stream()": ``peerstack.protocols.ping.ping_stream``, the protocol client as services use
+  it (fresh random payload, a timeout and a comparison per ping).
+
+Anchors in the same run: plain TCP ping-pong of 64 bytes between two uvloop processes (a
+``Protocol`` on each side, one outstanding, the client awaiting a future per round trip), and
+py-libp2p's ping on one stream (its peer's ``ping`` command) when it is installed.
+Goal: >= 25,000 round trips/s for peerstack.
+
+    python bench/ping_roundtrips.py [--runs 3] [--count 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import cast
+
+from common import (
+    PYTHON,
+    ServerProcess,
+    ensure_interop,
+    fmt,
+    fmt_ratio,
+    goal_mark,
+    load_interop_harness,
+    loop_name,
+    median,
+    print_table,
+    run,
+    status,
+    wait_stdin_closed,
+)
+
+from peerstack.core.identity import PrivateKey
+from peerstack.host.host import BasicHost
+from peerstack.protocols import ping
+
+TCP_SIZE = 64
+
+
+# -- children ----------------------------------------------------------------------------------
+
+
+async def serve_peerstack() -> None:
+    async with BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"]) as host:
+        ping.register(host)
+        print(f"{host.listen_addrs()[0]}/p2p/{host.peer_id}", flush=True)
+        await wait_stdin_closed()
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def serve_tcp() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Echo, "127.0.0.1", 0)
+    print(f"/ip4/127.0.0.1/tcp/{server.sockets[0].getsockname()[1]}", flush=True)
+    await wait_stdin_closed()
+    server.close()
+
+
+# -- clients (round trips per second, one figure per run) ---------------------------------------
+
+
+class _PingClient(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.got = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.got >= TCP_SIZE and self.waiter is not None and not self.waiter.done():
+            self.got -= TCP_SIZE
+            self.waiter.set_result(None)
+
+
+async def tcp_client(addr: str, count: int, runs: int) -> list[float]:
+    port = int(addr.rsplit("/", 1)[1])
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(_PingClient, "127.0.0.1", port)
+    payload = os.urandom(TCP_SIZE)
+    out: list[float] = []
+    for _ in range(runs + 1):  # the first run warms up
+        start = time.perf_counter()
+        for _ in range(count):
+            fut = loop.create_future()
+            proto.waiter = fut
+            transport.write(payload)
+            await fut
+        out.append(count / (time.perf_counter() - start))
+    transport.close()
+    return out[1:]
+
+
+async def peerstack_client(addr: str, count: int, runs: int) -> tuple[list[float], list[float]]:
+    loop_rates: list[float] = []
+    proto_rates: list[float] = []
+    async with BasicHost(PrivateKey.generate()) as host:
+        peer = await host.dial(addr)
+        stream = await host.new_stream(peer, [ping.PING])
+        payload = os.urandom(ping.PING_SIZE)
+        for i in range(runs + 1):  # the first run warms up
+            start = time.perf_counter()
+            for _ in range(count):
+                await stream.write(payload)
+                if await stream.readexactly(ping.PING_SIZE) != payload:
+                    raise RuntimeError("ping answer does not match")
+            rate = count / (time.perf_counter() - start)
+            start = time.perf_counter()
+            await ping.ping_stream(stream, count)
+            proto_rate = count / (time.perf_counter() - start)
+            if i:
+                loop_rates.append(rate)
+                proto_rates.append(proto_rate)
+        await stream.close()
+    return loop_rates, proto_rates
+
+
+async def py_libp2p_rates(count: int, runs: int) -> list[float]:
+    harness, why = load_interop_harness()
+    if harness is None:
+        raise RuntimeError(why)
+    kind = harness.PeerKind.PY
+    listener = await harness.start_peer(kind)
+    try:
+        client = await harness.start_peer(kind)
+        try:
+            out: list[float] = []
+            for _ in range(runs):
+                r = await client.command("ping", addr=listener.addr, count=count)
+                rtts = [float(x) for x in r["rtts_ms"]]
+                out.append(len(rtts) / (sum(rtts) / 1000))
+            return out
+        finally:
+            await client.stop()
+    finally:
+        await listener.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--count", type=int, default=20_000, help="round trips per run")
+    parser.add_argument("--py-count", type=int, default=2_000, help="round trips per py run")
+    parser.add_argument("--no-interop", action="store_true")
+    parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
+    parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve == "peerstack":
+        run(serve_peerstack())
+        return
+    if args.serve == "tcp":
+        run(serve_tcp())
+        return
+    runs, count = args.runs, args.count
+    status(f"plain TCP ping-pong: {runs} x {count}")
+    with ServerProcess([PYTHON, __file__, "--serve", "tcp"]) as server:
+        tcp = run(tcp_client(server.ready, count, runs))
+    status(f"peerstack ping: {runs} x {count} (stream loop, then ping_stream)")
+    with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
+        ps_loop, ps_proto = run(peerstack_client(server.ready, count, runs))
+    py: list[float] = []
+    py_note = "not run (--no-interop)"
+    if not args.no_interop:
+        harness, why = load_interop_harness()
+        reason = why if harness is None else ensure_interop(harness, "PY", setup=not args.no_setup)
+        if reason:
+            py_note = f"not run: {reason}"
+        else:
+            status(f"py-libp2p ping: {runs} x {args.py_count}")
+            try:
+                py = run(py_libp2p_rates(args.py_count, runs))
+                py_note = f"{args.py_count} per run"
+            except (RuntimeError, OSError, TimeoutError) as exc:
+                py_note = f"failed: {exc}"
+
+    def row(label: str, rates: list[float], note: str = "") -> list[str]:
+        return [label, fmt(median(rates), 0), " ".join(fmt(r, 0) for r in rates), note]
+
+    goal = f"goal >= 25,000/s: {goal_mark(median(ps_loop), 25_000)}"
+    print_table(
+        f"ping round trips per second, one stream, two processes, {loop_name()}, "
+        f"median of {runs} x {count}",
+        ["what", "round trips/s", "runs", "note"],
+        [
+            row("plain TCP ping-pong, 64 B (uvloop)", tcp),
+            row("peerstack stream loop, 32 B", ps_loop, goal),
+            row("peerstack ping_stream(), 32 B", ps_proto),
+            row("py-libp2p ping, one stream, 32 B", py, py_note),
+        ],
+    )
+    print_table(
+        "ping ratios (same run)",
+        ["ratio", "value"],
+        [
+            ["peerstack stream loop / plain TCP", fmt_ratio(median(ps_loop), median(tcp))],
+            ["peerstack ping_stream() / stream loop", fmt_ratio(median(ps_proto), median(ps_loop))],
+            ["peerstack stream loop / py-libp2p", fmt_ratio(median(ps_loop), median(py))],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
