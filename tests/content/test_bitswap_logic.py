@@ -1,0 +1,259 @@
+"""The sans-IO parts of Bitswap: decision engine, ledger, wantlist, client session, progress."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerstack.content.bitswap.messages import Message, WantEntry, WantType
+from peerstack.content.bitswap.progress import ProgressTracker
+from peerstack.content.bitswap.server import DecisionEngine, ServerConfig
+from peerstack.content.bitswap.session import Session, SessionConfig
+from peerstack.content.bitswap.wantlist import Wantlist
+from peerstack.core.cid import CID
+from peerstack.core.identity import PrivateKey
+from peerstack.core.peer_id import PeerId
+from peerstack.errors import LimitExceeded
+
+
+def peer() -> PeerId:
+    return PeerId.from_public_key(PrivateKey.generate().public_key)
+
+
+def cids(n: int, tag: str = "") -> list[CID]:
+    return [CID.hash_of(f"{tag}{i}".encode()) for i in range(n)]
+
+
+# -- wantlist and ledger ----------------------------------------------------------------------
+
+
+def test_wantlist_bounds_and_order() -> None:
+    wl = Wantlist(3)
+    a, b, c, d = cids(4)
+    wl.add(a, 1)
+    wl.add(b, 5, WantType.HAVE)
+    wl.add(c, 5)
+    assert [w.cid for w in wl.sorted()] == [b, c, a]
+    with pytest.raises(LimitExceeded):
+        wl.add(d)
+    wl.add(b, 5, WantType.BLOCK)  # an upgrade, not a new entry
+    assert wl.get(b) is not None
+    assert wl.get(b).want_type == WantType.BLOCK  # type: ignore[union-attr]
+    wl.add(b, 5, WantType.HAVE)  # never downgraded
+    assert wl.get(b).want_type == WantType.BLOCK  # type: ignore[union-attr]
+
+
+# -- decision engine --------------------------------------------------------------------------
+
+
+class Sizes:
+    def __init__(self, have: dict[CID, int]) -> None:
+        self.have = have
+
+    def __call__(self, cid: CID) -> int | None:
+        return self.have.get(cid)
+
+
+def test_engine_answers_blocks_haves_and_dont_haves() -> None:
+    blocks = cids(3)
+    missing = CID.hash_of(b"missing")
+    sizes = Sizes({c: 100 for c in blocks})
+    eng = DecisionEngine(sizes)
+    p = peer()
+    eng.receive(p, Message([
+        WantEntry(blocks[0]),
+        WantEntry(blocks[1], want_type=WantType.HAVE),
+        WantEntry(missing, send_dont_have=True),
+        WantEntry(blocks[2], want_type=WantType.HAVE, send_dont_have=True),
+    ]))
+    batch = eng.next_batch()
+    assert batch is not None
+    assert batch.blocks == [blocks[0]]
+    assert set(batch.haves) == {blocks[1], blocks[2]}
+    assert batch.dont_haves == [missing]
+    assert batch.nbytes == 100
+    assert eng.next_batch() is None
+    led = eng.ledgers[p]
+    assert missing in led.wantlist  # kept: sent if we get it later
+    sizes.have[missing] = 7  # the block arrives
+    assert eng.block_added(missing) == [p]
+    again = eng.next_batch()
+    assert again is not None
+    assert again.blocks == [missing]
+    assert missing not in led.wantlist
+    eng.batch_done(batch, 100)
+    assert led.blocks_sent == 1
+    assert led.bytes_in_flight == 7  # the second batch is not written yet
+
+
+def test_engine_cancel_and_full_wantlist() -> None:
+    a, b, c = cids(3)
+    eng = DecisionEngine(Sizes({}))
+    p = peer()
+    eng.receive(p, Message([WantEntry(a), WantEntry(b)]))
+    eng.receive(p, Message([WantEntry(a, cancel=True)]))
+    assert a not in eng.ledgers[p].wantlist
+    eng.receive(p, Message([WantEntry(c)], full=True))
+    assert [w.cid for w in eng.ledgers[p].wantlist] == [c]
+
+
+def test_engine_is_fair_across_peers() -> None:
+    size = 512 * 1024
+    greedy, modest = peer(), peer()
+    many, few = cids(64, "g"), cids(2, "m")
+    eng = DecisionEngine(Sizes({c: size for c in [*many, *few]}),
+                         ServerConfig(max_bytes_in_flight=64 * size))
+    eng.receive(greedy, Message([WantEntry(c) for c in many]))
+    eng.receive(modest, Message([WantEntry(c) for c in few]))
+    order = []
+    for _ in range(4):
+        batch = eng.next_batch()
+        assert batch is not None
+        order.append(batch.peer)
+    # the modest peer is served in the second turn, not after the greedy one's 32 MiB
+    assert order[:2] == [greedy, modest]
+
+
+def test_engine_limits_bytes_in_flight_per_peer() -> None:
+    size = 1024 * 1024
+    blocks = cids(10)
+    eng = DecisionEngine(Sizes({c: size for c in blocks}),
+                         ServerConfig(max_bytes_in_flight=2 * size, target_message_bytes=size))
+    p = peer()
+    eng.receive(p, Message([WantEntry(c) for c in blocks]))
+    first, second = eng.next_batch(), eng.next_batch()
+    assert first is not None
+    assert second is not None
+    assert eng.next_batch() is None  # 2 MiB queued and not written yet
+    assert not eng.has_work()
+    eng.batch_done(first, size)
+    assert eng.has_work()
+    assert eng.next_batch() is not None
+
+
+def test_engine_wantlist_flood() -> None:
+    eng = DecisionEngine(Sizes({}), ServerConfig(max_wantlist=10))
+    p = peer()
+    with pytest.raises(LimitExceeded):
+        eng.receive(p, Message([WantEntry(c) for c in cids(11)]))
+    assert len(eng.ledgers[p].wantlist) == 0
+
+
+# -- client session ---------------------------------------------------------------------------
+
+
+def entries_for(actions_messages: dict[PeerId, list[WantEntry]], p: PeerId) -> list[WantEntry]:
+    return actions_messages.get(p, [])
+
+
+def test_session_discovers_with_want_have_then_asks_for_blocks() -> None:
+    s = Session(SessionConfig(discovery_delay=1.0))
+    p1, p2 = peer(), peer()
+    s.add_peer(p1, 0.0)
+    s.add_peer(p2, 0.0)
+    root = CID.hash_of(b"root")
+    s.want([root], 0.0)
+    acts = s.tick(0.0)
+    for p in (p1, p2):
+        (e,) = acts.messages[p]
+        assert e.want_type == WantType.HAVE
+        assert e.send_dont_have
+    s.on_dont_have(p1, root, 0.1)
+    s.on_have(p2, root, 0.1)
+    acts = s.tick(0.1)
+    (e,) = acts.messages[p2]
+    assert e.want_type == WantType.BLOCK
+    assert p1 not in acts.messages
+    assert s.on_block(p2, root, 100, 0.2)
+    assert s.done()
+    # p1 was asked (want-have) and gets a cancel
+    acts = s.tick(0.2)
+    assert [x.cancel for x in acts.messages[p1]] == [True]
+
+
+def test_session_spreads_blocks_and_cancels_others() -> None:
+    s = Session(SessionConfig(initial_window=4))
+    p1, p2 = peer(), peer()
+    for p in (p1, p2):
+        s.add_peer(p, 0.0)
+    first = CID.hash_of(b"first")
+    s.want([first], 0.0)
+    s.tick(0.0)
+    s.on_have(p1, first, 0.0)
+    s.on_have(p2, first, 0.0)
+    s.tick(0.0)
+    asked = next(p for p in (p1, p2) if first in s.peers[p].in_flight)
+    assert s.on_block(asked, first, 10, 0.1)
+    # both are session peers now: eight children go out as want-block over both windows
+    kids = cids(8, "k")
+    s.want(kids, 0.1)
+    acts = s.tick(0.1)
+    blocks = {p: [e for e in acts.messages.get(p, [])
+                  if e.want_type == WantType.BLOCK and not e.cancel] for p in (p1, p2)}
+    other = p2 if asked == p1 else p1
+    assert [e.cid for e in acts.messages[other] if e.cancel] == [first]
+    assert len(blocks[p1]) + len(blocks[p2]) == 8
+    assert blocks[p1]
+    assert blocks[p2]
+    assert s.in_flight() == 8
+
+
+def test_session_window_grows_and_stalled_peer_is_retried_elsewhere() -> None:
+    cfg = SessionConfig(initial_window=2, max_window=8, min_stall_timeout=1.0,
+                        max_stall_timeout=4.0)
+    s = Session(cfg)
+    fast, slow = peer(), peer()
+    s.add_peer(fast, 0.0)
+    s.add_peer(slow, 0.0)
+    s.peers[fast].session_peer = s.peers[slow].session_peer = True
+    wanted = cids(4)
+    s.want(wanted, 0.0)
+    s.tick(0.0)
+    on_slow = list(s.peers[slow].in_flight)
+    on_fast = list(s.peers[fast].in_flight)
+    assert len(on_slow) == 2
+    assert len(on_fast) == 2
+    for i, c in enumerate(on_fast):
+        s.on_block(fast, c, 10, 0.1 * (i + 1))
+    assert s.peers[fast].window == 4
+    # the slow peer sends nothing; after its stall timeout its blocks move to the fast peer
+    acts = s.tick(3.0)
+    assert s.peers[slow].stalls == 1
+    assert s.peers[slow].window == 1
+    assert {e.cid for e in acts.messages[slow] if e.cancel} == set(on_slow)
+    assert {e.cid for e in acts.messages[fast] if not e.cancel} == set(on_slow)
+    assert s.next_deadline() is not None
+
+
+def test_session_asks_for_providers_when_nobody_has_it() -> None:
+    s = Session(SessionConfig(discovery_delay=1.0, provider_search_interval=10.0))
+    cid = CID.hash_of(b"rare")
+    s.want([cid], 0.0)
+    assert s.tick(0.5).find_providers == []
+    assert s.tick(1.0).find_providers == [cid]
+    assert s.tick(2.0).find_providers == []  # not again before the interval
+    assert s.tick(11.0).find_providers == [cid]
+
+
+def test_banned_peer_is_not_added_again() -> None:
+    s = Session()
+    p = peer()
+    s.add_peer(p, 0.0)
+    s.ban(p)
+    s.add_peer(p, 1.0)
+    assert p not in s.peers
+
+
+def test_progress_rate() -> None:
+    t = ProgressTracker(started=0.0, window=2.0)
+    p = peer()
+    t.discovered(3)
+    t.block(1000, 0.5, p)
+    t.block(1000, 1.0, p)
+    t.block(500, 1.0)  # from disk: counted as done, not as fetched
+    snap = t.snapshot(1.0)
+    assert snap.blocks_done == 3
+    assert snap.bytes_done == 2500
+    assert snap.bytes_fetched == 2000
+    assert snap.peers == 1
+    assert snap.rate == pytest.approx(2000.0)
+    assert t.rate(10.0) == 0.0

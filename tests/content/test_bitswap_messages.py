@@ -1,0 +1,108 @@
+"""Bitswap messages: round trips, known bytes, limits, and fuzzing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerstack.content.bitswap import messages as m
+from peerstack.content.bitswap.messages import (
+    BlockPayload,
+    Message,
+    Presence,
+    PresenceType,
+    WantEntry,
+    WantType,
+)
+from peerstack.core.cid import CID, DAG_PB, RAW
+from peerstack.errors import DecodeError, LimitExceeded
+
+A = CID.hash_of(b"a")
+B = CID.hash_of(b"b", DAG_PB, 0)
+
+
+def test_round_trip_all_fields() -> None:
+    msg = Message(
+        wantlist=[
+            WantEntry(A, 5, False, WantType.HAVE, True),
+            WantEntry(B, -3, True),
+        ],
+        full=True,
+        blocks=[b"old style"],
+        payload=[BlockPayload(A.prefix(), b"a")],
+        presences=[Presence(A, PresenceType.HAVE), Presence(B, PresenceType.DONT_HAVE)],
+        pending_bytes=1234,
+    )
+    back = m.decode(msg.encode())
+    assert back == msg
+
+
+def test_known_encoding_of_a_want_have() -> None:
+    raw = Message([WantEntry(A, 1, False, WantType.HAVE, True)]).encode()
+    entry = b"\x0a" + bytes([len(A.to_bytes())]) + A.to_bytes() + b"\x10\x01\x20\x01\x28\x01"
+    assert raw == b"\x0a" + bytes([len(entry) + 2]) + b"\x0a" + bytes([len(entry)]) + entry
+
+
+def test_unsupported_cids_in_wants_are_counted_not_fatal() -> None:
+    odd = b"\x01\xa9\x02\x12\x20" + bytes(32)  # dag-json (0x0129)
+    entry = b"\x0a" + bytes([len(odd)]) + odd
+    wl = b"\x0a" + bytes([len(entry)]) + entry
+    msg = m.decode(b"\x0a" + bytes([len(wl)]) + wl)
+    assert msg.wantlist == []
+    assert msg.unsupported_wants == 1
+
+
+def test_limits() -> None:
+    big = Message(payload=[BlockPayload(A.prefix(), bytes(m.MAX_BLOCK_SIZE + 1))]).encode()
+    with pytest.raises(LimitExceeded):
+        m.decode(big)
+    too_many = Message([WantEntry(A)] * (m.MAX_ENTRIES_PER_MESSAGE + 1)).encode()
+    with pytest.raises(LimitExceeded):
+        m.decode(too_many)
+    with pytest.raises(LimitExceeded):
+        m.decode(bytes(m.MAX_MESSAGE_SIZE + 1))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x1a\x02\x0a\x00",  # block without data
+        b"\x22\x02\x10\x00",  # presence without a CID
+        b"\x22\x03\x10\x05\x00",  # unknown presence type (and no CID)
+        b"\x0a\x02\x0a\x00",  # want entry without a CID
+        b"\x0a\x04\x0a\x02\x20\x07",  # unknown want type
+    ],
+)
+def test_malformed(bad: bytes) -> None:
+    with pytest.raises(DecodeError):
+        m.decode(bad)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=400))
+def test_decode_never_crashes(data: bytes) -> None:
+    try:
+        msg = m.decode(data)
+    except DecodeError:
+        return
+    assert isinstance(msg, Message)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.sampled_from([A, B]), st.integers(-(2**31), 2**31 - 1), st.booleans(),
+                       st.sampled_from(list(WantType)), st.booleans()), max_size=6),
+    st.lists(st.binary(max_size=50), max_size=3),
+    st.lists(st.tuples(st.sampled_from([A, B]), st.sampled_from(list(PresenceType))), max_size=4),
+)
+def test_round_trip_property(
+    wants: list[tuple[CID, int, bool, WantType, bool]], blocks: list[bytes],
+    presences: list[tuple[CID, PresenceType]],
+) -> None:
+    msg = Message(
+        wantlist=[WantEntry(*w) for w in wants],
+        payload=[BlockPayload(CID.hash_of(b, RAW).prefix(), b) for b in blocks],
+        presences=[Presence(*p) for p in presences],
+    )
+    assert m.decode(msg.encode()) == msg
