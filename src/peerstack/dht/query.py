@@ -189,6 +189,21 @@ class Query:
                     break
         return out
 
+    def closest_candidates(self, count: int | None = None) -> list[PeerId]:
+        """The closest peers not known to have failed (answered, waiting or only heard of).
+
+        PUT_VALUE and ADD_PROVIDER go to these: the k closest peers we know, even those the
+        lookup did not need to ask before it could stop.
+        """
+        n = self.k if count is None else count
+        out = []
+        for qp in self._order:
+            if qp.state is not PeerState.FAILED:
+                out.append(qp.peer)
+                if len(out) >= n:
+                    break
+        return out
+
     def hops(self) -> int:
         """Answers on the path that led us to the closest peer that answered (0: own table)."""
         for qp in self._order:

@@ -363,15 +363,24 @@ class KadDHT:
         except BaseException:
             stream.reset()
             raise
-        if self.config.max_cached_streams > 0 and peer not in self._streams:
-            if len(self._streams) >= self.config.max_cached_streams:
-                _, oldest = next(iter(self._streams.items()))
-                del self._streams[next(iter(self._streams))]
-                oldest.stream.reset()
-            self._streams[peer] = _CachedStream(stream)
-        else:
-            await stream.close()
+        if self._cache_stream(peer, stream):
+            return reply
+        await stream.close()
         return reply
+
+    def _cache_stream(self, peer: PeerId, stream: Stream) -> bool:
+        """Keep ``stream`` for the next request to ``peer`` if the pool has room."""
+        limit = self.config.max_cached_streams
+        if limit <= 0 or peer in self._streams:
+            return False
+        if len(self._streams) >= limit:
+            # Evict the oldest idle stream; one in use by another request is left alone.
+            idle = next((p for p, c in self._streams.items() if not c.lock.locked()), None)
+            if idle is None:
+                return False
+            self._streams.pop(idle).stream.reset()
+        self._streams[peer] = _CachedStream(stream)
+        return True
 
     async def _exchange(
         self, stream: Stream, data: bytes, mtype: MessageType, expect_response: bool
@@ -405,8 +414,14 @@ class KadDHT:
         key: bytes,
         request: KadMessage,
         on_reply: Callable[[Query, PeerId, KadMessage], None] | None = None,
+        *,
+        drain: bool = False,
     ) -> Query:
-        """Drive a ``Query`` for ``key`` with ``request`` sent to every peer it picks."""
+        """Drive a ``Query`` for ``key`` with ``request`` sent to every peer it picks.
+
+        With ``drain``, the requests still in flight when the query is done are awaited (no new
+        ones are sent), so the result holds more of the k closest peers that answered.
+        """
         cfg = self.config
         target = kad_key(key)
         query = Query(
@@ -427,7 +442,7 @@ class KadDHT:
                     for peer in query.requests(loop.time()):
                         task = loop.create_task(self._request(peer, request))
                         pending[task] = peer
-                    if query.finished or not pending:
+                    if not pending or (query.finished and not drain):
                         break
                     done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     now = loop.time()
@@ -472,6 +487,11 @@ class KadDHT:
         query = await self._run_query(key, KadMessage(MessageType.FIND_NODE, key=key))
         return query.closest(self.config.k)
 
+    async def _closest_for_store(self, key: bytes) -> list[PeerId]:
+        """The k closest peers we know of that have not failed: where records go."""
+        query = await self._run_query(key, KadMessage(MessageType.FIND_NODE, key=key), drain=True)
+        return query.closest_candidates(self.config.k)
+
     async def find_peer(self, peer: PeerId) -> PeerInfo | None:
         """Addresses of ``peer``, from the DHT (or ``None`` if nobody knows it)."""
         if peer == self.host.peer_id:
@@ -504,7 +524,7 @@ class KadDHT:
         """Store a record on the k closest peers (and here); returns how many peers took it."""
         self.validators.validate(key, value, self.wall_clock())
         self._store_record_locally(key, value)
-        peers = await self.get_closest_peers(key)
+        peers = await self._closest_for_store(key)
         record = KadRecord(key, value)
         msg = KadMessage(MessageType.PUT_VALUE, key=key, record=record)
         results = await asyncio.gather(
@@ -586,7 +606,7 @@ class KadDHT:
         if self.config.mode is Mode.SERVER:
             addrs = tuple(self.host.listen_addrs())
             self.store.add_provider(key, self.host.peer_id, addrs, now)
-        peers = await self.get_closest_peers(key)
+        peers = await self._closest_for_store(key)
         me = PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs()))
         msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
         results = await asyncio.gather(

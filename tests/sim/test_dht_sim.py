@@ -1,0 +1,388 @@
+"""The DHT service on the simulated host: the full protocol, churn, and hostile peers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from peerstack.core import multihash, varint
+from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.dht.config import DhtConfig, Mode
+from peerstack.dht.distance import kad_key
+from peerstack.dht.messages import (
+    PROTOCOL_ID,
+    KadMessage,
+    KadRecord,
+    MessageType,
+    PeerInfo,
+    decode,
+    encode,
+)
+from peerstack.dht.providers import SqliteDhtStore
+from peerstack.dht.records import create_ipns_record, ipns_key, parse_ipns_record
+from peerstack.dht.service import KadDHT, ValueNotFound
+from peerstack.errors import StreamReset, UsageError
+from peerstack.host.interface import Host, Stream, read_length_prefixed, write_length_prefixed
+from sim.simhost import SimHost, SimNetwork, run
+
+T = TypeVar("T")
+
+
+def config(**kw: object) -> DhtConfig:
+    base: dict[str, object] = {"background": False, "rpc_timeout": 5.0, "max_cached_streams": 8}
+    base.update(kw)
+    return DhtConfig(**base)  # type: ignore[arg-type]
+
+
+def p2p_addr(host: Host) -> Multiaddr:
+    return host.listen_addrs()[0].encapsulate(f"/p2p/{host.peer_id}")
+
+
+async def build(net: SimNetwork, n: int, **kw: object) -> list[KadDHT]:
+    """``n`` server nodes, all bootstrapped (the real path) from the first one."""
+    first = KadDHT(net.add_host(), config(**kw), rng=random.Random(0))
+    await first.start()
+    dhts = [first]
+    for i in range(1, n):
+        cfg = config(bootstrap_peers=[p2p_addr(first.host)], **kw)
+        dht = KadDHT(net.add_host(), cfg, rng=random.Random(i))
+        await dht.start()
+        assert await dht.bootstrap()
+        dhts.append(dht)
+    for dht in dhts:  # a second pass, as periodic refresh would do
+        await dht.refresh()
+    return dhts
+
+
+def sim(make: Callable[[SimNetwork], Coroutine[Any, Any, T]]) -> T:
+    net = SimNetwork(rng=random.Random(42))
+    return run(make(net))
+
+
+def cid_multihash(data: bytes) -> bytes:
+    return multihash.digest(data).to_bytes()
+
+
+def test_bootstrap_then_find_every_peer() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 40)
+        assert all(len(d.routing_table) >= 10 for d in dhts)
+        rng = random.Random(1)
+        for _ in range(30):
+            a, b = rng.sample(dhts, 2)
+            info = await a.find_peer(b.host.peer_id)
+            assert info is not None
+            assert info.peer_id == b.host.peer_id
+            assert b.host.listen_addrs()[0] in info.addrs
+        # Closest peers agree with the truth.
+        key = b"some key"
+        got = await dhts[3].get_closest_peers(key)
+        everyone = [d.host.peer_id for d in dhts if d is not dhts[3]]
+        truth = sorted(everyone, key=lambda p: kad_key(p.to_bytes()) ^ kad_key(key))
+        assert got[:3] == truth[:3]  # beta = 3: the three closest are certain
+        assert await dhts[0].find_peer(dhts[0].host.peer_id) is not None
+
+    sim(main)
+
+
+def test_ipns_put_get_and_stale_copies_corrected() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 30)
+        owner = PrivateKey.from_seed(b"\x07" * 32)
+        name = PeerId.from_public_key(owner.public_key)
+        key = ipns_key(name)
+        eol = time.time_ns() + 86_400 * 10**9
+        old = create_ipns_record(owner, b"/ipfs/old", 1, eol)
+        new = create_ipns_record(owner, b"/ipfs/new", 2, eol)
+        assert await dhts[1].put_value(key, old) >= 10
+        assert await dhts[2].get_value(key) == old
+        assert await dhts[1].put_value(key, new) >= 10
+        holders = [d for d in dhts if d.store.get_record(key) is not None and d is not dhts[1]]
+        stale = holders[0]
+        stale.store.put_record(key, old, "")  # a peer that missed the update
+        got = await dhts[5].get_value(key, quorum=len(dhts))
+        assert parse_ipns_record(name, got, time.time()).sequence == 2
+        held = stale.store.get_record(key)
+        assert held is not None
+        assert held[0] == new  # corrected by the quorum get
+        # An older record is refused by a peer holding a newer one.
+        assert await dhts[3].put_value(key, old) == 0
+        with pytest.raises(ValueNotFound):
+            await dhts[4].get_value(ipns_key(dhts[0].host.peer_id))
+        with pytest.raises(UsageError):
+            await dhts[4].get_value(key, quorum=0)
+
+    sim(main)
+
+
+def test_provide_and_find_providers() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 30)
+        key = cid_multihash(b"block")
+        assert await dhts[7].provide(key) >= 10
+        assert await dhts[8].provide(key) >= 10
+        found = await dhts[20].find_providers(key)
+        assert {p.peer_id for p in found} == {dhts[7].host.peer_id, dhts[8].host.peer_id}
+        assert all(p.addrs for p in found)
+        one = await dhts[21].find_providers(key, count=1)
+        assert len(one) == 1
+        assert await dhts[22].find_providers(cid_multihash(b"nobody")) == []
+        with pytest.raises(UsageError):
+            await dhts[7].provide(b"not a multihash")
+        # Republishing: nothing is due right after providing, everything after 22 h.
+        assert await dhts[7].republish() == 0
+
+    sim(main)
+
+
+def test_client_mode_asks_but_never_serves() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 20)
+        host = net.add_host()
+        client = KadDHT(host, config(mode=Mode.CLIENT, bootstrap_peers=[p2p_addr(dhts[0].host)]))
+        await client.start()
+        assert not host.handles(PROTOCOL_ID)
+        assert await client.bootstrap()
+        assert await client.find_peer(dhts[11].host.peer_id) is not None
+        key = cid_multihash(b"from a client")
+        await dhts[3].provide(key)
+        assert [p.peer_id for p in await client.find_providers(key)] == [dhts[3].host.peer_id]
+        for d in dhts:
+            await d.refresh()
+        assert all(host.peer_id not in d.routing_table for d in dhts)
+
+    sim(main)
+
+
+def test_churn_values_survive_and_dead_peers_leave_tables() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 60, rpc_timeout=2.0)
+        keys = []
+        for i in range(20):
+            owner = PrivateKey.from_seed(bytes([i + 1]) * 32)
+            key = ipns_key(PeerId.from_public_key(owner.public_key))
+            rec = create_ipns_record(owner, b"/ipfs/v%d" % i, 1, time.time_ns() + 10**14)
+            await dhts[i].put_value(key, rec)
+            keys.append(key)
+        rng = random.Random(3)
+        dead = rng.sample(dhts[1:], 18)
+        for d in dead:
+            net.kill(d.host.peer_id)
+        alive = [d for d in dhts if d not in dead]
+        for key in keys:
+            reader = rng.choice(alive)
+            reader.store.remove_record(key)
+            assert await reader.get_value(key, quorum=1)
+        dead_ids = {d.host.peer_id for d in dead}
+        asker = alive[0]
+        before = sum(1 for p in asker.routing_table.peers() if p in dead_ids)
+        for _ in range(3):
+            await asker.refresh()
+        after = sum(1 for p in asker.routing_table.peers() if p in dead_ids)
+        assert after < before
+
+    sim(main)
+
+
+async def _raw(host: SimHost, target: KadDHT) -> Stream:
+    return await host.new_stream(target.host.peer_id, [PROTOCOL_ID])
+
+
+def test_bad_requests_are_refused_and_nothing_stored() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 5)
+        victim = dhts[0]
+        evil = net.add_host()
+        key = cid_multihash(b"x")
+
+        async def send(msg: bytes) -> None:
+            s = await _raw(evil, victim)
+            await write_length_prefixed(s, msg)
+            with pytest.raises(StreamReset):
+                await read_length_prefixed(s, 10**6)
+
+        other = dhts[1].host.peer_id
+        # ADD_PROVIDER naming another peer.
+        await send(
+            encode(KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[PeerInfo(other)]))
+        )
+        # ADD_PROVIDER with a key that is no multihash.
+        await send(
+            encode(
+                KadMessage(
+                    MessageType.ADD_PROVIDER, key=b"\xff", provider_peers=[PeerInfo(evil.peer_id)]
+                )
+            )
+        )
+        # A record that fails validation, one over the size limit, one in an unknown namespace.
+        ipns = ipns_key(evil.peer_id)
+        await send(
+            encode(KadMessage(MessageType.PUT_VALUE, key=ipns, record=KadRecord(ipns, b"junk")))
+        )
+        big = b"/pk/" + evil.peer_id.to_bytes()
+        await send(
+            encode(KadMessage(MessageType.PUT_VALUE, key=big, record=KadRecord(big, b"v" * 20_000)))
+        )
+        await send(
+            encode(KadMessage(MessageType.PUT_VALUE, key=b"/x/y", record=KadRecord(b"/x/y", b"v")))
+        )
+        # Garbage, and a length prefix announcing 4 GiB.
+        await send(b"\xff\xff\xff")
+        s = await _raw(evil, victim)
+        await s.write(varint.encode(4 * 2**30))
+        with pytest.raises(StreamReset):
+            await s.read()
+        assert victim.store.get_providers(key, 0.0, 10) == []
+        assert victim.store.get_record(ipns) is None
+        assert victim.store.get_record(big) is None
+        assert victim.counters.requests_refused >= 7
+        # The node still serves honest requests.
+        s = await _raw(evil, victim)
+        await write_length_prefixed(s, encode(KadMessage(MessageType.FIND_NODE, key=key)))
+        reply = await read_length_prefixed(s, 10**6)
+        assert reply is not None
+        assert decode(reply).closer_peers
+        # Several requests on one stream.
+        await write_length_prefixed(s, encode(KadMessage(MessageType.PING)))
+        reply = await read_length_prefixed(s, 10**6)
+        assert reply is not None
+        assert decode(reply).type is MessageType.PING
+        # A valid ADD_PROVIDER for itself is accepted.
+        await write_length_prefixed(
+            s,
+            encode(
+                KadMessage(
+                    MessageType.ADD_PROVIDER, key=key, provider_peers=[PeerInfo(evil.peer_id)]
+                )
+            ),
+        )
+        await asyncio.sleep(1)
+        assert [e.peer for e in victim.store.get_providers(key, 0.0, 10)] == [evil.peer_id]
+
+    sim(main)
+
+
+def test_stream_flood_is_bounded() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 3, max_inbound_streams_per_peer=4, stream_idle_timeout=30.0)
+        victim = dhts[0]
+        evil = net.add_host()
+        streams = [await _raw(evil, victim) for _ in range(10)]
+        await asyncio.sleep(1)
+        assert victim.counters.streams_refused == 6
+        reset = 0
+        for s in streams:
+            try:
+                await s.read()
+            except StreamReset:
+                reset += 1
+        assert reset == 10  # 6 refused at once, 4 closed after the idle timeout
+        # Requests per stream are bounded too.
+        s = await _raw(evil, victim)
+        victim.config.max_requests_per_stream = 3
+        ping = encode(KadMessage(MessageType.PING))
+        for _ in range(3):
+            await write_length_prefixed(s, ping)
+            assert await read_length_prefixed(s, 100) is not None
+        await write_length_prefixed(s, ping)
+        with pytest.raises(StreamReset):
+            await read_length_prefixed(s, 100)
+
+    sim(main)
+
+
+def _close_peer(target: int, rng: random.Random, bits: int = 6) -> PeerId:
+    while True:
+        p = PeerId(b"\x12\x20" + rng.randbytes(32))
+        if (kad_key(p.to_bytes()) ^ target) >> (256 - bits) == 0:
+            return p
+
+
+def test_queries_complete_despite_garbage_and_liars() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 40, rpc_timeout=2.0)
+        rng = random.Random(9)
+        garbage, liar = net.add_host(), net.add_host()
+
+        async def garbage_handler(stream: Stream) -> None:
+            while await read_length_prefixed(stream, 10**6) is not None:
+                await stream.write(varint.encode(40) + rng.randbytes(40))
+
+        async def liar_handler(stream: Stream) -> None:
+            while (raw := await read_length_prefixed(stream, 10**6)) is not None:
+                req = decode(raw)
+                target = kad_key(req.key)
+                fakes = [PeerInfo(_close_peer(target, rng)) for _ in range(20)]
+                reply = KadMessage(req.type, key=req.key, closer_peers=fakes)
+                await write_length_prefixed(stream, encode(reply))
+
+        garbage.set_stream_handler(PROTOCOL_ID, garbage_handler)
+        liar.set_stream_handler(PROTOCOL_ID, liar_handler)
+        for d in dhts:
+            d.routing_table.add(garbage.peer_id, 0.0)
+            d.routing_table.add(liar.peer_id, 0.0)
+        ok = 0
+        for _ in range(15):
+            a, b = rng.sample(dhts, 2)
+            a.routing_table.add(garbage.peer_id, 0.0)
+            a.routing_table.add(liar.peer_id, 0.0)
+            if await a.find_peer(b.host.peer_id) is not None:
+                ok += 1
+            assert a.last_lookup.requests <= 200
+        assert ok == 15
+        # The garbage peer was dropped from the tables of those that asked it.
+        assert any(garbage.peer_id not in d.routing_table for d in dhts)
+
+    sim(main)
+
+
+def test_routing_table_persists_across_restart(tmp_path: Path) -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 15)
+        host = net.add_host()
+        store = SqliteDhtStore(tmp_path / "state.db")
+        node = KadDHT(host, config(bootstrap_peers=[p2p_addr(dhts[0].host)]), store=store)
+        await node.start()
+        await node.bootstrap()
+        size = len(node.routing_table)
+        assert size >= 10
+        await node.stop()
+        store.close()
+        again = KadDHT(host, config(), store=SqliteDhtStore(tmp_path / "state.db"))
+        await again.start()
+        assert len(again.routing_table) == size  # rejoins at once, no bootstrap needed
+        assert await again.find_peer(dhts[9].host.peer_id) is not None
+        await again.stop()
+
+    sim(main)
+
+
+def test_background_bootstrap_retries_with_backoff() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 10)
+        seed = dhts[0].host.peer_id
+        net.kill(seed)
+        host = net.add_host()
+        node = KadDHT(
+            host,
+            config(
+                background=True, bootstrap_peers=[p2p_addr(dhts[0].host)], bootstrap_backoff=2.0
+            ),
+        )
+        await node.start()
+        await asyncio.sleep(30)
+        assert len(node.routing_table) == 0
+        net.revive(seed)
+        await asyncio.sleep(600)
+        assert len(node.routing_table) >= 5
+        await node.stop()
+
+    sim(main)
