@@ -245,15 +245,23 @@ class ServerProcess:
             raise RuntimeError(f"{self.argv[1:3]} exited with {code} before answering")
         return line.strip()
 
-    def request(self, command: str, timeout: float = 600.0) -> dict[str, Any]:
-        """Send one command line; the child answers one JSON line."""
+    def send(self, command: str) -> None:
+        """Send one command line without waiting for its answer."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+    def read_json(self, timeout: float = 600.0) -> dict[str, Any]:
+        """The child's next line, which must be a JSON object."""
         answer = json.loads(self.readline(timeout))
         if not isinstance(answer, dict):
             raise RuntimeError(f"unexpected answer {answer!r}")
         return answer
+
+    def request(self, command: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Send one command line; the child answers one JSON line."""
+        self.send(command)
+        return self.read_json(timeout)
 
     def close(self, timeout: float = 15.0) -> int:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
