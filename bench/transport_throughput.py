@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -29,17 +30,19 @@ PROTO = "/bench/sink/1"
 CHUNK = 1024 * 1024
 KEY_A = b"a" * 32
 KEY_B = b"b" * 32
+ANSWER = struct.Struct(">Qd")  # bytes received, receiver CPU seconds
 
 
 async def serve_host() -> None:
     async def sink(stream: Stream) -> None:
         total = 0
+        cpu = time.process_time()
         while True:
             data = await stream.read()
             if not data:
                 break
             total += len(data)
-        await stream.write(total.to_bytes(8, "big"))
+        await stream.write(ANSWER.pack(total, time.process_time() - cpu))
 
     host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"])
     async with host:
@@ -48,21 +51,22 @@ async def serve_host() -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-async def run_host_client(addr: str, total: int) -> float:
+async def run_host_client(addr: str, total: int) -> tuple[float, float, float]:
     async with BasicHost(PrivateKey.generate()) as host:
         peer = await host.dial(addr)
         stream = await host.new_stream(peer, [PROTO])
         payload = os.urandom(CHUNK)
         start = time.perf_counter()
+        cpu = time.process_time()
         sent = 0
         while sent < total:
             await stream.write(payload)
             sent += CHUNK
         await stream.close()
-        got = int.from_bytes(await stream.readexactly(8), "big")
+        got, server_cpu = ANSWER.unpack(await stream.readexactly(ANSWER.size))
         elapsed = time.perf_counter() - start
         assert got == total, (got, total)
-        return elapsed
+        return elapsed, time.process_time() - cpu, server_cpu
 
 
 class _SinkProtocol(asyncio.BufferedProtocol):
@@ -73,6 +77,7 @@ class _SinkProtocol(asyncio.BufferedProtocol):
         self.noise = NoiseTransport(KEY_B, KEY_A)
         self.total = total
         self.count = 0
+        self.cpu = 0.0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,9 +88,11 @@ class _SinkProtocol(asyncio.BufferedProtocol):
         return memoryview(self.buf)
 
     def buffer_updated(self, nbytes: int) -> None:
+        if not self.count:
+            self.cpu = time.process_time()
         self.count += len(self.noise.decrypt(memoryview(self.buf)[:nbytes]))
         if self.count >= self.total and self.transport is not None:
-            self.transport.write(self.count.to_bytes(8, "big"))
+            self.transport.write(ANSWER.pack(self.count, time.process_time() - self.cpu))
 
 
 async def serve_anchor(total: int) -> None:
@@ -124,7 +131,7 @@ class _SourceProtocol(asyncio.Protocol):
             self.answer.set_result(data)
 
 
-async def run_anchor_client(addr: str, total: int) -> float:
+async def run_anchor_client(addr: str, total: int) -> tuple[float, float, float]:
     host, port = Multiaddr(addr).tcp_target() or ("", 0)
     loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(_SourceProtocol, host, port)
@@ -133,6 +140,7 @@ async def run_anchor_client(addr: str, total: int) -> float:
     payload = memoryview(os.urandom(CHUNK))
     step = ENCRYPT_SLICE
     start = time.perf_counter()
+    cpu = time.process_time()
     sent = 0
     while sent < total:
         for off in range(0, CHUNK, step):
@@ -140,13 +148,15 @@ async def run_anchor_client(addr: str, total: int) -> float:
         sent += CHUNK
         if proto.paused and proto.resumed is not None:
             await proto.resumed
-    await proto.answer
+    answer = await proto.answer
     elapsed = time.perf_counter() - start
+    client_cpu = time.process_time() - cpu
     proto.transport.close()
-    return elapsed
+    _, server_cpu = ANSWER.unpack(answer[: ANSWER.size])
+    return elapsed, client_cpu, server_cpu
 
 
-def measure(kind: str, total: int) -> float:
+def measure(kind: str, total: int) -> tuple[float, float, float]:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--mib", str(total // CHUNK)],
         stdin=subprocess.PIPE,
@@ -177,12 +187,26 @@ def main() -> None:
     if args.serve == "anchor":
         asyncio.run(serve_anchor(total))
         return
-    anchor = measure("anchor", total)
-    host = measure("host", total)
     gb = total / 1e9
-    print(f"anchor (BufferedProtocol + Noise frames): {gb / anchor:6.2f} GB/s")
-    print(f"BasicHost one stream (Noise + Yamux):     {gb / host:6.2f} GB/s")
-    print(f"ratio host / anchor: {anchor / host:.2f}")
+    rows = []
+    for label, kind in (
+        ("anchor (BufferedProtocol + Noise)", "anchor"),
+        ("BasicHost (Noise + Yamux)", "host"),
+    ):
+        wall, send_cpu, recv_cpu = measure(kind, total)
+        rows.append((label, gb / wall, send_cpu / gb, recv_cpu / gb))
+    print(f"{'':36} {'wall GB/s':>10} {'send cpu s/GB':>14} {'recv cpu s/GB':>14}")
+    for label, rate, send, recv in rows:
+        print(f"{label:36} {rate:10.2f} {send:14.3f} {recv:14.3f}")
+    # On a shared machine the CPU seconds per GB are the steadier figure: with a core per
+    # process the slower side bounds the throughput at 1 / max(send, recv) GB/s.
+    (_, a_rate, a_send, a_recv), (_, h_rate, h_send, h_recv) = rows
+    print(f"wall ratio host/anchor: {h_rate / a_rate:.2f}")
+    print(
+        f"cpu-bound estimate: anchor {1 / max(a_send, a_recv):.2f} GB/s, "
+        f"host {1 / max(h_send, h_recv):.2f} GB/s, "
+        f"ratio {max(a_send, a_recv) / max(h_send, h_recv):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ class BasicHost:
         )
         self.connmgr: ConnectionManager[Connection] = ConnectionManager(self.limits)
         self.peerstore.set_protect(self.connmgr.is_connected)
+        self._read_buffer = tcp.new_read_buffer()
         self._handlers: dict[str, StreamHandler] = {}
         self._listeners: list[tcp.TcpListener] = []
         self._event_listeners: list[HostListener] = []
@@ -128,7 +129,9 @@ class BasicHost:
         self._started = True
         try:
             for addr in self._listen_on:
-                self._listeners.append(await tcp.listen(addr, self._on_tcp_connection))
+                self._listeners.append(
+                    await tcp.listen(addr, self._on_tcp_connection, self._read_buffer)
+                )
         except BaseException:
             await self.close()
             raise
@@ -288,7 +291,7 @@ class BasicHost:
             raise ConnectionClosed("host is closing")
         reservation = self.connmgr.reserve_outbound()
         try:
-            raw = await tcp.dial(addr, self.limits.dial_timeout)
+            raw = await tcp.dial(addr, self.limits.dial_timeout, self._read_buffer)
             conn = await upgrade(
                 raw, self._key, outbound=True, expected_peer=expected, options=self._upgrade
             )

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 WRITE_CHUNK = 1024 * 1024
 
 
+#: read() with no size joins buffered pieces up to this many bytes; beyond, one piece per call.
+JOIN_LIMIT = 64 * 1024
+
+
 class StreamConnectionClosed(StreamReset, ConnectionClosed):
     """The connection under the stream closed or failed; the stream is gone both ways."""
 
@@ -121,6 +125,7 @@ class YamuxStream:
         return self._local_closed
 
     async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes; ``-1``: what is buffered (large amounts one piece per call)."""
         if n == 0:
             return b""
         if not self._size:
@@ -232,6 +237,14 @@ class YamuxStream:
     def _take(self, n: int) -> bytes:
         chunks = self._chunks
         pos = self._pos
+        if n < 0 and self._size > JOIN_LIMIT and len(chunks) > 1:
+            # read(): hand over the first received piece as it is rather than copying
+            # megabytes into one new object; the next read() gets the next piece.
+            first = chunks.popleft()
+            data = first[pos:] if pos else first
+            self._pos = 0
+            self._size -= len(data)
+            return data
         if n < 0 or n >= self._size:
             if len(chunks) == 1:
                 first = chunks.popleft()

@@ -25,8 +25,18 @@ from peerstack.errors import ConnectionClosed, DialError, UsageError
 
 log = logging.getLogger(__name__)
 
-#: Size of the buffer the loop reads into (one per connection).
-READ_BUFFER_SIZE = 256 * 1024
+#: Size of the buffer the loop reads into. One buffer serves every connection of a host: the
+#: loop calls get_buffer(), reads, then buffer_updated() for one connection at a time, and the
+#: receiver consumes the bytes before returning, so sharing costs nothing and 20,000 idle
+#: connections do not each hold a large buffer.
+READ_BUFFER_SIZE = 1024 * 1024
+#: The buffer of a connection made without a shared one (tests, tools).
+PRIVATE_READ_BUFFER_SIZE = 64 * 1024
+
+
+def new_read_buffer(size: int = READ_BUFFER_SIZE) -> memoryview:
+    """A read buffer to share among the connections of one event loop."""
+    return memoryview(bytearray(size))
 #: Bytes held for read_some() in handshake mode before we stop reading from the socket.
 MAX_HANDSHAKE_BUFFER = 256 * 1024
 #: Transport write buffer marks: writers wait above HIGH until the kernel drains below LOW.
@@ -66,10 +76,15 @@ def sockaddr_to_multiaddr(sockaddr: tuple[object, ...] | None) -> Multiaddr | No
 class TcpConnection(asyncio.BufferedProtocol):
     """One TCP connection: handshake-mode reads, then a synchronous receiver; paced writes."""
 
-    def __init__(self, on_made: Callable[[TcpConnection], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_made: Callable[[TcpConnection], None] | None = None,
+        read_buffer: memoryview | None = None,
+    ) -> None:
         self._on_made = on_made
-        self._buffer = bytearray(READ_BUFFER_SIZE)
-        self._view = memoryview(self._buffer)
+        self._view = (
+            read_buffer if read_buffer is not None else new_read_buffer(PRIVATE_READ_BUFFER_SIZE)
+        )
         self.transport: asyncio.Transport | None = None
         self._receiver: Receiver | None = None
         self._on_lost: LostCallback | None = None
@@ -279,19 +294,31 @@ def _host_port(addr: Multiaddr) -> tuple[str, int]:
     return target
 
 
-async def listen(addr: Multiaddr, on_connection: Callable[[TcpConnection], None]) -> TcpListener:
-    """Listen on ``/ip4|ip6/<host>/tcp/<port>``; ``on_connection`` gets each new connection."""
+async def listen(
+    addr: Multiaddr,
+    on_connection: Callable[[TcpConnection], None],
+    read_buffer: memoryview | None = None,
+) -> TcpListener:
+    """Listen on ``/ip4|ip6/<host>/tcp/<port>``; ``on_connection`` gets each new connection.
+
+    ``read_buffer`` (from ``new_read_buffer()``) is shared by the connections, if given.
+    """
     host, port = _host_port(addr)
     if addr.value_for("ip4") is None and addr.value_for("ip6") is None:
         raise UsageError(f"listen needs an IP address, not a name: {addr}")
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: TcpConnection(on_made=on_connection), host, port, reuse_address=True
+        lambda: TcpConnection(on_made=on_connection, read_buffer=read_buffer),
+        host,
+        port,
+        reuse_address=True,
     )
     return TcpListener(server)
 
 
-async def dial(addr: Multiaddr, connect_timeout: float = 10.0) -> TcpConnection:
+async def dial(
+    addr: Multiaddr, connect_timeout: float = 10.0, read_buffer: memoryview | None = None
+) -> TcpConnection:
     """Connect to a TCP multiaddr (``/p2p/`` suffix ignored); raises ``DialError``."""
     host, port = _host_port(addr)
     family = socket.AF_UNSPEC
@@ -302,7 +329,9 @@ async def dial(addr: Multiaddr, connect_timeout: float = 10.0) -> TcpConnection:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(connect_timeout):
-            _, proto = await loop.create_connection(TcpConnection, host, port, family=family)
+            _, proto = await loop.create_connection(
+                lambda: TcpConnection(read_buffer=read_buffer), host, port, family=family
+            )
     except (OSError, TimeoutError) as exc:
         raise DialError(f"cannot connect to {addr}: {exc or type(exc).__name__}") from exc
     return proto
