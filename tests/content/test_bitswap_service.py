@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -21,7 +22,7 @@ from peerstack.content.bitswap.service import (
     Provider,
     Reprovider,
 )
-from peerstack.content.blockstore import Blockstore, FsyncPolicy
+from peerstack.content.blockstore import Blockstore, BlockstoreFull, FsyncPolicy
 from peerstack.content.exporter import cat
 from peerstack.content.importer import ImportProfile, import_bytes
 from peerstack.core import varint
@@ -272,3 +273,49 @@ async def test_server_answers_have_dont_have_and_old_protocols(
     assert [p.data for p in reply.payload] == [b"absent"]
 
 
+
+
+async def test_full_disk_fails_the_fetch_cleanly(
+    nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = nodes[0], nodes[1]
+    res = await import_bytes(a.store, pattern(300_000), SMALL_CHUNKS)
+    await b.host.connect(a.peer)
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(BlockstoreFull):
+        await asyncio.wait_for(b.bitswap.fetch(res.cid), 30)
+    monkeypatch.undo()
+    assert os.listdir(b.store.root / "tmp") == []
+    assert (await b.store.verify()).ok
+    assert not b.bitswap.is_banned(a.peer)  # not the peer's fault
+    await asyncio.wait_for(b.bitswap.fetch(res.cid), 30)  # room again: it completes
+    assert await read_all(b.store, res.cid) == pattern(300_000)
+
+
+async def test_get_block(nodes: list[Node]) -> None:
+    a, b = nodes[0], nodes[1]
+    cid = await a.store.put_data(b"single block", RAW)
+    await b.host.connect(a.peer)
+    assert await asyncio.wait_for(b.bitswap.get_block(cid), 10) == b"single block"
+    assert await b.store.has(cid)
+
+
+async def test_bitswap_1_0_peer_gets_blocks_in_the_old_field(
+    nodes: list[Node], net: MemNetwork
+) -> None:
+    a = nodes[0]
+    host = net.add_host()
+    old = RawPeer(host)
+    host.remove_stream_handler(PROTOCOL_1_2)
+    host.set_stream_handler(PROTOCOL_1_0, old._handle)
+    cid = await a.store.put_data(b"raw", RAW)
+    msg = Message([WantEntry(cid)]).encode()
+    stream = await host.new_stream(a.peer, [PROTOCOL_1_0])
+    await write_length_prefixed(stream, msg)
+    reply = await asyncio.wait_for(old.inbox.get(), 10)
+    assert reply.blocks == [b"raw"]
+    assert reply.payload == []

@@ -33,7 +33,7 @@ from peerstack.content.bitswap.messages import Message, Presence, PresenceType, 
 from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
 from peerstack.content.bitswap.server import Batch, DecisionEngine, ServerConfig
 from peerstack.content.bitswap.session import Session, SessionConfig
-from peerstack.content.blockstore import BlockNotFound, Blockstore, PinKind
+from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, PinKind
 from peerstack.content.importer import DEFAULT_PROFILE, ImportProfile, ImportResult, import_path
 from peerstack.core.cid import CID, DAG_PB, Prefix
 from peerstack.core.multiaddr import Multiaddr
@@ -367,24 +367,46 @@ class Bitswap:
             stream.reset()
             return
         self._inbound.setdefault(peer, set()).add(stream)
+        # Reading the next message overlaps with processing the previous one (hashing and
+        # storing blocks); the queue is short, so a peer still cannot make us buffer much.
+        queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=2)
+        worker = asyncio.get_running_loop().create_task(self._process(peer, queue))
         try:
-            while True:
+            while not worker.done():
                 data = await read_length_prefixed(stream, m.MAX_MESSAGE_SIZE)
                 if data is None:
-                    return
-                await self.handle_message(peer, m.decode(data))
-                if self.is_banned(peer):
-                    return
+                    break
+                msg = m.decode(data)
+                put = asyncio.ensure_future(queue.put(msg))
+                await asyncio.wait([put, worker], return_when=asyncio.FIRST_COMPLETED)
+                if not put.done():
+                    put.cancel()
+            if not worker.done():
+                await queue.put(None)
+            await worker
         except PeerError as exc:
             self.penalize(peer, exc)
         except (StreamError, ConnectionClosed) as exc:
             log.debug("bitswap stream from %s ended: %r", peer, exc)
         finally:
+            if not worker.done():
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
             streams = self._inbound.get(peer)
             if streams is not None:
                 streams.discard(stream)
                 if not streams:
                     del self._inbound[peer]
+
+    async def _process(self, peer: PeerId, queue: asyncio.Queue[Message | None]) -> None:
+        try:
+            while (msg := await queue.get()) is not None:
+                await self.handle_message(peer, msg)
+                if self.is_banned(peer):
+                    return
+        except PeerError as exc:
+            self.penalize(peer, exc)  # resets the stream, which ends the reader too
 
     async def handle_message(self, peer: PeerId, msg: Message) -> None:
         """Process one decoded message from ``peer``; raises ``PeerError`` for misbehaviour."""
@@ -431,6 +453,10 @@ class Bitswap:
                 for session in wanting:
                     session.fail(exc)
                 raise
+            except BlockstoreError as exc:  # our disk, not the peer's fault (e.g. full)
+                for session in wanting:
+                    session.fail(exc)
+                continue
             self._remember(cid)
             for session in wanting:
                 session.deliver(peer, cid, data)
