@@ -81,7 +81,7 @@ class Connection:
         self._queued = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._closed_event = asyncio.Event()
+        self._close_waiters: list[asyncio.Future[None]] = []
         self.error: PeerstackError | None = None
         self.opened_at = self._loop.time()
         self._idle_since: float | None = self.opened_at
@@ -428,7 +428,11 @@ class Connection:
         await self._tcp.wait_closed()
 
     async def wait_closed(self) -> None:
-        await self._closed_event.wait()
+        if self._closed:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._close_waiters.append(fut)
+        await fut
 
     def _close_now(self, error: PeerstackError | None) -> None:
         if self._closed:
@@ -451,7 +455,10 @@ class Connection:
             # fail in send(). Every other stream ends abruptly.
             if not stream._eof:
                 stream._fail(self.error_for_streams())
-        self._closed_event.set()
+        waiters, self._close_waiters = self._close_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
         callbacks, self._on_closed = self._on_closed, []
         for cb in callbacks:
             cb(self)

@@ -96,9 +96,10 @@ class TcpConnection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._reading_paused = False
-        self.remote_addr: Multiaddr | None = None
-        self.local_addr: Multiaddr | None = None
-        self.remote_ip: str | None = None
+        # Socket addresses as the OS gives them; multiaddrs are built on demand (most
+        # connections never need them, and thousands of idle ones should stay small).
+        self._peername: tuple[object, ...] | None = None
+        self._sockname: tuple[object, ...] | None = None
 
     # -- asyncio protocol callbacks --------------------------------------------------------
 
@@ -111,12 +112,26 @@ class TcpConnection(asyncio.BufferedProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = self.transport.get_extra_info("peername")
-        self.remote_addr = sockaddr_to_multiaddr(peer)
-        self.local_addr = sockaddr_to_multiaddr(self.transport.get_extra_info("sockname"))
-        if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
-            self.remote_ip = peer[0]
+        self._peername = peer if isinstance(peer, tuple) else None
+        sockname = self.transport.get_extra_info("sockname")
+        self._sockname = sockname if isinstance(sockname, tuple) else None
         if self._on_made is not None:
             self._on_made(self)
+
+    @property
+    def remote_addr(self) -> Multiaddr | None:
+        return sockaddr_to_multiaddr(self._peername)
+
+    @property
+    def local_addr(self) -> Multiaddr | None:
+        return sockaddr_to_multiaddr(self._sockname)
+
+    @property
+    def remote_ip(self) -> str | None:
+        peer = self._peername
+        if peer and isinstance(peer[0], str):
+            return peer[0]
+        return None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
