@@ -319,3 +319,15 @@ async def test_bitswap_1_0_peer_gets_blocks_in_the_old_field(
     reply = await asyncio.wait_for(old.inbox.get(), 10)
     assert reply.blocks == [b"raw"]
     assert reply.payload == []
+
+
+async def test_peers_without_bitswap_are_skipped(nodes: list[Node], net: MemNetwork) -> None:
+    a, b = nodes[0], nodes[1]
+    mute = net.add_host()  # connected, but speaks no Bitswap at all
+    res = await import_bytes(a.store, pattern(100_000), SMALL_CHUNKS)
+    await b.host.connect(mute.peer_id)
+    await b.host.connect(a.peer)
+    await asyncio.wait_for(b.bitswap.fetch(res.cid), 30)
+    assert mute.peer_id in b.bitswap.no_bitswap
+    assert not b.bitswap.is_candidate(mute.peer_id)
+    assert b.bitswap.penalties == {}

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from peerstack.content import dagpb, exporter
 from peerstack.content.bitswap import messages as m
-from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry, WantType
+from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry
 from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
 from peerstack.content.bitswap.server import Batch, DecisionEngine, ServerConfig
 from peerstack.content.bitswap.session import Session, SessionConfig
@@ -41,6 +41,7 @@ from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
     ConnectionClosed,
     DialError,
+    NegotiationError,
     PeerError,
     PeerstackError,
     StreamError,
@@ -135,14 +136,14 @@ class _Outbound:
 
 
 def _for_protocol(msg: Message, protocol: str) -> Message:
-    """Downgrade a message for a peer that speaks 1.1.0 or 1.0.0 (no HAVEs, no presences)."""
+    """Downgrade a message for a peer that speaks 1.1.0 or 1.0.0.
+
+    Those peers know neither want-have nor presences: a want-have becomes a want-block (the
+    block itself is the answer), and presences are left out.
+    """
     if protocol == PROTOCOL_1_2:
         return msg
-    wants = [
-        WantEntry(e.cid, e.priority, e.cancel)
-        for e in msg.wantlist
-        if e.cancel or e.want_type == WantType.BLOCK
-    ]
+    wants = [WantEntry(e.cid, e.priority, e.cancel) for e in msg.wantlist]
     out = Message(wantlist=wants, full=msg.full)
     if protocol == PROTOCOL_1_0:
         out.blocks = [b.data for b in msg.payload]
@@ -168,7 +169,7 @@ class FetchSession:
     def start(self) -> None:
         now = self.bitswap.now()
         for peer in self.bitswap.host.connected_peers():
-            if not self.bitswap.is_banned(peer):
+            if self.bitswap.is_candidate(peer):
                 self.core.add_peer(peer, now)
         self._task = asyncio.get_running_loop().create_task(self._drive())
 
@@ -208,7 +209,9 @@ class FetchSession:
 
     def _flush(self, actions: Any) -> None:
         for peer, entries in actions.messages.items():
-            self._spawn(self._send(peer, entries))
+            # Sends belong to the service, not the session: a session that ends must not cut
+            # a message in half on the stream (or lose its cancels).
+            self.bitswap._spawn(self._send(peer, entries))
         if actions.find_providers and not self._searching:
             self._searching = True
             self._spawn(self._find_providers(actions.find_providers[0]))
@@ -218,6 +221,8 @@ class FetchSession:
             await self.bitswap.send(peer, Message(wantlist=entries))
         except (PeerstackError, OSError) as exc:
             log.debug("cannot send wants to %s: %r", peer, exc)
+            if isinstance(exc, NegotiationError):
+                self.bitswap.no_bitswap.add(peer)
             self.core.remove_peer(peer)
             self.wake.set()
 
@@ -263,6 +268,8 @@ class Bitswap:
         self._unsubscribe: Callable[[], None] | None = None
         self._inbound: dict[PeerId, set[Stream]] = {}
         self.penalties: dict[PeerId, int] = {}
+        # connected peers that refused the Bitswap protocols (until they disconnect)
+        self.no_bitswap: set[PeerId] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -312,6 +319,10 @@ class Bitswap:
             return False
         return True
 
+    def is_candidate(self, peer: PeerId) -> bool:
+        """Worth asking for blocks: not banned, not known to lack Bitswap."""
+        return peer not in self.no_bitswap and not self.is_banned(peer)
+
     def penalize(self, peer: PeerId, reason: BaseException) -> None:
         """Cut ``peer`` off: it broke the protocol or sent bad data."""
         log.warning("bitswap: cutting off %s: %r", peer, reason)
@@ -332,12 +343,13 @@ class Bitswap:
 
     def _on_host_event(self, event: HostEvent) -> None:
         if isinstance(event, PeerConnected):
-            if self.is_banned(event.peer):
+            if not self.is_candidate(event.peer):
                 return
             for session in self.sessions:
                 session.core.add_peer(event.peer, self.now())
                 session.wake.set()
         elif isinstance(event, PeerDisconnected):
+            self.no_bitswap.discard(event.peer)
             self.engine.peer_disconnected(event.peer)
             out = self._outbound.pop(event.peer, None)
             if out is not None:
@@ -523,7 +535,7 @@ class Bitswap:
             return
         found = 0
         async for prov in self.routing.find_providers(cid, self.config.max_providers):
-            if prov.peer == self.host.peer_id or self.is_banned(prov.peer):
+            if prov.peer == self.host.peer_id or not self.is_candidate(prov.peer):
                 continue
             if prov.addrs:
                 self.host.add_peer_addrs(prov.peer, prov.addrs, 3600.0)
