@@ -12,7 +12,7 @@ from conftest import MakeHost
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import NegotiationError, StreamClosed, StreamReset
 from peerstack.host.host import BasicHost
-from peerstack.host.interface import HostEvent, PeerConnected, PeerDisconnected, Stream
+from peerstack.host.interface import Host, HostEvent, PeerConnected, PeerDisconnected, Stream
 
 ECHO = "/test/echo/1.0.0"
 
@@ -343,3 +343,32 @@ async def test_close_cleans_up(make_host: MakeHost) -> None:
     await asyncio.sleep(0.05)
     assert a.connected_peers() == []
     assert b.listen_addrs() == []
+
+
+async def test_basic_host_and_streams_implement_the_interface(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    host: Host = a  # checked by mypy: BasicHost satisfies the services' Host protocol
+    b.set_stream_handler(ECHO, echo_handler)
+    await a.dial(addr_of(b))
+    stream = await host.new_stream(b.peer_id, [ECHO])
+    assert isinstance(stream, Stream)
+    assert host.peer_id == a.peer_id
+
+
+async def test_simultaneous_connect_both_ways(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    a.set_stream_handler(ECHO, echo_handler)
+    b.set_stream_handler(ECHO, echo_handler)
+    a.add_peer_addrs(b.peer_id, b.listen_addrs(), ttl=60)
+    b.add_peer_addrs(a.peer_id, a.listen_addrs(), ttl=60)
+    s_ab, s_ba = await asyncio.gather(
+        a.new_stream(b.peer_id, [ECHO]), b.new_stream(a.peer_id, [ECHO])
+    )
+    for stream in (s_ab, s_ba):
+        await stream.write(b"both")
+        assert await stream.readexactly(4) == b"both"
+    assert a.connected_peers() == [b.peer_id]
+    assert b.connected_peers() == [a.peer_id]
+    assert 1 <= len(a.connections(b.peer_id)) <= 2
