@@ -386,3 +386,44 @@ def test_background_bootstrap_retries_with_backoff() -> None:
         await node.stop()
 
     sim(main)
+
+
+def test_request_flood_from_one_peer_is_cut_off() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 3, peer_request_rate=1.0, peer_request_burst=20.0)
+        victim = dhts[0]
+        evil = net.add_host()
+        s = await _raw(evil, victim)
+        ping = encode(KadMessage(MessageType.PING))
+        answered = 0
+        with pytest.raises(StreamReset):
+            for _ in range(100):
+                await write_length_prefixed(s, ping)
+                assert await read_length_prefixed(s, 100) is not None
+                answered += 1
+        assert 20 <= answered < 40  # the burst, plus what refilled during the round trips
+        # Others are still served, and the flooder again once its bucket refills.
+        assert await dhts[1].find_peer(dhts[2].host.peer_id) is not None
+        await asyncio.sleep(5)
+        s = await _raw(evil, victim)
+        await write_length_prefixed(s, ping)
+        assert await read_length_prefixed(s, 100) is not None
+
+    sim(main)
+
+
+def test_old_records_are_not_handed_out() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 4, max_record_age=3600.0)
+        me = dhts[1].host.peer_id
+        pub = me.extract_public_key()
+        assert pub is None  # simulated ids are hashes: use a real key instead
+        owner = PrivateKey.from_seed(b"\x09" * 32)
+        peer = PeerId.from_public_key(owner.public_key)
+        key = b"/pk/" + peer.to_bytes()
+        dhts[0].store.put_record(key, owner.public_key.to_protobuf(), "2000-01-01T00:00:00Z")
+        with pytest.raises(ValueNotFound):
+            await dhts[2].get_value(key)
+        assert dhts[0].store.get_record(key) is None
+
+    sim(main)

@@ -34,6 +34,8 @@ class DhtConfig:
     refresh_interval: float = 600.0
     republish_interval: float = REPUBLISH_INTERVAL
     gc_interval: float = 3600.0
+    # Value records older than this (by their timeReceived) are no longer handed out.
+    max_record_age: float = 36 * 3600.0
     # GET_VALUE: stop once this many peers returned a valid record.
     get_quorum: int = 3
     provider_count: int = 20
@@ -44,6 +46,9 @@ class DhtConfig:
     max_inbound_streams: int = 512
     max_inbound_streams_per_peer: int = 16
     max_requests_per_stream: int = 1000
+    # Requests one peer may make: a burst, then a steady rate per second.
+    peer_request_rate: float = 50.0
+    peer_request_burst: float = 200.0
     stream_idle_timeout: float = 60.0
     # Client side: outbound streams kept open for reuse (0: one stream per request).
     max_cached_streams: int = 64

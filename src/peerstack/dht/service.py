@@ -34,7 +34,8 @@ from peerstack.dht.messages import (
 )
 from peerstack.dht.providers import DhtStore, MemoryDhtStore
 from peerstack.dht.query import Query
-from peerstack.dht.records import RecordError, Validators, format_rfc3339_ns
+from peerstack.dht.ratelimit import RateLimiter
+from peerstack.dht.records import RecordError, Validators, format_rfc3339_ns, parse_rfc3339_ns
 from peerstack.dht.routing_table import AddResult, RoutingTable
 from peerstack.errors import (
     ConnectionClosed,
@@ -136,6 +137,7 @@ class KadDHT:
         self._inbound = 0
         self._inbound_per_peer: dict[PeerId, int] = {}
         self._checking: set[PeerId] = set()
+        self._rate = RateLimiter(cfg.peer_request_rate, cfg.peer_request_burst)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self._started = False
@@ -540,6 +542,23 @@ class KadDHT:
                 ok += 1
         return ok
 
+    def _fresh_record(self, key: bytes) -> tuple[bytes, str] | None:
+        """Our record for ``key`` if it is still valid and not too old, else ``None``."""
+        held = self.store.get_record(key)
+        if held is None:
+            return None
+        wall = self.wall_clock()
+        try:
+            self.validators.validate(key, held[0], wall)
+            received = parse_rfc3339_ns(held[1].encode()) / 1e9 if held[1] else wall
+        except (RecordError, DecodeError):
+            self.store.remove_record(key)  # expired or unreadable: do not hand it out
+            return None
+        if wall - received > self.config.max_record_age:
+            self.store.remove_record(key)
+            return None
+        return held
+
     def _store_record_locally(self, key: bytes, value: bytes) -> None:
         existing = self.store.get_record(key)
         if (
@@ -558,13 +577,9 @@ class KadDHT:
             raise UsageError("quorum must be at least 1")
         wall = self.wall_clock()
         got: list[tuple[PeerId | None, bytes]] = []
-        local = self.store.get_record(key)
+        local = self._fresh_record(key)
         if local is not None:
-            try:
-                self.validators.validate(key, local[0], wall)
-                got.append((None, local[0]))
-            except RecordError:
-                self.store.remove_record(key)  # expired since we stored it
+            got.append((None, local[0]))
 
         def on_reply(query: Query, sender: PeerId, reply: KadMessage) -> None:
             rec = reply.record
@@ -685,6 +700,7 @@ class KadDHT:
             if raw is None:
                 await stream.close()
                 return
+            self._rate.check(stream.remote_peer, self._now())
             msg = decode(raw, limits)
             reply = self._handle_message(stream.remote_peer, msg)
             self.counters.requests_served += 1
@@ -736,13 +752,9 @@ class KadDHT:
         if not msg.key:
             raise DecodeError("GET_VALUE without a key")
         record = None
-        held = self.store.get_record(msg.key)
+        held = self._fresh_record(msg.key)
         if held is not None:
-            try:
-                self.validators.validate(msg.key, held[0], self.wall_clock())
-                record = KadRecord(msg.key, held[0], held[1])
-            except RecordError:
-                self.store.remove_record(msg.key)  # expired: do not hand it out
+            record = KadRecord(msg.key, held[0], held[1])
         return KadMessage(
             MessageType.GET_VALUE,
             key=msg.key,
