@@ -396,11 +396,16 @@ def test_request_flood_from_one_peer_is_cut_off() -> None:
         s = await _raw(evil, victim)
         ping = encode(KadMessage(MessageType.PING))
         answered = 0
-        with pytest.raises(StreamReset):
-            for _ in range(100):
-                await write_length_prefixed(s, ping)
-                assert await read_length_prefixed(s, 100) is not None
-                answered += 1
+        reset = False
+        for _ in range(100):
+            await write_length_prefixed(s, ping)
+            try:
+                await read_length_prefixed(s, 100)
+            except StreamReset:
+                reset = True
+                break
+            answered += 1
+        assert reset
         assert 20 <= answered < 40  # the burst, plus what refilled during the round trips
         # Others are still served, and the flooder again once its bucket refills.
         assert await dhts[1].find_peer(dhts[2].host.peer_id) is not None
