@@ -1,10 +1,11 @@
 """One stream, two processes, loopback: throughput of TCP + Noise + Yamux through BasicHost.
 
-Anchor in the same run: the same bytes through a bare asyncio BufferedProtocol pair with the
+Anchors in the same run: the same bytes through a bare asyncio BufferedProtocol pair with the
 same Noise framing (encrypt 65519-byte frames, decrypt on the far side), i.e. the ceiling the
-host's per-frame Python work is measured against. Only the ratio of one run is meaningful.
+host's per-frame Python work is measured against; and 64-byte round trips on plain TCP against
+the same on a host stream. Only the ratios of one run are meaningful.
 
-    python bench/transport_throughput.py [--mib 1024]
+    python bench/transport_throughput.py [--mib 1024] [--round-trips 20000]
 """
 
 from __future__ import annotations
@@ -27,10 +28,17 @@ from peerstack.net.tcp import best_event_loop_policy
 from peerstack.wire.noise import NoiseTransport
 
 PROTO = "/bench/sink/1"
+ECHO = "/bench/echo/1"
+RTT_MESSAGE = 64
 CHUNK = 1024 * 1024
 KEY_A = b"a" * 32
 KEY_B = b"b" * 32
 ANSWER = struct.Struct(">Qd")  # bytes received, receiver CPU seconds
+
+
+async def echo(stream: Stream) -> None:
+    while data := await stream.read():
+        await stream.write(data)
 
 
 async def serve_host() -> None:
@@ -47,6 +55,7 @@ async def serve_host() -> None:
     host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"])
     async with host:
         host.set_stream_handler(PROTO, sink)
+        host.set_stream_handler(ECHO, echo)
         print(f"{host.listen_addrs()[0]}/p2p/{host.peer_id}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
@@ -98,10 +107,23 @@ class _SinkProtocol(asyncio.BufferedProtocol):
 async def serve_anchor(total: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _SinkProtocol(total), "127.0.0.1", 0)
+    echo_server = await loop.create_server(_EchoProtocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    print(f"/ip4/127.0.0.1/tcp/{port}", flush=True)
+    echo_port = echo_server.sockets[0].getsockname()[1]
+    print(f"/ip4/127.0.0.1/tcp/{port} /ip4/127.0.0.1/tcp/{echo_port}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()
+    echo_server.close()
+
+
+class _EchoProtocol(asyncio.Protocol):
+    """Anchor for round trips: plain TCP echo."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
 
 
 class _SourceProtocol(asyncio.Protocol):
@@ -156,7 +178,32 @@ async def run_anchor_client(addr: str, total: int) -> tuple[float, float, float]
     return elapsed, client_cpu, server_cpu
 
 
-def measure(kind: str, total: int) -> tuple[float, float, float]:
+async def rtt_host(addr: str, count: int) -> float:
+    """Round trips per second of 64-byte messages on one negotiated stream."""
+    async with BasicHost(PrivateKey.generate()) as host:
+        stream = await host.new_stream(await host.dial(addr), [ECHO])
+        message = os.urandom(RTT_MESSAGE)
+        start = time.perf_counter()
+        for _ in range(count):
+            await stream.write(message)
+            await stream.readexactly(RTT_MESSAGE)
+        return count / (time.perf_counter() - start)
+
+
+async def rtt_anchor(addr: str, count: int) -> float:
+    host, port = Multiaddr(addr).tcp_target() or ("", 0)
+    reader, writer = await asyncio.open_connection(host, port)
+    message = os.urandom(RTT_MESSAGE)
+    start = time.perf_counter()
+    for _ in range(count):
+        writer.write(message)
+        await reader.readexactly(RTT_MESSAGE)
+    rate = count / (time.perf_counter() - start)
+    writer.close()
+    return rate
+
+
+def measure(kind: str, total: int, rtt_count: int) -> tuple[float, float, float, float]:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--mib", str(total // CHUNK)],
         stdin=subprocess.PIPE,
@@ -165,10 +212,15 @@ def measure(kind: str, total: int) -> tuple[float, float, float]:
     )
     assert proc.stdout is not None
     assert proc.stdin is not None
-    addr = proc.stdout.readline().strip()
+    addrs = proc.stdout.readline().split()
     try:
-        client = run_host_client if kind == "host" else run_anchor_client
-        return asyncio.run(client(addr, total))
+        if kind == "host":
+            wall, send, recv = asyncio.run(run_host_client(addrs[0], total))
+            rtt = asyncio.run(rtt_host(addrs[0], rtt_count))
+        else:
+            wall, send, recv = asyncio.run(run_anchor_client(addrs[0], total))
+            rtt = asyncio.run(rtt_anchor(addrs[1], rtt_count))
+        return wall, send, recv, rtt
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
@@ -177,6 +229,7 @@ def measure(kind: str, total: int) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--round-trips", type=int, default=20000)
     parser.add_argument("--serve", choices=["host", "anchor"])
     args = parser.parse_args()
     asyncio.set_event_loop_policy(best_event_loop_policy())
@@ -193,15 +246,19 @@ def main() -> None:
         ("anchor (BufferedProtocol + Noise)", "anchor"),
         ("BasicHost (Noise + Yamux)", "host"),
     ):
-        wall, send_cpu, recv_cpu = measure(kind, total)
-        rows.append((label, gb / wall, send_cpu / gb, recv_cpu / gb))
-    print(f"{'':36} {'wall GB/s':>10} {'send cpu s/GB':>14} {'recv cpu s/GB':>14}")
-    for label, rate, send, recv in rows:
-        print(f"{label:36} {rate:10.2f} {send:14.3f} {recv:14.3f}")
+        wall, send_cpu, recv_cpu, rtt = measure(kind, total, args.round_trips)
+        rows.append((label, gb / wall, send_cpu / gb, recv_cpu / gb, rtt))
+    print(
+        f"{'':36} {'wall GB/s':>10} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} "
+        f"{'64 B round trips/s':>19}"
+    )
+    for label, rate, send, recv, rtt in rows:
+        print(f"{label:36} {rate:10.2f} {send:14.3f} {recv:14.3f} {rtt:19,.0f}")
     # On a shared machine the CPU seconds per GB are the steadier figure: with a core per
     # process the slower side bounds the throughput at 1 / max(send, recv) GB/s.
-    (_, a_rate, a_send, a_recv), (_, h_rate, h_send, h_recv) = rows
+    (_, a_rate, a_send, a_recv, a_rtt), (_, h_rate, h_send, h_recv, h_rtt) = rows
     print(f"wall ratio host/anchor: {h_rate / a_rate:.2f}")
+    print(f"round-trip ratio host (Noise+Yamux stream) / plain TCP: {h_rtt / a_rtt:.2f}")
     print(
         f"cpu-bound estimate: anchor {1 / max(a_send, a_recv):.2f} GB/s, "
         f"host {1 / max(h_send, h_recv):.2f} GB/s, "

@@ -22,6 +22,7 @@ from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
     ConnectionClosed,
     DialError,
+    PeerError,
     PeerstackError,
     ResourceLimitError,
     StreamClosed,
@@ -401,6 +402,11 @@ class BasicHost:
         except asyncio.CancelledError:
             stream.reset()
             raise
+        except (StreamError, ConnectionClosed, PeerError) as exc:
+            # The peer reset the stream, went away or sent garbage: its doing, not a bug here.
+            log.debug("handler for %s from %s ended: %r", protocol, stream.remote_peer, exc)
+            stream.reset()
+            return
         except Exception:
             log.exception("handler for %s from %s failed", protocol, stream.remote_peer)
             stream.reset()
