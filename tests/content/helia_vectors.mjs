@@ -73,4 +73,21 @@ for (const [pname, profile] of Object.entries(profiles)) {
   for await (const e of fs.addAll(tree, profile)) cids[e.path] = e.cid.toString()
   result.tree.cids[pname] = cids
 }
+// A HAMT-sharded directory (a low shard threshold makes a small one): every block, so the
+// exporter can be tested on helia's own bytes.
+{
+  const bs = new MemoryBlockstore()
+  const fs = unixfs({ blockstore: bs })
+  const entries = []
+  for (let i = 0; i < 300; i++) entries.push({ path: `hamt/file-${i}.txt`, content: new TextEncoder().encode(`entry ${i}\n`) })
+  let root
+  for await (const e of fs.addAll(entries, { shardSplitThresholdBytes: 1000 })) if (e.path === 'hamt') root = e.cid
+  const blocks = {}
+  for await (const { cid, bytes } of bs.getAll()) {
+    const parts = []
+    for await (const part of bytes) parts.push(part)
+    blocks[cid.toString()] = Buffer.concat(parts).toString('base64')
+  }
+  result.hamt = { root: root.toString(), count: entries.length, content: 'entry <i>\\n in file-<i>.txt', blocks }
+}
 console.log(JSON.stringify(result, null, 2))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import pattern
@@ -132,3 +134,29 @@ async def test_random_ranges(store: Blockstore) -> None:
     for _ in range(300):
         offset, length = rng.randrange(6000), rng.randrange(6000)
         assert await read_all(store, res.cid, offset, length) == data[offset : offset + length]
+
+
+async def test_hamt_directory_made_by_helia(
+    store: Blockstore, vectors: dict[str, Any], tmp_path: Path
+) -> None:
+    hamt = vectors["hamt"]
+    for text, b64 in hamt["blocks"].items():
+        await store.put(CID.parse(text), base64.b64decode(b64))  # verifies every hash
+    root = CID.parse(hamt["root"])
+    entries = await ls(store, root)
+    assert len(entries) == hamt["count"]
+    assert {e.name for e in entries} == {f"file-{i}.txt" for i in range(hamt["count"])}
+    out = tmp_path / "hamt"
+    await export(store, root, out)
+    for i in (0, 17, 299):
+        assert (out / f"file-{i}.txt").read_text() == f"entry {i}\n"
+
+
+async def test_hamt_with_bad_names_or_fanout_is_refused(store: Blockstore) -> None:
+    leaf = await store.put_data(b"x", 0x55)
+    for fanout, name in [(256, "zz-file"), (256, "0"), (1000, "00a"), (4096, "000a")]:
+        data = UnixFSData(DataType.HAMT_SHARD, fanout=fanout, hash_type=0x22)
+        node = dagpb.PBNode((dagpb.PBLink(leaf, name, 1),), data.encode())
+        cid = await store.put_data(dagpb.encode(node), DAG_PB)
+        with pytest.raises(MalformedUnixFS):
+            await ls(store, cid)

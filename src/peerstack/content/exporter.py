@@ -150,21 +150,61 @@ async def _cat(
 
 
 async def ls(getter: BlockGetter, cid: CID) -> list[Entry]:
-    """The entries of a (flat) UnixFS directory, names checked."""
+    """The entries of a UnixFS directory (flat or HAMT-sharded), names checked."""
     node, data = await _node(getter, cid)
-    if data.type == DataType.HAMT_SHARD:
-        raise UnsupportedNode("HAMT-sharded directories are not supported yet")
-    if data.type != DataType.DIRECTORY:
+    named: list[tuple[str, CID]] = []
+    if data.type == DataType.DIRECTORY:
+        named = [(link.name or "", link.hash) for link in node.links]
+    elif data.type == DataType.HAMT_SHARD:
+        await _hamt_entries(getter, cid, node, data, out=named, depth=0)
+    else:
         raise NotAFile(f"{cid} is not a directory")
     out = []
     seen: set[str] = set()
-    for link in node.links:
-        name = check_name(link.name or "")
+    for raw_name, child in named:
+        name = check_name(raw_name)
         if name in seen:
             raise MalformedUnixFS(f"{cid}: duplicate entry {name!r}")
         seen.add(name)
-        out.append(Entry(name, link.hash, False, None))
-    return out
+        out.append(Entry(name, child, False, None))
+    return sorted(out, key=lambda e: e.name.encode())
+
+
+MAX_HAMT_FANOUT = 1024  # the spec's bound (CVE-2023-23625)
+MAX_DIRECTORY_ENTRIES = 1 << 20
+_HEX = frozenset("0123456789ABCDEF")
+
+
+async def _hamt_entries(
+    getter: BlockGetter, cid: CID, node: dagpb.PBNode, data: unixfs.UnixFSData, *,
+    out: list[tuple[str, CID]], depth: int,
+) -> None:
+    """Collect the entries of a HAMT shard and its sub-shards.
+
+    Every link name starts with the bucket index in upper-case hex, padded to the width of
+    ``fanout - 1``: a name that is only the prefix points to a sub-shard, a longer one to an
+    entry whose name follows the prefix.
+    """
+    if depth > MAX_DEPTH:
+        raise MalformedUnixFS("HAMT too deep")
+    fanout = data.fanout
+    if fanout is None or fanout < 8 or fanout > MAX_HAMT_FANOUT or fanout & (fanout - 1):
+        raise MalformedUnixFS(f"{cid}: invalid HAMT fanout {fanout}")
+    width = len(f"{fanout - 1:X}")
+    for link in node.links:
+        name = link.name or ""
+        prefix = name[:width]
+        if len(prefix) != width or not set(prefix) <= _HEX or int(prefix, 16) >= fanout:
+            raise MalformedUnixFS(f"{cid}: bad HAMT link name {name!r}")
+        if len(name) > width:
+            out.append((name[width:], link.hash))
+            if len(out) > MAX_DIRECTORY_ENTRIES:
+                raise MalformedUnixFS("directory has too many entries")
+            continue
+        sub_node, sub_data = await _node(getter, link.hash)
+        if sub_data.type != DataType.HAMT_SHARD:
+            raise MalformedUnixFS(f"{link.hash}: HAMT sub-shard of type {sub_data.type.name}")
+        await _hamt_entries(getter, link.hash, sub_node, sub_data, out=out, depth=depth + 1)
 
 
 async def export(getter: BlockGetter, cid: CID, target: str | os.PathLike[str]) -> None:
