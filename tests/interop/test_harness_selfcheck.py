@@ -7,6 +7,8 @@ and perf with small sizes. If these fail, an interop failure of our own stack sa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from harness import InteropError, PeerKind, StartPeer
 
@@ -106,3 +108,17 @@ async def test_unknown_command_is_an_error_answer(start_interop_peer: StartPeer)
             await peer.command("no-such-command")
         # The peer still answers after a bad command.
         assert (await peer.command("peers"))["connections"] == []
+
+
+def test_missing_setup_names_the_setup_script(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import harness
+
+    monkeypatch.setattr(harness, "NODE_BIN", tmp_path / "no-node")
+    monkeypatch.setattr(harness, "PY_VENV", tmp_path / "no-venv")
+    monkeypatch.setattr(harness, "PY_BIN", tmp_path / "no-venv" / "bin" / "python")
+    for kind in PeerKind:
+        reason = harness.missing_setup(kind)
+        assert reason is not None
+        assert "scripts/setup-interop.sh" in reason
