@@ -285,3 +285,31 @@ async def test_handshake_timeout_on_dial() -> None:
         assert raw.is_closed
     finally:
         await listener.close()
+
+
+async def test_data_pipelined_after_the_proposal_reaches_the_handler(make_host: MakeHost) -> None:
+    """Initiators may send their first bytes right after the proposal, before the answer (as
+    js-libp2p does with one protocol): those bytes belong to the handler."""
+    server = await make_host()
+    server.set_stream_handler(ECHO, echo_handler)
+    raw = await RawPeer.connect(server)
+    transport = await raw.secure(early_muxer=True)
+    body = multistream.Initiator([ECHO]).data_to_send() + b"pipelined payload"
+    frames = struct.pack(">BBHII", 0, yamux.TYPE_DATA, yamux.FLAG_SYN, 1, len(body)) + body
+    frames += struct.pack(">BBHII", 0, yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_FIN, 1, 0)
+    raw.writer.write(transport.encrypt(frames))
+    received = b""
+    while not received.endswith(b"pipelined payload"):
+        plain = transport.decrypt(await raw.reader.read(65536))
+        pos = 0
+        while pos + 12 <= len(plain):
+            _, ftype, _, sid, length = struct.unpack_from(">BBHII", plain, pos)
+            pos += 12
+            if ftype == yamux.TYPE_DATA:
+                if sid == 1:
+                    received += plain[pos : pos + length]
+                pos += length
+    answer = multistream.encode_message(multistream.PROTOCOL_ID)
+    answer += multistream.encode_message(ECHO)
+    assert received == answer + b"pipelined payload"
+    raw.writer.close()
