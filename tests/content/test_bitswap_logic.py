@@ -257,3 +257,15 @@ def test_progress_rate() -> None:
     assert snap.peers == 1
     assert snap.rate == pytest.approx(2000.0)
     assert t.rate(10.0) == 0.0
+
+
+def test_session_asks_again_when_nobody_answers() -> None:
+    s = Session(SessionConfig(retry_interval=5.0, discovery_delay=100.0))
+    p = peer()
+    s.add_peer(p, 0.0)
+    cid = CID.hash_of(b"silent")
+    s.want([cid], 0.0)
+    assert [e.want_type for e in s.tick(0.0).messages[p]] == [WantType.HAVE]
+    assert s.tick(1.0).messages == {}
+    assert s.next_deadline() == 5.0
+    assert [e.want_type for e in s.tick(5.0).messages[p]] == [WantType.HAVE]

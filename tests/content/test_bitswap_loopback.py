@@ -6,7 +6,7 @@ import asyncio
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from conftest import pattern
+from content_testkit import pattern
 
 from peerstack.content.bitswap.service import Bitswap
 from peerstack.content.blockstore import Blockstore, FsyncPolicy

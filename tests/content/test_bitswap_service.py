@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from conftest import MemHost, MemNetwork, pattern
+from content_testkit import MemHost, MemNetwork, pattern
 
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, WantEntry, WantType
@@ -23,10 +23,11 @@ from peerstack.content.bitswap.service import (
     Reprovider,
 )
 from peerstack.content.blockstore import Blockstore, BlockstoreFull, FsyncPolicy
+from peerstack.content.dagpb import MalformedDagPb
 from peerstack.content.exporter import cat
 from peerstack.content.importer import ImportProfile, import_bytes
 from peerstack.core import varint
-from peerstack.core.cid import CID, RAW
+from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import PeerstackError
 from peerstack.host.interface import Stream, read_length_prefixed, write_length_prefixed
@@ -331,3 +332,17 @@ async def test_peers_without_bitswap_are_skipped(nodes: list[Node], net: MemNetw
     assert mute.peer_id in b.bitswap.no_bitswap
     assert not b.bitswap.is_candidate(mute.peer_id)
     assert b.bitswap.penalties == {}
+
+
+async def test_malformed_dag_pb_from_a_peer_fails_the_fetch(nodes: list[Node]) -> None:
+    a, b = nodes[0], nodes[1]
+    junk = b"\x0a\x00\x12\x00"  # Data before Links: hashes fine, but is not canonical dag-pb
+    cid = CID.hash_of(junk, DAG_PB)
+    path = a.store.path_for(cid)  # planted behind the store's back
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(junk)
+    await b.host.connect(a.peer)
+    with pytest.raises(MalformedDagPb):
+        await asyncio.wait_for(b.bitswap.fetch(cid), 10)
+    assert not await b.store.has(cid)
+    assert b.bitswap.is_banned(a.peer)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import pattern
+from content_testkit import pattern
 
 from peerstack.content.blockstore import (
     BlockNotFound,

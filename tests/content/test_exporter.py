@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import pattern
+from content_testkit import pattern
 
 from peerstack.content import dagpb
 from peerstack.content.blockstore import BlockNotFound, Blockstore

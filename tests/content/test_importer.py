@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import pattern
+from content_testkit import pattern
 
 from peerstack.content.blockstore import Blockstore
 from peerstack.content.importer import (

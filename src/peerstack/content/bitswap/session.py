@@ -74,6 +74,7 @@ class WantState:
     added: float
     requested_from: PeerId | None = None
     asked_have: set[PeerId] = field(default_factory=set)
+    asked_at: float = 0.0  # when want-haves last went out
     skip: set[PeerId] = field(default_factory=set)  # said DONT_HAVE or stalled
     skip_since: float = 0.0
     last_search: float | None = None
@@ -220,6 +221,8 @@ class Session:
                 deadlines.append(want.added + self.config.discovery_delay)
                 if want.skip:
                     deadlines.append(want.skip_since + self.config.retry_interval)
+                if want.asked_have:
+                    deadlines.append(want.asked_at + self.config.retry_interval)
                 break  # the oldest unassigned want is enough to keep ticking
         return min(deadlines) if deadlines else None
 
@@ -272,6 +275,10 @@ class Session:
             if want.skip and now - want.skip_since >= cfg.retry_interval:
                 want.skip.clear()
                 want.asked_have.clear()
+            elif want.asked_have and now - want.asked_at >= cfg.retry_interval and not any(
+                want.cid in st.haves for st in self.peers.values()
+            ):
+                want.asked_have.clear()  # nobody answered at all: ask again
             state = self._pick(want) if any_room else None
             if state is not None:
                 if not state.in_flight:
@@ -290,6 +297,7 @@ class Session:
                 ]
                 if targets:
                     broadcasts += 1
+                    want.asked_at = now
                 for peer in targets:
                     want.asked_have.add(peer)
                     self._out.add(peer, WantEntry(want.cid, want.priority, False,
