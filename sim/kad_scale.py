@@ -26,7 +26,6 @@ import functools
 import heapq
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -334,37 +333,62 @@ async def _service_round(
 
 
 class DirectNetwork:
-    """The query engine on a simulated network without streams (for 100,000 nodes)."""
+    """The query engine on a simulated network without streams (for 100,000 nodes).
 
-    def __init__(self, n: int, seed: int, cache_size: int = 30_000) -> None:
+    Routing tables are never materialized: a node's bucket ``cpl`` is the same seeded random
+    sample (up to k peers of the keyspace range it covers) whenever it is needed, and a node
+    answers a lookup from the one or two buckets that can hold the closest peers to the
+    target. That is the same table ``Oracle.fill`` would build, at a cost per answer instead of
+    per node, so a hundred thousand nodes fit in memory and time.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
         self.rng = random.Random(seed)
+        self.seed = seed
         self.peers = [PeerId(b"\x12\x20" + self.rng.randbytes(32)) for _ in range(n)]
         self.delay = {p: self.rng.uniform(0.005, 0.05) for p in self.peers}
         self.dead: set[PeerId] = set()
         self.oracle = Oracle(self.peers, random.Random(seed + 2))
-        self.tables: OrderedDict[PeerId, RoutingTable] = OrderedDict()
-        self.cache_size = cache_size
+        self.index = {p: i for i, p in enumerate(self.oracle.peers)}
         self.values: dict[PeerId, set[int]] = {}
         self.dial_timeout = 1.0
 
-    def table(self, peer: PeerId) -> RoutingTable:
-        rt = self.tables.get(peer)
-        if rt is not None:
-            self.tables.move_to_end(peer)
-            return rt
-        rt = RoutingTable(peer, k=K, max_per_group_bucket=None, max_per_group_table=None)
-        # Seeded per node so an evicted table comes back the same.
-        self.oracle.rng = random.Random(int.from_bytes(peer.to_bytes()[-8:], "big"))
-        self.oracle.fill(rt, lambda p: ())
-        self.tables[peer] = rt
-        if len(self.tables) > self.cache_size:
-            self.tables.popitem(last=False)
-        return rt
+    def _bucket(self, node: int, cpl: int) -> list[int]:
+        keys = self.oracle.keys
+        me = keys[node]
+        shift = KEY_BITS - cpl - 1
+        lo, hi = self.oracle._range(((me >> shift) ^ 1) << shift, 1 << shift)
+        if hi - lo <= K:
+            return list(range(lo, hi))
+        rng = random.Random((self.seed << 40) ^ (node << 9) ^ cpl)
+        return rng.sample(range(lo, hi), K)
+
+    def closest(self, peer: PeerId, target: int, exclude: PeerId) -> list[PeerId]:
+        """What ``peer`` answers to FIND_NODE(target): the k closest in its table."""
+        node = self.index[peer]
+        keys = self.oracle.keys
+        me = keys[node]
+        if me == target:
+            return []
+        cpl = KEY_BITS - (me ^ target).bit_length()
+        cands = self._bucket(node, cpl)
+        deeper = cpl + 1
+        # Fewer than k in the target's bucket: the next closest are in deeper buckets.
+        while len(cands) <= K and deeper < KEY_BITS:
+            shift = KEY_BITS - deeper
+            lo, hi = self.oracle._range((me >> shift) << shift, 1 << shift)
+            if hi - lo <= 1:
+                break
+            cands += self._bucket(node, deeper)
+            deeper += 1
+        cands.sort(key=lambda i: keys[i] ^ target)
+        peers = self.oracle.peers
+        return [peers[i] for i in cands if peers[i] != exclude][:K]
 
     def lookup(
         self, src: PeerId, target: int, stop: Callable[[PeerId, list[PeerId]], bool] | None
     ) -> Query:
-        seeds = self.table(src).closest(target, K)
+        seeds = self.closest(src, target, src)
         q = Query(target, seeds, k=K, alpha=10, beta=3, timeout=5.0, exclude=(src,))
         heap: list[tuple[float, int, PeerId, bool]] = []
         seq = 0
@@ -383,7 +407,7 @@ class DirectNetwork:
             if not alive:
                 q.on_failure(peer, now)
                 continue
-            closer = self.table(peer).closest(target, K, exclude=src)
+            closer = self.closest(peer, target, src)
             q.on_response(peer, closer, now)
             if stop is not None and stop(peer, closer):
                 q.stop()
