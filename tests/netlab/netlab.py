@@ -579,6 +579,59 @@ def _run_perf_client(
     return 0
 
 
+def pinger(
+    lab: Netlab, host: str, target: str, *, interval: float = 0.2, duration: float = 60.0
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived node (``netlab.py pinger``) that pings ``target`` by PeerId every
+    ``interval`` seconds, redialling as the host sees fit, for at most ``duration`` seconds.
+
+    One JSON line per attempt: ``{"event": "pong", "rtt_ms": ...}`` or
+    ``{"event": "fail", "type": ..., "error": ...}``.
+    """
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "pinger",
+        target,
+        "--interval",
+        str(interval),
+        "--duration",
+        str(duration),
+    ]
+    return lab.spawn(host, args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+async def _pinger(target: str, interval: float, duration: float) -> None:
+    import asyncio
+
+    from peerstack.core.identity import PrivateKey
+    from peerstack.core.multiaddr import Multiaddr
+    from peerstack.core.peer_id import PeerId
+    from peerstack.errors import PeerstackError
+    from peerstack.host.host import BasicHost
+    from peerstack.protocols import ping
+
+    bare, pid = Multiaddr(target).decapsulate_p2p()
+    if pid is None:
+        raise SystemExit("pinger needs a /p2p/ address")
+    peer = PeerId.from_string(pid)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + duration
+    async with BasicHost(PrivateKey.generate()) as host:
+        first = True
+        while loop.time() < end:
+            try:
+                async with asyncio.timeout(5.0):
+                    if first:  # only the first dial is told the address; later ones must
+                        await host.connect(peer, [bare])  # find it in the peerstore
+                        first = False
+                    (rtt,) = await ping.ping(host, peer, 1)
+                _print_json({"event": "pong", "rtt_ms": rtt * 1000})
+            except (PeerstackError, OSError, TimeoutError) as exc:
+                _print_json({"event": "fail", "type": type(exc).__name__, "error": str(exc)})
+            await asyncio.sleep(interval)
+
+
 def _print_json(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data) + "\n")
     sys.stdout.flush()
@@ -680,7 +733,16 @@ def _main(argv: Sequence[str]) -> None:
     client.add_argument("--upload", type=int, default=0)
     client.add_argument("--max-window", type=int, default=None)
     client.add_argument("--keepalive", type=float, default=None)
+    pings = sub.add_parser("pinger", help="ping a peer periodically, one JSON line per try")
+    pings.add_argument("target")
+    pings.add_argument("--interval", type=float, default=0.2)
+    pings.add_argument("--duration", type=float, default=60.0)
     args = parser.parse_args(list(argv))
+    if args.cmd == "pinger":
+        import asyncio
+
+        asyncio.run(_pinger(args.target, args.interval, args.duration))
+        return
     if args.cmd == "perf-client":
         sys.exit(
             _run_perf_client(
