@@ -432,3 +432,35 @@ def test_old_records_are_not_handed_out() -> None:
         assert dhts[0].store.get_record(key) is None
 
     sim(main)
+
+
+def test_full_bucket_checks_the_oldest_peer_before_replacing_it() -> None:
+    async def main(net: SimNetwork) -> None:
+        node = KadDHT(net.add_host(), config(k=2))
+        await node.start()
+        rng = random.Random(5)
+        others = []
+        for _ in range(4):
+            pid = node.routing_table.random_peer_id_in_bucket(0, rng)
+            dht = KadDHT(net.add_host(peer_id=pid), config())
+            await dht.start()
+            others.append(pid)
+        oldest, second, newcomer, another = others
+        rt = node.routing_table
+        rt.add(oldest, 0.0)
+        rt.add(second, 1.0)
+        # A live oldest peer keeps its place; the newcomer waits as a replacement.
+        node._peer_responded(newcomer)
+        await asyncio.sleep(5)
+        assert oldest in rt
+        assert newcomer not in rt
+        assert rt.replacements(0) == [newcomer]
+        # Once the oldest peer (now ``second``) is dead, the next check replaces it.
+        net.kill(second)
+        node._peer_responded(another)
+        await asyncio.sleep(5)
+        assert second not in rt
+        assert another in rt
+        assert oldest in rt
+
+    sim(main)

@@ -273,10 +273,8 @@ class KadDHT:
     def _on_host_event(self, event: HostEvent) -> None:
         if not isinstance(event, PeerConnected) or event.peer in self.routing_table:
             return
-        if event.peer in self._checking or len(self._checking) >= self.config.max_concurrent_checks:
-            self.counters.checks_skipped += 1
-            return
-        self._spawn(self._probe_new_peer(event.peer))
+        if self._reserve_check(event.peer):
+            self._spawn(self._probe_new_peer(event.peer))
 
     async def _probe_new_peer(self, peer: PeerId) -> None:
         if await self._check_peer(peer):
@@ -299,10 +297,16 @@ class KadDHT:
     def _maybe_check(self, peer: PeerId) -> None:
         if not self.config.check_full_buckets:
             return
+        if self._reserve_check(peer):
+            self._spawn(self._check_and_update(peer))
+
+    def _reserve_check(self, peer: PeerId) -> bool:
+        """Claim one of the bounded check slots for ``peer`` (released by ``_check_peer``)."""
         if peer in self._checking or len(self._checking) >= self.config.max_concurrent_checks:
             self.counters.checks_skipped += 1
-            return
-        self._spawn(self._check_and_update(peer))
+            return False
+        self._checking.add(peer)
+        return True
 
     async def _check_and_update(self, peer: PeerId) -> None:
         if await self._check_peer(peer):
