@@ -56,7 +56,9 @@ class YamuxStream:
         "_protocol",
         "_read_waiter",
         "_size",
+        "_turn_waiters",
         "_write_waiter",
+        "_writing",
         "outbound",
     )
 
@@ -74,6 +76,8 @@ class YamuxStream:
         self._local_closed = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
+        self._writing = False
+        self._turn_waiters: deque[asyncio.Future[None]] | None = None
 
     # -- the Stream interface --------------------------------------------------------------
 
@@ -175,6 +179,44 @@ class YamuxStream:
             raise self._error
         if self._local_closed:
             raise StreamClosed("write after close()")
+        if self._writing:
+            # Another task's write on this stream is parked on the window or the socket:
+            # wait for it so that the two messages are not interleaved.
+            await self._wait_turn()
+        self._writing = True
+        try:
+            await self._write(data)
+        finally:
+            self._writing = False
+            self._pass_turn()
+
+    async def _wait_turn(self) -> None:
+        if self._turn_waiters is None:
+            self._turn_waiters = deque()
+        while self._writing and self._error is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._turn_waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._pass_turn()  # we were given the turn: hand it on
+                raise
+        if self._error is not None:
+            raise self._error
+        if self._local_closed:
+            raise StreamClosed("write after close()")
+
+    def _pass_turn(self) -> None:
+        """Wake the next writer still waiting (skipping those cancelled meanwhile)."""
+        waiters = self._turn_waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
         conn = self._conn
         # Whole ``bytes`` up to WRITE_CHUNK go to the session as they are (referenced, not
         # copied); anything else goes in memoryview slices, of which the session copies only
@@ -286,6 +328,8 @@ class YamuxStream:
         self._conn.consumed(self._id, n)
 
     async def _wait_readable(self) -> None:
+        if self._read_waiter is not None:
+            raise UsageError("another task is already waiting to read this stream")
         while not self._size:
             if self._error is not None:
                 raise self._error
@@ -340,4 +384,8 @@ class YamuxStream:
         self._pos = 0
         for fut in (self._read_waiter, self._write_waiter):
             if fut is not None and not fut.done():
+                fut.set_result(None)
+        while self._turn_waiters:
+            fut = self._turn_waiters.popleft()
+            if not fut.done():
                 fut.set_result(None)
