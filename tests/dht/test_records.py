@@ -171,3 +171,16 @@ def test_any_bytes_give_a_record_error(data: bytes) -> None:
     for key in (ipns_key(PEER), pk_key(PEER)):
         with pytest.raises(RecordError):
             v.validate(key, data, NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=40)
+    | st.from_regex(rb"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)\Z")
+)
+def test_rfc3339_parser_total(data: bytes) -> None:
+    try:
+        ns = parse_rfc3339_ns(data)
+    except DecodeError:
+        return
+    assert isinstance(ns, int)
