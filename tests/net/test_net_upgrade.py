@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import struct
 
 import pytest
@@ -13,6 +15,7 @@ from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
+    DialError,
     MuxerError,
     NegotiationError,
     NoiseError,
@@ -313,3 +316,33 @@ async def test_data_pipelined_after_the_proposal_reaches_the_handler(make_host: 
     answer += multistream.encode_message(ECHO)
     assert received == answer + b"pipelined payload"
     raw.writer.close()
+
+
+async def test_dial_errors_name_their_reason() -> None:
+    # A port nobody listens on (bound, then closed) refuses at once.
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), lambda raw: None)
+    addr = listener.multiaddrs[0]
+    await listener.close()
+    with pytest.raises(DialError, match=r"cannot connect to .+: \S"):
+        await tcp.dial(addr)
+    # A listener whose accept queue is full drops further SYNs: the dial times out, and the
+    # error names the timeout (the message of a TimeoutError itself is empty).
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.05)
+        with pytest.raises(DialError, match=r"no answer within 0\.3 s"):
+            await tcp.dial(Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"), connect_timeout=0.3)
+    finally:
+        for filler in fillers:
+            filler.close()
+        sock.close()

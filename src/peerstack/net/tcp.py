@@ -347,6 +347,11 @@ async def dial(
             _, proto = await loop.create_connection(
                 lambda: TcpConnection(read_buffer=read_buffer), host, port, family=family
             )
-    except (OSError, TimeoutError) as exc:
-        raise DialError(f"cannot connect to {addr}: {exc or type(exc).__name__}") from exc
+    except TimeoutError as exc:
+        raise DialError(
+            f"cannot connect to {addr}: no answer within {connect_timeout:g} s"
+        ) from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise DialError(f"cannot connect to {addr}: {reason}") from exc
     return proto
