@@ -203,7 +203,14 @@ async def rtt_anchor(addr: str, count: int) -> float:
     return rate
 
 
-def measure(kind: str, total: int, rtt_count: int) -> tuple[float, float, float, float]:
+def measure(kind: str, total: int) -> float:
+    """Wall seconds to move ``total`` bytes one way ("anchor" or "host"); other benchmarks
+    (``perf_1gib.py``) use this as their Noise-only anchor."""
+    return measure_full(kind, total, 0)[0]
+
+
+def measure_full(kind: str, total: int, rtt_count: int) -> tuple[float, float, float, float]:
+    """Wall seconds, sender and receiver CPU seconds, and 64-byte round trips per second."""
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--mib", str(total // CHUNK)],
         stdin=subprocess.PIPE,
@@ -216,10 +223,10 @@ def measure(kind: str, total: int, rtt_count: int) -> tuple[float, float, float,
     try:
         if kind == "host":
             wall, send, recv = asyncio.run(run_host_client(addrs[0], total))
-            rtt = asyncio.run(rtt_host(addrs[0], rtt_count))
+            rtt = asyncio.run(rtt_host(addrs[0], rtt_count)) if rtt_count else 0.0
         else:
             wall, send, recv = asyncio.run(run_anchor_client(addrs[0], total))
-            rtt = asyncio.run(rtt_anchor(addrs[1], rtt_count))
+            rtt = asyncio.run(rtt_anchor(addrs[1], rtt_count)) if rtt_count else 0.0
         return wall, send, recv, rtt
     finally:
         proc.stdin.close()
@@ -246,7 +253,7 @@ def main() -> None:
         ("anchor (BufferedProtocol + Noise)", "anchor"),
         ("BasicHost (Noise + Yamux)", "host"),
     ):
-        wall, send_cpu, recv_cpu, rtt = measure(kind, total, args.round_trips)
+        wall, send_cpu, recv_cpu, rtt = measure_full(kind, total, args.round_trips)
         rows.append((label, gb / wall, send_cpu / gb, recv_cpu / gb, rtt))
     print(
         f"{'':36} {'wall GB/s':>10} {'send cpu s/GB':>14} {'recv cpu s/GB':>14} "
