@@ -13,7 +13,7 @@ from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import DecodeError, LimitExceeded, PeerError, UsageError
 from peerstack.host.interface import Stream
-from peerstack.node import Node
+from peerstack.node import MISBEHAVIOUR_KEY, Node
 from peerstack.protocols.echo import ECHO
 from peerstack.protocols.identify import (
     AGENT_VERSION,
@@ -174,6 +174,7 @@ async def test_malformed_identify_is_refused_and_connection_survives(
     peer = await a.connect(b.addrs[0])  # the automatic identify fails, connect does not
     assert isinstance(a.identify.last_error(peer), error)
     assert a.identify_info(peer) is None
+    assert a.peerstore.metadata(peer, MISBEHAVIOUR_KEY) == 1
     with pytest.raises(error):
         await a.identify.identify(peer)
     # Nothing of the bad message reached the peerstore, and the connection still works.

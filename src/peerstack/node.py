@@ -26,7 +26,7 @@ from peerstack.config import EPHEMERAL_LISTEN, Config, parse_multiaddr
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import DecodeError, PeerstackError, UsageError
+from peerstack.errors import DecodeError, PeerError, PeerstackError, UsageError
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import StreamHandler
 from peerstack.host.peerstore import Peerstore
@@ -37,6 +37,9 @@ from peerstack.repo import Repo
 log = logging.getLogger(__name__)
 
 Target = str | Multiaddr | PeerId
+
+#: Peerstore metadata key counting a peer's protocol violations.
+MISBEHAVIOUR_KEY = "misbehaviour"
 
 
 class Node:
@@ -82,6 +85,7 @@ class Node:
                 self._key.public_key,
                 host.protocols,
                 agent_version=self.config.agent_version,
+                on_peer_error=self._penalize,
             )
             for module in (ping, perf, echo):
                 module.register(host)
@@ -109,6 +113,18 @@ class Node:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def _penalize(self, peer: PeerId, error: PeerError) -> None:
+        """Count a peer's protocol violations in the peerstore (``misbehaviour``).
+
+        The connection manager and the DHT can read the count to prefer well-behaved peers;
+        nothing is disconnected here, the offending stream was already reset.
+        """
+        ps = self.host.peerstore
+        count = ps.metadata(peer, MISBEHAVIOUR_KEY)
+        with contextlib.suppress(PeerstackError):
+            ps.set_metadata(peer, MISBEHAVIOUR_KEY, (count if isinstance(count, int) else 0) + 1)
+        log.info("%s misbehaved: %s", peer, error)
 
     # -- parts --------------------------------------------------------------------------------
 

@@ -87,6 +87,20 @@ def test_bad_key_bytes_are_a_decode_error() -> None:
         decode_identify([msg.SerializeToString()], PEER)
 
 
+def test_p2p_suffixes() -> None:
+    msg = Identify()
+    msg.listenAddrs.extend(
+        [
+            Multiaddr(f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}").to_bytes(),
+            Multiaddr(f"/ip4/127.0.0.1/tcp/2/p2p/{OTHER}").to_bytes(),
+        ]
+    )
+    msg.observedAddr = Multiaddr(f"/ip4/127.0.0.1/tcp/3/p2p/{OTHER}").to_bytes()
+    info = decode_identify([msg.SerializeToString()], PEER)
+    assert info.listen_addrs == (Multiaddr("/ip4/127.0.0.1/tcp/1"),)
+    assert info.observed_addr == Multiaddr("/ip4/127.0.0.1/tcp/3")
+
+
 def test_unparseable_addrs_are_skipped() -> None:
     msg = Identify()
     msg.listenAddrs.extend([b"\xff\xff\xff", Multiaddr("/ip4/127.0.0.1/tcp/9").to_bytes()])

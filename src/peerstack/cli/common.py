@@ -49,4 +49,4 @@ def print_json(data: object) -> None:
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)

@@ -168,16 +168,19 @@ def decode_identify(messages: Sequence[bytes], peer: PeerId) -> IdentifyInfo:
     addrs: list[Multiaddr] = []
     for raw_addr in msg.listenAddrs:
         try:
-            addr = Multiaddr.from_bytes(raw_addr)
+            addr, pid = Multiaddr.from_bytes(raw_addr).decapsulate_p2p()
         except DecodeError:
             continue
+        if pid is not None and pid != str(peer):
+            continue  # an address of some other peer has no place in this peer's list
         if addr not in addrs:
             addrs.append(addr)
 
     observed: Multiaddr | None = None
     if msg.HasField("observedAddr"):
+        # js-libp2p appends /p2p/<our id>; the address is what matters.
         with contextlib.suppress(DecodeError):
-            observed = Multiaddr.from_bytes(msg.observedAddr)
+            observed = Multiaddr.from_bytes(msg.observedAddr).decapsulate_p2p()[0]
 
     return IdentifyInfo(
         peer=peer,
