@@ -9,9 +9,10 @@ from conftest import MakeHost
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import PeerstackError, ResourceLimitError, StreamReset
-from peerstack.host.host import BasicHost
+from peerstack.host.host import BasicHost, DialFailed
 from peerstack.host.interface import Stream
 from peerstack.host.limits import Limits
+from peerstack.net import tcp
 
 HOLD = "/test/hold/1"
 
@@ -136,3 +137,35 @@ async def test_outbound_streams_per_connection(make_host: MakeHost) -> None:
     await client.new_stream(peer, [HOLD])
     with pytest.raises(ResourceLimitError):
         await client.new_stream(peer, [HOLD])
+
+
+async def test_dead_address_does_not_hold_up_a_live_one(make_host: MakeHost) -> None:
+    """A peer's first address accepts TCP but never answers; the next one is tried after a
+    short stagger, well before the handshake timeout."""
+    client = await make_host(Limits(handshake_timeout=30))
+    server = await make_host()
+    silent: list[tcp.TcpConnection] = []
+    black_hole = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), silent.append)
+    try:
+        addrs = [black_hole.multiaddrs[0], *server.listen_addrs()]
+        async with asyncio.timeout(5):
+            await client.connect(server.peer_id, addrs)
+        assert client.connected_peers() == [server.peer_id]
+        await asyncio.sleep(0.05)
+        assert client.connmgr.counts()["outbound"] == 1  # the dead attempt was given up
+    finally:
+        await black_hole.close()
+
+
+async def test_all_addresses_failing_reports_each(make_host: MakeHost) -> None:
+    client = await make_host()
+    server = await make_host()
+    refused = []
+    for _ in range(2):
+        listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), lambda raw: None)
+        refused.append(listener.multiaddrs[0])
+        await listener.close()
+    with pytest.raises(DialFailed) as info:
+        await client.connect(server.peer_id, refused)
+    assert [addr for addr, _ in info.value.errors] == refused
+    assert client.connmgr.counts()["outbound"] == 0

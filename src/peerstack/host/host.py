@@ -53,6 +53,12 @@ from peerstack.wire.yamux import YamuxConfig
 log = logging.getLogger(__name__)
 
 
+#: Seconds to wait for one address of a peer before also trying the next one.
+DIAL_STAGGER = 0.25
+#: Addresses of one peer dialled at the same time.
+MAX_PARALLEL_DIALS = 4
+
+
 class NegotiationTimeout(StreamError, TimeoutError):
     """Protocol negotiation on a new stream did not finish in time."""
 
@@ -269,19 +275,63 @@ class BasicHost:
         return await self.connmgr.dial(peer, lambda: self._dial_peer(peer, addrs or []))
 
     async def _dial_peer(self, peer: PeerId, addrs: list[Multiaddr]) -> Connection:
+        """Dial the peer's addresses, staggered: the next starts when the previous failed or
+        has not answered within DIAL_STAGGER (a dead address must not hold up a live one)."""
         candidates = list(dict.fromkeys([*addrs, *self.peerstore.addrs(peer)]))
-        dialable = [a.decapsulate_p2p()[0] for a in candidates if a.tcp_target() is not None]
+        dialable = list(
+            dict.fromkeys(a.decapsulate_p2p()[0] for a in candidates if a.tcp_target() is not None)
+        )
         if not dialable:
             raise DialError(f"no dialable address known for {peer}")
+        if len(dialable) == 1:
+            return await self._dial_addr(dialable[0], peer)
         errors: list[tuple[Multiaddr, BaseException]] = []
-        for addr in dialable:
-            try:
-                return await self._dial_addr(addr, peer)
-            except ResourceLimitError:
-                raise
-            except (PeerstackError, OSError) as exc:
-                log.debug("dialling %s at %s failed: %s", peer, addr, exc)
-                errors.append((addr, exc))
+        queue = iter(dialable)
+        attempts: dict[asyncio.Task[Connection], Multiaddr] = {}
+        pending: set[asyncio.Task[Connection]] = set()
+        winner: Connection | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            exhausted = False
+            while winner is None:
+                if not exhausted and len(pending) < MAX_PARALLEL_DIALS:
+                    addr = next(queue, None)
+                    if addr is None:
+                        exhausted = True
+                    else:
+                        task = loop.create_task(self._dial_addr(addr, peer))
+                        attempts[task] = addr
+                        pending.add(task)
+                if not pending:
+                    break
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=None if exhausted else DIAL_STAGGER,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        if winner is None:
+                            winner = task.result()
+                        else:  # two won in the same turn
+                            await task.result().close()
+                    elif isinstance(exc, PeerstackError | OSError) and not isinstance(
+                        exc, ResourceLimitError
+                    ):
+                        log.debug("dialling %s at %s failed: %s", peer, attempts[task], exc)
+                        errors.append((attempts[task], exc))
+                    else:
+                        raise exc
+        finally:
+            for task in pending:
+                task.cancel()
+            late = await asyncio.gather(*pending, return_exceptions=True)
+            for extra in late:
+                if isinstance(extra, Connection) and extra is not winner:
+                    await extra.close()  # lost the race: one connection per peer is enough
+        if winner is not None:
+            return winner
         if len(errors) == 1:
             raise errors[0][1]
         detail = "; ".join(f"{a}: {e}" for a, e in errors)
