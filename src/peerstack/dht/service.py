@@ -1,8 +1,9 @@
-"""The Kademlia DHT service on a ``Host``: the server handlers and the client lookups.
+"""The Kademlia DHT service on a ``Host``: lookups, storing, providing, upkeep.
 
 Written only against ``peerstack.host.interface``: the same object runs on the TCP host and on
 the simulated host in ``sim/``. Pure logic lives elsewhere (``routing_table``, ``query``,
-``records``, ``providers``); this module moves messages between them and streams.
+``records``, ``providers``); requests go out through ``rpc.KadClient`` and are answered by
+``server.KadServer``; this module drives lookups and keeps the routing table alive.
 
 Time: ``loop.time()`` (monotonic, virtual in the simulator) for timeouts, expiry and refresh;
 ``wall_clock()`` (unix time) only where the wire needs it (IPNS validity, ``timeReceived``).
@@ -16,63 +17,30 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from peerstack.core import multihash
 from peerstack.core.peer_id import PeerId
 from peerstack.dht.config import DhtConfig, Mode
 from peerstack.dht.distance import kad_key
-from peerstack.dht.messages import (
-    PROTOCOL_ID,
-    KadMessage,
-    KadRecord,
-    MessageType,
-    PeerInfo,
-    decode,
-    encode,
-)
+from peerstack.dht.messages import PROTOCOL_ID, KadMessage, KadRecord, MessageType, PeerInfo
 from peerstack.dht.providers import DhtStore, MemoryDhtStore
 from peerstack.dht.query import Query
-from peerstack.dht.ratelimit import RateLimiter
-from peerstack.dht.records import RecordError, Validators, format_rfc3339_ns, parse_rfc3339_ns
+from peerstack.dht.records import RecordError, Validators
 from peerstack.dht.routing_table import AddResult, RoutingTable
-from peerstack.errors import (
-    ConnectionClosed,
-    DecodeError,
-    LimitExceeded,
-    PeerError,
-    PeerstackError,
-    ResourceLimitError,
-    StreamError,
-    UsageError,
-)
-from peerstack.host.interface import (
-    Host,
-    HostEvent,
-    PeerConnected,
-    Stream,
-    read_length_prefixed,
-    write_length_prefixed,
-)
+from peerstack.dht.rpc import RPC_ERRORS, DhtCounters, KadClient
+from peerstack.dht.server import KadServer, ProviderMismatch, check_provider_key
+from peerstack.errors import DecodeError, PeerstackError, UsageError
+from peerstack.host.interface import Host, HostEvent, PeerConnected
 
 log = logging.getLogger(__name__)
 
 # Addresses learned from DHT answers are kept for this long in the host's peerstore.
 ADDR_TTL = 3600.0
-_RPC_ERRORS = (
-    PeerstackError,  # PeerError, StreamError, DialError, NegotiationError, ConnectionClosed...
-    TimeoutError,
-    OSError,
-)
 
 
 class ValueNotFound(PeerstackError):
     """No peer had a valid record for the key."""
-
-
-class ProviderMismatch(PeerError):
-    """An ADD_PROVIDER named a provider other than the peer that sent it."""
 
 
 @dataclass(slots=True)
@@ -84,25 +52,6 @@ class LookupStats:
     failures: int = 0
     hops: int = 0
     found: bool = False
-
-
-@dataclass(slots=True)
-class DhtCounters:
-    rpcs_sent: int = 0
-    rpcs_failed: int = 0
-    requests_served: int = 0
-    requests_refused: int = 0
-    streams_refused: int = 0
-    checks_skipped: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
-
-
-class _CachedStream:
-    __slots__ = ("lock", "stream")
-
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
-        self.lock = asyncio.Lock()
 
 
 class KadDHT:
@@ -131,13 +80,19 @@ class KadDHT:
             max_per_group_table=cfg.max_per_group_table,
         )
         self.counters = DhtCounters()
+        self.client = KadClient(host, cfg, self.counters)
+        self.server = KadServer(
+            host,
+            cfg,
+            routing_table=self.routing_table,
+            store=self.store,
+            validators=self.validators,
+            counters=self.counters,
+            wall_clock=wall_clock,
+        )
         self.last_lookup = LookupStats()
         self._local_key = kad_key(host.peer_id.to_bytes())
-        self._streams: dict[PeerId, _CachedStream] = {}
-        self._inbound = 0
-        self._inbound_per_peer: dict[PeerId, int] = {}
         self._checking: set[PeerId] = set()
-        self._rate = RateLimiter(cfg.peer_request_rate, cfg.peer_request_burst)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self._started = False
@@ -162,7 +117,7 @@ class KadDHT:
                 self.host.add_peer_addrs(peer, addrs, ADDR_TTL)
             self.routing_table.add(peer, now, addrs)
         if self.config.mode is Mode.SERVER:
-            self.host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
+            self.host.set_stream_handler(PROTOCOL_ID, self.server.handle_stream)
         if self.config.probe_on_connect:
             self._unsubscribe = self.host.add_listener(self._on_host_event)
         if self.config.background:
@@ -183,9 +138,7 @@ class KadDHT:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for cached in self._streams.values():
-            cached.stream.reset()
-        self._streams.clear()
+        self.client.close()
         self.save_routing_table()
 
     def save_routing_table(self) -> None:
@@ -290,9 +243,7 @@ class KadDHT:
 
     def _peer_failed(self, peer: PeerId) -> None:
         self.routing_table.remove(peer)
-        cached = self._streams.pop(peer, None)
-        if cached is not None:
-            cached.stream.reset()
+        self.client.forget(peer)
 
     def _maybe_check(self, peer: PeerId) -> None:
         if not self.config.check_full_buckets:
@@ -318,10 +269,10 @@ class KadDHT:
         """Is ``peer`` a live DHT server? (A FIND_NODE for our own key works with everyone.)"""
         self._checking.add(peer)
         try:
-            await self._request(
+            await self.client.request(
                 peer, KadMessage(MessageType.FIND_NODE, key=self.host.peer_id.to_bytes())
             )
-        except _RPC_ERRORS as exc:
+        except RPC_ERRORS as exc:
             log.debug("peer %s failed its check: %r", peer, exc)
             return False
         finally:
@@ -329,78 +280,6 @@ class KadDHT:
         return True
 
     # -- client: one request ---------------------------------------------------------------
-
-    async def _request(
-        self, peer: PeerId, msg: KadMessage, *, expect_response: bool = True
-    ) -> KadMessage | None:
-        """Send ``msg`` to ``peer`` and return its answer (checked and decoded)."""
-        self.counters.rpcs_sent += 1
-        name = msg.type.name
-        self.counters.by_type[name] = self.counters.by_type.get(name, 0) + 1
-        try:
-            async with asyncio.timeout(self.config.rpc_timeout):
-                return await self._request_inner(peer, msg, expect_response)
-        except BaseException:
-            self.counters.rpcs_failed += 1
-            raise
-
-    async def _request_inner(
-        self, peer: PeerId, msg: KadMessage, expect_response: bool
-    ) -> KadMessage | None:
-        data = encode(msg)
-        cached = self._streams.get(peer)
-        if cached is not None and not cached.lock.locked():
-            async with cached.lock:
-                try:
-                    return await self._exchange(cached.stream, data, msg.type, expect_response)
-                except (StreamError, ConnectionClosed, OSError):
-                    # A stream the peer closed while idle: forget it and use a fresh one.
-                    if self._streams.get(peer) is cached:
-                        del self._streams[peer]
-                    cached.stream.reset()
-                except BaseException:
-                    if self._streams.get(peer) is cached:
-                        del self._streams[peer]
-                    cached.stream.reset()
-                    raise
-        stream = await self.host.new_stream(peer, [PROTOCOL_ID])
-        try:
-            reply = await self._exchange(stream, data, msg.type, expect_response)
-        except BaseException:
-            stream.reset()
-            raise
-        if self._cache_stream(peer, stream):
-            return reply
-        await stream.close()
-        return reply
-
-    def _cache_stream(self, peer: PeerId, stream: Stream) -> bool:
-        """Keep ``stream`` for the next request to ``peer`` if the pool has room."""
-        limit = self.config.max_cached_streams
-        if limit <= 0 or peer in self._streams:
-            return False
-        if len(self._streams) >= limit:
-            # Evict the oldest idle stream; one in use by another request is left alone.
-            idle = next((p for p, c in self._streams.items() if not c.lock.locked()), None)
-            if idle is None:
-                return False
-            self._streams.pop(idle).stream.reset()
-        self._streams[peer] = _CachedStream(stream)
-        return True
-
-    async def _exchange(
-        self, stream: Stream, data: bytes, mtype: MessageType, expect_response: bool
-    ) -> KadMessage | None:
-        await write_length_prefixed(stream, data)
-        if not expect_response:
-            return None
-        raw = await read_length_prefixed(stream, self.config.message_limits.max_message_size)
-        if raw is None:
-            raise ConnectionClosed("peer closed the stream instead of answering")
-        reply = decode(raw, self.config.message_limits)
-        if reply.type is not mtype:
-            raise DecodeError(f"answer of type {reply.type.name} to a {mtype.name}")
-        return reply
 
     # -- client: lookups -----------------------------------------------------------------
 
@@ -446,7 +325,7 @@ class KadDHT:
             async with asyncio.timeout(cfg.query_timeout):
                 while True:
                     for peer in query.requests(loop.time()):
-                        task = loop.create_task(self._request(peer, request))
+                        task = loop.create_task(self.client.request(peer, request))
                         pending[task] = peer
                     if not pending or (query.finished and not drain):
                         break
@@ -456,7 +335,7 @@ class KadDHT:
                         peer = pending.pop(task)
                         exc = task.exception()
                         if exc is not None:
-                            if not isinstance(exc, _RPC_ERRORS):
+                            if not isinstance(exc, RPC_ERRORS):
                                 raise exc
                             log.debug("query: %s failed: %r", peer, exc)
                             query.on_failure(peer, now)
@@ -529,50 +408,22 @@ class KadDHT:
     async def put_value(self, key: bytes, value: bytes) -> int:
         """Store a record on the k closest peers (and here); returns how many peers took it."""
         self.validators.validate(key, value, self.wall_clock())
-        self._store_record_locally(key, value)
+        self.server.keep_record(key, value)
         peers = await self._closest_for_store(key)
         record = KadRecord(key, value)
         msg = KadMessage(MessageType.PUT_VALUE, key=key, record=record)
         results = await asyncio.gather(
-            *(self._request(p, msg) for p in peers), return_exceptions=True
+            *(self.client.request(p, msg) for p in peers), return_exceptions=True
         )
         ok = 0
         for peer, res in zip(peers, results, strict=True):
             if isinstance(res, BaseException):
-                if not isinstance(res, _RPC_ERRORS):
+                if not isinstance(res, RPC_ERRORS):
                     raise res
                 log.debug("PUT_VALUE to %s failed: %r", peer, res)
             else:
                 ok += 1
         return ok
-
-    def _fresh_record(self, key: bytes) -> tuple[bytes, str] | None:
-        """Our record for ``key`` if it is still valid and not too old, else ``None``."""
-        held = self.store.get_record(key)
-        if held is None:
-            return None
-        wall = self.wall_clock()
-        try:
-            self.validators.validate(key, held[0], wall)
-            received = parse_rfc3339_ns(held[1].encode()) / 1e9 if held[1] else wall
-        except (RecordError, DecodeError):
-            self.store.remove_record(key)  # expired or unreadable: do not hand it out
-            return None
-        if wall - received > self.config.max_record_age:
-            self.store.remove_record(key)
-            return None
-        return held
-
-    def _store_record_locally(self, key: bytes, value: bytes) -> None:
-        existing = self.store.get_record(key)
-        if (
-            existing is not None
-            and existing[0] != value
-            and self.validators.select(key, [value, existing[0]]) != 0
-        ):
-            return  # ours is older than what we hold: keep the better one
-        received = format_rfc3339_ns(int(self.wall_clock() * 1e9)).decode()
-        self.store.put_record(key, value, received)
 
     async def get_value(self, key: bytes, quorum: int | None = None) -> bytes:
         """The best record for ``key`` among ``quorum`` peers; stale holders get corrected."""
@@ -581,7 +432,7 @@ class KadDHT:
             raise UsageError("quorum must be at least 1")
         wall = self.wall_clock()
         got: list[tuple[PeerId | None, bytes]] = []
-        local = self._fresh_record(key)
+        local = self.server.fresh_record(key)
         if local is not None:
             got.append((None, local[0]))
 
@@ -610,10 +461,12 @@ class KadDHT:
         # Correct the peers that returned something else, and keep the best ourselves.
         stale = [p for p, v in got if p is not None and v != best]
         if local is None or local[0] != best:
-            self._store_record_locally(key, best)
+            self.server.keep_record(key, best)
         if stale:
             msg = KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, best))
-            await asyncio.gather(*(self._request(p, msg) for p in stale), return_exceptions=True)
+            await asyncio.gather(
+                *(self.client.request(p, msg) for p in stale), return_exceptions=True
+            )
         del query
         return best
 
@@ -629,14 +482,14 @@ class KadDHT:
         me = PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs()))
         msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
         results = await asyncio.gather(
-            *(self._request(p, msg, expect_response=False) for p in peers),
+            *(self.client.request(p, msg, expect_response=False) for p in peers),
             return_exceptions=True,
         )
         self.store.mark_republished(key, now)
         ok = 0
         for res in results:
             if isinstance(res, BaseException):
-                if not isinstance(res, _RPC_ERRORS):
+                if not isinstance(res, RPC_ERRORS):
                     raise res
             else:
                 ok += 1
@@ -665,146 +518,12 @@ class KadDHT:
         self.last_lookup.found = bool(found)
         return list(found.values())
 
-    # -- server --------------------------------------------------------------------------
-
-    async def _handle_stream(self, stream: Stream) -> None:
-        cfg = self.config
-        peer = stream.remote_peer
-        per_peer = self._inbound_per_peer.get(peer, 0)
-        if self._inbound >= cfg.max_inbound_streams or per_peer >= cfg.max_inbound_streams_per_peer:
-            self.counters.streams_refused += 1
-            log.debug("refusing a kad stream from %s: too many open", peer)
-            stream.reset()
-            return
-        self._inbound += 1
-        self._inbound_per_peer[peer] = per_peer + 1
-        try:
-            await self._serve(stream)
-        except (PeerError, ResourceLimitError) as exc:
-            self.counters.requests_refused += 1
-            log.debug("kad stream from %s: %r", peer, exc)
-            stream.reset()
-        except (StreamError, ConnectionClosed, TimeoutError, OSError) as exc:
-            log.debug("kad stream from %s ended: %r", peer, exc)
-            stream.reset()
-        finally:
-            self._inbound -= 1
-            left = self._inbound_per_peer[peer] - 1
-            if left:
-                self._inbound_per_peer[peer] = left
-            else:
-                del self._inbound_per_peer[peer]
-
-    async def _serve(self, stream: Stream) -> None:
-        cfg = self.config
-        limits = cfg.message_limits
-        for _ in range(cfg.max_requests_per_stream):
-            async with asyncio.timeout(cfg.stream_idle_timeout):
-                raw = await read_length_prefixed(stream, limits.max_message_size)
-            if raw is None:
-                await stream.close()
-                return
-            self._rate.check(stream.remote_peer, self._now())
-            msg = decode(raw, limits)
-            reply = self._handle_message(stream.remote_peer, msg)
-            self.counters.requests_served += 1
-            if reply is not None:
-                await write_length_prefixed(stream, encode(reply))
-        raise LimitExceeded(f"more than {cfg.max_requests_per_stream} requests on one stream")
-
-    def _peer_infos(self, peers: Sequence[PeerId]) -> list[PeerInfo]:
-        out = []
-        for p in peers:
-            addrs = self.host.peer_addrs(p)
-            if not addrs:
-                entry = self.routing_table.get(p)
-                addrs = list(entry.addrs) if entry else []
-            out.append(PeerInfo(p, tuple(addrs)))
-        return out
-
-    def _closer(self, key: bytes, requester: PeerId) -> list[PeerInfo]:
-        peers = self.routing_table.closest(kad_key(key), self.config.k, exclude=requester)
-        infos = self._peer_infos(peers)
-        if key == self.host.peer_id.to_bytes():
-            infos.insert(0, PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs())))
-        return infos
-
-    def _handle_message(self, sender: PeerId, msg: KadMessage) -> KadMessage | None:
-        """Answer one request (``None``: no answer on the wire). Raises ``PeerError``."""
-        t = msg.type
-        if t is MessageType.FIND_NODE:
-            return KadMessage(t, key=msg.key, closer_peers=self._closer(msg.key, sender))
-        if t is MessageType.PING:
-            return KadMessage(t)
-        if t is MessageType.GET_VALUE:
-            return self._handle_get_value(sender, msg)
-        if t is MessageType.PUT_VALUE:
-            return self._handle_put_value(msg)
-        if t is MessageType.ADD_PROVIDER:
-            self._handle_add_provider(sender, msg)
-            return None
-        if t is MessageType.GET_PROVIDERS:
-            _check_provider_key(msg.key)
-            entries = self.store.get_providers(msg.key, self._now(), self.config.k)
-            providers = [PeerInfo(e.peer, e.addrs) for e in entries]
-            return KadMessage(
-                t, key=msg.key, provider_peers=providers, closer_peers=self._closer(msg.key, sender)
-            )
-        raise DecodeError(f"unexpected message type {t.name}")  # pragma: no cover
-
-    def _handle_get_value(self, sender: PeerId, msg: KadMessage) -> KadMessage:
-        if not msg.key:
-            raise DecodeError("GET_VALUE without a key")
-        record = None
-        held = self._fresh_record(msg.key)
-        if held is not None:
-            record = KadRecord(msg.key, held[0], held[1])
-        return KadMessage(
-            MessageType.GET_VALUE,
-            key=msg.key,
-            record=record,
-            closer_peers=self._closer(msg.key, sender),
-        )
-
-    def _handle_put_value(self, msg: KadMessage) -> KadMessage:
-        rec = msg.record
-        if rec is None:
-            raise DecodeError("PUT_VALUE without a record")
-        if rec.key != msg.key:
-            raise RecordError("PUT_VALUE record key differs from the message key")
-        self.validators.validate(rec.key, rec.value, self.wall_clock())
-        held = self.store.get_record(rec.key)
-        if (
-            held is not None
-            and held[0] != rec.value
-            and self.validators.select(rec.key, [rec.value, held[0]]) != 0
-        ):
-            raise RecordError("PUT_VALUE with a record older than the one held")
-        received = format_rfc3339_ns(int(self.wall_clock() * 1e9)).decode()
-        self.store.put_record(rec.key, rec.value, received)
-        return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value))
-
-    def _handle_add_provider(self, sender: PeerId, msg: KadMessage) -> None:
-        _check_provider_key(msg.key)
-        if not msg.provider_peers:
-            raise DecodeError("ADD_PROVIDER without a provider")
-        for info in msg.provider_peers:
-            if info.peer_id != sender:
-                raise ProviderMismatch(f"{sender} tried to add {info.peer_id} as a provider")
-        info = msg.provider_peers[0]
-        addrs = info.addrs or tuple(self.host.peer_addrs(sender))
-        self.store.add_provider(msg.key, sender, addrs, self._now())
-
-
-def _check_provider_key(key: bytes) -> None:
-    """Provider keys are multihashes (for a CID: its multihash bytes)."""
-    if not key:
-        raise DecodeError("empty provider key")
-    multihash.Multihash.from_bytes(key)
-
 
 def _check_own_provider_key(key: bytes) -> None:
     try:
-        _check_provider_key(key)
+        check_provider_key(key)
     except DecodeError as exc:
         raise UsageError(f"a provider key must be a multihash: {exc}") from None
+
+
+__all__ = ["KadDHT", "LookupStats", "ProviderMismatch", "ValueNotFound"]
