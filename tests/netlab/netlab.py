@@ -6,19 +6,21 @@ A test builds a small network of its own::
     link = lab.link("a", "b", delay_ms=50, rate_mbit=1000)
     proc = lab.spawn("a", ["peerstack", "daemon", "--listen", f"/ip4/{link.addr_a}/tcp/4001"])
 
-Every host is a network namespace (``ip netns add``) with its own loopback; every link is a
-point-to-point pair of interfaces with a /24 of the RFC 2544 benchmarking range 198.18.0.0/15,
-which is never routed on the internet, so nothing a test sends can leave the machine.
+Every host is a network namespace (``ip netns add``) with its own loopback. A link is a
+point-to-point pair of interfaces on 198.18.<n>.0/24; a LAN (``lab.lan(hosts)``) is a bridge in
+a namespace of its own with one port per host, on 198.19.<n>.0/24. Both are halves of the RFC
+2544 benchmarking range 198.18.0.0/15, which is never routed on the internet, and no namespace
+has a route out: nothing a test sends can leave the machine.
 
 Links are shaped in one of two ways:
 
 * ``tc qdisc ... netem`` on both ends of a veth pair (delay, loss and rate in the kernel), when
   the kernel has ``sch_netem``;
-* otherwise a userspace link emulator (``python netlab.py emulate``): two TUN devices, one per
-  namespace, and a small forwarding loop that holds every packet for the one-way delay, drops
-  a random fraction and paces the rest to the rate. Kernels built without netem and without
-  module support (many VM and container kernels) still get real delay, loss and rate, seen by
-  the real TCP stacks of both namespaces.
+* otherwise a userspace link emulator (``python netlab.py emulate``): two TUN devices (TAP
+  for a LAN port), one per namespace, and a small forwarding loop that holds every packet for
+  the one-way delay, drops a random fraction and paces the rest to the rate. Kernels built
+  without netem and without module support (many VM and container kernels) still get real
+  delay, loss and rate, seen by the real TCP stacks of both namespaces.
 
 Links without shaping are plain veth pairs either way. ``PEERSTACK_NETLAB_SHAPER`` set to
 ``netem`` or ``emulator`` forces one way of shaping.
@@ -54,6 +56,8 @@ NS_PREFIX = "pstlab"
 # RFC 2544 benchmarking range: link N gets 198.18.N.1 (side a) and 198.18.N.2 (side b).
 ADDR_FIRST_OCTETS = "198.18"
 MAX_LINKS = 250
+# LAN n gets 198.19.n.0/24, the other half of the benchmarking range.
+LAN_FIRST_OCTETS = "198.19"
 # Emulated links use a large MTU: the forwarding loop is Python, and 64 KiB packets keep the
 # per-packet cost far below what the peers themselves spend per byte.
 EMULATOR_MTU = 65000
@@ -212,6 +216,30 @@ class Link:
 
 
 @dataclass(slots=True)
+class Lan:
+    """Hosts on one Ethernet segment: a bridge in a namespace of its own, one port per host.
+
+    Shaping applies to each host's port in each direction, so between two hosts a packet is
+    delayed twice (``delay_ms`` on the sender's port, again on the receiver's).
+    """
+
+    lab: Netlab
+    index: int
+    bridge_host: str
+    shape: LinkShape
+    addrs: dict[str, str] = field(default_factory=dict)
+    devs: dict[str, str] = field(default_factory=dict)
+    emulators: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def set_down(self, host: str) -> None:
+        """``ip link set <dev> down`` on ``host``'s port: it drops off the segment."""
+        self.lab.ip(host, "link", "set", self.devs[host], "down")
+
+    def set_up(self, host: str) -> None:
+        self.lab.ip(host, "link", "set", self.devs[host], "up")
+
+
+@dataclass(slots=True)
 class Netlab:
     """Namespaces, links and processes of one test; ``close()`` removes all of them."""
 
@@ -219,6 +247,7 @@ class Netlab:
     tag: str = field(default_factory=lambda: f"{os.getpid()}x{random.randrange(1 << 24):x}")
     hosts: dict[str, str] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
+    lans: list[Lan] = field(default_factory=list)
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     _closed: bool = False
 
@@ -282,7 +311,9 @@ class Netlab:
         mtu = 1500
         if shape.shaped and self.caps.shaper == "emulator":
             mtu = EMULATOR_MTU
-            link.emulator = self._start_emulator(link)
+            link.emulator = self._start_emulator(
+                a, link.dev_a, link.dev_b, shape, seed=index, tap=False
+            )
             self.ip(a, "link", "set", link.dev_b, "netns", ns_b)
         else:
             self.ip(
@@ -307,6 +338,53 @@ class Netlab:
             self.ip(host, "link", "set", dev, "up")
         return link
 
+    def lan(
+        self,
+        hosts: Sequence[str],
+        *,
+        delay_ms: float = 0.0,
+        loss_pct: float = 0.0,
+        rate_mbit: float | None = None,
+    ) -> Lan:
+        """Put ``hosts`` on one bridged segment, 198.19.<n>.<i>/24 (i from 1 in order).
+
+        Delay, loss and rate apply on every host's port, each direction.
+        """
+        if len(self.lans) >= MAX_LINKS or len(hosts) > MAX_LINKS:
+            raise ValueError("too many LANs or hosts")
+        shape = LinkShape(delay_ms, loss_pct, rate_mbit)
+        index = len(self.lans) + 1
+        bridge_host = f"lan{index}"
+        self.add_host(bridge_host)
+        lan = Lan(self, index, bridge_host, shape)
+        self.lans.append(lan)
+        emulated = shape.shaped and self.caps.shaper == "emulator"
+        mtu = str(EMULATOR_MTU if emulated else 1500)
+        self.ip(bridge_host, "link", "add", "br0", "type", "bridge")
+        for i, host in enumerate(hosts, 1):
+            port, dev = f"p{i}", f"lan{index}h{i}"
+            if emulated:
+                emu = self._start_emulator(bridge_host, port, dev, shape, seed=1000 + i, tap=True)
+                lan.emulators.append(emu)
+                self.ip(bridge_host, "link", "set", dev, "netns", self.hosts[host])
+            else:
+                self.ip(bridge_host, "link", "add", port, "type", "veth", "peer", "name", dev)
+                self.ip(bridge_host, "link", "set", dev, "netns", self.hosts[host])
+                if shape.shaped:
+                    self._netem(bridge_host, port, shape)
+                    self._netem(host, dev, shape)
+            self.ip(bridge_host, "link", "set", port, "mtu", mtu)
+            self.ip(bridge_host, "link", "set", port, "master", "br0")
+            self.ip(bridge_host, "link", "set", port, "up")
+            addr = f"{LAN_FIRST_OCTETS}.{index}.{i}"
+            self.ip(host, "link", "set", dev, "mtu", mtu)
+            self.ip(host, "addr", "add", f"{addr}/24", "dev", dev)
+            self.ip(host, "link", "set", dev, "up")
+            lan.addrs[host] = addr
+            lan.devs[host] = dev
+        self.ip(bridge_host, "link", "set", "br0", "up")
+        return lan
+
     def _netem(self, host: str, dev: str, shape: LinkShape) -> None:
         args = ["tc", "-n", self.hosts[host], "qdisc", "add", "dev", dev, "root", "netem"]
         if shape.delay_ms > 0:
@@ -319,26 +397,18 @@ class Netlab:
         args += ["limit", "100000"]
         _run(args)
 
-    def _start_emulator(self, link: Link) -> subprocess.Popen[bytes]:
-        shape = link.shape
-        args = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "emulate",
-            "--dev-a",
-            link.dev_a,
-            "--dev-b",
-            link.dev_b,
-            "--delay-ms",
-            str(shape.delay_ms),
-            "--loss-pct",
-            str(shape.loss_pct),
-            "--seed",
-            str(link.index),
-        ]
+    def _start_emulator(
+        self, host: str, dev_a: str, dev_b: str, shape: LinkShape, *, seed: int, tap: bool
+    ) -> subprocess.Popen[bytes]:
+        """Run the emulator in ``host``; it creates ``dev_a`` and ``dev_b`` there."""
+        args = [sys.executable, str(Path(__file__).resolve()), "emulate"]
+        args += ["--dev-a", dev_a, "--dev-b", dev_b, "--seed", str(seed)]
+        args += ["--delay-ms", str(shape.delay_ms), "--loss-pct", str(shape.loss_pct)]
         if shape.rate_mbit is not None:
             args += ["--rate-mbit", str(shape.rate_mbit)]
-        proc = self.spawn(link.a, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if tap:
+            args.append("--tap")
+        proc = self.spawn(host, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = read_line(proc, timeout=10.0)
         if line.strip() != "ready":
             err = ""
@@ -642,6 +712,7 @@ def _print_json(data: dict[str, Any]) -> None:
 
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
+_IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
 # Bound on bytes held per direction (delay line plus rate backlog): packets beyond it are
 # dropped, as a full router queue drops them.
@@ -649,9 +720,10 @@ _MAX_QUEUED = 64 * 1024 * 1024
 _READ_SIZE = 1 << 17
 
 
-def _open_tun(name: str) -> int:
+def _open_tun(name: str, tap: bool) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-    fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
+    kind = _IFF_TAP if tap else _IFF_TUN
+    fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), kind | _IFF_NO_PI))
     return fd
 
 
@@ -668,11 +740,19 @@ class _Direction:
 
 
 def _emulate(
-    dev_a: str, dev_b: str, *, delay: float, loss: float, rate_bps: float | None, seed: int
+    dev_a: str,
+    dev_b: str,
+    *,
+    delay: float,
+    loss: float,
+    rate_bps: float | None,
+    seed: int,
+    tap: bool,
 ) -> None:
-    """Forward packets between two TUN devices until killed: delay, random loss, rate."""
+    """Forward packets (TUN) or frames (TAP) between two new devices until killed: delay,
+    random loss, rate."""
     rng = random.Random(seed)
-    fd_a, fd_b = _open_tun(dev_a), _open_tun(dev_b)
+    fd_a, fd_b = _open_tun(dev_a, tap), _open_tun(dev_b, tap)
     dirs = {fd_a: _Direction(fd_a, fd_b), fd_b: _Direction(fd_b, fd_a)}
     sys.stdout.write("ready\n")
     sys.stdout.flush()
@@ -727,6 +807,7 @@ def _main(argv: Sequence[str]) -> None:
     emu.add_argument("--loss-pct", type=float, default=0.0)
     emu.add_argument("--rate-mbit", type=float, default=None)
     emu.add_argument("--seed", type=int, default=0)
+    emu.add_argument("--tap", action="store_true", help="Ethernet (TAP) instead of IP (TUN)")
     client = sub.add_parser("perf-client", help="one perf run with chosen Yamux settings")
     client.add_argument("target")
     client.add_argument("--download", type=int, required=True)
@@ -757,6 +838,7 @@ def _main(argv: Sequence[str]) -> None:
         loss=args.loss_pct / 100,
         rate_bps=rate,
         seed=args.seed,
+        tap=args.tap,
     )
 
 

@@ -21,6 +21,7 @@ def test_close_removes_everything_even_after_a_failure(netlab_caps: Capabilities
         lab.add_host("b")
         lab.link("a", "b", delay_ms=1, loss_pct=1)
         lab.link("a", "b")  # a plain veth pair next to the shaped one
+        lab.lan(["a", "b"], delay_ms=1)  # and a bridge namespace with a port per host
         sleeper = lab.spawn("b", ["sleep", "600"])
         created = set(lab.hosts.values())
         assert created <= _namespaces()
