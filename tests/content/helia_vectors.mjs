@@ -90,4 +90,15 @@ for (const [pname, profile] of Object.entries(profiles)) {
   }
   result.hamt = { root: root.toString(), count: entries.length, content: 'entry <i>\\n in file-<i>.txt', blocks }
 }
+// Big directories around helia's default shard threshold (256 KiB of names + CIDs):
+// 5600 entries stay flat, 6000 become a HAMT. Entry i is named `entry-<i>` and holds `<i>`.
+result.big_dirs = {}
+for (const count of [5600, 6000]) {
+  const fs = unixfs({ blockstore: new MemoryBlockstore() })
+  const entries = []
+  for (let i = 0; i < count; i++) entries.push({ path: `big/entry-${i}`, content: new TextEncoder().encode(`${i}`) })
+  let root
+  for await (const e of fs.addAll(entries)) if (e.path === 'big') root = e.cid
+  result.big_dirs[count] = root.toString()
+}
 console.log(JSON.stringify(result, null, 2))

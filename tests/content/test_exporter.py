@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from content_testkit import pattern
 
-from peerstack.content import dagpb
+from peerstack.content import dagpb, unixfs
 from peerstack.content.blockstore import BlockNotFound, Blockstore
 from peerstack.content.exporter import NotAFile, UnsafeName, cat, check_name, export, ls
 from peerstack.content.importer import (
@@ -160,3 +160,21 @@ async def test_hamt_with_bad_names_or_fanout_is_refused(store: Blockstore) -> No
         cid = await store.put_data(dagpb.encode(node), DAG_PB)
         with pytest.raises(MalformedUnixFS):
             await ls(store, cid)
+
+
+async def test_our_own_hamt_round_trips(store: Blockstore, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    for i in range(120):
+        (src / f"n{i}.txt").write_text(f"{i}")
+    (src / "nested" / "deep.txt").write_text("deep")
+    res = await import_path(store, src, ImportProfile(shard_threshold=500))
+    node_data = dagpb.decode(await store.get(res.cid)).data
+    assert node_data is not None
+    assert unixfs.decode(node_data).type == DataType.HAMT_SHARD
+    out = tmp_path / "out"
+    await export(store, res.cid, out)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(src))
+    assert (out / "n77.txt").read_text() == "77"
+    assert (out / "nested" / "deep.txt").read_text() == "deep"
+

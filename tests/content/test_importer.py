@@ -8,14 +8,17 @@ from typing import Any
 import pytest
 from content_testkit import pattern
 
-from peerstack.content.blockstore import Blockstore
+from peerstack.content.blockstore import Blockstore, mh_key
+from peerstack.content.hamt import murmur3_x64_128
 from peerstack.content.importer import (
     DEFAULT_PROFILE,
     LEGACY_PROFILE,
     ImportProfile,
+    ImportResult,
     import_bytes,
     import_file,
     import_path,
+    make_directory,
 )
 from peerstack.core.cid import CID
 from peerstack.errors import UsageError
@@ -111,3 +114,43 @@ def test_bad_profiles_are_usage_errors() -> None:
         ImportProfile(max_links=1)
     with pytest.raises(UsageError):
         ImportProfile(chunk_size=0)
+
+
+async def test_hamt_directory_matches_helia(store: Blockstore, vectors: dict[str, Any]) -> None:
+    """helia sharded these 300 entries (threshold lowered to 1000 bytes): same root CID."""
+    hamt_vec = vectors["hamt"]
+    entries = {
+        f"file-{i}.txt": await import_bytes(store, f"entry {i}\n".encode())
+        for i in range(hamt_vec["count"])
+    }
+    profile = ImportProfile(shard_threshold=1000)
+    res = await make_directory(store, entries, profile)
+    assert str(res.cid) == hamt_vec["root"]
+    # every block we wrote is one helia wrote, byte for byte
+    helia_keys = {mh_key(CID.parse(c).multihash) for c in hamt_vec["blocks"]}
+    assert set(store.iter_keys()) == helia_keys
+    # under the threshold the same entries make a flat directory
+    flat = await make_directory(store, entries)
+    assert flat.cid != res.cid
+    assert flat.entries == 300
+
+
+def test_murmur3_known_values() -> None:
+    assert murmur3_x64_128(b"hello") == (0xCBD8A7B341BD9B02, 0x5B1E906A48AE1D19)
+    assert murmur3_x64_128(b"") == (0, 0)
+    h1, _ = murmur3_x64_128(b"The quick brown fox jumps over the lazy dog")
+    assert h1 == 0xE34BBC7BBC071B6C
+
+
+@pytest.mark.parametrize("count", ["5600", "6000"])
+async def test_big_directories_around_the_shard_threshold(
+    store: Blockstore, vectors: dict[str, Any], count: str
+) -> None:
+    # a one-chunk file with raw leaves is its raw block: no need to store 6000 leaves here
+    entries = {
+        f"entry-{i}": ImportResult(CID.hash_of(str(i).encode()), len(str(i)), len(str(i)))
+        for i in range(int(count))
+    }
+    assert entries["entry-7"] == await import_bytes(store, b"7")
+    res = await make_directory(store, entries)
+    assert str(res.cid) == vectors["big_dirs"][count]

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from peerstack.content import chunker, dagpb
+from peerstack.content import chunker, dagpb, hamt
 from peerstack.content.blockstore import Blockstore
 from peerstack.content.unixfs import DataType, UnixFSData
 from peerstack.core.cid import CID, DAG_PB, RAW
@@ -41,6 +41,9 @@ class ImportProfile:
     chunk_size: int = MiB
     max_links: int = 1024
     hash_code: int = SHA2_256
+    # A directory becomes a HAMT when the names and CIDs of its entries (helia's and go's
+    # "links-bytes" estimate) exceed this many bytes.
+    shard_threshold: int = 256 * 1024
 
     def __post_init__(self) -> None:
         if self.cid_version not in (0, 1):
@@ -68,6 +71,7 @@ class ImportResult:
     size: int  # cumulative DAG size (the Tsize a parent link carries)
     file_size: int  # bytes of file content (0 for directories)
     is_dir: bool = False
+    entries: int = 0  # for a directory: how many entries it has
 
 
 ProgressFn = Callable[[int, int], None]  # (bytes imported so far, blocks written so far)
@@ -181,9 +185,26 @@ async def import_file(
 async def make_directory(
     store: Blockstore, entries: dict[str, ImportResult], profile: ImportProfile = DEFAULT_PROFILE
 ) -> ImportResult:
-    """A flat UnixFS directory over already-imported entries (links sorted by name bytes)."""
+    """A UnixFS directory over already-imported entries: flat, or a HAMT when it is big.
+
+    The size estimate counts what helia's importer counts: name bytes plus CID bytes of every
+    entry except non-empty subdirectories (those have no CID yet when helia decides).
+    """
     for name in entries:
         _check_name(name)
+    estimate = sum(
+        len(name.encode("utf-8")) + len(res.cid.to_bytes())
+        for name, res in entries.items()
+        if not (res.is_dir and res.entries)
+    )
+    if estimate > profile.shard_threshold:
+        async def put(block: bytes) -> CID:
+            return await store.put_data(block, DAG_PB, profile.cid_version, profile.hash_code)
+
+        cid, size = await hamt.build_hamt(
+            {name: (res.cid, res.size) for name, res in entries.items()}, put
+        )
+        return ImportResult(cid, size, 0, is_dir=True, entries=len(entries))
     links = dagpb.sort_links(
         [dagpb.PBLink(res.cid, name, res.size) for name, res in entries.items()]
     )
@@ -194,7 +215,7 @@ async def make_directory(
         raise UsageError(f"directory with {len(entries)} entries needs HAMT sharding (unsupported)")
     cid = await store.put_data(block, DAG_PB, profile.cid_version, profile.hash_code)
     size = len(block) + sum(link.tsize or 0 for link in links)
-    return ImportResult(cid, size, 0, is_dir=True)
+    return ImportResult(cid, size, 0, is_dir=True, entries=len(entries))
 
 
 def _check_name(name: str) -> None:
