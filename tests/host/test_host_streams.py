@@ -372,3 +372,26 @@ async def test_simultaneous_connect_both_ways(make_host: MakeHost) -> None:
     assert a.connected_peers() == [b.peer_id]
     assert b.connected_peers() == [a.peer_id]
     assert 1 <= len(a.connections(b.peer_id)) <= 2
+
+
+async def test_stream_churn_leaves_nothing_behind(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    b.set_stream_handler(ECHO, echo_handler)
+    peer = await a.dial(addr_of(b))
+    for i in range(300):
+        stream = await a.new_stream(peer, [ECHO])
+        await stream.write(b"%d" % i)
+        await stream.close()
+        assert await stream.read_until_eof(100) == b"%d" % i
+        if i % 3 == 0:
+            stream.reset()  # a reset after a clean close changes nothing
+    await asyncio.sleep(0.05)
+    conn_a = a.connection(peer)
+    conn_b = b.connection(a.peer_id)
+    assert conn_a is not None
+    assert conn_b is not None
+    for conn in (conn_a, conn_b):
+        assert conn.num_streams == 0
+        assert conn.session.stream_count == 0
+        assert conn.idle_since is not None
