@@ -208,3 +208,57 @@ def test_dial_into_a_black_hole_fails_in_bounded_time(lab: Netlab, tmp_path: Pat
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("peerstack: ")
     assert not lines[0].rstrip().endswith(":"), f"the error names no reason: {lines[0]!r}"
+
+
+def _established(lab: Netlab, host: str, port: int) -> int:
+    out = lab.run(host, ["ss", "-Htn", "state", "established", f"( sport = :{port} )"])
+    return len(out.stdout.splitlines())
+
+
+def test_client_killed_mid_transfer_releases_the_daemon(lab: Netlab, tmp_path: Path) -> None:
+    """SIGKILL the downloading client: the daemon drops that connection and keeps serving."""
+    lab.add_host("a")
+    lab.add_host("b")
+    link = lab.link("a", "b", delay_ms=5, rate_mbit=100)
+    daemon = start_daemon(lab, "a", tmp_path / "repo-a", [f"/ip4/{link.addr_a}/tcp/4001"])
+    target = daemon.addr_on(link.addr_a)
+    client = perf_client(lab, "b", target, download=1024 * MIB)
+    assert read_json_line(client, timeout=20)["event"] == "connected"
+    time.sleep(1.0)
+    assert _established(lab, "a", 4001) == 1
+    kill_group(client, signal.SIGKILL)
+    client.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _established(lab, "a", 4001) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _established(lab, "a", 4001) == 0, "the daemon kept the dead client's connection"
+    assert daemon.proc.poll() is None
+    done = peerstack(lab, "b", ["ping", target, "-n", "2", "--json"], timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_daemon_sigterm_mid_transfer_stops_cleanly(lab: Netlab, tmp_path: Path) -> None:
+    """SIGTERM while serving a download: the daemon says ``stopped`` and exits 0 promptly;
+    the client fails with one line."""
+    lab.add_host("a")
+    lab.add_host("b")
+    link = lab.link("a", "b", delay_ms=5, rate_mbit=100)
+    daemon = start_daemon(lab, "a", tmp_path / "repo-a", [f"/ip4/{link.addr_a}/tcp/4001"])
+    args = [str(PEERSTACK), "perf", daemon.addr_on(link.addr_a), "--upload", "0"]
+    client = lab.spawn(
+        "b",
+        [*args, "--download", "1GiB", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_established(lab, "a", 4001)
+    time.sleep(1.0)
+    assert client.poll() is None, "the transfer ended before the daemon was stopped"
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=15) == 0, daemon.log.read_text()[-2000:]
+    assert read_line(daemon.proc, timeout=5).strip() == '{"event":"stopped"}'
+    _, err = client.communicate(timeout=20)
+    assert client.returncode != 0
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("peerstack: "), err
