@@ -19,9 +19,11 @@ from peerstack.content.bitswap.service import (
     PROTOCOL_1_0,
     PROTOCOL_1_2,
     Bitswap,
+    BitswapConfig,
     Provider,
     Reprovider,
 )
+from peerstack.content.bitswap.session import SessionConfig
 from peerstack.content.blockstore import Blockstore, BlockstoreFull, FsyncPolicy
 from peerstack.content.dagpb import MalformedDagPb
 from peerstack.content.exporter import cat
@@ -346,3 +348,46 @@ async def test_malformed_dag_pb_from_a_peer_fails_the_fetch(nodes: list[Node]) -
         await asyncio.wait_for(b.bitswap.fetch(cid), 10)
     assert not await b.store.has(cid)
     assert b.bitswap.is_banned(a.peer)
+
+
+class LiarPeer(RawPeer):
+    """Says HAVE to everything and then never sends a block."""
+
+    want_blocks: list[CID]
+
+    def __init__(self, host: MemHost) -> None:
+        super().__init__(host)
+        self.want_blocks = []
+
+    async def run(self, target: PeerId) -> None:
+        out = await self.host.new_stream(target, [PROTOCOL_1_2])
+        while True:
+            msg = await self.inbox.get()
+            self.want_blocks += [e.cid for e in msg.wantlist
+                                 if not e.cancel and e.want_type == WantType.BLOCK]
+            haves = [m.Presence(e.cid, m.PresenceType.HAVE) for e in msg.wantlist
+                     if not e.cancel and e.want_type == WantType.HAVE]
+            if haves:
+                await write_length_prefixed(out, Message(presences=haves).encode())
+
+
+async def test_stalled_peer_is_timed_out_and_blocks_come_from_elsewhere(
+    net: MemNetwork, tmp_path: Path
+) -> None:
+    cfg = BitswapConfig(session=SessionConfig(min_stall_timeout=0.2, max_stall_timeout=0.5))
+    ha, hb = net.add_host(), net.add_host()
+    liar = LiarPeer(net.add_host())
+    with Blockstore(tmp_path / "a") as sa, Blockstore(tmp_path / "b") as sb:
+        async with Bitswap(ha, sa, config=cfg), Bitswap(hb, sb, config=cfg) as bb:
+            data = pattern(600_000)
+            res = await import_bytes(sa, data, SMALL_CHUNKS)
+            await hb.connect(liar.host.peer_id)
+            liar_task = asyncio.create_task(liar.run(hb.peer_id))
+            fetch = asyncio.create_task(bb.fetch(res.cid))
+            await asyncio.sleep(0.3)  # the liar has been asked and said HAVE
+            await hb.connect(ha.peer_id)
+            await asyncio.wait_for(fetch, 30)
+            liar_task.cancel()
+            assert await read_all(sb, res.cid) == data
+            assert bb.penalties == {}  # slow is not malicious
+            assert res.cid in liar.want_blocks  # it was asked, stalled, and was replaced

@@ -95,6 +95,10 @@ class BitswapConfig:
     connect_timeout: float = 10.0
     ban_seconds: float = 600.0
     recent_blocks: int = 8192  # received/cancelled CIDs a late duplicate may still match
+    # Each inbound stream may hold a few messages (up to 4 MiB each) while they are processed;
+    # more streams than this from one peer are refused.
+    max_inbound_streams_per_peer: int = 4
+    max_banned: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +330,17 @@ class Bitswap:
     def penalize(self, peer: PeerId, reason: BaseException) -> None:
         """Cut ``peer`` off: it broke the protocol or sent bad data."""
         log.warning("bitswap: cutting off %s: %r", peer, reason)
-        self.penalties[peer] = self.penalties.get(peer, 0) + 1
-        self._banned[peer] = self.now() + self.config.ban_seconds
+        self.penalties[peer] = self.penalties.pop(peer, 0) + 1
+        while len(self.penalties) > self.config.max_banned:
+            del self.penalties[next(iter(self.penalties))]
+        now = self.now()
+        if len(self._banned) >= self.config.max_banned:
+            for other, until in list(self._banned.items()):
+                if until <= now:
+                    del self._banned[other]
+            while len(self._banned) >= self.config.max_banned:
+                del self._banned[next(iter(self._banned))]  # the oldest ban goes first
+        self._banned[peer] = now + self.config.ban_seconds
         self.engine.peer_disconnected(peer)
         for session in self.sessions:
             session.core.ban(peer)
@@ -378,7 +391,12 @@ class Bitswap:
         if self.is_banned(peer):
             stream.reset()
             return
-        self._inbound.setdefault(peer, set()).add(stream)
+        streams = self._inbound.setdefault(peer, set())
+        if len(streams) >= self.config.max_inbound_streams_per_peer:
+            log.debug("refusing another bitswap stream from %s", peer)
+            stream.reset()
+            return
+        streams.add(stream)
         # Reading the next message overlaps with processing the previous one (hashing and
         # storing blocks); the queue is short, so a peer still cannot make us buffer much.
         queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=2)
@@ -405,11 +423,9 @@ class Bitswap:
                 worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
-            streams = self._inbound.get(peer)
-            if streams is not None:
-                streams.discard(stream)
-                if not streams:
-                    del self._inbound[peer]
+            streams.discard(stream)
+            if not streams and self._inbound.get(peer) is streams:
+                del self._inbound[peer]
 
     async def _process(self, peer: PeerId, queue: asyncio.Queue[Message | None]) -> None:
         try:
