@@ -223,3 +223,22 @@ async def test_user_errors() -> None:
 async def test_listen_override() -> None:
     async with Node(listen=[Multiaddr("/ip4/127.0.0.1/tcp/0")]) as a:
         assert len(a.addrs) == 1
+
+
+async def test_peerstore_limits_do_not_penalize(pair: tuple[Node, Node]) -> None:
+    # 200 protocols: within identify's wire limit (256), over the peerstore's (128 per peer).
+    a, b = pair
+
+    async def handler(stream: Stream) -> None:
+        await stream.close()
+
+    for i in range(200):
+        b.host.set_stream_handler(f"/many/{i}", handler)
+    peer = await a.connect(b.addrs[0])
+    info = a.identify_info(peer)
+    assert info is not None
+    assert len(info.protocols) > 200
+    assert a.peerstore.metadata(peer, "agent_version") == AGENT_VERSION
+    assert set(a.peerstore.addrs(peer)) >= set(info.listen_addrs)
+    assert a.peerstore.metadata(peer, MISBEHAVIOUR_KEY) is None
+    assert a.identify.last_error(peer) is None

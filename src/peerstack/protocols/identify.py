@@ -448,13 +448,7 @@ class IdentifyService:
         while len(self._infos) > MAX_CACHED_INFOS:
             self._infos.popitem(last=False)
 
-        try:
-            self._store(info, push=push)
-        except PeerError as exc:
-            # The peerstore has tighter limits than the wire (e.g. addresses per peer): what
-            # did not fit is refused there, the rest of the message still counts.
-            log.info("peerstore refused identify data from %s: %s", peer, exc)
-            self._record_error(peer, exc)
+        self._store(info, push=push)
         if info.observed_addr is not None and not push:
             self.observed.add(info.observed_addr, peer)
 
@@ -463,18 +457,33 @@ class IdentifyService:
             _settle(waiter, info, None)
 
     def _store(self, info: IdentifyInfo, *, push: bool) -> None:
+        """Write ``info`` to the peerstore, each fact on its own.
+
+        The peerstore may have tighter limits than the wire (addresses or protocols per peer).
+        What it refuses is logged and left out; the rest still counts, and the peer is not
+        penalized for a message the protocol allows.
+        """
         ps = self._peerstore
         peer = info.peer
+        writes: list[tuple[str, Callable[[], None]]] = []
         if info.public_key is not None:
-            ps.set_public_key(peer, info.public_key)
+            key = info.public_key
+            writes.append(("public key", lambda: ps.set_public_key(peer, key)))
         if info.agent_version is not None:
-            ps.set_metadata(peer, "agent_version", info.agent_version)
+            agent = info.agent_version
+            writes.append(("agent", lambda: ps.set_metadata(peer, "agent_version", agent)))
         if info.protocol_version is not None:
-            ps.set_metadata(peer, "protocol_version", info.protocol_version)
+            version = info.protocol_version
+            writes.append(("version", lambda: ps.set_metadata(peer, "protocol_version", version)))
         if info.has_protocols or not push:
-            ps.set_protocols(peer, info.protocols)
+            writes.append(("protocols", lambda: ps.set_protocols(peer, info.protocols)))
         if info.has_listen_addrs or not push:
-            ps.add_addrs(peer, info.listen_addrs, ADDR_TTL)
+            writes.append(("addrs", lambda: ps.add_addrs(peer, info.listen_addrs, ADDR_TTL)))
+        for what, write in writes:
+            try:
+                write()
+            except PeerError as exc:
+                log.info("peerstore refused the %s of %s: %s", what, peer, exc)
 
     # -- inbound ------------------------------------------------------------------------------
 
