@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import MakeHost
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import PeerstackError, ResourceLimitError, StreamReset
@@ -15,6 +15,9 @@ from peerstack.host.limits import Limits
 from peerstack.net import tcp
 
 HOLD = "/test/hold/1"
+
+# The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
+MakeHost = Callable[..., Awaitable[BasicHost]]
 
 
 def addr_of(host: BasicHost) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import MakeHost
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import NegotiationError, StreamClosed, StreamReset
@@ -15,6 +15,9 @@ from peerstack.host.host import BasicHost
 from peerstack.host.interface import Host, HostEvent, PeerConnected, PeerDisconnected, Stream
 
 ECHO = "/test/echo/1.0.0"
+
+# The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
+MakeHost = Callable[..., Awaitable[BasicHost]]
 
 
 async def echo_handler(stream: Stream) -> None:

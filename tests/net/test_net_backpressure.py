@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import struct
-
-from conftest import MakeHost
+from collections.abc import Awaitable, Callable
 
 from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
+from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
 from peerstack.net.tcp import WRITE_HIGH_WATER
 from peerstack.wire import multistream, noise, yamux
+
+# The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
+MakeHost = Callable[..., Awaitable[BasicHost]]
 
 BLAST = "/test/blast/1"
 TOTAL = 256 << 20

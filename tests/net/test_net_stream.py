@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import MakeHost
 
 from peerstack.errors import StreamReset, UsageError
+from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
+
+# The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
+MakeHost = Callable[..., Awaitable[BasicHost]]
 
 
 async def test_concurrent_writers_do_not_interleave(make_host: MakeHost) -> None:

@@ -7,9 +7,9 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import MakeHost
 
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
@@ -30,6 +30,9 @@ from peerstack.net.upgrader import UpgradeOptions, upgrade
 from peerstack.wire import multistream, noise, yamux
 
 ECHO = "/test/echo/1.0.0"
+
+# The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
+MakeHost = Callable[..., Awaitable[BasicHost]]
 
 
 async def echo_handler(stream: Stream) -> None:
