@@ -184,3 +184,21 @@ def test_ping_wrong_peer_id_is_one_line(
     other = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
     target = addrs[0].rsplit("/p2p/", 1)[0] + f"/p2p/{other}"
     one_line_error(peerstack("ping", target, "-n", "1"))
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "peerstack"
+    if not script.exists():
+        pytest.skip("the peerstack console script is not installed in this environment")
+    proc = subprocess.run(
+        [str(script), "id", "--repo", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["peer_id"].startswith("12D3KooW")
+    assert (
+        subprocess.run([str(script), "--version"], capture_output=True, check=False).returncode == 0
+    )
