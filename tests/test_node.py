@@ -11,6 +11,7 @@ import pytest
 from peerstack.core import varint
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
 from peerstack.errors import DecodeError, LimitExceeded, PeerError, UsageError
 from peerstack.host.interface import Stream
 from peerstack.node import MISBEHAVIOUR_KEY, Node
@@ -242,3 +243,13 @@ async def test_peerstore_limits_do_not_penalize(pair: tuple[Node, Node]) -> None
     assert set(a.peerstore.addrs(peer)) >= set(info.listen_addrs)
     assert a.peerstore.metadata(peer, MISBEHAVIOUR_KEY) is None
     assert a.identify.last_error(peer) is None
+
+
+async def test_wait_identified_for_absent_peer_times_out_cleanly() -> None:
+    async with Node() as a:
+        stranger = PrivateKey.generate().public_key
+        service = a.identify
+        service._timeout = 0.05  # a test-only shortcut for the 15 s default
+        with pytest.raises(TimeoutError):
+            await service.wait_identified(PeerId.from_public_key(stranger))
+        assert not service._waiters

@@ -372,8 +372,15 @@ class IdentifyService:
             fut = self._waiters.get(peer)
             if fut is None:
                 fut = self._waiters[peer] = asyncio.get_running_loop().create_future()
-        async with asyncio.timeout(self._timeout):
-            return await asyncio.shield(fut)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            # Forget a waiter for a peer that never showed up, so they cannot pile up.
+            if self._waiters.get(peer) is fut and not fut.done():
+                del self._waiters[peer]
+                fut.cancel()
+            raise
 
     # -- outbound identify --------------------------------------------------------------------
 
