@@ -188,8 +188,14 @@ class BasicHost:
         return self._key
 
     def listen_addrs(self) -> list[Multiaddr]:
-        """The real bound addresses (ephemeral ports resolved)."""
-        return [a for listener in self._listeners for a in listener.multiaddrs]
+        """The real bound addresses: ephemeral ports resolved, and a wildcard (0.0.0.0, ::)
+        listener listed once per interface address."""
+        bound = [a for listener in self._listeners for a in listener.multiaddrs]
+        if not any(a.components[0].value in ("0.0.0.0", "::") for a in bound):
+            return bound
+        interfaces = tcp.interface_addresses()
+        out = [e for a in bound for e in tcp.expand_unspecified(a, interfaces)]
+        return list(dict.fromkeys(out))
 
     def peer_addrs(self, peer: PeerId) -> list[Multiaddr]:
         return self.peerstore.addrs(peer)

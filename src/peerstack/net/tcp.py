@@ -73,6 +73,62 @@ def sockaddr_to_multiaddr(sockaddr: tuple[object, ...] | None) -> Multiaddr | No
     return Multiaddr(f"/{proto}/{ip}/tcp/{port}")
 
 
+_SIOCGIFADDR = 0x8915  # Linux ioctl: the IPv4 address of an interface
+
+
+def interface_addresses() -> tuple[list[str], list[str]]:
+    """The IPv4 and IPv6 addresses of this machine's interfaces, loopback included.
+
+    Linux only (an ioctl per interface and ``/proc/net/if_inet6``; no packet is sent);
+    elsewhere just the loopback addresses. Link-local IPv6 addresses are left out: they are
+    useless to peers without a zone.
+    """
+    v4: list[str] = []
+    v6: list[str] = []
+    try:
+        import fcntl
+        import struct
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            for _, name in socket.if_nameindex():
+                with contextlib.suppress(OSError):
+                    packed = struct.pack("256s", name.encode()[:15])
+                    answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, packed)
+                    v4.append(socket.inet_ntoa(answer[20:24]))
+    except (ImportError, OSError):
+        pass
+    with contextlib.suppress(OSError), open("/proc/net/if_inet6") as table:
+        for line in table:
+            fields = line.split()
+            if not fields or len(fields[0]) != 32:
+                continue
+            ip = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            if not ip.is_link_local:
+                v6.append(str(ip))
+    if "127.0.0.1" not in v4:
+        v4.insert(0, "127.0.0.1")
+    if "::1" not in v6:
+        v6.insert(0, "::1")
+    return list(dict.fromkeys(v4)), list(dict.fromkeys(v6))
+
+
+def expand_unspecified(
+    addr: Multiaddr, interfaces: tuple[list[str], list[str]] | None = None
+) -> list[Multiaddr]:
+    """``/ip4/0.0.0.0/...`` (or ``/ip6/::/...``) -> one address per interface; else ``[addr]``.
+
+    A listener bound to the wildcard is reachable on every interface, but peers cannot dial
+    0.0.0.0: identify must announce the real addresses.
+    """
+    comps = addr.components
+    if not comps or comps[0].value not in ("0.0.0.0", "::"):
+        return [addr]
+    v4, v6 = interfaces if interfaces is not None else interface_addresses()
+    proto = comps[0].name
+    rest = Multiaddr.from_components(comps[1:])
+    return [Multiaddr(f"/{proto}/{ip}").encapsulate(rest) for ip in (v4 if proto == "ip4" else v6)]
+
+
 class TcpConnection(asyncio.BufferedProtocol):
     """One TCP connection: handshake-mode reads, then a synchronous receiver; paced writes."""
 

@@ -1,0 +1,81 @@
+"""The TCP layer on its own: addresses, handshake-mode reads, write pacing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.net import tcp
+
+
+def test_sockaddr_to_multiaddr() -> None:
+    assert tcp.sockaddr_to_multiaddr(("127.0.0.1", 4001)) == Multiaddr("/ip4/127.0.0.1/tcp/4001")
+    assert tcp.sockaddr_to_multiaddr(("::1", 5, 0, 0)) == Multiaddr("/ip6/::1/tcp/5")
+    assert tcp.sockaddr_to_multiaddr(("fe80::1%eth0", 5, 0, 2)) == Multiaddr("/ip6/fe80::1/tcp/5")
+    assert tcp.sockaddr_to_multiaddr(None) is None
+    assert tcp.sockaddr_to_multiaddr(("not an ip", 1)) is None
+
+
+def test_wildcard_expands_to_interface_addresses() -> None:
+    v4, v6 = tcp.interface_addresses()
+    assert "127.0.0.1" in v4
+    assert "::1" in v6
+    interfaces = (["127.0.0.1", "10.1.2.3"], ["::1"])
+    assert tcp.expand_unspecified(Multiaddr("/ip4/0.0.0.0/tcp/4001"), interfaces) == [
+        Multiaddr("/ip4/127.0.0.1/tcp/4001"),
+        Multiaddr("/ip4/10.1.2.3/tcp/4001"),
+    ]
+    assert tcp.expand_unspecified(Multiaddr("/ip6/::/tcp/7"), interfaces) == [
+        Multiaddr("/ip6/::1/tcp/7")
+    ]
+    specific = Multiaddr("/ip4/10.0.0.1/tcp/1")
+    assert tcp.expand_unspecified(specific, interfaces) == [specific]
+
+
+def test_event_loop_policy() -> None:
+    loop = tcp.best_event_loop_policy().new_event_loop()
+    try:
+        assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
+
+
+async def test_handshake_mode_reads_and_attach() -> None:
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
+    try:
+        (addr,) = listener.multiaddrs
+        client = await tcp.dial(addr)
+        server = await accepted.get()
+        assert server.remote_ip == "127.0.0.1"
+        assert client.remote_addr == addr
+        client.write(b"hello ")
+        assert await server.read_some() == b"hello "
+        client.write(b"world")
+        await asyncio.sleep(0.05)
+        # attach() hands back what arrived before it, then delivers synchronously.
+        got: list[bytes] = []
+        lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        leftover = server.attach(lambda data: got.append(bytes(data)), lost.set_result)
+        assert leftover == b"world"
+        client.write(b"!")
+        client.close()
+        assert await lost is None
+        assert got == [b"!"]
+        assert server.is_closed
+    finally:
+        await listener.close()
+
+
+async def test_read_some_reports_eof() -> None:
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
+    try:
+        client = await tcp.dial(listener.multiaddrs[0])
+        server = await accepted.get()
+        client.write(b"last words")
+        client.close()
+        assert await server.read_some() == b"last words"
+        assert await server.read_some() == b""
+    finally:
+        await listener.close()
