@@ -76,23 +76,22 @@ class Node:
         host = BasicHost(
             self._key, listen_addrs=self.config.listen_addrs(), limits=self.config.limits
         )
+        # Handlers go in before the listeners open, so no early peer meets a missing protocol;
+        # identify starts right after (no await in between), so it sees every connection.
+        for module in (ping, perf, echo):
+            module.register(host)
+        identify = IdentifyService(
+            host,
+            host.peerstore,
+            self._key.public_key,
+            host.protocols,
+            agent_version=self.config.agent_version,
+            on_peer_error=self._penalize,
+        )
         await host.start()
         self._host = host
-        try:
-            self._identify = IdentifyService(
-                host,
-                host.peerstore,
-                self._key.public_key,
-                host.protocols,
-                agent_version=self.config.agent_version,
-                on_peer_error=self._penalize,
-            )
-            for module in (ping, perf, echo):
-                module.register(host)
-            self._identify.start()
-        except BaseException:
-            await self.close()
-            raise
+        self._identify = identify
+        identify.start()
 
     async def close(self) -> None:
         identify, self._identify = self._identify, None
