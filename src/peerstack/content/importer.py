@@ -14,8 +14,10 @@ while memory stays at ``depth * max_links`` links plus one chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from peerstack.content.blockstore import Blockstore
 from peerstack.content.unixfs import DataType, UnixFSData
 from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.core.multihash import BLAKE3, SHA2_256
-from peerstack.errors import UsageError
+from peerstack.errors import PeerstackError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,11 @@ class _Item:
     single: bool = False
 
 
+# Leaves hashed and written at once (in worker threads): hashing overlaps with reading the next
+# chunk and with other leaves, at the cost of this many chunks in memory.
+PIPELINE_DEPTH = 2
+
+
 class _FileBuilder:
     def __init__(self, store: Blockstore, profile: ImportProfile) -> None:
         self.store = store
@@ -95,6 +102,8 @@ class _FileBuilder:
         self.count = 0
         self.bytes = 0
         self.blocks = 0
+        self._pending: deque[tuple[asyncio.Task[tuple[CID, int]], int]] = deque()
+        self._drained = 0
 
     async def _put_node(self, node: dagpb.PBNode) -> tuple[CID, int]:
         block = dagpb.encode(node)
@@ -102,19 +111,37 @@ class _FileBuilder:
         self.blocks += 1
         return cid, len(block)
 
-    async def add_chunk(self, chunk: bytes) -> None:
+    async def _leaf(self, chunk: bytes) -> tuple[CID, int]:
         if self.p.raw_leaves:
             cid = await self.store.put_data(chunk, RAW, 1, self.p.hash_code)
             self.blocks += 1
-            item = _Item(cid, len(chunk), len(chunk))
-        else:
-            data = UnixFSData(DataType.FILE, data=chunk)
-            cid, n = await self._put_node(dagpb.PBNode((), data.encode()))
-            item = _Item(cid, n, len(chunk))
+            return cid, len(chunk)
+        data = UnixFSData(DataType.FILE, data=chunk)
+        return await self._put_node(dagpb.PBNode((), data.encode()))
+
+    async def add_chunk(self, chunk: bytes) -> None:
         self.count += 1
         self.bytes += len(chunk)
-        item.single = self.count == 1
+        task = asyncio.get_running_loop().create_task(self._leaf(chunk))
+        self._pending.append((task, len(chunk)))
+        if len(self._pending) >= PIPELINE_DEPTH:
+            await self._drain_one()
+
+    async def _drain_one(self) -> None:
+        task, size = self._pending.popleft()
+        cid, tsize = await task
+        item = _Item(cid, tsize, size, single=self._drained == 0)
+        self._drained += 1
         await self._push(0, item)
+
+    async def abort(self) -> None:
+        """Stop the leaves still being written (the import failed or was cancelled)."""
+        for task, _ in self._pending:
+            task.cancel()
+        for task, _ in self._pending:
+            with contextlib.suppress(asyncio.CancelledError, PeerstackError):
+                await task
+        self._pending.clear()
 
     async def _push(self, level: int, item: _Item) -> None:
         while len(self.levels) <= level:
@@ -135,6 +162,8 @@ class _FileBuilder:
         return _Item(cid, n + sum(it.tsize for it in kept), data.file_size())
 
     async def finish(self) -> _Item:
+        while self._pending:
+            await self._drain_one()
         level = 0
         while True:
             items = self.levels[level]
@@ -154,13 +183,7 @@ async def import_stream(
     progress: ProgressFn | None = None,
 ) -> ImportResult:
     """Import a byte stream as one UnixFS file; only one chunk is held at a time."""
-    builder = _FileBuilder(store, profile)
-    async for chunk in chunker.fixed_size(source, profile.chunk_size):
-        await builder.add_chunk(chunk)
-        if progress is not None:
-            progress(builder.bytes, builder.blocks)
-    root = await builder.finish()
-    return ImportResult(root.cid, root.tsize, root.file_size)
+    return await _build(profile, store, chunker.fixed_size(source, profile.chunk_size), progress)
 
 
 async def import_bytes(
@@ -173,12 +196,23 @@ async def import_file(
     store: Blockstore, path: str | os.PathLike[str], profile: ImportProfile = DEFAULT_PROFILE,
     progress: ProgressFn | None = None,
 ) -> ImportResult:
+    return await _build(profile, store, chunker.file_chunks(path, profile.chunk_size), progress)
+
+
+async def _build(
+    profile: ImportProfile, store: Blockstore, chunks: AsyncIterable[bytes],
+    progress: ProgressFn | None,
+) -> ImportResult:
     builder = _FileBuilder(store, profile)
-    async for chunk in chunker.file_chunks(path, profile.chunk_size):
-        await builder.add_chunk(chunk)
-        if progress is not None:
-            progress(builder.bytes, builder.blocks)
-    root = await builder.finish()
+    try:
+        async for chunk in chunks:
+            await builder.add_chunk(chunk)
+            if progress is not None:
+                progress(builder.bytes, builder.blocks)
+        root = await builder.finish()
+    except BaseException:
+        await builder.abort()
+        raise
     return ImportResult(root.cid, root.tsize, root.file_size)
 
 
