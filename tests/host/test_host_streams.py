@@ -398,3 +398,31 @@ async def test_stream_churn_leaves_nothing_behind(make_host: MakeHost) -> None:
         assert conn.num_streams == 0
         assert conn.session.stream_count == 0
         assert conn.idle_since is not None
+
+
+async def test_connection_loss_wakes_a_writer_of_a_finished_stream(make_host: MakeHost) -> None:
+    """The peer sent everything (FIN) and went away while our handler was still writing its
+    answer, parked on the send window: the write must fail, not hang."""
+    a = await make_host()
+    b = await make_host()
+    outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def answer_big(stream: Stream) -> None:
+        try:
+            request = await stream.read()
+            while await stream.read():
+                pass
+            await stream.write(request * (8 << 20))  # far beyond the window: parks
+            outcome.set_result(None)
+        except StreamReset as exc:
+            outcome.set_result(exc)
+
+    b.set_stream_handler("/big", answer_big)
+    stream = await a.new_stream(await a.dial(addr_of(b)), ["/big"])
+    await stream.write(b"x")
+    await stream.close()
+    await asyncio.sleep(0.2)
+    assert not outcome.done()
+    await a.disconnect(b.peer_id)
+    async with asyncio.timeout(5):
+        assert isinstance(await outcome, StreamReset)

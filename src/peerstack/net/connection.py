@@ -451,9 +451,11 @@ class Connection:
         self._streams.clear()
         self._n_inbound = self._n_outbound = 0
         for stream in streams:
-            # A stream the peer already finished keeps its data for the reader; writes to it
-            # fail in send(). Every other stream ends abruptly.
-            if not stream._eof:
+            # A stream the peer already finished keeps its data for the reader; only its
+            # writes fail. Every other stream ends abruptly.
+            if stream._eof:
+                stream._fail_writes(self.error_for_streams())
+            else:
                 stream._fail(self.error_for_streams())
         waiters, self._close_waiters = self._close_waiters, []
         for fut in waiters:

@@ -57,6 +57,7 @@ class YamuxStream:
         "_read_waiter",
         "_size",
         "_turn_waiters",
+        "_write_error",
         "_write_waiter",
         "_writing",
         "outbound",
@@ -73,6 +74,7 @@ class YamuxStream:
         self._preconsumed = 0  # bytes pushed back by unread(): window already returned
         self._eof = False
         self._error: StreamReset | None = None
+        self._write_error: StreamReset | None = None
         self._local_closed = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
@@ -175,8 +177,9 @@ class YamuxStream:
             parts.append(piece)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._error is not None:
-            raise self._error
+        error = self._error or self._write_error
+        if error is not None:
+            raise error
         if self._local_closed:
             raise StreamClosed("write after close()")
         if self._writing:
@@ -193,7 +196,7 @@ class YamuxStream:
     async def _wait_turn(self) -> None:
         if self._turn_waiters is None:
             self._turn_waiters = deque()
-        while self._writing and self._error is None:
+        while self._writing and self._error is None and self._write_error is None:
             fut = asyncio.get_running_loop().create_future()
             self._turn_waiters.append(fut)
             try:
@@ -202,8 +205,9 @@ class YamuxStream:
                 if fut.done() and not fut.cancelled():
                     self._pass_turn()  # we were given the turn: hand it on
                 raise
-        if self._error is not None:
-            raise self._error
+        error = self._error or self._write_error
+        if error is not None:
+            raise error
         if self._local_closed:
             raise StreamClosed("write after close()")
 
@@ -228,8 +232,9 @@ class YamuxStream:
         while off < total:
             if conn.write_paused:
                 await conn.wait_writable()
-                if self._error is not None:
-                    raise self._error
+                error = self._error or self._write_error
+                if error is not None:
+                    raise error
             piece: bytes | memoryview
             if off == 0 and whole is not None:
                 piece = whole
@@ -343,16 +348,18 @@ class YamuxStream:
                 self._read_waiter = None
 
     async def _wait_window(self) -> None:
-        if self._error is not None:
-            raise self._error
+        error = self._error or self._write_error
+        if error is not None:
+            raise error
         fut = asyncio.get_running_loop().create_future()
         self._write_waiter = fut
         try:
             await fut
         finally:
             self._write_waiter = None
-        if self._error is not None:
-            raise self._error
+        error = self._error or self._write_error
+        if error is not None:
+            raise error
 
     # Called by the connection --------------------------------------------------------------
 
@@ -373,6 +380,20 @@ class YamuxStream:
         fut = self._write_waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def _fail_writes(self, error: StreamReset) -> None:
+        """The connection ended after the peer finished sending: what it sent stays readable,
+        but writes (including those waiting for window) fail."""
+        if self._write_error is not None or self._error is not None:
+            return
+        self._write_error = error
+        fut = self._write_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        while self._turn_waiters:
+            waiter = self._turn_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail(self, error: StreamReset) -> None:
         """The stream is gone (reset by either side, or the connection ended)."""
