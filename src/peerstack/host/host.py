@@ -235,6 +235,17 @@ class BasicHost:
 
     # -- connections -------------------------------------------------------------------------
 
+    def stats(self) -> dict[str, int]:
+        """Counters for dashboards and tests: connections, streams, running tasks."""
+        conns = self.connmgr.connections()
+        return {
+            **self.connmgr.counts(),
+            "streams": sum(c.num_streams for c in conns),
+            "tasks": len(self._tasks),
+            "handlers": len(self._handlers),
+            "peerstore_peers": len(self.peerstore),
+        }
+
     def connected_peers(self) -> list[PeerId]:
         return self.connmgr.peers()
 
