@@ -13,7 +13,7 @@
 //   {"id": 5, "cmd": "echo", "addr": "...", "data_hex": "...", "streams": 100}  (or "size": N
 //                                 random bytes instead of data_hex; each stream is checked)
 //   {"id": 6, "cmd": "echo-reset", "addr": "...", "size": N, "read_bytes": K}
-//   {"id": 7, "cmd": "hangup", "addr": "..."}
+//   {"id": 7, "cmd": "hangup", "addr": "...", "abort": false}   (abort: no graceful close)
 //   {"id": 8, "cmd": "peers"}
 //   {"id": 9, "cmd": "stop"}
 // A failed command answers {"id":..,"ok":false,"error":"...","errorName":"..."}.
@@ -75,18 +75,44 @@ function chunkBytes (chunk) {
 
 // Send honouring backpressure: js-libp2p 3.x streams return false from send() when their
 // buffer is full, and we must wait for drain before sending again.
-async function sendAll (stream, data) {
+async function sendAll (stream, data, connection) {
+  // Once its connection is closing, a js-libp2p stream still accepts send() without error and
+  // drops the bytes; stop instead of "sending" the rest of a long transfer into the void.
+  if (stream.status !== 'open' || stream.writeStatus !== 'writable') {
+    throw new Error(`stream is ${stream.status}, write side ${stream.writeStatus}`)
+  }
+  if (connection != null && connection.status !== 'open') {
+    throw new Error(`connection is ${connection.status}`)
+  }
   if (!stream.send(data)) {
-    await stream.onDrain()
+    await waitDrain(stream)
   }
 }
 
-async function sendZeros (stream, total) {
+// stream.onDrain() of js-libp2p 3.x (@libp2p/utils 7.4.1) keeps its first, resolved promise
+// (onDrainPromise is never reset), so after one drain it returns at once and the write buffer
+// grows without bound. Wait for the 'drain' event ourselves.
+async function waitDrain (stream) {
+  if (!stream.writableNeedsDrain) return
+  await new Promise((resolve, reject) => {
+    const cleanup = () => {
+      stream.removeEventListener('drain', onDrain)
+      stream.removeEventListener('close', onClose)
+    }
+    const onDrain = () => { cleanup(); resolve() }
+    const onClose = (evt) => { cleanup(); reject(evt.error ?? new Error('stream closed while waiting for drain')) }
+    stream.addEventListener('drain', onDrain)
+    stream.addEventListener('close', onClose)
+  })
+}
+
+async function sendZeros (stream, total, onSent = () => {}, connection = undefined) {
   const block = new Uint8Array(CHUNK)
   let left = total
   while (left > 0) {
     const n = Math.min(left, CHUNK)
-    await sendAll(stream, n === CHUNK ? block : block.subarray(0, n))
+    await sendAll(stream, n === CHUNK ? block : block.subarray(0, n), connection)
+    onSent(n)
     left -= n
   }
 }
@@ -97,6 +123,13 @@ async function drainCount (stream) {
     n += chunk.byteLength
   }
   return n
+}
+
+// Streams sometimes reject with a bare Event (e.g. a close event) rather than an Error.
+function errorText (err) {
+  if (err instanceof Error) return err.message
+  if (err?.type != null) return `${err.constructor?.name ?? 'Event'} ${err.type}${err.error != null ? ': ' + err.error.message : ''}`
+  return String(err)
 }
 
 function classify (err) {
@@ -114,12 +147,12 @@ async function handleEcho (stream, connection) {
   try {
     for await (const chunk of stream) {
       bytes += chunk.byteLength
-      await sendAll(stream, chunkBytes(chunk))
+      await sendAll(stream, chunkBytes(chunk), connection)
     }
     await stream.close()
     emit({ event: 'echo', peerId: connection.remotePeer.toString(), bytes, result: 'closed' })
   } catch (err) {
-    emit({ event: 'echo', peerId: connection.remotePeer.toString(), bytes, result: classify(err), error: String(err?.message ?? err), errorName: err?.name })
+    emit({ event: 'echo', peerId: connection.remotePeer.toString(), bytes, result: classify(err), error: errorText(err), errorName: err?.name })
     stream.abort(err)
   }
 }
@@ -147,12 +180,11 @@ async function handlePerf (stream, connection) {
     if (n > BigInt(Number.MAX_SAFE_INTEGER)) {
       throw new Error('perf: requested size too large')
     }
-    await sendZeros(stream, Number(n))
-    sent = Number(n)
+    await sendZeros(stream, Number(n), (k) => { sent += k }, connection)
     await stream.close()
     emit({ event: 'perf', peerId: connection.remotePeer.toString(), received, sent, result: 'closed' })
   } catch (err) {
-    emit({ event: 'perf', peerId: connection.remotePeer.toString(), received, sent, result: classify(err), error: String(err?.message ?? err) })
+    emit({ event: 'perf', peerId: connection.remotePeer.toString(), received, sent, result: classify(err), error: errorText(err) })
     stream.abort(err)
   }
 }
@@ -285,7 +317,12 @@ async function cmdHangup (node, msg) {
     throw new Error('hangup needs an address with /p2p/')
   }
   const conns = node.getConnections().filter(c => c.remotePeer.toString() === peer)
-  await Promise.all(conns.map(async c => await c.close()))
+  if (msg.abort === true) {
+    // Abrupt: the socket is torn down without closing streams first.
+    conns.forEach(c => { c.abort(new Error('hangup')) })
+  } else {
+    await Promise.all(conns.map(async c => await c.close()))
+  }
   return { closed: conns.length }
 }
 
