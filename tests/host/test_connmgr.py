@@ -148,3 +148,22 @@ async def test_trim_idle_and_watermarks() -> None:
     assert protected.is_closed
     assert not busy.is_closed
     assert not new_idle.is_closed
+
+
+async def test_cancelled_dial_gives_waiters_an_error_not_a_cancellation() -> None:
+    mgr: ConnectionManager[FakeConn] = ConnectionManager(Limits())
+    peer = new_peer()
+
+    async def slow_dial() -> FakeConn:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    first = asyncio.create_task(mgr.dial(peer, slow_dial))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(mgr.dial(peer, slow_dial))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(DialError, match="cancelled"):
+        await second
+    assert first.cancelled()
+    assert mgr.pending_dials() == 0

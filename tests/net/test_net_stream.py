@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from peerstack.errors import StreamReset, UsageError
+from peerstack.errors import StreamClosed, StreamReset, UsageError
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
 
@@ -69,3 +69,24 @@ async def test_concurrent_reads_are_refused_and_reset_wakes_writers(make_host: M
     hold.set()
     results = await asyncio.gather(reader, *writers, return_exceptions=True)
     assert all(isinstance(r, StreamReset) for r in results)
+
+
+async def test_close_fails_a_write_parked_on_the_window(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    hold = asyncio.Event()
+
+    async def slow(stream: Stream) -> None:
+        await hold.wait()
+        while await stream.read():
+            pass
+
+    b.set_stream_handler("/slow", slow)
+    stream = await a.new_stream(await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}"), ["/slow"])
+    writer = asyncio.create_task(stream.write(os.urandom(4 << 20)))
+    await asyncio.sleep(0.1)
+    assert not writer.done()
+    await stream.close()
+    with pytest.raises(StreamClosed):
+        await writer
+    hold.set()

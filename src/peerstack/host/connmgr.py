@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import ResourceLimitError, UsageError
+from peerstack.errors import DialError, ResourceLimitError, UsageError
 from peerstack.host.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -210,11 +210,13 @@ class ConnectionManager(Generic[C]):
         try:
             conn = await do_dial()
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                fut.cancel()
-            else:
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: waiters may not exist
+            # Waiters get an error, never the dialler's own cancellation: a CancelledError
+            # out of nowhere would silently end their task.
+            err = exc if not isinstance(exc, asyncio.CancelledError) else DialError(
+                f"the dial to {peer} was cancelled"
+            )
+            fut.set_exception(err)
+            fut.exception()  # mark retrieved: there may be no waiter
             raise
         else:
             fut.set_result(conn)

@@ -258,6 +258,9 @@ class YamuxStream:
             return
         self._local_closed = True
         self._conn.close_stream(self)
+        # A write of another task parked on the window must not outlive the stream: woken,
+        # it finds the write side closed and raises StreamClosed.
+        self._wake_writer()
 
     def reset(self) -> None:
         if self._error is not None:
