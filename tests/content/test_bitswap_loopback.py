@@ -6,12 +6,11 @@ import asyncio
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from content_testkit import pattern
-
 from peerstack.content.bitswap.service import Bitswap
 from peerstack.content.blockstore import Blockstore, FsyncPolicy
 from peerstack.core.identity import PrivateKey
 from peerstack.host.host import BasicHost
+from tests.content.content_testkit import pattern
 
 
 async def test_five_mib_to_two_peers_in_parallel(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from content_testkit import MemHost, MemNetwork, pattern
 
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, WantEntry, WantType
@@ -33,6 +32,7 @@ from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import PeerstackError
 from peerstack.host.interface import Stream, read_length_prefixed, write_length_prefixed
+from tests.content.content_testkit import MemHost, MemNetwork, pattern
 
 SMALL_CHUNKS = ImportProfile(chunk_size=64 * 1024, max_links=16)
 

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-from content_testkit import pattern
 
 from peerstack.content.blockstore import (
     BlockNotFound,
@@ -22,6 +21,7 @@ from peerstack.content.dagpb import MalformedDagPb
 from peerstack.content.importer import import_bytes
 from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.errors import UsageError
+from tests.content.content_testkit import pattern
 
 
 async def test_put_get_layout(store: Blockstore) -> None:

@@ -9,11 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from content_testkit import pattern
 
 from peerstack.content import dagpb, unixfs
 from peerstack.content.blockstore import BlockNotFound, Blockstore
-from peerstack.content.exporter import NotAFile, UnsafeName, cat, check_name, export, ls
+from peerstack.content.exporter import (
+    NotAFile,
+    TooManyEntries,
+    UnsafeName,
+    cat,
+    check_name,
+    export,
+    ls,
+)
 from peerstack.content.importer import (
     LEGACY_PROFILE,
     ImportProfile,
@@ -24,6 +31,7 @@ from peerstack.content.importer import (
 from peerstack.content.unixfs import DataType, MalformedUnixFS, UnixFSData
 from peerstack.core.cid import CID, DAG_PB
 from peerstack.errors import UsageError
+from tests.content.content_testkit import pattern
 
 SMALL = ImportProfile(chunk_size=1000, max_links=4)
 
@@ -178,3 +186,25 @@ async def test_our_own_hamt_round_trips(store: Blockstore, tmp_path: Path) -> No
     assert (out / "n77.txt").read_text() == "77"
     assert (out / "nested" / "deep.txt").read_text() == "deep"
 
+
+
+async def test_dag_bombs_are_bounded(store: Blockstore, tmp_path: Path) -> None:
+    # each level links the level below 50 times: 50**6 paths, nearly all of them empty
+    empty = UnixFSData(DataType.FILE).encode()
+    cid = await store.put_data(dagpb.encode(dagpb.PBNode((), empty)), DAG_PB)
+    for _ in range(6):
+        data = UnixFSData(DataType.FILE, blocksizes=(0,) * 50).encode()
+        links = tuple(dagpb.PBLink(cid, "", 1) for _ in range(50))
+        cid = await store.put_data(dagpb.encode(dagpb.PBNode(links, data)), DAG_PB)
+    getter = CountingGetter(store)
+    assert b"".join([p async for p in cat(getter, cid)]) == b""
+    assert len(getter.fetched) == 1
+    # the same trick with directories runs into the entry budget
+    leaf = await store.put_data(b"x", 0x55)
+    entry = leaf
+    for _level in range(4):
+        links = tuple(dagpb.sort_links([dagpb.PBLink(entry, f"e{i}", 1) for i in range(20)]))
+        node = dagpb.PBNode(links, UnixFSData(DataType.DIRECTORY).encode())
+        entry = await store.put_data(dagpb.encode(node), DAG_PB)
+    with pytest.raises(TooManyEntries):
+        await export(store, entry, tmp_path / "bomb", max_entries=1000)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from content_testkit import pattern
 
 from peerstack.content.blockstore import Blockstore, mh_key
 from peerstack.content.hamt import murmur3_x64_128
@@ -22,6 +21,7 @@ from peerstack.content.importer import (
 )
 from peerstack.core.cid import CID
 from peerstack.errors import UsageError
+from tests.content.content_testkit import pattern
 
 PROFILES = {"default": DEFAULT_PROFILE, "legacy": LEGACY_PROFILE}
 SMALL = ["empty", "one_byte", "one_mib", "one_mib_plus_one", "five_mib"]

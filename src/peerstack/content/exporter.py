@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 from peerstack.content import dagpb, unixfs
 from peerstack.content.unixfs import DataType, MalformedUnixFS
 from peerstack.core.cid import CID, DAG_PB, RAW
-from peerstack.errors import DecodeError, UsageError
+from peerstack.errors import DecodeError, PeerstackError, UsageError
 
 MAX_DEPTH = 64
 
@@ -143,6 +143,8 @@ async def _cat(
             continue
         if end is not None and child_start >= end:
             break
+        if size == 0:
+            continue  # holds no bytes: never fetched, so links to empty nodes cost nothing
         sub_start = max(start - child_start, 0)
         sub_end = None if end is None else min(end - child_start, size)
         async for piece in _cat(getter, link.hash, (sub_start, sub_end), size, depth + 1):
@@ -207,7 +209,9 @@ async def _hamt_entries(
         await _hamt_entries(getter, link.hash, sub_node, sub_data, out=out, depth=depth + 1)
 
 
-async def export(getter: BlockGetter, cid: CID, target: str | os.PathLike[str]) -> None:
+async def export(
+    getter: BlockGetter, cid: CID, target: str | os.PathLike[str], max_entries: int = 1_000_000
+) -> None:
     """Write the file or directory tree at ``cid`` to ``target`` (which must not exist).
 
     Files are written under a temporary name in the same folder and renamed when complete, so
@@ -216,12 +220,21 @@ async def export(getter: BlockGetter, cid: CID, target: str | os.PathLike[str]) 
     dest = Path(target)
     if await asyncio.to_thread(os.path.lexists, dest):
         raise UsageError(f"{dest} already exists")
-    await _export(getter, cid, dest, 0)
+    await _export(getter, cid, dest, 0, [max_entries])
 
 
-async def _export(getter: BlockGetter, cid: CID, dest: Path, depth: int) -> None:
+class TooManyEntries(PeerstackError):
+    """An export would create more files and folders than allowed (a DAG can reuse subtrees)."""
+
+
+async def _export(
+    getter: BlockGetter, cid: CID, dest: Path, depth: int, budget: list[int]
+) -> None:
     if depth > MAX_DEPTH:
         raise MalformedUnixFS("directory tree too deep")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise TooManyEntries("export would create too many files and folders")
     info = await stat(getter, cid)
     if not info.is_dir:
         await write_file(getter, cid, dest)
@@ -233,7 +246,7 @@ async def _export(getter: BlockGetter, cid: CID, dest: Path, depth: int) -> None
         # Belt and braces: the name check above already makes this impossible.
         if child.parent != dest:
             raise UnsafeName(f"refusing entry name {entry.name!r}")
-        await _export(getter, entry.cid, child, depth + 1)
+        await _export(getter, entry.cid, child, depth + 1, budget)
 
 
 async def write_file(getter: BlockGetter, cid: CID, dest: Path) -> int:
