@@ -53,7 +53,6 @@ def _wait_established(lab: Netlab, host: str, port: int, timeout: float = 20.0) 
     raise AssertionError(f"no established connection on {host}:{port}")
 
 
-@pytest.mark.slow
 def test_daemon_killed_mid_transfer_then_restarted(lab: Netlab, tmp_path: Path) -> None:
     """SIGKILL the serving daemon mid-download: the client fails fast with one line; the
     daemon restarted on the same repo has the same PeerId and serves again."""
@@ -148,7 +147,6 @@ def _next_event(proc: subprocess.Popen[bytes], event: str, timeout: float) -> di
     raise AssertionError(f"no {event!r} within {timeout} s; saw {seen[-3:]}")
 
 
-@pytest.mark.slow
 def test_long_lived_peer_reconnects_after_daemon_restart(lab: Netlab, tmp_path: Path) -> None:
     """A node that keeps pinging a daemon by PeerId sees failures while it is dead and pongs
     again once it is back on the same repo and address, redialling on its own."""

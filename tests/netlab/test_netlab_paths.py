@@ -29,7 +29,6 @@ def test_ping_rtt_includes_link_delay(lab: Netlab, tmp_path: Path) -> None:
     assert result["min_ms"] == min(rtts)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["download", "upload"])
 def test_window_grows_past_fixed_window_ceiling(
     lab: Netlab, tmp_path: Path, direction: str
