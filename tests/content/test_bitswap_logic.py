@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peerstack.content.bitswap.messages import Message, WantEntry, WantType
 from peerstack.content.bitswap.progress import ProgressTracker
@@ -269,3 +271,57 @@ def test_session_asks_again_when_nobody_answers() -> None:
     assert s.tick(1.0).messages == {}
     assert s.next_deadline() == 5.0
     assert [e.want_type for e in s.tick(5.0).messages[p]] == [WantType.HAVE]
+
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["block", "have", "dont_have", "tick", "add_peer", "remove_peer", "ban",
+                         "want"]),
+        st.integers(0, 3),  # peer index
+        st.integers(0, 7),  # cid index
+        st.floats(0.0, 3.0),  # time step
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(EVENTS)
+def test_session_invariants_under_random_events(events: list[tuple[str, int, int, float]]) -> None:
+    peers = [peer() for _ in range(4)]
+    wanted = cids(8, "r")
+    s = Session(SessionConfig(initial_window=2, max_window=4, min_stall_timeout=0.5,
+                              max_stall_timeout=2.0))
+    now = 0.0
+    for p in peers[:2]:
+        s.add_peer(p, now)
+    s.want(wanted[:4], now)
+    for kind, pi, ci, step in events:
+        now += step
+        p, c = peers[pi], wanted[ci]
+        if kind == "block":
+            s.on_block(p, c, 10, now)
+            assert not s.is_wanted(c)
+        elif kind == "have":
+            s.on_have(p, c, now)
+        elif kind == "dont_have":
+            s.on_dont_have(p, c, now)
+        elif kind == "add_peer":
+            s.add_peer(p, now)
+        elif kind == "remove_peer":
+            s.remove_peer(p)
+        elif kind == "ban":
+            s.ban(p)
+        elif kind == "want":
+            s.want([c], now)
+        acts = s.tick(now)
+        for target in acts.messages:
+            assert target not in s.banned
+        for state in s.peers.values():
+            assert len(state.in_flight) <= max(int(state.window), 1)
+            assert 1 <= state.window <= 4
+        for want in s.wants.values():
+            if want.requested_from is not None:
+                assert want.cid in s.peers[want.requested_from].in_flight
+        deadline = s.next_deadline()
+        assert deadline is None or deadline >= 0

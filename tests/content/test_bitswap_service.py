@@ -391,3 +391,46 @@ async def test_stalled_peer_is_timed_out_and_blocks_come_from_elsewhere(
             assert await read_all(sb, res.cid) == data
             assert bb.penalties == {}  # slow is not malicious
             assert res.cid in liar.want_blocks  # it was asked, stalled, and was replaced
+
+
+async def test_interrupted_get_resumes(nodes: list[Node], tmp_path: Path) -> None:
+    a, b = nodes[0], nodes[1]
+    data = pattern(2 * 1024 * 1024)
+    res = await import_bytes(a.store, data, SMALL_CHUNKS)
+    await b.host.connect(a.peer)
+    out = tmp_path / "resumed.bin"
+    halfway = asyncio.Event()
+
+    def watch(p: Progress) -> None:
+        if p.blocks_done >= 10:
+            halfway.set()
+
+    first = asyncio.create_task(b.bitswap.get_file(res.cid, out, watch))
+    await asyncio.wait_for(halfway.wait(), 30)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert not out.exists()
+    assert b.bitswap.sessions == set()
+    assert await b.store.transfers() == [(res.cid, str(out))]
+    assert (await b.store.gc()).removed == 0  # a transfer in progress keeps its blocks
+    result = await asyncio.wait_for(b.bitswap.get_file(res.cid, out), 30)
+    assert out.read_bytes() == data
+    assert result.fetched_bytes < result.bytes
+    assert await b.store.transfers() == []
+
+
+async def test_get_a_directory(nodes: list[Node], tmp_path: Path) -> None:
+    a, b = nodes[0], nodes[1]
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "big.bin").write_bytes(pattern(700_000))
+    (src / "small.txt").write_text("small")
+    added = await a.bitswap.add(src, SMALL_CHUNKS, provide=False)
+    await b.host.connect(a.peer)
+    out = tmp_path / "copy"
+    await asyncio.wait_for(b.bitswap.get_file(added.cid, out), 30)
+    assert (out / "sub" / "big.bin").read_bytes() == pattern(700_000)
+    assert (out / "small.txt").read_text() == "small"
+    assert [name for name in os.listdir(tmp_path) if "partial" in name] == []
+    assert [c for c, _ in await a.store.pins()] == [added.cid]
