@@ -7,10 +7,25 @@ interface and process a test created is removed when it ends, passed or failed.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from netlab import Capabilities, Netlab, NetlabUnavailable, probe, sweep_stale
+
+# The tests import their helper as ``tests.netlab.netlab`` (the name mypy gives that file), so
+# the repository root must be importable.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.netlab.netlab import (  # noqa: E402
+    Capabilities,
+    Netlab,
+    NetlabUnavailable,
+    probe,
+    sweep_stale,
+)
 
 
 @pytest.fixture(scope="session")

@@ -263,16 +263,11 @@ class Netlab:
         self.ip(name, "link", "set", "lo", "up")
         # A new namespace gets the kernel's default TCP buffer caps (4 MiB send, 6 MiB receive):
         # below the bandwidth-delay product of the links tests build. Tuned hosts raise them.
-        for knob in ("tcp_rmem", "tcp_wmem"):
-            _run(
-                [
-                    *self.exec_prefix(name),
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    f"net.ipv4.{knob}=4096 131072 {TCP_BUFFER_MAX}",
-                ]
-            )
+        # (Written with Python rather than sysctl(8): procps is not in slim images.)
+        limits = f"4096 131072 {TCP_BUFFER_MAX}"
+        write = "import sys\nfor p in sys.argv[2:]: open(p, 'w').write(sys.argv[1])"
+        knobs = [f"/proc/sys/net/ipv4/{k}" for k in ("tcp_rmem", "tcp_wmem")]
+        _run([*self.exec_prefix(name), sys.executable, "-c", write, limits, *knobs])
         return ns
 
     def tcp_stats(self, host: str) -> dict[str, int]:

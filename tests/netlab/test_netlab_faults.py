@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import (
+
+from tests.netlab.netlab import (
     PEERSTACK,
     Netlab,
     kill_group,

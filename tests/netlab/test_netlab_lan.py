@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from netlab import Netlab, peerstack, start_daemon
+
+from tests.netlab.netlab import Netlab, peerstack, start_daemon
 
 MIB = 1024 * 1024
 

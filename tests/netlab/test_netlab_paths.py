@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from netlab import Netlab, peerstack, perf_client, read_json_line, start_daemon
+
+from tests.netlab.netlab import Netlab, peerstack, perf_client, read_json_line, start_daemon
 
 MIB = 1024 * 1024
 # Yamux's initial (and, without auto-tuning, only) stream window.

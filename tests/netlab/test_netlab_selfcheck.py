@@ -6,7 +6,8 @@ import os
 import subprocess
 
 import pytest
-from netlab import NS_PREFIX, Capabilities, Netlab
+
+from tests.netlab.netlab import NS_PREFIX, Capabilities, Netlab
 
 
 def _namespaces() -> set[str]:
