@@ -464,3 +464,19 @@ def test_full_bucket_checks_the_oldest_peer_before_replacing_it() -> None:
         assert oldest in rt
 
     sim(main)
+
+
+def test_publish_and_resolve_names() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 20)
+        owner = PrivateKey.from_seed(b"\x0b" * 32)
+        name = PeerId.from_public_key(owner.public_key)
+        assert await dhts[1].publish_name(owner, b"/ipfs/first") == 0
+        assert await dhts[9].resolve_name(name) == b"/ipfs/first"
+        # Another node with the same key (no local state) still supersedes the first record.
+        assert await dhts[2].publish_name(owner, b"/ipfs/second") == 1
+        assert await dhts[15].resolve_name(name, quorum=5) == b"/ipfs/second"
+        with pytest.raises(ValueNotFound):
+            await dhts[3].resolve_name(dhts[4].host.peer_id)
+
+    sim(main)

@@ -20,13 +20,20 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
 from peerstack.dht.config import DhtConfig, Mode
 from peerstack.dht.distance import kad_key
 from peerstack.dht.messages import PROTOCOL_ID, KadMessage, KadRecord, MessageType, PeerInfo
 from peerstack.dht.providers import DhtStore, MemoryDhtStore
 from peerstack.dht.query import Query
-from peerstack.dht.records import RecordError, Validators
+from peerstack.dht.records import (
+    RecordError,
+    Validators,
+    create_ipns_record,
+    ipns_key,
+    parse_ipns_record,
+)
 from peerstack.dht.routing_table import AddResult, RoutingTable
 from peerstack.dht.rpc import RPC_ERRORS, DhtCounters, KadClient
 from peerstack.dht.server import KadServer, ProviderMismatch, check_provider_key
@@ -469,6 +476,37 @@ class KadDHT:
             )
         del query
         return best
+
+    async def publish_name(
+        self,
+        key: PrivateKey,
+        value: bytes,
+        *,
+        lifetime: float = 48 * 3600.0,
+        ttl: float = 3600.0,
+    ) -> int:
+        """Publish an IPNS record for ``key``'s name pointing at ``value``; returns its sequence.
+
+        The sequence follows the newest record found (ours or the network's), so a publisher
+        that lost its local state still supersedes what it published before.
+        """
+        name = PeerId.from_public_key(key.public_key)
+        rkey = ipns_key(name)
+        sequence = 0
+        try:
+            current = await self.get_value(rkey)
+            sequence = parse_ipns_record(name, current, self.wall_clock()).sequence + 1
+        except ValueNotFound:
+            pass
+        eol_ns = int((self.wall_clock() + lifetime) * 1e9)
+        record = create_ipns_record(key, value, sequence, eol_ns, int(ttl * 1e9))
+        await self.put_value(rkey, record)
+        return sequence
+
+    async def resolve_name(self, name: PeerId, quorum: int | None = None) -> bytes:
+        """The value the newest valid IPNS record of ``name`` points at."""
+        raw = await self.get_value(ipns_key(name), quorum)
+        return parse_ipns_record(name, raw, self.wall_clock()).value
 
     async def provide(self, key: bytes) -> int:
         """Announce that we provide ``key`` (a multihash) to the k closest peers."""
