@@ -132,12 +132,25 @@ def test_engine_limits_bytes_in_flight_per_peer() -> None:
     assert eng.next_batch() is not None
 
 
-def test_engine_wantlist_flood() -> None:
-    eng = DecisionEngine(Sizes({}), ServerConfig(max_wantlist=10))
+def test_engine_wantlist_cap_and_flood() -> None:
+    eng = DecisionEngine(Sizes({}), ServerConfig(max_wantlist=10, flood_limit=20))
     p = peer()
+    eng.receive(p, Message([WantEntry(c) for c in cids(15)]))
+    assert len(eng.ledgers[p].wantlist) == 10
+    assert eng.ledgers[p].ignored_wants == 5
     with pytest.raises(LimitExceeded):
-        eng.receive(p, Message([WantEntry(c) for c in cids(11)]))
-    assert len(eng.ledgers[p].wantlist) == 0
+        eng.receive(p, Message([WantEntry(c) for c in cids(21, "f")]))
+    assert len(eng.ledgers[p].wantlist) == 10  # unchanged by the refused message
+
+
+def test_engine_keeps_messages_small() -> None:
+    size = 700 * 1024
+    blocks = cids(3)
+    eng = DecisionEngine(Sizes({c: size for c in blocks}))
+    p = peer()
+    eng.receive(p, Message([WantEntry(c) for c in blocks]))
+    batches = [eng.next_batch() for _ in range(3)]
+    assert [len(b.blocks) for b in batches if b is not None] == [1, 1, 1]
 
 
 # -- client session ---------------------------------------------------------------------------

@@ -226,7 +226,7 @@ async def _send_raw(evil: RawPeer, target: Node, payload: bytes) -> None:
 async def test_wantlist_flood_is_cut_off(nodes: list[Node], net: MemNetwork) -> None:
     a = nodes[0]
     evil = RawPeer(net.add_host())
-    wants = [WantEntry(CID.hash_of(i.to_bytes(4, "big"))) for i in range(1500)]
+    wants = [WantEntry(CID.hash_of(i.to_bytes(4, "big"))) for i in range(9000)]
     await _send_raw(evil, a, varint.encode(len(Message(wants).encode())) + Message(wants).encode())
     await _wait_banned(a, evil.host.peer_id)
     assert evil.host.peer_id not in a.bitswap.engine.ledgers

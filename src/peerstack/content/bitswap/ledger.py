@@ -24,17 +24,26 @@ class Ledger:
     bytes_in_flight: int = 0
     # wants answered DONT_HAVE, kept so that a block we get later is still sent
     waiting: set[CID] = field(default_factory=set)
+    ignored_wants: int = 0  # wants past the cap, not recorded
 
     @classmethod
     def new(cls, peer: PeerId, max_wants: int) -> Ledger:
         return cls(peer, Wantlist(max_wants))
 
-    def apply(self, entries: list[WantEntry], full: bool) -> tuple[list[Want], list[CID]]:
+    def apply(
+        self, entries: list[WantEntry], full: bool, flood_limit: int
+    ) -> tuple[list[Want], list[CID]]:
         """Apply a received wantlist; return the wants added or updated and the CIDs cancelled.
 
-        A ``full`` wantlist replaces the previous one. Raises ``LimitExceeded`` when the peer
-        wants more than the ledger's cap (the wantlist is left as it was before the message).
+        A ``full`` wantlist replaces the previous one. Wants past the ledger's cap are not
+        recorded (counted in ``ignored_wants``, as go and js servers trim too); a peer asking
+        for more than ``flood_limit`` at once is flooding us: ``LimitExceeded``, and the
+        wantlist is left as it was.
         """
+        new = {e.cid for e in entries if not e.cancel and (full or e.cid not in self.wantlist)}
+        total = len(new) + (0 if full else len(self.wantlist))
+        if total > flood_limit:
+            raise LimitExceeded(f"peer wants {total} blocks at once, limit {flood_limit}")
         cancelled: list[CID] = []
         if full:
             keep = {e.cid for e in entries if not e.cancel}
@@ -43,11 +52,6 @@ class Ledger:
                     self.wantlist.remove(want.cid)
                     self.waiting.discard(want.cid)
                     cancelled.append(want.cid)
-        new = {e.cid for e in entries if not e.cancel and e.cid not in self.wantlist}
-        if len(self.wantlist) + len(new) > self.wantlist.max_size:
-            raise LimitExceeded(
-                f"peer wants {len(self.wantlist) + len(new)} blocks, limit {self.wantlist.max_size}"
-            )
         added: list[Want] = []
         for e in entries:
             if e.cancel:
@@ -55,5 +59,8 @@ class Ledger:
                     cancelled.append(e.cid)
                 self.waiting.discard(e.cid)
                 continue
-            added.append(self.wantlist.add(e.cid, e.priority, e.want_type, e.send_dont_have))
+            try:
+                added.append(self.wantlist.add(e.cid, e.priority, e.want_type, e.send_dont_have))
+            except LimitExceeded:
+                self.ignored_wants += 1
         return added, cancelled

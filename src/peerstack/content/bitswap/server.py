@@ -11,6 +11,7 @@ have it) is passed in, and the service reads the blocks and writes the messages.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +21,17 @@ from peerstack.content.bitswap.messages import Message, WantType
 from peerstack.core.cid import CID
 from peerstack.core.peer_id import PeerId
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    max_wantlist: int = 1024  # wants one peer may have with us at a time
+    max_wantlist: int = 1024  # wants one peer may have with us at a time (more are ignored)
+    flood_limit: int = 8192  # asking for more than this at once is a flood: the peer is cut off
     max_bytes_in_flight: int = 4 * 1024 * 1024  # per peer, queued and not yet written
-    target_message_bytes: int = 1024 * 1024  # a batch stops growing past this
+    # A batch adds no block that would take it past this (one block may exceed it alone).
+    # js (helia) refuses incoming messages over 2 MiB, and go sends at most 2 MiB.
+    target_message_bytes: int = 1024 * 1024
     max_presences_per_batch: int = 1024
 
 
@@ -74,7 +80,11 @@ class DecisionEngine:
         led.messages_received += 1
         if not msg.wantlist and not msg.full:
             return
-        added, cancelled = led.apply(msg.wantlist, msg.full)
+        ignored_before = led.ignored_wants
+        added, cancelled = led.apply(msg.wantlist, msg.full, self.config.flood_limit)
+        if led.ignored_wants > ignored_before:
+            ignored = led.ignored_wants - ignored_before
+            log.debug("%s: wantlist full, %d wants ignored", peer, ignored)
         tasks = self._tasks.setdefault(peer, OrderedDict())
         for cid in cancelled:
             tasks.pop(cid, None)
@@ -140,11 +150,16 @@ class DecisionEngine:
         batch = Batch(peer)
         budget = min(cfg.target_message_bytes, cfg.max_bytes_in_flight - led.bytes_in_flight)
         for task in sorted(tasks.values(), key=lambda t: -t.priority):
-            if batch.nbytes >= budget and batch.blocks:
-                break
             if len(batch.haves) + len(batch.dont_haves) >= cfg.max_presences_per_batch:
                 break
             size = self.block_size(task.cid)
+            if (
+                size is not None
+                and task.want_type == WantType.BLOCK
+                and batch.blocks
+                and batch.nbytes + size > budget
+            ):
+                break  # the next message takes it
             del tasks[task.cid]
             if size is None:
                 led.waiting.add(task.cid)
