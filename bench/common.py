@@ -209,6 +209,39 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def self_cpu_seconds() -> float:
+    """User + system CPU time this process has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of another process (Linux /proc); NaN where unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by this process and one child between ``start()`` and ``stop()``."""
+
+    def __init__(self, child_pid: int) -> None:
+        self.child_pid = child_pid
+        self.own = self.child = math.nan
+        self._own0 = self._child0 = 0.0
+
+    def start(self) -> None:
+        self._own0 = self_cpu_seconds()
+        self._child0 = proc_cpu_seconds(self.child_pid)
+
+    def stop(self) -> None:
+        self.own = self_cpu_seconds() - self._own0
+        self.child = proc_cpu_seconds(self.child_pid) - self._child0
+
+
 # -- child processes ---------------------------------------------------------------------------
 
 

@@ -25,9 +25,19 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from common import (
+from peerstack.core.identity import PrivateKey
+from peerstack.host.host import BasicHost
+from peerstack.host.peerstore import Peerstore
+from peerstack.protocols import ping
+from peerstack.protocols.identify import IdentifyService
+
+# Run as a script, this file's folder (not the repository) is on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
     PYTHON,
     ServerProcess,
     answer,
@@ -42,12 +52,6 @@ from common import (
     status,
     stdin_lines,
 )
-
-from peerstack.core.identity import PrivateKey
-from peerstack.host.host import BasicHost
-from peerstack.host.peerstore import Peerstore
-from peerstack.protocols import ping
-from peerstack.protocols.identify import IdentifyService
 
 WARMUP = 50
 TOP_SITES = 12

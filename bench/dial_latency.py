@@ -22,9 +22,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import sys
 import time
+from pathlib import Path
 
-from common import (
+from peerstack.core.identity import PrivateKey
+from peerstack.host.host import BasicHost
+from peerstack.protocols import ping
+from peerstack.protocols.identify import IdentifyService
+from peerstack.wire.noise import NoiseHandshake
+
+# Run as a script, this file's folder (not the repository) is on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
     PYTHON,
     ServerProcess,
     bench_limits,
@@ -41,12 +52,6 @@ from common import (
     status,
     wait_stdin_closed,
 )
-
-from peerstack.core.identity import PrivateKey
-from peerstack.host.host import BasicHost
-from peerstack.protocols import ping
-from peerstack.protocols.identify import IdentifyService
-from peerstack.wire.noise import NoiseHandshake
 
 WARMUP = 10
 

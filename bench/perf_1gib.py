@@ -26,9 +26,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
-from common import (
+from peerstack.core.identity import PrivateKey
+from peerstack.host.host import BasicHost
+from peerstack.protocols import perf
+
+# Run as a script, this file's folder (not the repository) is on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
     MB,
     MIB,
     PYTHON,
@@ -45,10 +53,6 @@ from common import (
     status,
     wait_stdin_closed,
 )
-
-from peerstack.core.identity import PrivateKey
-from peerstack.host.host import BasicHost
-from peerstack.protocols import perf
 
 CHUNK = 1024 * 1024
 _ZEROS = bytes(CHUNK)
@@ -260,7 +264,7 @@ def with_server(kind: str, client: Callable[[str], list[Run]]) -> list[Run]:
 
 def noise_anchor(size: int, runs: int) -> list[Run]:
     """``bench/transport_throughput.py``'s anchor: Noise-framed upload, no Yamux, no host."""
-    import transport_throughput
+    from bench import transport_throughput
 
     out = []
     for _ in range(runs):

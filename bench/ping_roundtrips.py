@@ -19,12 +19,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
+import sys
 import time
+from pathlib import Path
 from typing import cast
 
-from common import (
+from peerstack.core.identity import PrivateKey
+from peerstack.host.host import BasicHost
+from peerstack.protocols import ping
+
+# Run as a script, this file's folder (not the repository) is on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
     PYTHON,
+    CpuMeter,
     ServerProcess,
     ensure_interop,
     fmt,
@@ -38,10 +49,6 @@ from common import (
     status,
     wait_stdin_closed,
 )
-
-from peerstack.core.identity import PrivateKey
-from peerstack.host.host import BasicHost
-from peerstack.protocols import ping
 
 TCP_SIZE = 64
 
@@ -87,13 +94,38 @@ class _PingClient(asyncio.Protocol):
             self.waiter.set_result(None)
 
 
-async def tcp_client(addr: str, count: int, runs: int) -> list[float]:
+class Cpu:
+    """CPU microseconds per round trip on each side, summed over the measured runs."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.meter = CpuMeter(server_pid)
+        self.client = self.server = 0.0
+        self.trips = 0
+
+    def start(self) -> None:
+        self.meter.start()
+
+    def stop(self, trips: int) -> None:
+        self.meter.stop()
+        self.client += self.meter.own
+        self.server += self.meter.child
+        self.trips += trips
+
+    def per_trip(self) -> tuple[float, float]:
+        if not self.trips:
+            return math.nan, math.nan
+        return 1e6 * self.client / self.trips, 1e6 * self.server / self.trips
+
+
+async def tcp_client(addr: str, count: int, runs: int, cpu: Cpu) -> list[float]:
     port = int(addr.rsplit("/", 1)[1])
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_connection(_PingClient, "127.0.0.1", port)
     payload = os.urandom(TCP_SIZE)
     out: list[float] = []
-    for _ in range(runs + 1):  # the first run warms up
+    for i in range(runs + 1):  # the first run warms up
+        if i:
+            cpu.start()
         start = time.perf_counter()
         for _ in range(count):
             fut = loop.create_future()
@@ -101,11 +133,15 @@ async def tcp_client(addr: str, count: int, runs: int) -> list[float]:
             transport.write(payload)
             await fut
         out.append(count / (time.perf_counter() - start))
+        if i:
+            cpu.stop(count)
     transport.close()
     return out[1:]
 
 
-async def peerstack_client(addr: str, count: int, runs: int) -> tuple[list[float], list[float]]:
+async def peerstack_client(
+    addr: str, count: int, runs: int, cpu: Cpu
+) -> tuple[list[float], list[float]]:
     loop_rates: list[float] = []
     proto_rates: list[float] = []
     async with BasicHost(PrivateKey.generate()) as host:
@@ -113,12 +149,16 @@ async def peerstack_client(addr: str, count: int, runs: int) -> tuple[list[float
         stream = await host.new_stream(peer, [ping.PING])
         payload = os.urandom(ping.PING_SIZE)
         for i in range(runs + 1):  # the first run warms up
+            if i:
+                cpu.start()
             start = time.perf_counter()
             for _ in range(count):
                 await stream.write(payload)
                 if await stream.readexactly(ping.PING_SIZE) != payload:
                     raise RuntimeError("ping answer does not match")
             rate = count / (time.perf_counter() - start)
+            if i:
+                cpu.stop(count)
             start = time.perf_counter()
             await ping.ping_stream(stream, count)
             proto_rate = count / (time.perf_counter() - start)
@@ -168,10 +208,12 @@ def main() -> None:
     runs, count = args.runs, args.count
     status(f"plain TCP ping-pong: {runs} x {count}")
     with ServerProcess([PYTHON, __file__, "--serve", "tcp"]) as server:
-        tcp = run(tcp_client(server.ready, count, runs))
+        tcp_cpu = Cpu(server.proc.pid)
+        tcp = run(tcp_client(server.ready, count, runs, tcp_cpu))
     status(f"peerstack ping: {runs} x {count} (stream loop, then ping_stream)")
     with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
-        ps_loop, ps_proto = run(peerstack_client(server.ready, count, runs))
+        ps_cpu = Cpu(server.proc.pid)
+        ps_loop, ps_proto = run(peerstack_client(server.ready, count, runs, ps_cpu))
     py: list[float] = []
     py_note = "not run (--no-interop)"
     if not args.no_interop:
@@ -187,17 +229,25 @@ def main() -> None:
             except (RuntimeError, OSError, TimeoutError) as exc:
                 py_note = f"failed: {exc}"
 
-    def row(label: str, rates: list[float], note: str = "") -> list[str]:
-        return [label, fmt(median(rates), 0), " ".join(fmt(r, 0) for r in rates), note]
+    def row(label: str, rates: list[float], note: str = "", cpu: Cpu | None = None) -> list[str]:
+        client, server = cpu.per_trip() if cpu is not None else (math.nan, math.nan)
+        return [
+            label,
+            fmt(median(rates), 0),
+            " ".join(fmt(r, 0) for r in rates),
+            fmt(client, 1),
+            fmt(server, 1),
+            note,
+        ]
 
     goal = f"goal >= 25,000/s: {goal_mark(median(ps_loop), 25_000)}"
     print_table(
         f"ping round trips per second, one stream, two processes, {loop_name()}, "
         f"median of {runs} x {count}",
-        ["what", "round trips/s", "runs", "note"],
+        ["what", "round trips/s", "runs", "client CPU us/rt", "server CPU us/rt", "note"],
         [
-            row("plain TCP ping-pong, 64 B (uvloop)", tcp),
-            row("peerstack stream loop, 32 B", ps_loop, goal),
+            row("plain TCP ping-pong, 64 B (uvloop)", tcp, cpu=tcp_cpu),
+            row("peerstack stream loop, 32 B", ps_loop, goal, cpu=ps_cpu),
             row("peerstack ping_stream(), 32 B", ps_proto),
             row("py-libp2p ping, one stream, 32 B", py, py_note),
         ],
@@ -209,6 +259,10 @@ def main() -> None:
             ["peerstack stream loop / plain TCP", fmt_ratio(median(ps_loop), median(tcp))],
             ["peerstack ping_stream() / stream loop", fmt_ratio(median(ps_proto), median(ps_loop))],
             ["peerstack stream loop / py-libp2p", fmt_ratio(median(ps_loop), median(py))],
+        ],
+        notes=[
+            "CPU us/rt: user + system CPU of each process per round trip (stream loop runs); "
+            "on a loaded machine the round-trip rate also pays for waiting to be scheduled."
         ],
     )
 
