@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     PYTHON,
+    CpuMeter,
     ServerProcess,
     bench_limits,
     ensure_interop,
@@ -88,8 +89,8 @@ async def serve_tcp() -> None:
 # -- measurements (milliseconds) -----------------------------------------------------------------
 
 
-async def peerstack_dials(addr: str, n: int) -> tuple[list[float], list[float]]:
-    """(dial ms, dial + identify ms) for ``n`` fresh connections."""
+async def peerstack_dials(addr: str, n: int, cpu: CpuMeter) -> tuple[list[float], list[float]]:
+    """(dial ms, dial + identify ms) for ``n`` fresh connections; ``cpu`` spans the measured."""
     dial_ms: list[float] = []
     ident_ms: list[float] = []
     host = BasicHost(PrivateKey.generate(), limits=bench_limits())
@@ -97,6 +98,8 @@ async def peerstack_dials(addr: str, n: int) -> tuple[list[float], list[float]]:
         ping.register(host)
         service = start_identify(host)
         for i in range(n + WARMUP):
+            if i == WARMUP:
+                cpu.start()
             t0 = time.perf_counter()
             peer = await host.dial(addr)
             t1 = time.perf_counter()
@@ -106,6 +109,7 @@ async def peerstack_dials(addr: str, n: int) -> tuple[list[float], list[float]]:
             if i >= WARMUP:
                 dial_ms.append((t1 - t0) * 1000)
                 ident_ms.append((t2 - t0) * 1000)
+        cpu.stop()
         await service.close()
     return dial_ms, ident_ms
 
@@ -217,7 +221,8 @@ def main() -> None:
     rows.append(stats_row("Noise XX handshake CPU, in memory", noise_ms, "both sides"))
     status(f"peerstack dial x{n}")
     with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
-        dial_ms, ident_ms = run(peerstack_dials(server.ready, n))
+        cpu = CpuMeter(server.proc.pid)
+        dial_ms, ident_ms = run(peerstack_dials(server.ready, n, cpu))
     rows.append(stats_row("peerstack dial (TCP+Noise+Yamux)", dial_ms))
     rows.append(
         stats_row(
@@ -260,6 +265,10 @@ def main() -> None:
     ratio_rows = [
         ["peerstack dial / TCP connect (p50)", fmt_ratio(p50_dial, median(tcp_ms))],
         ["identify adds (p50, ms)", fmt(median(ident_ms) - p50_dial, 2)],
+        [
+            "CPU per dial + identify + close, dialer / listener (ms)",
+            f"{fmt(1000 * cpu.own / n, 2)} / {fmt(1000 * cpu.child / n, 2)}",
+        ],
     ]
     ratio_rows += [
         [f"{name} dial / peerstack dial (p50)", fmt_ratio(median(ms), p50_dial)]
