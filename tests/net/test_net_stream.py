@@ -90,3 +90,21 @@ async def test_close_fails_a_write_parked_on_the_window(make_host: MakeHost) -> 
     with pytest.raises(StreamClosed):
         await writer
     hold.set()
+
+
+async def test_small_reads_keep_the_window_moving(make_host: MakeHost) -> None:
+    """Window is returned in batches of small reads; a transfer several windows long read
+    100 bytes at a time must still complete."""
+    a = await make_host()
+    b = await make_host()
+    payload = os.urandom(900_000)
+
+    async def send(stream: Stream) -> None:
+        await stream.write(payload)
+
+    b.set_stream_handler("/send", send)
+    stream = await a.new_stream(await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}"), ["/send"])
+    got = bytearray()
+    while piece := await stream.read(100):
+        got += piece
+    assert got == payload

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 WRITE_CHUNK = 1024 * 1024
 
 
+#: Bytes read before they are reported to the session (see _report_consumed); must stay
+#: well below half of the smallest receive window (256 KiB).
+CONSUMED_BATCH = 16 * 1024
+
 #: read() with no size joins buffered pieces up to this many bytes; beyond, one piece per call.
 JOIN_LIMIT = 64 * 1024
 
@@ -57,6 +61,7 @@ class YamuxStream:
         "_read_waiter",
         "_size",
         "_turn_waiters",
+        "_unreported",
         "_write_error",
         "_write_waiter",
         "_writing",
@@ -72,6 +77,7 @@ class YamuxStream:
         self._pos = 0  # offset of unread data in _chunks[0]
         self._size = 0  # unread bytes in _chunks (from _pos on)
         self._preconsumed = 0  # bytes pushed back by unread(): window already returned
+        self._unreported = 0  # bytes read, not yet reported to the session
         self._eof = False
         self._error: StreamReset | None = None
         self._write_error: StreamReset | None = None
@@ -333,7 +339,15 @@ class YamuxStream:
                 return
             self._preconsumed = 0
             n -= pre
-        self._conn.consumed(self._id, n)
+        # Small reads are reported in batches: one session call per CONSUMED_BATCH bytes
+        # rather than per read. The session returns window only at half the window anyway,
+        # and the batch is far below that, so a sender never waits on bytes held back here.
+        total = self._unreported + n
+        if total < CONSUMED_BATCH:
+            self._unreported = total
+            return
+        self._unreported = 0
+        self._conn.consumed(self._id, total)
 
     async def _wait_readable(self) -> None:
         if self._read_waiter is not None:
