@@ -433,7 +433,13 @@ class BasicHost:
         if isinstance(protocols, str):
             raise UsageError("pass a sequence of protocol ids, not one string")
         conn = await self._connection_to(peer)
-        stream = conn.open_stream()
+        try:
+            stream = conn.open_stream()
+        except ConnectionClosed:
+            # The connection ended (or the peer sent GoAway) since we picked it: once more,
+            # on whatever connection the manager finds or dials now.
+            conn = await self._connection_to(peer)
+            stream = conn.open_stream()
         try:
             async with asyncio.timeout(self.limits.stream_negotiation_timeout):
                 stream.protocol = await negotiate(stream, multistream.Initiator(protocols))
