@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from peerstack.core.multiaddr import Multiaddr
-from peerstack.errors import NegotiationError, StreamClosed, StreamReset
+from peerstack.errors import DialError, NegotiationError, StreamClosed, StreamReset, UsageError
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Host, HostEvent, PeerConnected, PeerDisconnected, Stream
 
@@ -426,3 +426,14 @@ async def test_connection_loss_wakes_a_writer_of_a_finished_stream(make_host: Ma
     await a.disconnect(b.peer_id)
     async with asyncio.timeout(5):
         assert isinstance(await outcome, StreamReset)
+
+
+async def test_dialling_our_own_address_is_refused(make_host: MakeHost) -> None:
+    a = await make_host()
+    with pytest.raises(DialError, match="our own"):
+        await a.dial(a.listen_addrs()[0])
+    with pytest.raises(UsageError):
+        await a.dial(addr_of(a))
+    await asyncio.sleep(0.05)
+    assert a.connected_peers() == []
+    assert a.stats()["connections"] == 0

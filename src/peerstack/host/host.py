@@ -370,6 +370,10 @@ class BasicHost:
             reservation.release()
             await conn.close()
             raise ConnectionClosed("host is closing")
+        if conn.remote_peer == self._peer_id:
+            reservation.release()
+            await conn.close()
+            raise DialError(f"{addr} is one of our own addresses")
         self.peerstore.add_addrs(conn.remote_peer, [addr], CONNECTED_ADDR_TTL)
         self._register(conn, reservation)
         return conn
@@ -397,7 +401,8 @@ class BasicHost:
         except BaseException:
             reservation.release()
             raise
-        if self._closing:  # close() already went through the connections
+        if self._closing or conn.remote_peer == self._peer_id:
+            # close() already went through the connections, or we dialled ourselves.
             reservation.release()
             await conn.close()
             return
