@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
 import pytest
 
-from tests.netlab.netlab import NS_PREFIX, Capabilities, Netlab
+from tests.netlab.netlab import NS_PREFIX, Capabilities, Netlab, read_line
 
 
 def _namespaces() -> set[str]:
@@ -58,3 +59,46 @@ def test_links_connect_their_ends_only(lab: Netlab) -> None:
         # Port 9 has no listener: a reachable host answers with a RST (refused).
         refused = "ConnectionRefusedError" in done.stderr
         assert refused == reachable, (host, addr, done.stderr[-300:])
+
+
+_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5001))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+data = bytes(1 << 20)
+for _ in range(int(sys.argv[2])):
+    c.sendall(data)
+c.close()
+"""
+
+_CLIENT = """
+import json, socket, sys, time
+t0 = time.monotonic()
+s = socket.create_connection((sys.argv[1], 5001))
+t1 = time.monotonic()
+n = 0
+while chunk := s.recv(1 << 20):
+    n += len(chunk)
+print(json.dumps({"connect_s": t1 - t0, "transfer_s": time.monotonic() - t1, "bytes": n}))
+"""
+
+
+def test_shaping_delays_paces_and_drops(lab: Netlab) -> None:
+    """Plain sockets, no peerstack: the TCP handshake takes at least one RTT, 4 MiB at
+    16 Mbit/s takes at least 2 s, and 5% loss makes the sender retransmit."""
+    lab.add_host("a")
+    lab.add_host("b")
+    link = lab.link("a", "b", delay_ms=25, rate_mbit=16, loss_pct=5)
+    server = lab.spawn("a", ["python3", "-c", _SERVER, link.addr_a, "4"], stdout=subprocess.PIPE)
+    assert read_line(server, timeout=10).strip() == "ready"
+    done = lab.run("b", ["python3", "-c", _CLIENT, link.addr_a], timeout=40)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["bytes"] == 4 * 1024 * 1024
+    assert result["connect_s"] >= 0.050
+    assert result["transfer_s"] >= 4 * 1024 * 1024 * 8 / 16e6 * 0.9
+    assert lab.tcp_stats("a")["RetransSegs"] > 0
