@@ -13,6 +13,7 @@ from peerstack.host.limits import Limits
 from peerstack.net.tcp import best_event_loop_policy
 
 MakeHost = Callable[..., Awaitable[BasicHost]]
+Eventually = Callable[..., Awaitable[None]]
 
 
 def pytest_asyncio_loop_factories(
@@ -39,3 +40,19 @@ async def make_host() -> AsyncIterator[MakeHost]:
     yield make
     for host in hosts:
         await host.close()
+
+
+@pytest.fixture
+def eventually() -> Eventually:
+    """``await eventually(lambda: cond)``: poll until true (the other side of a connection
+    acts in its own time; a fixed sleep is flaky on a loaded machine)."""
+
+    async def wait(condition: Callable[[], bool], within: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not condition():
+            if loop.time() > deadline:
+                raise AssertionError(f"condition not met within {within} s")
+            await asyncio.sleep(0.01)
+
+    return wait

@@ -15,11 +15,13 @@ from peerstack.host.limits import Limits
 
 # The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
 MakeHost = Callable[..., Awaitable[BasicHost]]
+# The eventually fixture (conftest.py): poll a condition until it holds.
+Eventually = Callable[..., Awaitable[None]]
 
 ECHO = "/test/chaos-echo/1"
 
 
-async def test_chaos(make_host: MakeHost) -> None:
+async def test_chaos(make_host: MakeHost, eventually: Eventually) -> None:
     rng = random.Random(1234)
     server = await make_host(Limits(max_connections_per_ip=64))
 
@@ -72,8 +74,7 @@ async def test_chaos(make_host: MakeHost) -> None:
     assert outcomes["ok"] > outcomes["reset"]
     for client in clients:
         await client.close()
-    await asyncio.sleep(0.2)
-    assert server.connected_peers() == []
+    await eventually(lambda: server.connected_peers() == [] and server.stats()["tasks"] == 0)
     stats = server.stats()
     assert stats["connections"] == stats["inbound"] == stats["pending_inbound"] == 0
     assert stats["streams"] == 0

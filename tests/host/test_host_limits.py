@@ -18,6 +18,8 @@ HOLD = "/test/hold/1"
 
 # The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
 MakeHost = Callable[..., Awaitable[BasicHost]]
+# The eventually fixture (conftest.py): poll a condition until it holds.
+Eventually = Callable[..., Awaitable[None]]
 
 
 def addr_of(host: BasicHost) -> str:
@@ -30,7 +32,9 @@ async def hold_handler(stream: Stream) -> None:
         pass
 
 
-async def test_concurrent_dials_make_one_connection(make_host: MakeHost) -> None:
+async def test_concurrent_dials_make_one_connection(
+    make_host: MakeHost, eventually: Eventually
+) -> None:
     a = await make_host()
     b = await make_host()
     b.set_stream_handler(HOLD, hold_handler)
@@ -38,12 +42,12 @@ async def test_concurrent_dials_make_one_connection(make_host: MakeHost) -> None
     streams = await asyncio.gather(*(a.new_stream(b.peer_id, [HOLD]) for _ in range(10)))
     assert len(streams) == 10
     assert len(a.connections(b.peer_id)) == 1
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(b.connections(a.peer_id)) >= 1)
     assert len(b.connections(a.peer_id)) == 1
     assert a.connmgr.counts()["outbound"] == 1
 
 
-async def test_idle_connections_are_trimmed(make_host: MakeHost) -> None:
+async def test_idle_connections_are_trimmed(make_host: MakeHost, eventually: Eventually) -> None:
     a = await make_host(Limits(idle_timeout=0.3, trim_interval=0.05))
     b = await make_host()
     b.set_stream_handler(HOLD, hold_handler)
@@ -52,26 +56,23 @@ async def test_idle_connections_are_trimmed(make_host: MakeHost) -> None:
     await asyncio.sleep(0.6)  # a stream is open: not idle, kept
     assert a.connected_peers() == [peer]
     await stream.close()
-    await asyncio.sleep(0.8)
-    assert a.connected_peers() == []
-    await asyncio.sleep(0.05)
-    assert b.connected_peers() == []
+    await eventually(lambda: a.connected_peers() == [])
+    await eventually(lambda: b.connected_peers() == [])
 
 
-async def test_limit_per_ip(make_host: MakeHost) -> None:
+async def test_limit_per_ip(make_host: MakeHost, eventually: Eventually) -> None:
     server = await make_host(Limits(max_connections_per_ip=1))
     c1 = await make_host(listen=False)
     c2 = await make_host(listen=False)
     await c1.dial(addr_of(server))
     with pytest.raises(PeerstackError):
         await c2.dial(addr_of(server))
-    await asyncio.sleep(0.05)
-    assert server.connected_peers() == [c1.peer_id]
+    await eventually(lambda: server.connected_peers() == [c1.peer_id])
     assert c2.connected_peers() == []
     assert c2.connmgr.counts()["outbound"] == 0  # the failed dial gave its slot back
     # Once c1 leaves, the address may connect again.
     await c1.close()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: server.stats()["inbound"] == 0)
     assert await c2.dial(addr_of(server)) == server.peer_id
 
 
@@ -85,14 +86,16 @@ async def test_inbound_connection_limit(make_host: MakeHost) -> None:
     assert len(server.connected_peers()) == 2
 
 
-async def test_pending_handshakes_limit_and_handshake_timeout(make_host: MakeHost) -> None:
+async def test_pending_handshakes_limit_and_handshake_timeout(
+    make_host: MakeHost, eventually: Eventually
+) -> None:
     server = await make_host(Limits(max_pending_handshakes=1, handshake_timeout=0.5))
     client = await make_host(listen=False)
     target = Multiaddr(str(server.listen_addrs()[0])).tcp_target()
     assert target is not None
     # A peer that connects and never speaks holds the only handshake slot ...
     reader, writer = await asyncio.open_connection(*target)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.stats()["pending_inbound"] == 1)
     with pytest.raises(PeerstackError):
         await client.dial(addr_of(server))
     # ... until the handshake timeout closes it (it got the listener's multistream header).

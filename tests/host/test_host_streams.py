@@ -18,6 +18,8 @@ ECHO = "/test/echo/1.0.0"
 
 # The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
 MakeHost = Callable[..., Awaitable[BasicHost]]
+# The eventually fixture (conftest.py): poll a condition until it holds.
+Eventually = Callable[..., Awaitable[None]]
 
 
 async def echo_handler(stream: Stream) -> None:
@@ -48,7 +50,7 @@ async def test_listen_addrs_are_real_ports(make_host: MakeHost) -> None:
     assert target[1] != 0
 
 
-async def test_connect_both_ways_and_events(make_host: MakeHost) -> None:
+async def test_connect_both_ways_and_events(make_host: MakeHost, eventually: Eventually) -> None:
     a = await make_host()
     b = await make_host()
     events_a: list[HostEvent] = []
@@ -56,7 +58,7 @@ async def test_connect_both_ways_and_events(make_host: MakeHost) -> None:
     a.add_listener(events_a.append)
     unsubscribe = b.add_listener(events_b.append)
     assert await a.dial(addr_of(b)) == b.peer_id
-    await asyncio.sleep(0.05)
+    await eventually(lambda: b.connected_peers() == [a.peer_id])
     assert a.connected_peers() == [b.peer_id]
     assert b.connected_peers() == [a.peer_id]
     assert events_a == [PeerConnected(b.peer_id, b.listen_addrs()[0], True)]
@@ -71,7 +73,7 @@ async def test_connect_both_ways_and_events(make_host: MakeHost) -> None:
     assert a.peerstore.public_key(c.peer_id) is not None
     unsubscribe()
     await a.disconnect(b.peer_id)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: a.peer_id not in b.connected_peers())
     assert PeerDisconnected(b.peer_id) in events_a
     assert b.peer_id not in a.connected_peers()
     assert a.peer_id not in b.connected_peers()
@@ -121,7 +123,6 @@ async def test_hundred_concurrent_streams(make_host: MakeHost) -> None:
     results = await asyncio.gather(*(one(i) for i in range(100)))
     assert len(results) == 100
     assert len(a.connections(b.peer_id)) == 1
-    await asyncio.sleep(0.05)
     conn = a.connection(b.peer_id)
     assert conn is not None
     assert conn.num_streams == 0
@@ -246,7 +247,9 @@ async def test_local_reset_reaches_peer(make_host: MakeHost) -> None:
         await stream.write(b"y")
 
 
-async def test_slow_reader_bounds_memory_and_blocks_writer(make_host: MakeHost) -> None:
+async def test_slow_reader_bounds_memory_and_blocks_writer(
+    make_host: MakeHost, eventually: Eventually
+) -> None:
     a = await make_host()
     b = await make_host()
     server_streams: list[Stream] = []
@@ -271,7 +274,8 @@ async def test_slow_reader_bounds_memory_and_blocks_writer(make_host: MakeHost) 
         await stream.close()
 
     task = asyncio.create_task(writer())
-    await asyncio.sleep(0.5)
+    await eventually(lambda: bool(server_streams) and getattr(server_streams[0], "buffered", 0) > 0)
+    await asyncio.sleep(0.3)
     assert not task.done()  # blocked on the window
     (server_stream,) = server_streams
     conn_b = b.connection(a.peer_id)
@@ -327,7 +331,7 @@ async def test_ipv6_listener(make_host: MakeHost) -> None:
         await host.close()
 
 
-async def test_close_cleans_up(make_host: MakeHost) -> None:
+async def test_close_cleans_up(make_host: MakeHost, eventually: Eventually) -> None:
     a = await make_host()
     b = await make_host()
     started = asyncio.Event()
@@ -343,8 +347,7 @@ async def test_close_cleans_up(make_host: MakeHost) -> None:
     with pytest.raises(StreamReset):
         await stream.read()
     assert b.connected_peers() == []
-    await asyncio.sleep(0.05)
-    assert a.connected_peers() == []
+    await eventually(lambda: a.connected_peers() == [])
     assert b.listen_addrs() == []
 
 
@@ -377,7 +380,9 @@ async def test_simultaneous_connect_both_ways(make_host: MakeHost) -> None:
     assert 1 <= len(a.connections(b.peer_id)) <= 2
 
 
-async def test_stream_churn_leaves_nothing_behind(make_host: MakeHost) -> None:
+async def test_stream_churn_leaves_nothing_behind(
+    make_host: MakeHost, eventually: Eventually
+) -> None:
     a = await make_host()
     b = await make_host()
     b.set_stream_handler(ECHO, echo_handler)
@@ -389,11 +394,11 @@ async def test_stream_churn_leaves_nothing_behind(make_host: MakeHost) -> None:
         assert await stream.read_until_eof(100) == b"%d" % i
         if i % 3 == 0:
             stream.reset()  # a reset after a clean close changes nothing
-    await asyncio.sleep(0.05)
     conn_a = a.connection(peer)
     conn_b = b.connection(a.peer_id)
     assert conn_a is not None
     assert conn_b is not None
+    await eventually(lambda: conn_b.num_streams == 0)
     for conn in (conn_a, conn_b):
         assert conn.num_streams == 0
         assert conn.session.stream_count == 0
@@ -428,12 +433,14 @@ async def test_connection_loss_wakes_a_writer_of_a_finished_stream(make_host: Ma
         assert isinstance(await outcome, StreamReset)
 
 
-async def test_dialling_our_own_address_is_refused(make_host: MakeHost) -> None:
+async def test_dialling_our_own_address_is_refused(
+    make_host: MakeHost, eventually: Eventually
+) -> None:
     a = await make_host()
     with pytest.raises(DialError, match="our own"):
         await a.dial(a.listen_addrs()[0])
     with pytest.raises(UsageError):
         await a.dial(addr_of(a))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: a.stats()["inbound"] == 0)
     assert a.connected_peers() == []
     assert a.stats()["connections"] == 0

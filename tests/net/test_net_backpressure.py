@@ -15,12 +15,14 @@ from peerstack.wire import multistream, noise, yamux
 
 # The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
 MakeHost = Callable[..., Awaitable[BasicHost]]
+# The eventually fixture (conftest.py): poll a condition until it holds.
+Eventually = Callable[..., Awaitable[None]]
 
 BLAST = "/test/blast/1"
 TOTAL = 256 << 20
 
 
-async def test_tcp_backpressure_blocks_writer(make_host: MakeHost) -> None:
+async def test_tcp_backpressure_blocks_writer(make_host: MakeHost, eventually: Eventually) -> None:
     server = await make_host()
     progress = 0
 
@@ -53,10 +55,10 @@ async def test_tcp_backpressure_blocks_writer(make_host: MakeHost) -> None:
     frames += struct.pack(">BBHII", 0, yamux.TYPE_DATA, 0, 1, len(proposal)) + proposal
     writer.write(transport.encrypt(frames))
     # ... and never read again. The kernel buffers fill, then the transport's, then we wait.
-    await asyncio.sleep(1.0)
-    conn = server.connection(PeerId.from_public_key(key.public_key))
+    peer = PeerId.from_public_key(key.public_key)
+    await eventually(lambda: (c := server.connection(peer)) is not None and c.write_paused)
+    conn = server.connection(peer)
     assert conn is not None
-    assert conn.write_paused
     assert 0 < progress < TOTAL
     before = progress
     await asyncio.sleep(0.3)

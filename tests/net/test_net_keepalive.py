@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import ConnectionClosed
 from peerstack.host.host import BasicHost
 from peerstack.wire import multistream, noise, yamux
+
+# The eventually fixture (conftest.py): poll a condition until it holds.
+Eventually = Callable[..., Awaitable[None]]
 
 FAST = yamux.YamuxConfig(keepalive_interval=0.1, keepalive_timeout=0.3)
 
@@ -32,7 +36,7 @@ async def test_live_peers_stay_connected_and_measure_rtt() -> None:
         assert latency >= 0
 
 
-async def test_silent_peer_is_dropped() -> None:
+async def test_silent_peer_is_dropped(eventually: Eventually) -> None:
     async with fast_host() as host:
         target = host.listen_addrs()[0].tcp_target()
         assert target is not None
@@ -47,8 +51,9 @@ async def test_silent_peer_is_dropped() -> None:
         while not hs.complete:
             hs.receive_data(await reader.read(65536))
             writer.write(hs.data_to_send())
-        await asyncio.sleep(0.05)
-        conn = host.connection(PeerId.from_public_key(key.public_key))
+        peer = PeerId.from_public_key(key.public_key)
+        await eventually(lambda: host.connection(peer) is not None)
+        conn = host.connection(peer)
         assert conn is not None
         # We read (so TCP flows) but never answer the host's pings.
         try:

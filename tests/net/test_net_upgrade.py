@@ -33,6 +33,8 @@ ECHO = "/test/echo/1.0.0"
 
 # The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
 MakeHost = Callable[..., Awaitable[BasicHost]]
+# The eventually fixture (conftest.py): poll a condition until it holds.
+Eventually = Callable[..., Awaitable[None]]
 
 
 async def echo_handler(stream: Stream) -> None:
@@ -161,7 +163,7 @@ async def test_both_muxer_selection_paths(make_host: MakeHost, early: bool) -> N
         await assert_echo(client, server)
 
 
-async def test_wrong_peer_id_is_refused(make_host: MakeHost) -> None:
+async def test_wrong_peer_id_is_refused(make_host: MakeHost, eventually: Eventually) -> None:
     a = await make_host()
     b = await make_host()
     other = PeerId.from_public_key(PrivateKey.generate().public_key)
@@ -169,9 +171,8 @@ async def test_wrong_peer_id_is_refused(make_host: MakeHost) -> None:
         await a.dial(f"{b.listen_addrs()[0]}/p2p/{other}")
     assert a.connected_peers() == []
     assert a.connmgr.counts()["outbound"] == 0
-    await asyncio.sleep(0.1)
+    await eventually(lambda: b.connmgr.counts()["inbound"] == 0)
     assert b.connected_peers() == []
-    assert b.connmgr.counts()["inbound"] == 0
 
 
 async def negotiate_raw(
@@ -219,7 +220,7 @@ async def test_dialing_a_plaintext_only_peer_fails() -> None:
 
 @pytest.mark.parametrize("early", [True, False])
 async def test_malformed_yamux_frame_closes_only_that_connection(
-    make_host: MakeHost, early: bool
+    make_host: MakeHost, eventually: Eventually, early: bool
 ) -> None:
     server = await make_host()
     server.set_stream_handler(ECHO, echo_handler)
@@ -227,7 +228,7 @@ async def test_malformed_yamux_frame_closes_only_that_connection(
     await good.dial(addr_of(server))
     raw = await RawPeer.connect(server)
     transport = await raw.secure(early_muxer=early)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.connection(raw.peer_id) is not None)
     conn = server.connection(raw.peer_id)
     assert isinstance(conn, Connection)
     # Yamux version 1 does not exist.
@@ -240,14 +241,16 @@ async def test_malformed_yamux_frame_closes_only_that_connection(
     await assert_echo(good, server)
 
 
-async def test_garbage_ciphertext_closes_with_noise_error(make_host: MakeHost) -> None:
+async def test_garbage_ciphertext_closes_with_noise_error(
+    make_host: MakeHost, eventually: Eventually
+) -> None:
     server = await make_host()
     server.set_stream_handler(ECHO, echo_handler)
     good = await make_host()
     await good.dial(addr_of(server))
     raw = await RawPeer.connect(server)
     await raw.secure(early_muxer=True)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.connection(raw.peer_id) is not None)
     conn = server.connection(raw.peer_id)
     assert conn is not None
     raw.writer.write(b"\x00\x20" + os.urandom(32))
