@@ -1,0 +1,614 @@
+"""Share a 1 GiB file on loopback: 1 seeder -> 1 leecher, 4 -> 1, and both with capped uploads.
+
+Every seeder and leecher is its own process; only 127.0.0.1. In the same run, side by side:
+
+- peerstack: ``BasicHost`` (TCP + Noise + Yamux) + ``Blockstore`` + ``Bitswap``; the seeders serve
+  one blockstore imported once (default profile: CIDv1, raw leaves, 1 MiB chunks), the leecher
+  calls ``Bitswap.get_file`` (blocks verified and stored, then the file exported);
+- libtorrent 2.x over TCP (``bench/share_anchor_libtorrent.py`` in ``.venv-libtorrent``);
+- helia -> helia over TCP (``bench/share_anchor_helia.mjs`` with Node 22 from tests/interop/js).
+
+Time is measured inside the leecher, from just before it dials the seeders to the output file
+complete on disk *and* its sha256 equal to the source's ("verified"). MB/s = 10^6 bytes/s.
+Seeders are started and loaded (import, torrent check) once per scenario, before any timing;
+every run starts a fresh leecher with an empty store. Medians over ``--runs``.
+
+Upload caps: libtorrent has ``upload_rate_limit``. peerstack has no rate-limit knob yet, so its
+capped rows use a bench-side stand-in (``--ps-cap emulate``): the seeder's blockstore reads pass
+through a token bucket at the cap, which bounds what its Bitswap server can send. helia has no
+upload cap: its capped cells say so.
+
+    python bench/share_1gib.py [--runs 3] [--mib 1024] [--cap-mbps 20] [--only peerstack,...]
+
+Set-up for the anchors: ``bash scripts/setup-bench-share.sh`` (run here when something is missing).
+The peer roles are this same script: ``--role ps-import|ps-seed|ps-leech`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from peerstack.content.bitswap.progress import Progress
+from peerstack.content.bitswap.service import Bitswap
+from peerstack.content.blockstore import Blockstore, FsyncPolicy
+from peerstack.content.importer import import_path
+from peerstack.core.cid import CID
+from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.peer_id import PeerId
+from peerstack.host.host import BasicHost
+
+# Run as a script, this file's folder (not the repository) is on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    MB,
+    MIB,
+    PYTHON,
+    REPO_ROOT,
+    ServerProcess,
+    answer,
+    fmt,
+    fmt_ratio,
+    goal_mark,
+    loop_name,
+    median,
+    print_table,
+    run,
+    status,
+    stdin_lines,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+LT_PYTHON = REPO_ROOT / ".venv-libtorrent" / "bin" / "python"
+LT_SCRIPT = BENCH_DIR / "share_anchor_libtorrent.py"
+JS_DIR = REPO_ROOT / "tests" / "interop" / "js"
+NODE = JS_DIR / "node_modules" / ".bin" / "node"
+HELIA_SCRIPT = BENCH_DIR / "share_anchor_helia.mjs"
+SETUP = REPO_ROOT / "scripts" / "setup-bench-share.sh"
+
+IMPLS = ("peerstack", "libtorrent", "helia")
+READ_CHUNK = 4 * MIB
+SOURCE_SEED = b"peerstack bench/share_1gib.py"
+
+# Goals from the issue.
+GOAL_ONE_SEEDER_MBPS = 600.0
+GOAL_CAPPED_SPEEDUP = 3.6
+
+
+# -- the peerstack peers (child processes) -----------------------------------------------------
+
+
+class SeedBlockstore(Blockstore):
+    """A seeder's blockstore: counts the bytes its ``get`` hands out, optionally capped.
+
+    The Bitswap server reads every block it sends with ``get``, so the count is what the seeder
+    uploaded (Bitswap forgets a peer's ledger when it disconnects, so the ledgers cannot tell).
+    peerstack has no upload rate limit yet: with ``rate`` > 0, reads pass through a token bucket
+    at ``rate`` bytes/s (a burst of 0.1 s), which bounds what the server can send. A stand-in for
+    the missing knob, not a feature.
+    """
+
+    BURST_SECONDS = 0.1
+
+    def __init__(self, root: Path, rate: float) -> None:
+        super().__init__(root, FsyncPolicy.NEVER)
+        self.rate = rate
+        self.bytes_read = 0
+        self._next = 0.0  # loop time at which the bucket is full again
+        self._bucket_lock = asyncio.Lock()
+
+    async def get(self, cid: CID) -> bytes:
+        data = await super().get(cid)
+        self.bytes_read += len(data)
+        if self.rate <= 0:
+            return data
+        async with self._bucket_lock:
+            now = asyncio.get_running_loop().time()
+            self._next = max(now, self._next) + len(data) / self.rate
+            delay = self._next - now - self.BURST_SECONDS
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return data
+
+
+async def ps_import(src: Path, repo: Path) -> None:
+    with Blockstore(repo, FsyncPolicy.NEVER) as store:
+        t0 = time.perf_counter()
+        result = await import_path(store, src)
+        answer({"cid": str(result.cid), "seconds": time.perf_counter() - t0})
+
+
+async def ps_seed(repo: Path, upload_cap: float) -> None:
+    """Serve ``repo`` over Bitswap; answer ``stats`` lines until stdin closes."""
+    store = SeedBlockstore(repo, upload_cap)
+    host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"])
+    await host.start()
+    try:
+        async with Bitswap(host, store) as bitswap:
+            addr = host.listen_addrs()[0].encapsulate(Multiaddr(f"/p2p/{host.peer_id}"))
+            answer({"addr": str(addr)})
+            async for _line in stdin_lines():
+                answer({"uploaded": store.bytes_read, "peers": len(bitswap.engine.ledgers)})
+    finally:
+        await host.close()
+        store.close()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def ps_leech(
+    cid_text: str, repo: Path, out: Path, peers: Sequence[str], expect: str
+) -> dict[str, Any]:
+    """Fetch the file from ``peers``; the timings, measured here, as a dict."""
+    cid = CID.parse(cid_text)
+    store = Blockstore(repo, FsyncPolicy.NEVER)
+    host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"])
+    await host.start()
+    fetched_at: list[float] = []
+
+    def on_progress(p: Progress) -> None:
+        if p.done and not fetched_at:
+            fetched_at.append(time.perf_counter())
+
+    try:
+        async with Bitswap(host, store) as bitswap:
+            t0 = time.perf_counter()
+            for text in peers:
+                bare, pid = Multiaddr(text).decapsulate_p2p()
+                assert pid is not None
+                await host.connect(PeerId.from_string(pid), [bare])
+            t_connected = time.perf_counter()
+            result = await bitswap.get_file(cid, out, on_progress)
+            t_disk = time.perf_counter()
+            digest = await asyncio.to_thread(sha256_file, out)
+            t_verified = time.perf_counter()
+    finally:
+        await host.close()
+        store.close()
+    return {
+        "ok": digest == expect,
+        "sha256": digest,
+        "bytes": await asyncio.to_thread(lambda: out.stat().st_size),
+        "blocks": result.blocks,
+        "seconds_connect": t_connected - t0,
+        "seconds_fetched": (fetched_at[0] if fetched_at else t_disk) - t0,
+        "seconds_on_disk": t_disk - t0,
+        "seconds_verified": t_verified - t0,
+    }
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """The ``--role`` entry points (run in their own processes by the driver)."""
+    if args.role == "ps-import":
+        run(ps_import(args.src, args.repo))
+    elif args.role == "ps-seed":
+        run(ps_seed(args.repo, args.upload_cap))
+    else:
+        out: dict[str, Any] = {}
+
+        async def leech() -> None:
+            out.update(await ps_leech(args.cid, args.repo, args.out, args.peer, args.expect))
+
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(run, leech())
+            profiler.dump_stats(args.profile)
+        else:
+            run(leech())
+        answer(out)
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    seeders: int
+    cap: int  # bytes/s per seeder, 0 = none
+
+
+@dataclass(slots=True)
+class Cell:
+    """One implementation in one scenario: the runs' figures, or why it did not run."""
+
+    mbps: list[float] = field(default_factory=list)
+    mbps_on_disk: list[float] = field(default_factory=list)
+    shares: list[list[float]] = field(default_factory=list)  # per run: each seeder's share
+    skipped: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return median(self.mbps)
+
+    def text(self) -> str:
+        if self.skipped:
+            return f"not run: {self.skipped}"
+        if not self.mbps:
+            return "failed: " + "; ".join(self.failures[:1])
+        spread = f" ({min(self.mbps):,.0f}-{max(self.mbps):,.0f})" if len(self.mbps) > 1 else ""
+        return fmt(self.median) + spread
+
+
+class Seeder(ServerProcess):
+    """A seeder process whose ready line is read later, so several can load at once."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.ready = ""
+
+
+class Workspace:
+    """The scratch directory: the source file, its digest, the imported repo, the torrent."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = size
+        self.src = root / "src" / "share.bin"
+        self.sha256 = ""
+        self.ps_repo = root / "ps-seed-repo"
+        self.ps_cid = ""
+        self.torrent = root / "share.torrent"
+        self.torrent_info: dict[str, Any] = {}
+
+    def create_source(self) -> None:
+        """Pseudo-random bytes (incompressible, no two blocks alike), the same in every run.
+
+        A ChaCha20 key stream (``cryptography``, GB/s) over zeros: deterministic and fast.
+        """
+        self.src.parent.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(SOURCE_SEED).digest()
+        stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+        zeros = bytes(READ_CHUNK)
+        h = hashlib.sha256()
+        with self.src.open("wb") as fh:
+            left = self.size
+            while left > 0:
+                piece = stream.update(zeros[: min(left, READ_CHUNK)])
+                fh.write(piece)
+                h.update(piece)
+                left -= len(piece)
+        self.sha256 = h.hexdigest()
+
+
+def _mbps(size: int, seconds: float) -> float:
+    return size / seconds / MB if seconds > 0 else math.nan
+
+
+def _shares(before: list[int], after: list[int]) -> list[float]:
+    sent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(sent)
+    return [s / total for s in sent] if total else []
+
+
+class Driver:
+    def __init__(self, args: argparse.Namespace, ws: Workspace) -> None:
+        self.args = args
+        self.ws = ws
+        self.leech_dir = ws.root / "leech"
+
+    # -- preparation, once per run of the bench --
+
+    def prepare_peerstack(self) -> str:
+        status("peerstack: importing the file into the seeders' blockstore")
+        done = subprocess.run(
+            [PYTHON, __file__, "--role", "ps-import", "--src", str(self.ws.src),
+             "--repo", str(self.ws.ps_repo)],
+            capture_output=True, text=True, timeout=1800, check=False,
+        )
+        if done.returncode != 0:
+            return f"import failed: {done.stderr.strip().splitlines()[-1:]}"
+        info = json.loads(done.stdout.strip().splitlines()[-1])
+        self.ws.ps_cid = info["cid"]
+        status(f"peerstack: {self.ws.ps_cid} imported in {info['seconds']:.1f} s")
+        return ""
+
+    def prepare_libtorrent(self) -> str:
+        if not LT_PYTHON.exists():
+            return f"{LT_PYTHON.relative_to(REPO_ROOT)} missing (scripts/setup-bench-share.sh)"
+        status("libtorrent: creating the torrent")
+        done = subprocess.run(
+            [str(LT_PYTHON), str(LT_SCRIPT), "make-torrent", "--src", str(self.ws.src),
+             "--out", str(self.ws.torrent), "--format", self.args.torrent_format],
+            capture_output=True, text=True, timeout=1800, check=False,
+        )
+        if done.returncode != 0:
+            return f"make-torrent failed: {done.stderr.strip().splitlines()[-1:]}"
+        self.ws.torrent_info = json.loads(done.stdout.strip().splitlines()[-1])
+        return ""
+
+    def prepare_helia(self) -> str:
+        if not NODE.exists() or not (JS_DIR / "node_modules" / "helia").exists():
+            return "tests/interop/js/node_modules missing (scripts/setup-interop.sh)"
+        return ""
+
+    # -- seeders and leechers per implementation --
+
+    def seeder_argv(self, impl: str, cap: int) -> list[str]:
+        if impl == "peerstack":
+            return [PYTHON, __file__, "--role", "ps-seed", "--repo", str(self.ws.ps_repo),
+                    "--upload-cap", str(cap)]
+        if impl == "libtorrent":
+            return [str(LT_PYTHON), str(LT_SCRIPT), "seed", "--torrent", str(self.ws.torrent),
+                    "--dir", str(self.ws.src.parent), "--upload-cap", str(cap)]
+        return [str(NODE), str(HELIA_SCRIPT), "seed", "--js-dir", str(JS_DIR),
+                "--src", str(self.ws.src)]
+
+    def leecher_argv(self, impl: str, seeders: list[dict[str, Any]], run_no: int) -> list[str]:
+        out = self.leech_dir / "out.bin"
+        if impl == "peerstack":
+            argv = [PYTHON, __file__, "--role", "ps-leech", "--cid", self.ws.ps_cid,
+                    "--repo", str(self.leech_dir / "repo"), "--out", str(out),
+                    "--expect", self.ws.sha256]
+            if self.args.profile and run_no == 0:
+                argv += ["--profile", str(self.args.profile) + f".{len(seeders)}seed.prof"]
+            for s in seeders:
+                argv += ["--peer", s["addr"]]
+            return argv
+        if impl == "libtorrent":
+            argv = [str(LT_PYTHON), str(LT_SCRIPT), "leech", "--torrent", str(self.ws.torrent),
+                    "--out-dir", str(self.leech_dir), "--expect-sha256", self.ws.sha256]
+            for s in seeders:
+                argv += ["--peer", f"127.0.0.1:{s['port']}"]
+            return argv
+        argv = [str(NODE), str(HELIA_SCRIPT), "leech", "--js-dir", str(JS_DIR),
+                "--cid", seeders[0]["cid"], "--out", str(out), "--expect-sha256", self.ws.sha256]
+        for s in seeders:
+            argv += ["--peer", s["addr"]]
+        return argv
+
+    def run_cell(self, impl: str, sc: Scenario) -> Cell:
+        cell = Cell()
+        if sc.cap and impl == "helia":
+            cell.skipped = "helia has no upload rate limit"
+            return cell
+        runs = self.args.capped_runs if sc.cap else self.args.runs
+        status(f"{impl} {sc.name}: starting {sc.seeders} seeder(s)")
+        seeders: list[Seeder] = []
+        try:
+            argv = self.seeder_argv(impl, sc.cap)
+            # Seeders load the file (helia imports it, libtorrent checks it): all at once.
+            seeders += [Seeder(argv) for _ in range(sc.seeders)]
+            infos = [json.loads(p.readline(900)) for p in seeders]
+            if impl == "helia" and infos[0]["cid"] != self.ws.ps_cid and self.ws.ps_cid:
+                status(f"note: helia's CID {infos[0]['cid']} differs from peerstack's")
+            for run_no in range(runs):
+                self._one_run(impl, sc, seeders, infos, run_no=run_no, cell=cell)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            cell.failures.append(f"{type(exc).__name__}: {exc}")
+            status(f"{impl} {sc.name}: {exc}")
+        finally:
+            for proc in seeders:
+                if proc.proc.poll() is None:
+                    proc.close(timeout=20)
+        return cell
+
+    def _uploaded(self, impl: str, seeders: list[Seeder]) -> list[int]:
+        if impl == "helia":
+            return []
+        return [int(s.request("stats", timeout=60)["uploaded"]) for s in seeders]
+
+    def _one_run(
+        self, impl: str, sc: Scenario, seeders: list[Seeder], infos: list[dict[str, Any]], *,
+        run_no: int, cell: Cell,
+    ) -> None:
+        shutil.rmtree(self.leech_dir, ignore_errors=True)
+        self.leech_dir.mkdir(parents=True)
+        before = self._uploaded(impl, seeders)
+        done = subprocess.run(
+            self.leecher_argv(impl, infos, run_no), capture_output=True, text=True,
+            timeout=self.args.timeout, check=False,
+        )
+        after = self._uploaded(impl, seeders)
+        shutil.rmtree(self.leech_dir, ignore_errors=True)  # 1 GiB out, and the leecher's store
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            tail = done.stderr.strip().splitlines()[-3:]
+            cell.failures.append(f"exit {done.returncode}: {' | '.join(tail)}")
+            status(f"{impl} {sc.name} run {run_no + 1}: FAILED {tail}")
+            return
+        res = json.loads(lines[-1])
+        if not res.get("ok") or res.get("bytes") != self.ws.size:
+            cell.failures.append(f"sha256 mismatch ({res.get('bytes')} bytes)")
+            status(f"{impl} {sc.name} run {run_no + 1}: output does NOT match the source")
+            return
+        mbps = _mbps(self.ws.size, res["seconds_verified"])
+        cell.mbps.append(mbps)
+        cell.mbps_on_disk.append(_mbps(self.ws.size, res["seconds_on_disk"]))
+        if before and after:
+            cell.shares.append(_shares(before, after))
+        extra = ", ".join(
+            f"{k[8:]} {v:.2f} s" for k, v in res.items() if k.startswith("seconds_")
+        )
+        status(f"{impl} {sc.name} run {run_no + 1}: {mbps:,.1f} MB/s verified ({extra})")
+
+
+def _share_text(cell: Cell) -> str:
+    if not cell.shares or len(cell.shares[-1]) < 2:
+        return ""
+    return "/".join(f"{s * 100:.0f}" for s in cell.shares[-1]) + " %"
+
+
+def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: argparse.Namespace,
+           ws: Workspace) -> None:
+    impls = args.only
+    headers = ["scenario", *[f"{i} MB/s" for i in impls]]
+    ratio_cols = [(a, b) for a, b in (("peerstack", "libtorrent"), ("peerstack", "helia"))
+                  if a in impls and b in impls]
+    short = {"peerstack": "ps", "libtorrent": "lt", "helia": "helia"}
+    headers += [f"{short[a]}/{short[b]}" for a, b in ratio_cols]
+    headers.append("peerstack goal")
+    rows: list[list[str]] = []
+    for sc in scenarios:
+        row = [sc.name]
+        row += [cells[(i, sc.name)].text() for i in impls]
+        row += [fmt_ratio(cells[(a, sc.name)].median, cells[(b, sc.name)].median)
+                for a, b in ratio_cols]
+        row.append(_goal_text(cells, sc, scenarios))
+        rows.append(row)
+    # the scaling rows: 4 seeders over 1, uncapped and capped
+    for capped in (False, True):
+        one = next((s for s in scenarios if s.seeders == 1 and bool(s.cap) == capped), None)
+        many = next((s for s in scenarios if s.seeders > 1 and bool(s.cap) == capped), None)
+        if one is None or many is None:
+            continue
+        row = [f"{many.name} / {one.name}"]
+        row += [fmt_ratio(cells[(i, many.name)].median, cells[(i, one.name)].median)
+                for i in impls]
+        row += ["" for _ in ratio_cols]
+        goal = GOAL_CAPPED_SPEEDUP if capped else 1.0
+        ps = "peerstack" in impls
+        value = (cells[("peerstack", many.name)].median / cells[("peerstack", one.name)].median
+                 if ps else math.nan)
+        row.append(f">= {goal:g}x: {goal_mark(value, goal)}" if ps else "")
+        rows.append(row)
+    notes = [
+        f"{ws.size / MIB:,.0f} MiB file, sha256 {ws.sha256[:16]}...; medians of {args.runs} runs "
+        f"({args.capped_runs} capped), (min-max); MB/s = 10^6 bytes/s, to file on disk and "
+        "sha256-verified",
+        f"peerstack: {loop_name()}, CID {ws.ps_cid}; capped rows: "
+        + ("bench-side token bucket on seeder block reads (no rate-limit knob in peerstack)"
+           if args.ps_cap == "emulate" else "not run"),
+        f"libtorrent: TCP only, torrent {ws.torrent_info}; capped: upload_rate_limit",
+        "helia: light helia, TCP + Noise + Yamux, in-memory blockstores",
+        "on disk, before the sha256 check: " + "; ".join(
+            f"{sc.name}: " + ", ".join(
+                f"{i} {fmt(median(cells[(i, sc.name)].mbps_on_disk))}" for i in impls
+            ) for sc in scenarios
+        ),
+        "seeder shares (last run, bytes uploaded): " + "; ".join(
+            f"{i} {sc.name}: {_share_text(cells[(i, sc.name)])}"
+            for sc in scenarios if sc.seeders > 1 for i in impls if _share_text(cells[(i, sc.name)])
+        ),
+    ]
+    for (impl, name), cell in cells.items():
+        if cell.failures:
+            notes.append(f"{impl} {name} failures: {'; '.join(cell.failures)}")
+    print_table("share a file on loopback: seeders -> 1 leecher, separate processes",
+                headers, rows, notes)
+
+
+def _goal_text(cells: dict[tuple[str, str], Cell], sc: Scenario, scenarios: list[Scenario]) -> str:
+    if ("peerstack", sc.name) not in cells:
+        return ""
+    value = cells[("peerstack", sc.name)].median
+    if sc.cap:
+        return ""
+    if sc.seeders == 1:
+        return f">= {GOAL_ONE_SEEDER_MBPS:g} MB/s: {goal_mark(value, GOAL_ONE_SEEDER_MBPS)}"
+    one = next((s for s in scenarios if s.seeders == 1 and not s.cap), None)
+    if one is None:
+        return ""
+    base = cells[("peerstack", one.name)].median
+    return f">= 1 seeder ({fmt(base)}): {goal_mark(value, base)}"
+
+
+def driver_main(args: argparse.Namespace) -> None:
+    if args.setup and SETUP.exists() and (not LT_PYTHON.exists() or not NODE.exists()):
+        status("running scripts/setup-bench-share.sh")
+        subprocess.run(["bash", str(SETUP)], check=False, timeout=1800)
+    root = Path(args.workdir)
+    size = args.mib * MIB
+    free = shutil.disk_usage(root.parent if not root.exists() else root).free
+    need = 4 * size  # source, peerstack's seed repo, leecher store + output
+    if free < need:
+        sys.exit(f"{free / 2**30:.1f} GiB free under {root.parent}, need about {need / 2**30:.1f}")
+    ws = Workspace(root, size)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        status(f"writing the {args.mib} MiB source file")
+        ws.create_source()
+        cap = int(args.cap_mbps * MB)
+        scenarios = [Scenario("1 -> 1", 1, 0), Scenario(f"{args.seeders} -> 1", args.seeders, 0)]
+        if cap:
+            scenarios += [Scenario(f"1 -> 1 capped {args.cap_mbps:g} MB/s", 1, cap),
+                          Scenario(f"{args.seeders} -> 1 capped {args.cap_mbps:g} MB/s",
+                                   args.seeders, cap)]
+        prepare = {"peerstack": Driver.prepare_peerstack, "libtorrent": Driver.prepare_libtorrent,
+                   "helia": Driver.prepare_helia}
+        driver = Driver(args, ws)
+        cells: dict[tuple[str, str], Cell] = {}
+        skip = {impl: prepare[impl](driver) for impl in args.only}
+        for sc in scenarios:
+            for impl in args.only:
+                if skip[impl]:
+                    cells[(impl, sc.name)] = Cell(skipped=skip[impl])
+                elif sc.cap and impl == "peerstack" and args.ps_cap != "emulate":
+                    cells[(impl, sc.name)] = Cell(skipped="no upload rate-limit knob")
+                else:
+                    cells[(impl, sc.name)] = driver.run_cell(impl, sc)
+        report(cells, scenarios, args, ws)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--capped-runs", type=int, default=1,
+                        help="runs of the capped scenarios (1 GiB at 20 MB/s is ~54 s a run)")
+    parser.add_argument("--mib", type=int, default=1024, help="file size in MiB")
+    parser.add_argument("--seeders", type=int, default=4)
+    parser.add_argument("--cap-mbps", type=float, default=20.0,
+                        help="per-seeder upload cap for the capped rows, 0 = no capped rows")
+    parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x],
+                        default=list(IMPLS), help="comma list of " + ",".join(IMPLS))
+    parser.add_argument("--ps-cap", choices=("emulate", "skip"), default="emulate")
+    parser.add_argument("--torrent-format", choices=("v1", "hybrid", "v2"), default="v1")
+    parser.add_argument("--workdir", default="/tmp/peerstack-share-bench")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--no-setup", dest="setup", action="store_false")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per leecher run, s")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="cProfile the first peerstack leecher of each scenario to PATH.*")
+    # child roles
+    parser.add_argument("--role", choices=("ps-import", "ps-seed", "ps-leech"))
+    parser.add_argument("--src", type=Path)
+    parser.add_argument("--repo", type=Path)
+    parser.add_argument("--upload-cap", type=float, default=0.0)
+    parser.add_argument("--cid")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--expect", default="")
+    args = parser.parse_args(argv)
+    if args.role:
+        child_main(args)
+        return
+    unknown = [i for i in args.only if i not in IMPLS]
+    if unknown:
+        parser.error(f"unknown implementation(s) {unknown}")
+    driver_main(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

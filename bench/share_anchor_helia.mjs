@@ -1,0 +1,136 @@
+// helia -> helia over TCP on loopback: the IPFS anchor of bench/share_1gib.py.
+//
+// Run with Node 22 from the npm install at tests/interop/js (its package.json has helia,
+// @helia/unixfs, blockstore-core, libp2p, @libp2p/tcp, noise, yamux, identify). This file lives
+// in bench/, outside that install, so packages are loaded from --js-dir explicitly.
+//
+//   node share_anchor_helia.mjs seed  --js-dir DIR --src FILE
+//        -> one JSON line {"addr": "/ip4/127.0.0.1/tcp/P/p2p/...", "cid": "..."} once the file
+//           is imported; serves until stdin closes
+//   node share_anchor_helia.mjs leech --js-dir DIR --cid CID --out FILE --peer ADDR [--peer ...]
+//                                    --expect-sha256 HEX
+//        -> one JSON line with the timings
+//
+// Each peer is a light helia (createHeliaLight + withLibp2pLight + withBitswap) on a libp2p with
+// TCP on 127.0.0.1, Noise and Yamux and identify only: no DHT, no bootstrap, no delegated HTTP
+// routing, no mDNS, so nothing leaves loopback and the seeders are found only because the
+// leecher dials them (bitswap asks connected peers). Blockstores are in memory (blockstore-core;
+// blockstore-fs is not in that install), so the leecher's only disk write is the output file.
+// The file is imported with @helia/unixfs defaults (CIDv1, raw leaves, 1 MiB chunks, balanced
+// 1024), the profile peerstack uses by default, so both produce the same CID.
+//
+// Time in the leecher starts just before dialling the seeders and stops when the file written by
+// `unixfs.cat` is closed and its sha256 equals the source's (bitswap checks every block's hash).
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { createInterface } from 'node:readline'
+import { parseArgs } from 'node:util'
+
+const { values: args, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    'js-dir': { type: 'string' },
+    src: { type: 'string' },
+    cid: { type: 'string' },
+    out: { type: 'string' },
+    peer: { type: 'string', multiple: true, default: [] },
+    'expect-sha256': { type: 'string', default: '' },
+    timeout: { type: 'string', default: '900' }
+  }
+})
+const role = positionals[0]
+if (args['js-dir'] == null) throw new Error('--js-dir is required')
+
+// Import a package installed under --js-dir (its "exports" entry for `import`).
+async function load (name) {
+  const dir = join(args['js-dir'], 'node_modules', name)
+  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'))
+  let entry = pkg.exports?.['.'] ?? pkg.exports ?? pkg.module ?? pkg.main ?? 'index.js'
+  while (typeof entry === 'object') entry = entry.import ?? entry.default
+  return import(pathToFileURL(join(dir, entry)).href)
+}
+
+const version = (name) =>
+  JSON.parse(readFileSync(join(args['js-dir'], 'node_modules', name, 'package.json'), 'utf8')).version
+
+async function startHelia () {
+  const [{ createHeliaLight }, { withLibp2pLight }, { withBitswap }, { tcp }, { noise }, { yamux }, { identify }, { MemoryBlockstore }, { MemoryDatastore }] =
+    await Promise.all(['helia', '@helia/libp2p', '@helia/bitswap', '@libp2p/tcp', '@libp2p/noise', '@libp2p/yamux', '@libp2p/identify', 'blockstore-core', 'datastore-core'].map(load))
+  const helia = withBitswap(withLibp2pLight(createHeliaLight({
+    blockstore: new MemoryBlockstore(),
+    datastore: new MemoryDatastore()
+  }), {
+    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: { identify: identify() },
+    // js-libp2p refuses more than 5 inbound connections per second from one host by default
+    connectionManager: { inboundConnectionThreshold: 1000 }
+  }))
+  await helia.start()
+  return helia
+}
+
+function sha256File (path) {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256')
+    createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })
+      .on('data', (chunk) => hash.update(chunk))
+      .on('end', () => resolve(hash.digest('hex')))
+      .on('error', reject)
+  })
+}
+
+async function seed () {
+  const { unixfs } = await load('@helia/unixfs')
+  const helia = await startHelia()
+  const fs = unixfs(helia)
+  const cid = await fs.addByteStream(createReadStream(args.src, { highWaterMark: 1024 * 1024 }))
+  const addr = helia.libp2p.getMultiaddrs().map(String).find(a => a.startsWith('/ip4/127.0.0.1/tcp/'))
+  console.log(JSON.stringify({ addr, cid: cid.toString(), version: version('helia') }))
+  // serve until the driver closes stdin
+  for await (const _ of createInterface({ input: process.stdin })) { /* no commands */ }
+  await helia.stop()
+}
+
+async function leech () {
+  const { unixfs } = await load('@helia/unixfs')
+  const { multiaddr } = await load('@multiformats/multiaddr')
+  const { CID } = await load('multiformats')
+  const helia = await startHelia()
+  const fs = unixfs(helia)
+  const cid = CID.parse(args.cid)
+  const signal = AbortSignal.timeout(Number(args.timeout) * 1000)
+  const t0 = performance.now()
+  await Promise.all(args.peer.map(a => helia.libp2p.dial(multiaddr(a), { signal })))
+  const out = createWriteStream(args.out)
+  let bytes = 0
+  for await (const chunk of fs.cat(cid, { signal })) {
+    bytes += chunk.byteLength
+    if (!out.write(chunk)) await once(out, 'drain')
+  }
+  out.end()
+  await once(out, 'close')
+  const tDisk = performance.now()
+  const digest = await sha256File(args.out)
+  const tVerified = performance.now()
+  console.log(JSON.stringify({
+    ok: digest === args['expect-sha256'],
+    sha256: digest,
+    bytes,
+    seconds_on_disk: (tDisk - t0) / 1000,
+    seconds_verified: (tVerified - t0) / 1000,
+    peers: helia.libp2p.getConnections().length,
+    version: version('helia')
+  }))
+  await helia.stop()
+}
+
+if (role === 'seed') await seed()
+else if (role === 'leech') await leech()
+else throw new Error(`unknown role ${role}`)
+process.exit(0)
