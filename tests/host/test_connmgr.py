@@ -47,6 +47,14 @@ def test_inbound_limits_per_ip_and_pending() -> None:
     mgr.reserve_inbound("10.0.0.1")
     with pytest.raises(ResourceLimitError):
         mgr.reserve_inbound("10.0.0.1")
+    # Raising the general per-IP limit raises it for loopback too.
+    mgr2: ConnectionManager[FakeConn] = ConnectionManager(
+        Limits(max_connections_per_ip=5, max_connections_per_loopback_ip=2)
+    )
+    for _ in range(5):
+        mgr2.reserve_inbound("127.0.0.1")
+    with pytest.raises(ResourceLimitError):
+        mgr2.reserve_inbound("127.0.0.1")
     b1 = mgr.reserve_inbound("10.0.0.2")
     with pytest.raises(ResourceLimitError, match="handshakes"):
         mgr.reserve_inbound("10.0.0.3")
@@ -56,6 +64,14 @@ def test_inbound_limits_per_ip_and_pending() -> None:
     assert mgr.counts()["pending_inbound"] == 2
     with pytest.raises(ResourceLimitError):
         mgr.reserve_inbound("10.0.0.1")
+    # Raising the general per-IP limit raises it for loopback too.
+    mgr2: ConnectionManager[FakeConn] = ConnectionManager(
+        Limits(max_connections_per_ip=5, max_connections_per_loopback_ip=2)
+    )
+    for _ in range(5):
+        mgr2.reserve_inbound("127.0.0.1")
+    with pytest.raises(ResourceLimitError):
+        mgr2.reserve_inbound("127.0.0.1")
     c1 = mgr.reserve_inbound("10.0.0.3")
     mgr.register(FakeConn(new_peer(), outbound=False, remote_ip="10.0.0.3"), c1)
     b1.release()  # b's handshake failed
@@ -167,3 +183,25 @@ async def test_cancelled_dial_gives_waiters_an_error_not_a_cancellation() -> Non
         await second
     assert first.cancelled()
     assert mgr.pending_dials() == 0
+
+
+def test_loopback_has_its_own_per_ip_limit() -> None:
+    mgr: ConnectionManager[FakeConn] = ConnectionManager(
+        Limits(max_connections_per_ip=1, max_connections_per_loopback_ip=3)
+    )
+    for _ in range(3):
+        mgr.reserve_inbound("127.0.0.1")
+    with pytest.raises(ResourceLimitError):
+        mgr.reserve_inbound("127.0.0.1")
+    mgr.reserve_inbound("::1")
+    mgr.reserve_inbound("10.0.0.1")
+    with pytest.raises(ResourceLimitError):
+        mgr.reserve_inbound("10.0.0.1")
+    # Raising the general per-IP limit raises it for loopback too.
+    raised: ConnectionManager[FakeConn] = ConnectionManager(
+        Limits(max_connections_per_ip=5, max_connections_per_loopback_ip=2)
+    )
+    for _ in range(5):
+        raised.reserve_inbound("127.0.0.1")
+    with pytest.raises(ResourceLimitError):
+        raised.reserve_inbound("127.0.0.1")

@@ -61,7 +61,8 @@ async def test_idle_connections_are_trimmed(make_host: MakeHost, eventually: Eve
 
 
 async def test_limit_per_ip(make_host: MakeHost, eventually: Eventually) -> None:
-    server = await make_host(Limits(max_connections_per_ip=1))
+    # Loopback has its own (higher) per-IP limit; set both so that this test exercises it.
+    server = await make_host(Limits(max_connections_per_ip=1, max_connections_per_loopback_ip=1))
     c1 = await make_host(listen=False)
     c2 = await make_host(listen=False)
     await c1.dial(addr_of(server))

@@ -9,6 +9,7 @@ connection once the upgrade succeeded; a refused reservation raises ``ResourceLi
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,13 @@ from peerstack.errors import DialError, ResourceLimitError, UsageError
 from peerstack.host.limits import Limits
 
 log = logging.getLogger(__name__)
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class ManagedConnection(Protocol):
@@ -100,8 +108,12 @@ class ConnectionManager(Generic[C]):
             raise ResourceLimitError("too many inbound handshakes in progress")
         if self._inbound >= lim.max_inbound_connections:
             raise ResourceLimitError("inbound connection limit reached")
-        if ip is not None and self._per_ip.get(ip, 0) >= lim.max_connections_per_ip:
-            raise ResourceLimitError(f"connection limit for {ip} reached")
+        if ip is not None:
+            per_ip = lim.max_connections_per_ip
+            if _is_loopback(ip):
+                per_ip = max(per_ip, lim.max_connections_per_loopback_ip)
+            if self._per_ip.get(ip, 0) >= per_ip:
+                raise ResourceLimitError(f"connection limit for {ip} reached")
         self._inbound += 1
         self._pending_inbound += 1
         if ip is not None:
@@ -212,8 +224,10 @@ class ConnectionManager(Generic[C]):
         except BaseException as exc:
             # Waiters get an error, never the dialler's own cancellation: a CancelledError
             # out of nowhere would silently end their task.
-            err = exc if not isinstance(exc, asyncio.CancelledError) else DialError(
-                f"the dial to {peer} was cancelled"
+            err = (
+                exc
+                if not isinstance(exc, asyncio.CancelledError)
+                else DialError(f"the dial to {peer} was cancelled")
             )
             fut.set_exception(err)
             fut.exception()  # mark retrieved: there may be no waiter

@@ -22,6 +22,10 @@ class Limits:
     max_outbound_connections: int = 256
     #: Inbound connections (established or pending) from one remote IP address.
     max_connections_per_ip: int = 16
+    #: At least this many for a loopback address (127.0.0.0/8, ::1; the larger of the two
+    #: limits applies): those are local processes (a test's many nodes, tools talking to a
+    #: local daemon), still under the inbound limit.
+    max_connections_per_loopback_ip: int = 256
     #: Inbound connections still in the security/muxer handshake.
     max_pending_handshakes: int = 64
     #: Streams the peer opened on one connection that are still open.
@@ -48,6 +52,7 @@ class Limits:
             "max_inbound_connections",
             "max_outbound_connections",
             "max_connections_per_ip",
+            "max_connections_per_loopback_ip",
             "max_pending_handshakes",
             "max_inbound_streams_per_connection",
             "max_outbound_streams_per_connection",
