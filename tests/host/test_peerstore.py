@@ -8,7 +8,12 @@ from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import LimitExceeded, PeerIdMismatch, UsageError
-from peerstack.host.peerstore import PERMANENT_ADDR_TTL, Peerstore
+from peerstack.host.peerstore import (
+    CONNECTED_ADDR_TTL,
+    PERMANENT_ADDR_TTL,
+    RECENTLY_CONNECTED_ADDR_TTL,
+    Peerstore,
+)
 
 
 class Clock:
@@ -130,3 +135,17 @@ def test_latency_ewma() -> None:
     assert ps.latency(peer) == pytest.approx(0.11)
     with pytest.raises(UsageError):
         ps.record_latency(peer, -1)
+
+
+def test_update_addrs_moves_only_one_kind() -> None:
+    clock = Clock()
+    ps = Peerstore(clock=clock)
+    _, peer = new_peer()
+    ps.add_addrs(peer, [addr(1)], ttl=CONNECTED_ADDR_TTL)
+    ps.add_addrs(peer, [addr(2)], ttl=PERMANENT_ADDR_TTL)
+    ps.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
+    clock.now += RECENTLY_CONNECTED_ADDR_TTL + 1
+    assert ps.addrs(peer) == [addr(2)]
+    ps.set_addr_ttl(peer, 5)
+    clock.now += 6
+    assert ps.addrs(peer) == []

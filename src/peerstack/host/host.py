@@ -422,7 +422,9 @@ class BasicHost:
 
     def _on_connection_closed(self, conn: Connection) -> None:
         if self.connmgr.unregister(conn):
-            self.peerstore.set_addr_ttl(conn.remote_peer, RECENTLY_CONNECTED_ADDR_TTL)
+            self.peerstore.update_addrs(
+                conn.remote_peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL
+            )
             self._emit(PeerDisconnected(conn.remote_peer))
 
     async def _trim_loop(self) -> None:

@@ -34,7 +34,9 @@ MetadataValue = str | int | float | bytes | bool
 
 @dataclass(slots=True)
 class _PeerRecord:
-    addrs: dict[Multiaddr, float] = field(default_factory=dict)  # addr -> expiry time
+    # addr -> (expiry time, the TTL it was given): the TTL lets update_addrs() move the
+    # addresses of one kind (e.g. "connected") to another without touching the rest.
+    addrs: dict[Multiaddr, tuple[float, float]] = field(default_factory=dict)
     public_key: PublicKey | None = None
     protocols: tuple[str, ...] = ()
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
@@ -130,12 +132,12 @@ class Peerstore:
         self._expire_addrs(rec, now)
         for addr in cleaned:
             old = rec.addrs.get(addr)
-            if old is None or old < expiry:
-                rec.addrs[addr] = expiry
+            if old is None or old[0] < expiry:
+                rec.addrs[addr] = (expiry, ttl)
         while len(rec.addrs) > self._max_addrs:
             # Make room by dropping the addresses that would expire first; the new ones came
             # in the same call and the limit check above guarantees they fit.
-            soonest = min(rec.addrs, key=rec.addrs.__getitem__)
+            soonest = min(rec.addrs, key=lambda a: rec.addrs[a][0])
             del rec.addrs[soonest]
 
     def set_addr_ttl(self, peer: PeerId, ttl: float) -> None:
@@ -145,7 +147,18 @@ class Peerstore:
             return
         expiry = self._clock() + ttl
         for addr in rec.addrs:
-            rec.addrs[addr] = expiry
+            rec.addrs[addr] = (expiry, ttl)
+
+    def update_addrs(self, peer: PeerId, old_ttl: float, new_ttl: float) -> None:
+        """Give the addresses that were added with ``old_ttl`` the TTL ``new_ttl`` from now
+        (e.g. connected -> recently connected on disconnect; permanent ones stay)."""
+        rec = self._peers.get(peer)
+        if rec is None:
+            return
+        expiry = self._clock() + new_ttl
+        for addr, (_, ttl) in list(rec.addrs.items()):
+            if ttl == old_ttl:
+                rec.addrs[addr] = (expiry, new_ttl)
 
     def clear_addrs(self, peer: PeerId, addrs: Iterable[Multiaddr] | None = None) -> None:
         rec = self._peers.get(peer)
@@ -163,11 +176,11 @@ class Peerstore:
         if rec is None:
             return []
         self._expire_addrs(rec, self._clock())
-        return sorted(rec.addrs, key=rec.addrs.__getitem__, reverse=True)
+        return sorted(rec.addrs, key=lambda a: rec.addrs[a][0], reverse=True)
 
     @staticmethod
     def _expire_addrs(rec: _PeerRecord, now: float) -> None:
-        expired = [a for a, exp in rec.addrs.items() if exp <= now]
+        expired = [a for a, (exp, _) in rec.addrs.items() if exp <= now]
         for a in expired:
             del rec.addrs[a]
 
