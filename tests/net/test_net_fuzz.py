@@ -82,7 +82,7 @@ def test_any_bytes_after_the_handshake() -> None:
     loop = best_event_loop_policy().new_event_loop()
     try:
 
-        @settings(max_examples=100, deadline=None)
+        @settings(max_examples=60, deadline=None)
         @given(chunks, st.booleans())
         def check(pieces: list[bytes], encrypted: bool) -> None:
             loop.run_until_complete(feed(pieces, encrypted))
