@@ -182,3 +182,10 @@ async def test_closed_store_is_a_usage_error(tmp_path: Path) -> None:
     bs.close()
     with pytest.raises(UsageError):
         await bs.pins()
+
+
+async def test_held_roots_survive_gc(store: Blockstore) -> None:
+    res = await import_bytes(store, pattern(2 * 1024 * 1024 + 1))
+    with store.hold(res.cid), store.hold(res.cid):
+        assert (await store.gc()).removed == 0
+    assert (await store.gc()).removed == 4

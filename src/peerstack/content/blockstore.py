@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import enum
 import errno
 import logging
@@ -135,6 +136,8 @@ class Blockstore:
         for stale in self._tmp.iterdir():  # leftovers of writes a crash interrupted
             stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
+        # Roots held in memory by work in progress (a fetch, an import): GC keeps their DAGs.
+        self._holds: dict[CID, int] = {}
         self._db: sqlite3.Connection | None = sqlite3.connect(
             self.root / "store.sqlite", check_same_thread=False, isolation_level=None
         )
@@ -401,6 +404,21 @@ class Blockstore:
         rows = await asyncio.to_thread(self._exec, "SELECT value FROM meta WHERE key=?", (key,))
         return str(rows[0][0]) if rows else None
 
+    @contextlib.contextmanager
+    def hold(self, root: CID) -> Iterator[None]:
+        """Keep the DAG under ``root`` safe from GC while the block runs (not persisted)."""
+        with self._lock:
+            self._holds[root] = self._holds.get(root, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._holds[root] - 1
+                if left:
+                    self._holds[root] = left
+                else:
+                    del self._holds[root]
+
     # -- garbage collection and verification ----------------------------------------------
 
     def _live_keys_sync(self) -> set[str]:
@@ -409,6 +427,8 @@ class Blockstore:
             roots.append((CID.parse(str(c)), str(k) == PinKind.RECURSIVE.value))
         for (r,) in self._exec("SELECT root FROM transfers"):
             roots.append((CID.parse(str(r)), True))
+        with self._lock:
+            roots.extend((cid, True) for cid in self._holds)
         live: set[str] = set()
         stack: list[CID] = []
         for cid, recursive in roots:

@@ -599,6 +599,10 @@ class Bitswap:
         Blocks are verified and stored as they arrive, so an interrupted fetch resumes where it
         stopped. dag-pb nodes are parsed as they come and their children wanted at once.
         """
+        with self.store.hold(root):
+            return await self._fetch(root, progress)
+
+    async def _fetch(self, root: CID, progress: ProgressCallback | None) -> FetchResult:
         session = self.new_session()
         tracker = ProgressTracker(self.now())
         seen: set[CID] = set()
