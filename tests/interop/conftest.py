@@ -7,7 +7,7 @@ else skips them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from harness import PeerKind, PeerProcess, StartPeer, missing_setup, start_peer
@@ -25,9 +25,9 @@ async def start_interop_peer() -> AsyncIterator[StartPeer]:
     """A factory: ``peer = await start_interop_peer(PeerKind.JS)``; all are stopped at teardown."""
     started: list[PeerProcess] = []
 
-    async def start(kind: PeerKind) -> PeerProcess:
+    async def start(kind: PeerKind, extra_args: Sequence[str] = ()) -> PeerProcess:
         require_peer(kind)
-        peer = await start_peer(kind)
+        peer = await start_peer(kind, extra_args=extra_args)
         started.append(peer)
         return peer
 

@@ -18,10 +18,10 @@ import enum
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from peerstack.errors import PeerstackError
 
@@ -72,9 +72,12 @@ def missing_setup(kind: PeerKind) -> str | None:
     return None
 
 
-def peer_command(kind: PeerKind, listen: list[str]) -> list[str]:
-    """The argv that starts a peer of this kind listening on these multiaddrs."""
-    flags: list[str] = []
+def peer_command(kind: PeerKind, listen: list[str], extra_args: Sequence[str] = ()) -> list[str]:
+    """The argv that starts a peer of this kind listening on these multiaddrs.
+
+    ``extra_args`` go to the peer program: e.g. ``["--dht", "--helia"]`` for the js peer.
+    """
+    flags: list[str] = [*extra_args]
     for addr in listen:
         flags += ["--listen", addr]
     if kind is PeerKind.JS:
@@ -229,12 +232,13 @@ async def start_peer(
     kind: PeerKind,
     listen: list[str] | None = None,
     env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> PeerProcess:
     """Start a peer and wait until it prints its identity and addresses."""
     reason = missing_setup(kind)
     if reason is not None:
         raise InteropError(reason)
-    argv = peer_command(kind, listen or ["/ip4/127.0.0.1/tcp/0"])
+    argv = peer_command(kind, listen or ["/ip4/127.0.0.1/tcp/0"], extra_args)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE,
@@ -263,16 +267,20 @@ async def start_peer(
     return peer
 
 
-# What the ``start_interop_peer`` fixture gives a test: start a peer of a kind, stopped at teardown.
-StartPeer = Callable[["PeerKind"], Awaitable["PeerProcess"]]
+class StartPeer(Protocol):
+    """What the ``start_interop_peer`` fixture gives a test: start a peer, stopped at teardown."""
+
+    def __call__(self, kind: PeerKind, extra_args: Sequence[str] = ()) -> Awaitable[PeerProcess]:
+        """``await start_interop_peer(PeerKind.JS, ["--dht"])``."""
+        ...
 
 
 @contextlib.asynccontextmanager
 async def running_peer(
-    kind: PeerKind, listen: list[str] | None = None
+    kind: PeerKind, listen: list[str] | None = None, extra_args: Sequence[str] = ()
 ) -> AsyncIterator[PeerProcess]:
     """``async with running_peer(PeerKind.JS) as js: await js.command("ping", addr=...)``."""
-    peer = await start_peer(kind, listen)
+    peer = await start_peer(kind, listen, extra_args=extra_args)
     try:
         yield peer
     finally:

@@ -122,3 +122,35 @@ def test_missing_setup_names_the_setup_script(
         reason = harness.missing_setup(kind)
         assert reason is not None
         assert "scripts/setup-interop.sh" in reason
+
+
+async def test_js_dht_and_helia(start_interop_peer: StartPeer) -> None:
+    """Three js peers in a line (a - b - c): routing tables fill, a provides a file that c finds
+    through the DHT and fetches over bitswap, records put by a are read by c."""
+    flags = ["--dht", "--helia"]
+    a = await start_interop_peer(PeerKind.JS, flags)
+    b = await start_interop_peer(PeerKind.JS, flags)
+    c = await start_interop_peer(PeerKind.JS, flags)
+    assert {"/ipfs/kad/1.0.0", "/ipfs/bitswap/1.2.0"} <= set(a.protocols)
+    await a.command("dial", addr=b.addr)
+    await c.command("dial", addr=b.addr)
+    assert b.peer_id in (await a.command("dht-wait-table", size=1))["peers"]
+    assert len((await b.command("dht-wait-table", size=2))["peers"]) == 2
+
+    added = await a.command("add", size=3_000_000, provide=True)
+    assert added["cid"].startswith("bafy")
+    found = await c.command("dht-find-providers", cid=added["cid"])
+    assert [p["peerId"] for p in found["providers"]] == [a.peer_id]
+    got = await c.command("cat", cid=added["cid"])
+    assert got["size"] == 3_000_000
+    assert got["sha256"] == added["sha256"]
+
+    key = b"/test/harness".hex()
+    put = await a.command("dht-put", key_hex=key, value_hex=b"value".hex())
+    assert put["errors"] == []
+    assert bytes.fromhex((await c.command("dht-get", key_hex=key))["value_hex"]) == b"value"
+    assert (await c.command("dht-find-peer", peerId=a.peer_id))["peerId"] == a.peer_id
+
+    # The legacy profile gives kubo's CIDv0 for the same bytes.
+    legacy = await a.command("add", data_hex=b"hello".hex(), profile="unixfs-v0-2015")
+    assert legacy["cid"] == "QmWfVY9y3xjsixTgbd9AorQxH7VtMpzfx2HaWtsoUYecaX"

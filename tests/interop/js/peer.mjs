@@ -1,6 +1,8 @@
 // A js-libp2p 3.x peer that the peerstack test suite drives as a subprocess.
 //
 // Usage: node peer.mjs --listen /ip4/127.0.0.1/tcp/0 [--listen ...] [--seed-hex HEX32]
+//                      [--dht] [--helia]    (Kademlia DHT server / helia with bitswap + UnixFS:
+//                                            see content.mjs for their commands)
 //
 // When ready it prints one JSON line on stdout:
 //   {"peerId": "...", "addrs": ["/ip4/.../tcp/.../p2p/..."], "protocols": [...], "agentVersion": "..."}
@@ -35,6 +37,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
+import { contentCommands, dhtService, startHelia } from './content.mjs'
 
 export const ECHO_PROTOCOL = '/echo/1.0.0'
 export const PERF_PROTOCOL = '/perf/1.0.0'
@@ -343,14 +346,25 @@ async function main () {
   const { values } = parseArgs({
     options: {
       listen: { type: 'string', multiple: true, default: ['/ip4/127.0.0.1/tcp/0'] },
-      'seed-hex': { type: 'string' }
+      'seed-hex': { type: 'string' },
+      dht: { type: 'boolean', default: false },
+      helia: { type: 'boolean', default: false }
     }
   })
   const privateKey = values['seed-hex'] != null
     ? await generateKeyPairFromSeed('Ed25519', fromHex(values['seed-hex']))
     : await generateKeyPair('Ed25519')
 
-  const node = await createLibp2p({
+  const services = {
+    // The default of one identify stream per connection makes an explicit identify
+    // command race the automatic one run on connection open.
+    identify: identify({ maxInboundStreams: 16, maxOutboundStreams: 16 }),
+    ping: ping({ maxInboundStreams: STREAM_LIMIT, maxOutboundStreams: STREAM_LIMIT })
+  }
+  if (values.dht) {
+    services.dht = dhtService()
+  }
+  const options = {
     privateKey,
     addresses: { listen: values.listen },
     transports: [tcp()],
@@ -364,13 +378,16 @@ async function main () {
       maxConnections: 10000,
       maxParallelDials: 1000
     },
-    services: {
-      // The default of one identify stream per connection makes an explicit identify
-      // command race the automatic one run on connection open.
-      identify: identify({ maxInboundStreams: 16, maxOutboundStreams: 16 }),
-      ping: ping({ maxInboundStreams: STREAM_LIMIT, maxOutboundStreams: STREAM_LIMIT })
-    }
-  })
+    services
+  }
+  let helia = null
+  let node
+  if (values.helia) {
+    helia = await startHelia(options)
+    node = helia.libp2p
+  } else {
+    node = await createLibp2p(options)
+  }
 
   const handlerOpts = { maxInboundStreams: STREAM_LIMIT, maxOutboundStreams: STREAM_LIMIT }
   await node.handle(ECHO_PROTOCOL, handleEcho, handlerOpts)
@@ -393,14 +410,15 @@ async function main () {
     echo: cmdEcho,
     'echo-reset': cmdEchoReset,
     hangup: cmdHangup,
-    peers: cmdPeers
+    peers: cmdPeers,
+    ...contentCommands(helia, payload)
   }
 
   let stopping = false
   const stop = async () => {
     if (stopping) return
     stopping = true
-    await node.stop()
+    await (helia ?? node).stop()
     process.exit(0)
   }
   process.on('SIGTERM', () => { void stop() })
