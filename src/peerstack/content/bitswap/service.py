@@ -235,10 +235,21 @@ class FetchSession:
             async for peer in self.bitswap.find_providers(cid):
                 self.core.add_peer(peer, self.bitswap.now())
                 self.wake.set()
+        except (PeerstackError, OSError, TimeoutError) as exc:
+            log.info("provider search for %s failed: %r", cid, exc)  # retried later
         finally:
             self._searching = False
 
     async def _drive(self) -> None:
+        try:
+            await self._drive_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must fail the fetch (re-raised there), not hang it
+            log.exception("bitswap session failed")
+            self.fail(exc)
+
+    async def _drive_loop(self) -> None:
         while True:
             self.wake.clear()
             now = self.bitswap.now()
