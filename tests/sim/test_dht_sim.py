@@ -164,16 +164,16 @@ def test_client_mode_asks_but_never_serves() -> None:
 
 def test_churn_values_survive_and_dead_peers_leave_tables() -> None:
     async def main(net: SimNetwork) -> None:
-        dhts = await build(net, 60, rpc_timeout=2.0)
+        dhts = await build(net, 45, rpc_timeout=2.0)
         keys = []
-        for i in range(20):
+        for i in range(12):
             owner = PrivateKey.from_seed(bytes([i + 1]) * 32)
             key = ipns_key(PeerId.from_public_key(owner.public_key))
             rec = create_ipns_record(owner, b"/ipfs/v%d" % i, 1, time.time_ns() + 10**14)
             await dhts[i].put_value(key, rec)
             keys.append(key)
         rng = random.Random(3)
-        dead = rng.sample(dhts[1:], 18)
+        dead = rng.sample(dhts[1:], 14)  # 30 %
         for d in dead:
             net.kill(d.host.peer_id)
         alive = [d for d in dhts if d not in dead]
@@ -186,6 +186,7 @@ def test_churn_values_survive_and_dead_peers_leave_tables() -> None:
         before = sum(1 for p in asker.routing_table.peers() if p in dead_ids)
         for _ in range(3):
             await asker.refresh()
+        await asyncio.sleep(5)  # requests that outlived their lookups settle
         after = sum(1 for p in asker.routing_table.peers() if p in dead_ids)
         assert after < before
 

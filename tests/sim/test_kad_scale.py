@@ -9,14 +9,14 @@ from sim.simhost import run
 
 
 def test_service_mode_small() -> None:
-    rows = run(service_scenario(Params(300, 40, 20, (0.3,), seed=5, verbose=False)))
+    rows = run(service_scenario(Params(200, 30, 20, (0.3,), seed=5, verbose=False)))
     assert [r.scenario for r in rows] == ["removed 0%", "removed 30%"]
     for row in rows:
         assert row.errors == 0
         assert row.success == 1.0
         assert row.values_found >= 0.95
         assert row.hops_median <= 3
-    assert rows[1].alive == 210
+    assert rows[1].alive == 140
 
 
 def test_direct_mode_small() -> None:

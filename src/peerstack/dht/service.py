@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -286,8 +287,6 @@ class KadDHT:
             self._checking.discard(peer)
         return True
 
-    # -- client: one request ---------------------------------------------------------------
-
     # -- client: lookups -----------------------------------------------------------------
 
     def _learn_peers(self, infos: Sequence[PeerInfo]) -> list[PeerId]:
@@ -328,6 +327,7 @@ class KadDHT:
         )
         pending: dict[asyncio.Task[KadMessage | None], PeerId] = {}
         loop = asyncio.get_running_loop()
+        finished = False
         try:
             async with asyncio.timeout(cfg.query_timeout):
                 while True:
@@ -357,22 +357,43 @@ class KadDHT:
                         if on_reply is not None:
                             on_reply(query, peer, reply)
                     query.check_timeouts(now)
+            finished = True
         except TimeoutError:
             log.debug("query for %s hit the %.0f s limit", key.hex()[:16], cfg.query_timeout)
         finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-                for task in pending:  # retrieve exceptions so none is reported as lost
-                    if not task.cancelled():
-                        task.exception()
+            if finished:
+                # The lookup is done but some requests are still out: let them finish in the
+                # background so the routing table learns who answered and who is gone.
+                for task, peer in pending.items():
+                    self._tasks.add(task)
+                    task.add_done_callback(functools.partial(self._settle, peer))
+            else:
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending)
+                    for task in pending:  # retrieve exceptions so none is reported as lost
+                        if not task.cancelled():
+                            task.exception()
         self.routing_table.mark_refreshed(target, loop.time())
         stats = query.stats
         self.last_lookup = LookupStats(
             stats.requests, stats.successes, stats.failures, query.hops(), False
         )
         return query
+
+    def _settle(self, peer: PeerId, task: asyncio.Task[KadMessage | None]) -> None:
+        """A request that outlived its lookup ended: update the routing table with it."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self._peer_responded(peer)
+        elif isinstance(exc, RPC_ERRORS):
+            self._peer_failed(peer)
+        else:
+            log.warning("late DHT request to %s failed: %r", peer, exc)
 
     async def get_closest_peers(self, key: bytes) -> list[PeerId]:
         """The k closest DHT servers to ``key`` that answered us, nearest first."""
