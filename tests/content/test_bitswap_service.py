@@ -434,3 +434,21 @@ async def test_get_a_directory(nodes: list[Node], tmp_path: Path) -> None:
     assert (out / "small.txt").read_text() == "small"
     assert [name for name in os.listdir(tmp_path) if "partial" in name] == []
     assert [c for c, _ in await a.store.pins()] == [added.cid]
+
+
+async def test_wants_waiting_before_an_add_are_served_after_it(
+    nodes: list[Node], net: MemNetwork, tmp_path: Path
+) -> None:
+    a = nodes[0]
+    client = RawPeer(net.add_host())
+    data = pattern(200_000)
+    leaf = CID.hash_of(data[:64 * 1024])  # the first leaf of the file, before it exists
+    msg = Message([WantEntry(leaf, send_dont_have=True)]).encode()
+    await _send_raw(client, a, varint.encode(len(msg)) + msg)
+    reply = await asyncio.wait_for(client.inbox.get(), 10)
+    assert [p.type for p in reply.presences] == [m.PresenceType.DONT_HAVE]
+    src = tmp_path / "later.bin"
+    src.write_bytes(data)
+    await a.bitswap.add(src, SMALL_CHUNKS, provide=False)
+    reply = await asyncio.wait_for(client.inbox.get(), 10)
+    assert [p.data for p in reply.payload] == [data[:64 * 1024]]

@@ -45,6 +45,7 @@ from peerstack.errors import (
     PeerError,
     PeerstackError,
     StreamError,
+    UsageError,
 )
 from peerstack.host.interface import (
     Host,
@@ -517,9 +518,16 @@ class Bitswap:
             return None
 
     def notify_new_blocks(self, cids: list[CID]) -> None:
-        """Blocks were added locally (an import): serve peers that were waiting for them."""
+        """Blocks were added locally: serve peers that were waiting for them."""
         if any([self.engine.block_added(cid) for cid in cids]):
             self._work.set()
+
+    def recheck_waiting(self) -> int:
+        """After an import, serve every want we had answered DONT_HAVE and can serve now."""
+        waiting = {cid for led in self.engine.ledgers.values() for cid in led.waiting}
+        found = [cid for cid in waiting if self._block_size(cid) is not None]
+        self.notify_new_blocks(found)
+        return len(found)
 
     async def _serve_loop(self) -> None:
         while True:
@@ -672,7 +680,7 @@ class Bitswap:
         """
         target = Path(dest)
         if await asyncio.to_thread(os.path.lexists, target):
-            raise FileExistsError(f"{target} already exists")
+            raise UsageError(f"{target} already exists")
         await self.store.begin_transfer(root, str(target))
         result = await self.fetch(root, progress)
         tmp = target.with_name(f".{target.name}.partial")
@@ -700,7 +708,7 @@ class Bitswap:
         result = await import_path(self.store, path, profile)
         if pin:
             await self.store.pin(result.cid, PinKind.RECURSIVE)
-        self.notify_new_blocks([result.cid])
+        self.recheck_waiting()
         if provide:
             try:
                 await self.provide(result.cid)
