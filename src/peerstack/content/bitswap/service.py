@@ -32,7 +32,7 @@ from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry
 from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
 from peerstack.content.bitswap.server import Batch, DecisionEngine, ServerConfig
-from peerstack.content.bitswap.session import Session, SessionConfig
+from peerstack.content.bitswap.session import Actions, Session, SessionConfig
 from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, PinKind
 from peerstack.content.importer import DEFAULT_PROFILE, ImportProfile, ImportResult, import_path
 from peerstack.core.cid import CID, DAG_PB, Prefix
@@ -212,7 +212,7 @@ class FetchSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _flush(self, actions: Any) -> None:
+    def _flush(self, actions: Actions) -> None:
         for peer, entries in actions.messages.items():
             # Sends belong to the service, not the session: a session that ends must not cut
             # a message in half on the stream (or lose its cancels).
