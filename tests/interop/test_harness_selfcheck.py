@@ -154,3 +154,21 @@ async def test_js_dht_and_helia(start_interop_peer: StartPeer) -> None:
     # The legacy profile gives kubo's CIDv0 for the same bytes.
     legacy = await a.command("add", data_hex=b"hello".hex(), profile="unixfs-v0-2015")
     assert legacy["cid"] == "QmWfVY9y3xjsixTgbd9AorQxH7VtMpzfx2HaWtsoUYecaX"
+
+
+async def test_js_gossipsub(start_interop_peer: StartPeer) -> None:
+    """Two js peers form a gossipsub mesh on a topic and a signed message crosses it."""
+    a = await start_interop_peer(PeerKind.JS, ["--pubsub"])
+    b = await start_interop_peer(PeerKind.JS, ["--pubsub"])
+    assert "/meshsub/1.1.0" in a.protocols
+    for peer in (a, b):
+        await peer.command("subscribe", topic="harness")
+    await a.command("dial", addr=b.addr)
+    assert (await a.command("pubsub-wait-mesh", topic="harness", size=1))["mesh"] == [b.peer_id]
+    sent = await a.command("publish", topic="harness", data_hex=b"gossip".hex())
+    assert sent["recipients"] == [b.peer_id]
+    ev = await b.next_event("pubsub")
+    assert ev["topic"] == "harness"
+    assert bytes.fromhex(ev["data_hex"]) == b"gossip"
+    assert ev["from"] == a.peer_id
+    assert ev["signed"] is True

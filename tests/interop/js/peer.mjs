@@ -1,8 +1,8 @@
 // A js-libp2p 3.x peer that the peerstack test suite drives as a subprocess.
 //
 // Usage: node peer.mjs --listen /ip4/127.0.0.1/tcp/0 [--listen ...] [--seed-hex HEX32]
-//                      [--dht] [--helia]    (Kademlia DHT server / helia with bitswap + UnixFS:
-//                                            see content.mjs for their commands)
+//                      [--dht] [--helia] [--pubsub]   (Kademlia DHT server / helia with bitswap
+//                      + UnixFS / gossipsub: see content.mjs and pubsub.mjs for their commands)
 //
 // When ready it prints one JSON line on stdout:
 //   {"peerId": "...", "addrs": ["/ip4/.../tcp/.../p2p/..."], "protocols": [...], "agentVersion": "..."}
@@ -38,6 +38,7 @@ import { Uint8ArrayList } from 'uint8arraylist'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { contentCommands, dhtService, startHelia } from './content.mjs'
+import { pubsubCommands, pubsubService, watchPubsub } from './pubsub.mjs'
 
 export const ECHO_PROTOCOL = '/echo/1.0.0'
 export const PERF_PROTOCOL = '/perf/1.0.0'
@@ -348,7 +349,8 @@ async function main () {
       listen: { type: 'string', multiple: true, default: ['/ip4/127.0.0.1/tcp/0'] },
       'seed-hex': { type: 'string' },
       dht: { type: 'boolean', default: false },
-      helia: { type: 'boolean', default: false }
+      helia: { type: 'boolean', default: false },
+      pubsub: { type: 'boolean', default: false }
     }
   })
   const privateKey = values['seed-hex'] != null
@@ -363,6 +365,9 @@ async function main () {
   }
   if (values.dht) {
     services.dht = dhtService()
+  }
+  if (values.pubsub) {
+    services.pubsub = pubsubService()
   }
   const options = {
     privateKey,
@@ -411,8 +416,10 @@ async function main () {
     'echo-reset': cmdEchoReset,
     hangup: cmdHangup,
     peers: cmdPeers,
-    ...contentCommands(helia, payload)
+    ...contentCommands(helia, payload),
+    ...pubsubCommands()
   }
+  watchPubsub(node, emit)
 
   let stopping = false
   const stop = async () => {
