@@ -53,6 +53,9 @@ from peerstack.dht.config import DhtConfig
 from peerstack.dht.records import RecordError, Validators
 from peerstack.dht.service import KadDHT, ValueNotFound
 from peerstack.errors import PeerstackError
+from peerstack.host.interface import HostEvent, PeerConnected
+from peerstack.host.limits import Limits
+from peerstack.net import tcp
 from peerstack.node import Node
 
 # Run as a script, this file's folder (not the repository) is on sys.path.
@@ -184,15 +187,28 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
         bench_limits(),
         high_water=high_water,
         low_water=max(4, high_water * 3 // 4),
-        trim_interval=1.0,
-        idle_timeout=60.0,
+        # The library defaults for idle closing and trimming cadence.
+        trim_interval=Limits().trim_interval,
+        idle_timeout=Limits().idle_timeout,
         handshake_timeout=30.0,
         dial_timeout=10.0,
     )
     config = Config(listen=("/ip4/127.0.0.1/tcp/0",), limits=limits)
     res = Result("peerstack", n)
+    if args.share_read_buffer:
+        # An experiment, not the default: BasicHost makes one 1 MiB read buffer per host.
+        shared = tcp.new_read_buffer()
+        tcp.new_read_buffer = lambda size=tcp.READ_BUFFER_SIZE: shared
+        res.note = "one TCP read buffer shared by all hosts"
+    if args.no_probe:
+        res.note += "; probe_on_connect off"
     res.extra.update(high_water=high_water, fd_limit=fd_limit, loop=loop_name())
     peak = {"fds": 0, "conns": 0}
+    events = {"connected": 0}
+
+    def on_event(event: HostEvent) -> None:
+        if isinstance(event, PeerConnected):
+            events["connected"] += 1
 
     def sample() -> None:
         peak["fds"] = max(peak["fds"], open_fds())
@@ -209,12 +225,13 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
             sample()
             conns = sum(len(p.node.host.connections()) for p in alive)
             peak["conns"] = max(peak["conns"], conns)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(2.0)
 
     try:
         for _ in range(n):
             node = Node(config=config)
             await node.start()
+            node.host.add_listener(on_event)
             validators = Validators()
             validators.register(NAMESPACE, PermissiveValidator())
             boot: list[Multiaddr] = []
@@ -228,6 +245,7 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
                 # A cached stream keeps its connection busy, and a busy connection is never
                 # trimmed: with 20,000 fds for 1,000 nodes, idle connections must go.
                 max_cached_streams=args.cached_streams,
+                probe_on_connect=not args.no_probe,
             )
             dht = KadDHT(node.host, cfg, validators=validators)
             await dht.start()
@@ -287,11 +305,21 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
                 res.get_latencies.append(dt)
 
         profiler = cProfile.Profile() if args.profile else None
+        conns0, rpcs0 = events["connected"], sum(p.dht.counters.rpcs_sent for p in nodes)
+        if profiler is not None:
+            profiler.enable()
         t0, c0 = time.perf_counter(), time.process_time()
         await bounded(args.concurrency, [do_get(*v, nodes, False) for v in values])
         res.extra["healthy_get_wall_s"] = round(time.perf_counter() - t0, 2)
         res.extra["healthy_cpu_ms_per_get"] = round(
             1000 * (time.process_time() - c0) / max(1, res.gets), 1
+        )
+        # Each new connection is seen by both of its ends.
+        res.extra["healthy_new_conns_per_get"] = round(
+            (events["connected"] - conns0) / 2 / max(1, res.gets), 1
+        )
+        res.extra["healthy_rpcs_per_get"] = round(
+            (sum(p.dht.counters.rpcs_sent for p in nodes) - rpcs0) / max(1, res.gets), 1
         )
         status(f"peerstack n={n}: healthy gets {res.get_ok}/{res.gets}")
 
@@ -306,8 +334,7 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
             await p.dht.stop()
             await p.node.close()
         status(f"peerstack n={n}: killed {len(victims)}; getting again from survivors")
-        if profiler is not None:
-            profiler.enable()
+        conns0, rpcs0 = events["connected"], sum(p.dht.counters.rpcs_sent for p in alive)
         t0, c0 = time.perf_counter(), time.process_time()
         await bounded(args.kill_concurrency, [do_get(*v, alive, True) for v in values])
         if profiler is not None:
@@ -316,6 +343,12 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
         res.extra["killed_get_wall_s"] = round(time.perf_counter() - t0, 2)
         res.extra["killed_cpu_ms_per_get"] = round(
             1000 * (time.process_time() - c0) / max(1, res.kill_gets), 1
+        )
+        res.extra["killed_new_conns_per_get"] = round(
+            (events["connected"] - conns0) / 2 / max(1, res.kill_gets), 1
+        )
+        res.extra["killed_rpcs_per_get"] = round(
+            (sum(p.dht.counters.rpcs_sent for p in alive) - rpcs0) / max(1, res.kill_gets), 1
         )
         rpcs = sum(p.dht.counters.rpcs_sent for p in nodes)
         failed = sum(p.dht.counters.rpcs_failed for p in nodes)
@@ -516,7 +549,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=200, help=argparse.SUPPRESS)
     p.add_argument("--cached-streams", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--profile", default="", help="worker: cProfile the after-kill gets")
+    p.add_argument("--profile", default="", help="worker: cProfile both get phases")
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="worker experiment: DhtConfig(probe_on_connect=False)",
+    )
+    p.add_argument(
+        "--share-read-buffer",
+        action="store_true",
+        help="worker experiment: every host shares one TCP read buffer (memory per node)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.values = "50", 20
