@@ -24,7 +24,7 @@ from peerstack.core.multiaddr import Multiaddr
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
 from peerstack.net.connection import ENCRYPT_SLICE
-from peerstack.net.tcp import best_event_loop_policy
+from peerstack.net.tcp import READ_BUFFER_SIZE, best_event_loop_policy
 from peerstack.wire.noise import NoiseTransport
 
 PROTO = "/bench/sink/1"
@@ -82,7 +82,7 @@ class _SinkProtocol(asyncio.BufferedProtocol):
     """Anchor receiver: decrypt everything, count plaintext, answer with the count at the end."""
 
     def __init__(self, total: int) -> None:
-        self.buf = bytearray(256 * 1024)
+        self.buf = bytearray(READ_BUFFER_SIZE)
         self.noise = NoiseTransport(KEY_B, KEY_A)
         self.total = total
         self.count = 0
