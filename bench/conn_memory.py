@@ -159,9 +159,13 @@ async def dial_many(kind: str) -> None:
 
     shared_buffer: object = None
 
+    # Long dial and handshake timeouts: on a loaded machine a burst of dials can overflow the
+    # listener's accept backlog, and SYN retries take seconds.
+    limits = bench_limits(16)
+
     async def one_peerstack(addr: str) -> None:
         nonlocal shared_buffer
-        host = BasicHost(PrivateKey.generate())
+        host = BasicHost(PrivateKey.generate(), limits=limits)
         # Thousands of hosts live in this process, one per simulated peer. Each BasicHost
         # allocates (and zero-fills) its own read buffer, 1 MiB resident each; the dialers'
         # memory is not what we measure, so they all share the first host's buffer.
