@@ -172,3 +172,25 @@ async def test_js_gossipsub(start_interop_peer: StartPeer) -> None:
     assert bytes.fromhex(ev["data_hex"]) == b"gossip"
     assert ev["from"] == a.peer_id
     assert ev["signed"] is True
+
+
+async def test_pylibp2p_dht_with_js(start_interop_peer: StartPeer) -> None:
+    """py-libp2p KadDHT peers a - b, a js DHT peer c dialling b: a provider record put by a is
+    found by c (js) through b, and a value a stores under /test/ is read back by a py peer."""
+    a = await start_interop_peer(PeerKind.PY, ["--dht"])
+    b = await start_interop_peer(PeerKind.PY, ["--dht"])
+    c = await start_interop_peer(PeerKind.JS, ["--dht"])
+    assert "/ipfs/kad/1.0.0" in a.protocols
+    assert b.peer_id in (await a.command("dht-add-peer", addr=b.addr))["peers"]
+    await c.command("dial", addr=b.addr)
+    assert b.peer_id in (await c.command("dht-wait-table", size=1))["peers"]
+
+    cid = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"  # raw "hello"
+    await a.command("dht-provide", cid=cid)
+    found = await c.command("dht-find-providers", cid=cid)
+    assert [p["peerId"] for p in found["providers"]] == [a.peer_id]
+
+    await a.command("dht-put", key="/test/py", value_hex=b"from-py".hex())
+    d = await start_interop_peer(PeerKind.PY, ["--dht"])
+    await d.command("dht-add-peer", addr=b.addr)
+    assert bytes.fromhex((await d.command("dht-get", key="/test/py"))["value_hex"]) == b"from-py"

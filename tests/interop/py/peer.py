@@ -12,6 +12,12 @@ JSON commands on stdin (``dial``, ``ping``, ``identify``, ``perf``, ``echo``, ``
 ``hangup``, ``peers``, ``stop``) and answers each with one JSON line carrying the same ``id``.
 Server-side events are JSON lines with an ``event`` key. Logs go to stderr.
 
+With ``--dht`` it also runs py-libp2p's KadDHT in server mode, with the commands
+``dht-table``, ``dht-add-peer`` (connect to ``addr`` and add it to the routing table: py-libp2p
+adds a peer on its own only when that peer queries it), ``dht-find-peer`` (``peerId``),
+``dht-put``/``dht-get`` (``key`` as text, ``value_hex``), ``dht-provide`` and
+``dht-find-providers`` (``cid`` as text).
+
 Security is Noise only and the muxer Yamux only, so that a test never silently falls back to
 something our stack does not speak.
 """
@@ -19,6 +25,7 @@ something our stack does not speak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import secrets
@@ -37,6 +44,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.identity.identify.identify import ID as IDENTIFY_ID
 from libp2p.identity.identify.pb.identify_pb2 import Identify
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID as PeerID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -45,6 +53,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
 
 log = logging.getLogger("py-peer")
 
@@ -320,6 +329,83 @@ async def cmd_peers(host: IHost, msg: Json) -> Json:
     return {"connections": [{"peerId": str(p)} for p in host.get_connected_peers()]}
 
 
+# --- Kademlia DHT (--dht): py-libp2p's KadDHT in server mode ---
+
+
+class DhtCommands:
+    """DHT commands; keys are text (``key``) the way py-libp2p's KadDHT takes them."""
+
+    def __init__(self, dht: KadDHT | None) -> None:
+        self.dht = dht
+
+    def _dht(self) -> KadDHT:
+        if self.dht is None:
+            raise RuntimeError("this peer runs without --dht")
+        return self.dht
+
+    def table(self) -> list[str]:
+        return [str(p) for p in self._dht().routing_table.get_peer_ids()]
+
+    async def cmd_table(self, host: IHost, msg: Json) -> Json:
+        del host, msg
+        return {"peers": self.table(), "mode": str(self._dht().mode.name).lower()}
+
+    async def cmd_add_peer(self, host: IHost, msg: Json) -> Json:
+        """Connect to addr and put the peer in our routing table (py-libp2p does not on dial)."""
+        peer_id = await connect(host, msg["addr"])
+        added = await self._dht().add_peer(peer_id)
+        return {"added": bool(added), "peers": self.table()}
+
+    async def cmd_find_peer(self, host: IHost, msg: Json) -> Json:
+        del host
+        with trio.fail_after(float(msg.get("timeout_ms", 30000)) / 1000):
+            info = await self._dht().find_peer(PeerID.from_base58(msg["peerId"]))
+        if info is None:
+            raise LookupError(f"peer {msg['peerId']} not found")
+        return {"peerId": str(info.peer_id), "addrs": [str(a) for a in info.addrs]}
+
+    async def cmd_put(self, host: IHost, msg: Json) -> Json:
+        del host
+        with trio.fail_after(float(msg.get("timeout_ms", 30000)) / 1000):
+            await self._dht().put_value(msg["key"], bytes.fromhex(msg["value_hex"]))
+        return {}
+
+    async def cmd_get(self, host: IHost, msg: Json) -> Json:
+        del host
+        with trio.fail_after(float(msg.get("timeout_ms", 30000)) / 1000):
+            value = await self._dht().get_value(msg["key"])
+        if value is None:
+            raise LookupError("no value found")
+        return {"value_hex": bytes(value).hex()}
+
+    async def cmd_provide(self, host: IHost, msg: Json) -> Json:
+        del host
+        with trio.fail_after(float(msg.get("timeout_ms", 30000)) / 1000):
+            ok = await self._dht().provide(msg["cid"])
+        return {"ok_provide": bool(ok)}
+
+    async def cmd_find_providers(self, host: IHost, msg: Json) -> Json:
+        del host
+        with trio.fail_after(float(msg.get("timeout_ms", 30000)) / 1000):
+            found = await self._dht().find_providers(msg["cid"], int(msg.get("count", 20)))
+        return {
+            "providers": [
+                {"peerId": str(p.peer_id), "addrs": [str(a) for a in p.addrs]} for p in found
+            ]
+        }
+
+    def commands(self) -> dict[str, Callable[[IHost, Json], Awaitable[Json]]]:
+        return {
+            "dht-table": self.cmd_table,
+            "dht-add-peer": self.cmd_add_peer,
+            "dht-find-peer": self.cmd_find_peer,
+            "dht-put": self.cmd_put,
+            "dht-get": self.cmd_get,
+            "dht-provide": self.cmd_provide,
+            "dht-find-providers": self.cmd_find_providers,
+        }
+
+
 COMMANDS: dict[str, Callable[[IHost, Json], Awaitable[Json]]] = {
     "dial": cmd_dial,
     "ping": cmd_ping,
@@ -332,9 +418,11 @@ COMMANDS: dict[str, Callable[[IHost, Json], Awaitable[Json]]] = {
 }
 
 
-async def run_command(host: IHost, msg: Json) -> None:
+async def run_command(
+    host: IHost, msg: Json, commands: dict[str, Callable[[IHost, Json], Awaitable[Json]]]
+) -> None:
     ident = msg.get("id")
-    fn = COMMANDS.get(str(msg.get("cmd")))
+    fn = commands.get(str(msg.get("cmd")))
     if fn is None:
         emit({"id": ident, "ok": False, "error": f"unknown command {msg.get('cmd')}"})
         return
@@ -376,6 +464,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", action="append", default=None)
     parser.add_argument("--seed-hex", default=None, help="32-byte Ed25519 seed, hex")
+    parser.add_argument("--dht", action="store_true", help="run py-libp2p's KadDHT (server)")
     return parser.parse_args(argv)
 
 
@@ -390,10 +479,16 @@ async def amain(args: argparse.Namespace) -> None:
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
     )
-    async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
+    async with host.run(listen_addrs=listen), contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
         host.set_stream_handler(ECHO_PROTOCOL, handle_echo)
         perf = PerfService(host)
         await perf.start()
+        dht: KadDHT | None = None
+        if args.dht:
+            dht = KadDHT(host, DHTMode.SERVER)
+            await stack.enter_async_context(background_trio_service(dht))
+        commands = {**COMMANDS, **DhtCommands(dht).commands()}
         me = host.get_id()
         addrs = []
         for a in host.get_addrs():
@@ -418,7 +513,7 @@ async def amain(args: argparse.Namespace) -> None:
             if msg.get("cmd") == "stop":
                 emit({"id": msg.get("id"), "ok": True})
                 break
-            nursery.start_soon(run_command, host, msg)
+            nursery.start_soon(run_command, host, msg, commands)
         nursery.cancel_scope.cancel()
 
 
