@@ -73,6 +73,26 @@ class FetchError(PeerstackError):
     """A fetch could not complete (the DAG is malformed, or the service stopped)."""
 
 
+class BlocksUnavailable(FetchError):
+    """No peer delivered a block of a fetch for its ``idle_timeout``: every provider is gone.
+
+    ``missing`` are the blocks still wanted (the known frontier of the DAG: blocks under a
+    missing node are not known yet, so the total may be larger). The verified blocks already
+    received stay in the store, so a later fetch of ``root`` asks only for the rest.
+    """
+
+    def __init__(self, root: CID, missing: list[CID], kept: int, idle_timeout: float) -> None:
+        self.root = root
+        self.missing = missing
+        self.kept = kept
+        shown = ", ".join(str(c) for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        super().__init__(
+            f"fetch of {root} stalled: no peer sent a block for {idle_timeout:g} s; "
+            f"{len(missing)} block(s) still missing ({shown}), and any under them; "
+            f"{kept} verified block(s) kept for a resume"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     peer: PeerId
@@ -612,16 +632,23 @@ class Bitswap:
         finally:
             await self._end_session(session)
 
-    async def fetch(self, root: CID, progress: ProgressCallback | None = None) -> FetchResult:
+    async def fetch(
+        self, root: CID, progress: ProgressCallback | None = None,
+        idle_timeout: float | None = None,
+    ) -> FetchResult:
         """Fetch the whole DAG under ``root`` into the store; blocks already there are kept.
 
         Blocks are verified and stored as they arrive, so an interrupted fetch resumes where it
         stopped. dag-pb nodes are parsed as they come and their children wanted at once.
+        With ``idle_timeout``, a fetch during which no block arrives for that many seconds
+        fails with ``BlocksUnavailable`` (None: wait for providers forever).
         """
         with self.store.hold(root):
-            return await self._fetch(root, progress)
+            return await self._fetch(root, progress, idle_timeout)
 
-    async def _fetch(self, root: CID, progress: ProgressCallback | None) -> FetchResult:
+    async def _fetch(
+        self, root: CID, progress: ProgressCallback | None, idle_timeout: float | None
+    ) -> FetchResult:
         session = self.new_session()
         tracker = ProgressTracker(self.now())
         seen: set[CID] = set()
@@ -648,7 +675,14 @@ class Bitswap:
                     progress(tracker.snapshot(self.now(), done=outstanding == 0))
                 if outstanding == 0:
                     break
-                cid, data, peer = await session.arrivals.get()
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        cid, data, peer = await session.arrivals.get()
+                except TimeoutError:
+                    missing = list(session.core.wants)
+                    raise BlocksUnavailable(
+                        root, missing, tracker.blocks_done, idle_timeout or 0.0
+                    ) from None
                 if session.error is not None:
                     raise session.error
                 outstanding -= 1
@@ -670,7 +704,8 @@ class Bitswap:
         return None if size is None else (size, None)
 
     async def get_file(
-        self, root: CID, dest: str | os.PathLike[str], progress: ProgressCallback | None = None
+        self, root: CID, dest: str | os.PathLike[str], progress: ProgressCallback | None = None,
+        idle_timeout: float | None = None,
     ) -> FetchResult:
         """Fetch ``root`` and write it (file or directory) to ``dest``.
 
@@ -682,7 +717,7 @@ class Bitswap:
         if await asyncio.to_thread(os.path.lexists, target):
             raise UsageError(f"{target} already exists")
         await self.store.begin_transfer(root, str(target))
-        result = await self.fetch(root, progress)
+        result = await self.fetch(root, progress, idle_timeout)
         tmp = target.with_name(f".{target.name}.partial")
         if await asyncio.to_thread(os.path.lexists, tmp):
             await asyncio.to_thread(_remove, tmp)
@@ -764,6 +799,7 @@ __all__ = [
     "PROTOCOLS",
     "Bitswap",
     "BitswapConfig",
+    "BlocksUnavailable",
     "ContentRouting",
     "FetchError",
     "FetchResult",
