@@ -6,6 +6,9 @@ without thinking about it is not reachable from the network. Pass ``--listen
 
 Unknown keys in the file are refused rather than ignored, so a typo does not silently fall back
 to a default.
+
+Sections: ``[node]`` (listen, bootstrap, agent), ``[limits]`` (the host's ``Limits``), ``[dht]``
+(mode, the per-/24 diversity limits) and ``[content]`` (what ``add`` announces, the reprovider).
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from peerstack.host.limits import Limits
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/4001",)
 EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 DEFAULT_AGENT = f"peerstack/{__version__}"
+
+DHT_MODES = ("server", "client")
+#: ``auto``: lift the routing table's per-/24 limits when the node listens on loopback only
+#: (every peer it can meet there shares 127.0.0.0/24); ``on``/``off`` force them.
+DIVERSITY_CHOICES = ("auto", "on", "off")
+#: What ``add`` announces to the DHT: the root only, every block, or nothing.
+PROVIDE_CHOICES = ("roots", "all", "none")
 
 
 def parse_multiaddr(text: str | Multiaddr) -> Multiaddr:
@@ -58,10 +68,21 @@ class Config:
     bootstrap: tuple[str, ...] = ()
     agent_version: str = DEFAULT_AGENT
     limits: Limits = field(default_factory=Limits)
+    dht_mode: str = "server"
+    dht_diversity: str = "auto"
+    provide: str = "roots"
+    reprovide_interval: float = 12 * 3600.0
 
     def __post_init__(self) -> None:
         _check_addrs("listen", self.listen)
         _check_addrs("bootstrap", self.bootstrap)
+        _check_choice("[dht] mode", self.dht_mode, DHT_MODES)
+        _check_choice("[dht] diversity", self.dht_diversity, DIVERSITY_CHOICES)
+        _check_choice("[content] provide", self.provide, PROVIDE_CHOICES)
+        if isinstance(self.reprovide_interval, bool) or not (
+            isinstance(self.reprovide_interval, int | float) and self.reprovide_interval > 0
+        ):
+            raise UsageError("[content] reprovide_interval must be a positive number of seconds")
 
     def listen_addrs(self) -> list[Multiaddr]:
         return [Multiaddr(a) for a in self.listen]
@@ -71,7 +92,9 @@ class Config:
         """Build from the parsed TOML; ``UsageError`` names the offending key."""
         node = dict(data.get("node", {}))
         limits_data = dict(data.get("limits", {}))
-        unknown_sections = set(data) - {"node", "limits"}
+        dht = dict(data.get("dht", {}))
+        content = dict(data.get("content", {}))
+        unknown_sections = set(data) - {"node", "limits", "dht", "content"}
         if unknown_sections:
             raise UsageError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
         known = {"listen", "bootstrap", "agent_version"}
@@ -86,6 +109,16 @@ class Config:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise UsageError(f"[limits] {key} must be a number")
         kwargs: dict[str, Any] = {}
+        for section, values, keys in (
+            ("dht", dht, {"mode": "dht_mode", "diversity": "dht_diversity"}),
+            ("content", content, {k: k for k in ("provide", "reprovide_interval")}),
+        ):
+            unknown = set(values) - set(keys)
+            if unknown:
+                raise UsageError(f"unknown [{section}] key(s): {', '.join(sorted(unknown))}")
+            for key, attr in keys.items():
+                if key in values:
+                    kwargs[attr] = values[key]
         for key in ("listen", "bootstrap"):
             if key in node:
                 if not isinstance(node[key], list):
@@ -126,10 +159,28 @@ class Config:
         ]
         for f in dataclasses.fields(Limits):
             lines.append(f"{f.name} = {getattr(self.limits, f.name)!r}")
+        lines += [
+            "",
+            "[dht]",
+            "# server: answer DHT queries and enter routing tables; client: only ask.",
+            f"mode = {_toml_str(self.dht_mode)}",
+            "# Per-/24 routing table limits: auto lifts them on a loopback-only node.",
+            f"diversity = {_toml_str(self.dht_diversity)}",
+            "",
+            "[content]",
+            "# What add announces to the DHT: roots, all (every block) or none.",
+            f"provide = {_toml_str(self.provide)}",
+            f"reprovide_interval = {self.reprovide_interval!r}",
+        ]
         return "\n".join(lines) + "\n"
 
     def with_listen(self, listen: Sequence[str]) -> Config:
         return dataclasses.replace(self, listen=tuple(listen))
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
 def _toml_str(value: str) -> str:

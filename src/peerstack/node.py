@@ -1,35 +1,64 @@
-"""``Node``: a host with the standard services, its identity and configuration.
+"""``Node``: a host with the standard services, its identity, configuration and repo.
 
     async with Node(repo="~/.peerstack") as node:
         print(node.addrs)
         rtts = await node.ping("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...", count=3)
+        cid = await node.add("photo.jpg")
+        info = await node.dht.find_peer(some_peer_id)
 
 Without a repo a node gets a fresh identity and listens on ``/ip4/127.0.0.1/tcp/0`` (any free
 loopback port); with one it uses the repo's key and ``config.toml``. ``listen`` overrides the
 configured listen addresses either way.
 
-The node serves identify (+push), ping, perf and echo. Handlers registered through
-``Node.set_stream_handler`` after start are announced to connected peers by identify push.
-Later issues attach the DHT and bitswap here.
+Every node serves identify (+push), ping, perf and echo. A node on a repo also runs, by default,
+the Kademlia DHT (state in the repo's SQLite database) and Bitswap over the repo's blockstore,
+with the DHT as its content router and a reprovider; ``dht=`` and ``content=`` turn them on or
+off (a node without a repo is a bare host unless given ``dht=True``: tests and tools that bring
+their own services use it so). Handlers registered through ``Node.set_stream_handler`` after
+start are announced to connected peers by identify push.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from peerstack.app_records import NAMESPACE, AppRecordValidator
 from peerstack.config import EPHEMERAL_LISTEN, Config, parse_multiaddr
+from peerstack.content import exporter
+from peerstack.content.bitswap.progress import Progress
+from peerstack.content.bitswap.service import Bitswap, FetchResult, Reprovider
+from peerstack.content.blockstore import (
+    Blockstore,
+    GCResult,
+    PinKind,
+    VerifyReport,
+    key_to_multihash,
+)
+from peerstack.content.dagpb import decode as decode_dagpb
+from peerstack.content.importer import DEFAULT_PROFILE, LEGACY_PROFILE, ImportProfile, import_path
+from peerstack.content.routing import DhtContentRouting
+from peerstack.core.cid import CID, DAG_PB
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import DecodeError, PeerError, PeerstackError, UsageError
+from peerstack.dht.config import DhtConfig, Mode
+from peerstack.dht.providers import DhtStore, MemoryDhtStore, SqliteDhtStore
+from peerstack.dht.records import Validators
+from peerstack.dht.service import KadDHT
+from peerstack.errors import DecodeError, DialError, PeerError, PeerstackError, UsageError
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import StreamHandler
 from peerstack.host.peerstore import Peerstore
+from peerstack.node_dht import NodeDht
 from peerstack.protocols import echo, perf, ping
 from peerstack.protocols.identify import IdentifyInfo, IdentifyService
 from peerstack.repo import Repo
@@ -41,9 +70,88 @@ Target = str | Multiaddr | PeerId
 #: Peerstore metadata key counting a peer's protocol violations.
 MISBEHAVIOUR_KEY = "misbehaviour"
 
+#: Import profiles by the names the CLI offers.
+PROFILES: dict[str, ImportProfile] = {
+    "default": DEFAULT_PROFILE,
+    "legacy": LEGACY_PROFILE,
+    "kubo-legacy": LEGACY_PROFILE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """Progress of an ``add`` or a ``get``, as the CLI's progress bars show it."""
+
+    bytes_done: int
+    bytes_total: int | None  # None while unknown
+    blocks_done: int
+    peers: int = 0  # peers that delivered blocks (get)
+    rate: float = 0.0  # bytes per second, recent
+    done: bool = False
+
+
+ProgressFn = Callable[[TransferProgress], None]
+
+
+class GcLock:
+    """Imports and fetches share it; ``repo gc`` takes it alone.
+
+    Blocks of an import are unpinned until the import ends (the root is known last), so a GC
+    running meanwhile would delete them: work that writes blocks holds the lock shared and GC
+    waits for all of it to finish (and keeps new work waiting while it runs).
+    """
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        """How many imports and fetches hold the lock now."""
+        return self._shared
+
+
+def parse_cid(text: str | CID) -> CID:
+    """A CID from user input; a bad one is the caller's ``UsageError``."""
+    if isinstance(text, CID):
+        return text
+    try:
+        return CID.parse(text.strip())
+    except (DecodeError, UsageError) as exc:
+        raise UsageError(f"bad CID {text!r}: {exc}") from None
+
+
+class NotFound(PeerstackError):
+    """Nobody on the network gave us the content (or the record) in time."""
+
 
 class Node:
-    """A peerstack node: ``BasicHost`` + identify, ping, perf and echo."""
+    """A peerstack node: ``BasicHost`` + identify, ping, perf, echo (+ DHT, Bitswap on a repo)."""
 
     def __init__(
         self,
@@ -52,7 +160,18 @@ class Node:
         key: PrivateKey | None = None,
         listen: Sequence[str | Multiaddr] | None = None,
         config: Config | None = None,
+        dht: bool | None = None,
+        content: bool | None = None,
+        dht_mode: str | None = None,
+        bootstrap: Sequence[str | Multiaddr] = (),
+        background: bool = True,
     ) -> None:
+        """``dht``/``content`` default to on with a repo, off without one (content needs one).
+
+        ``dht_mode`` (``server``/``client``) overrides the configured mode; ``bootstrap`` adds
+        peers to the configured ones. ``background`` runs the upkeep a long-lived node needs
+        (DHT bootstrap retries and refresh, reprovider); one-shot commands turn it off.
+        """
         if isinstance(repo, str | Path):
             repo = Repo.open(repo)
         self.repo = repo
@@ -60,26 +179,71 @@ class Node:
             config = repo.config() if repo is not None else Config(listen=EPHEMERAL_LISTEN)
         if listen is not None:
             config = dataclasses.replace(config, listen=tuple(str(a) for a in listen))
+        if dht_mode is not None:
+            config = dataclasses.replace(config, dht_mode=dht_mode)
         self.config = config
+        self._bootstrap = [parse_multiaddr(a) for a in (*config.bootstrap, *bootstrap)]
+        for addr in self._bootstrap:
+            if addr.decapsulate_p2p()[1] is None:
+                raise UsageError(f"bootstrap address {addr} needs a /p2p/<peer id> part")
+        self._want_dht = (repo is not None) if dht is None else dht
+        self._want_content = (repo is not None) if content is None else content
+        if self._want_content and repo is None:
+            raise UsageError("content services need a repo (Node(repo=...))")
+        self._background = background
         if key is None:
             key = repo.identity() if repo is not None else PrivateKey.generate()
         self._key = key
         self._peer_id = PeerId.from_public_key(key.public_key)
         self._host: BasicHost | None = None
         self._identify: IdentifyService | None = None
+        self._kad: KadDHT | None = None
+        self._dht_store: DhtStore | None = None
+        self._dht: NodeDht | None = None
+        self._blockstore: Blockstore | None = None
+        self._bitswap: Bitswap | None = None
+        self._reprovider: Reprovider | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._locked = False
+        self.gc_lock = GcLock()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._host is not None:
             raise UsageError("node already started")
+        if self.repo is not None and (self._want_dht or self._want_content):
+            self.repo.lock()  # state on disk: one process at a time
+            self._locked = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         host = BasicHost(
             self._key, listen_addrs=self.config.listen_addrs(), limits=self.config.limits
         )
+        self._host = host
         # Handlers go in before the listeners open, so no early peer meets a missing protocol;
         # identify starts right after (no await in between), so it sees every connection.
         for module in (ping, perf, echo):
             module.register(host)
+        if self._want_dht:
+            self._kad = self._make_dht(host)
+            await self._kad.start()
+            self._dht = NodeDht(self._kad)
+        if self._want_content:
+            assert self.repo is not None
+            self._blockstore = await asyncio.to_thread(Blockstore, self.repo.path)
+            routing = DhtContentRouting(self._kad) if self._kad is not None else None
+            self._bitswap = Bitswap(host, self._blockstore, routing)
+            await self._bitswap.start()
+            if routing is not None:
+                self._reprovider = Reprovider(
+                    self._blockstore, routing, self.config.reprovide_interval
+                )
         identify = IdentifyService(
             host,
             host.peerstore,
@@ -88,18 +252,79 @@ class Node:
             agent_version=self.config.agent_version,
             on_peer_error=self._penalize,
         )
-        await host.start()
-        self._host = host
         self._identify = identify
         identify.start()
+        await host.start()
+        if self._background and self._reprovider is not None:
+            self._spawn(self._reprovide_loop(self._reprovider))
+
+    def _make_dht(self, host: BasicHost) -> KadDHT:
+        cfg = self.config
+        loopback_only = all(_is_loopback(a) for a in cfg.listen_addrs())
+        lift = cfg.dht_diversity == "off" or (cfg.dht_diversity == "auto" and loopback_only)
+        dht_config = DhtConfig(
+            mode=Mode(cfg.dht_mode),
+            bootstrap_peers=list(self._bootstrap),
+            background=self._background,
+            max_per_group_bucket=None if lift else 2,
+            max_per_group_table=None if lift else 5,
+        )
+        validators = Validators()
+        validators.register(NAMESPACE, AppRecordValidator())
+        store: DhtStore
+        if self.repo is not None:
+            store = SqliteDhtStore(self.repo.state_db_path, dht_config.store_limits)
+        else:
+            store = MemoryDhtStore(dht_config.store_limits)
+        self._dht_store = store
+        return KadDHT(host, dht_config, store=store, validators=validators)
+
+    async def _reprovide_loop(self, reprovider: Reprovider) -> None:
+        # The DHT republishes what it provided itself; this keeps every pinned root announced,
+        # a round per interval (the first after one interval: a restart does not flood).
+        while True:
+            await asyncio.sleep(reprovider.interval)
+            await reprovider.reprovide_once()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("node background task failed: %r", task.exception())
 
     async def close(self) -> None:
+        tasks, self._tasks = list(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        bitswap, self._bitswap = self._bitswap, None
+        if bitswap is not None:
+            await bitswap.stop()
+        kad, self._kad, self._dht = self._kad, None, None
+        if kad is not None:
+            await kad.stop()  # saves the routing table
         identify, self._identify = self._identify, None
         host, self._host = self._host, None
         if identify is not None:
             await identify.close()
         if host is not None:
             await host.close()
+        store, self._dht_store = self._dht_store, None
+        if store is not None:
+            store.close()
+        blockstore, self._blockstore = self._blockstore, None
+        if blockstore is not None:
+            blockstore.close()
+        self._reprovider = None
+        if self._locked and self.repo is not None:
+            self.repo.unlock()
+            self._locked = False
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -138,6 +363,36 @@ class Node:
         if self._identify is None:
             raise UsageError("node is not started")
         return self._identify
+
+    @property
+    def dht(self) -> NodeDht:
+        """The DHT verbs (find_peer, put, get, provide, find_providers, names)."""
+        if self._dht is None:
+            raise UsageError("this node runs no DHT" if self._host else "node is not started")
+        return self._dht
+
+    @property
+    def kad(self) -> KadDHT:
+        """The Kademlia service itself (routing table, lookup statistics)."""
+        return self.dht.kad
+
+    @property
+    def blockstore(self) -> Blockstore:
+        if self._blockstore is None:
+            raise UsageError(
+                "this node has no blockstore (it needs a repo)" if self._host
+                else "node is not started"
+            )
+        return self._blockstore
+
+    @property
+    def bitswap(self) -> Bitswap:
+        if self._bitswap is None:
+            raise UsageError(
+                "this node runs no Bitswap (it needs a repo)" if self._host
+                else "node is not started"
+            )
+        return self._bitswap
 
     @property
     def peerstore(self) -> Peerstore:
@@ -202,6 +457,23 @@ class Node:
             await self.identify.wait_identified(peer)
         return peer
 
+    async def bootstrap(self, attempts: int = 3, backoff: float = 0.5) -> int:
+        """Join the DHT through the bootstrap peers now, retrying with backoff.
+
+        For one-shot commands (long-lived nodes do this in the background). Returns the size of
+        the routing table; ``DialError`` if no bootstrap peer could be reached at all.
+        """
+        kad = self.kad
+        if not self._bootstrap:
+            return len(kad.routing_table)
+        for attempt in range(attempts):
+            if await kad.bootstrap():
+                return len(kad.routing_table)
+            if attempt + 1 < attempts:
+                await asyncio.sleep(backoff * 2**attempt)
+        addrs = ", ".join(str(a) for a in self._bootstrap)
+        raise DialError(f"could not reach any bootstrap peer ({addrs})")
+
     async def ping(self, target: Target, count: int = 1) -> list[float]:
         """Ping ``target`` ``count`` times; round-trip times in seconds (also in the peerstore)."""
         peer = await self.connect(target)
@@ -223,3 +495,309 @@ class Node:
     def observed_addrs(self) -> list[Multiaddr]:
         """Addresses other peers reported seeing us at, most reported first."""
         return self.identify.observed.addrs()
+
+    # -- names (IPNS) -------------------------------------------------------------------------
+
+    async def name_publish(
+        self, value: str, *, lifetime: float = 48 * 3600.0, ttl: float = 3600.0
+    ) -> tuple[PeerId, int]:
+        """Point our IPNS name (our PeerId) at ``value``; returns the name and the sequence.
+
+        A bare CID becomes ``/ipfs/<cid>``.
+        """
+        return await self.dht.publish_name(self._key, value, lifetime=lifetime, ttl=ttl)
+
+    async def name_resolve(self, name: str | PeerId) -> str:
+        """What the IPNS name (a PeerId, or ``/ipns/<peer id>``) points at now."""
+        return await self.dht.resolve_name(name)
+
+    # -- content ------------------------------------------------------------------------------
+
+    async def add(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        recursive: bool = False,
+        profile: str | ImportProfile = "default",
+        pin: bool = True,
+        provide: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> CID:
+        """Import a file (or with ``recursive`` a directory tree), pin it and announce it.
+
+        ``provide`` (``roots``, ``all`` or ``none``; default from config) says what goes to the
+        DHT. A failed announcement is logged, not raised: the content is stored either way.
+        """
+        store, bitswap = self.blockstore, self.bitswap
+        prof = _profile(profile)
+        mode = self.config.provide if provide is None else provide
+        if mode not in ("roots", "all", "none"):
+            raise UsageError(f"provide must be roots, all or none, not {mode!r}")
+        src = Path(path)
+        total = await asyncio.to_thread(_input_size, src, recursive)
+        async with self.gc_lock.shared():
+            def on_progress(nbytes: int, blocks: int) -> None:
+                if progress is not None:
+                    progress(TransferProgress(nbytes, total, blocks))
+
+            result = await import_path(store, src, prof, on_progress if progress else None)
+            if pin:
+                await store.pin(result.cid, PinKind.RECURSIVE)
+        bitswap.recheck_waiting()
+        if progress is not None:
+            progress(TransferProgress(total, total, 0, done=True))
+        if mode != "none" and self._kad is not None and len(self._kad.routing_table):
+            await self._announce(result.cid, everything=mode == "all")
+        return result.cid
+
+    async def _announce(self, root: CID, everything: bool) -> None:
+        cids = [root]
+        if everything:
+            cids = await self._dag_cids(root)
+        for cid in cids:
+            try:
+                await self.bitswap.provide(cid)
+            except (PeerstackError, OSError) as exc:
+                log.warning("could not announce %s: %r", cid, exc)
+
+    async def _dag_cids(self, root: CID) -> list[CID]:
+        out: list[CID] = []
+        seen: set[CID] = set()
+        stack = [root]
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            out.append(cid)
+            stack.extend(await self.blockstore.children(cid))
+        return out
+
+    async def _root_block(self, root: CID, find_timeout: float | None) -> bytes:
+        """The root block, from the store or the network; ``NotFound`` after ``timeout`` s."""
+        try:
+            async with asyncio.timeout(find_timeout):
+                return await self.bitswap.get_block(root)
+        except TimeoutError:
+            raise NotFound(
+                f"could not find {root} on the network (nobody had it within {find_timeout:g} s)"
+            ) from None
+
+    async def _dag_size(self, root: CID, find_timeout: float | None) -> int | None:
+        """Bytes of every block under ``root``: the root block plus its links' Tsizes."""
+        block = await self._root_block(root, find_timeout)
+        if root.codec != DAG_PB:
+            return len(block)
+        links = decode_dagpb(block).links
+        if any(link.tsize is None for link in links):
+            return None
+        return len(block) + sum(link.tsize or 0 for link in links)
+
+    async def get(
+        self,
+        cid: str | CID,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressFn | None = None,
+        find_timeout: float | None = None,
+    ) -> FetchResult:
+        """Fetch ``cid`` (file or directory) and write it to ``dest``, which must not exist.
+
+        Blocks are verified and stored as they arrive and the transfer is recorded, so an
+        interrupted get resumes from the blocks it has. The output is written under a hidden
+        temporary name next to ``dest`` and renamed only when complete. ``find_timeout`` bounds the
+        search for the root block (``NotFound``), not the transfer.
+        """
+        root = parse_cid(cid)
+        target = Path(dest)
+        await asyncio.to_thread(_check_dest, target)
+        store, bitswap = self.blockstore, self.bitswap
+        async with self.gc_lock.shared():
+            await store.begin_transfer(root, str(target))
+            with store.hold(root):
+                total = await self._dag_size(root, find_timeout)
+
+                def on_fetch(p: Progress) -> None:
+                    if progress is not None:
+                        progress(_transfer_progress(p, total))
+
+                result = await bitswap.fetch(root, on_fetch)
+                tmp = target.with_name(f".{target.name}.partial")
+                await asyncio.to_thread(_clean_partials, target)
+                try:
+                    await exporter.export(store, root, tmp)
+                    await asyncio.to_thread(os.replace, tmp, target)
+                except BaseException:
+                    await asyncio.to_thread(_clean_partials, target)
+                    raise
+            await store.end_transfer(root)
+        if progress is not None:
+            progress(
+                TransferProgress(
+                    result.bytes, total if total is not None else result.bytes,
+                    result.blocks, 0, 0.0, done=True,
+                )
+            )
+        return result
+
+    async def cat(
+        self, cid: str | CID, offset: int = 0, length: int | None = None,
+        *, find_timeout: float | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The bytes of the file at ``cid`` (fetched as needed), from ``offset``, ``length``."""
+        root = parse_cid(cid)
+        if offset < 0 or (length is not None and length < 0):
+            raise UsageError("offset and length must not be negative")
+        bitswap = self.bitswap
+        async with self.gc_lock.shared():
+            with self.blockstore.hold(root):
+                await self._root_block(root, find_timeout)
+                async for piece in exporter.cat(_getter(bitswap), root, offset, length):
+                    yield piece
+
+    async def pin_add(
+        self, cid: str | CID, *, recursive: bool = True, find_timeout: float | None = None
+    ) -> CID:
+        """Pin ``cid``; its blocks are fetched first if missing (all of them when recursive)."""
+        root = parse_cid(cid)
+        async with self.gc_lock.shared():
+            await self._root_block(root, find_timeout)
+            if recursive:
+                await self.bitswap.fetch(root)
+            else:
+                await self.bitswap.get_block(root)
+            await self.blockstore.pin(root, PinKind.RECURSIVE if recursive else PinKind.DIRECT)
+        return root
+
+    async def pin_rm(self, cid: str | CID) -> CID:
+        root = parse_cid(cid)
+        if not await self.blockstore.unpin(root):
+            raise UsageError(f"{root} is not pinned")
+        return root
+
+    async def pin_ls(self) -> list[tuple[CID, PinKind]]:
+        return await self.blockstore.pins()
+
+    async def repo_gc(self) -> GCResult:
+        """Delete unpinned blocks; waits for imports and fetches in progress to finish."""
+        async with self.gc_lock.exclusive():
+            return await self.blockstore.gc()
+
+    async def repo_verify(self, *, remove_damaged: bool = False) -> VerifyReport:
+        return await self.blockstore.verify(remove_damaged)
+
+    async def repo_stat(self) -> dict[str, Any]:
+        store = self.blockstore
+        blocks, size = await asyncio.to_thread(_block_totals, store)
+        pins = await store.pins()
+        transfers = await store.transfers()
+        return {
+            "repo": str(self.repo.path) if self.repo is not None else None,
+            "blocks": blocks,
+            "size": size,
+            "pins": len(pins),
+            "transfers": len(transfers),
+        }
+
+
+class _BlockGetter:
+    """Blocks for the exporter: from the store, or fetched (verified, stored) by Bitswap."""
+
+    def __init__(self, bitswap: Bitswap) -> None:
+        self._bitswap = bitswap
+
+    async def get(self, cid: CID) -> bytes:
+        return await self._bitswap.get_block(cid)
+
+
+def _getter(bitswap: Bitswap) -> _BlockGetter:
+    return _BlockGetter(bitswap)
+
+
+def _transfer_progress(p: Progress, total: int | None) -> TransferProgress:
+    return TransferProgress(
+        p.bytes_done, total, p.blocks_done, p.peers, p.rate, done=False
+    )
+
+
+def _profile(profile: str | ImportProfile) -> ImportProfile:
+    if isinstance(profile, ImportProfile):
+        return profile
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise UsageError(
+            f"unknown profile {profile!r} (choose default or legacy)"
+        ) from None
+
+
+def _is_loopback(addr: Multiaddr) -> bool:
+    v4 = addr.value_for("ip4")
+    if v4 is not None:
+        return v4.startswith("127.")
+    return addr.value_for("ip6") == "::1"
+
+
+def _input_size(path: Path, recursive: bool) -> int:
+    """Bytes ``add`` will read; ``UsageError`` for what it cannot add."""
+    if not os.path.lexists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link")
+    if path.is_dir():
+        if not recursive:
+            raise UsageError(f"{path} is a directory (use -r to add it)")
+        total = 0
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                p = Path(root) / name
+                if not p.is_symlink():
+                    with contextlib.suppress(OSError):
+                        total += p.stat().st_size
+        return total
+    if not path.is_file():
+        raise UsageError(f"{path} is neither a file nor a directory")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: permission denied")
+    return path.stat().st_size
+
+
+def _check_dest(target: Path) -> None:
+    if os.path.lexists(target):
+        raise UsageError(f"{target} already exists")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"{parent}: no such directory")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{parent}: permission denied")
+
+
+def _partials(target: Path) -> Iterator[Path]:
+    """Leftovers of an interrupted get of ``target`` (ours, and the exporter's temp files)."""
+    parent = target.parent
+    yield from parent.glob(f".{_glob_escape(target.name)}.partial")
+    yield from parent.glob(f"..{_glob_escape(target.name)}.partial.*.part")
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _clean_partials(target: Path) -> None:
+    import shutil
+
+    for p in list(_partials(target)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _block_totals(store: Blockstore) -> tuple[int, int]:
+    count = size = 0
+    for key in store.iter_keys():
+        with contextlib.suppress(OSError, DecodeError):
+            path = store.path_for(key_to_multihash(key))
+            size += path.stat().st_size
+            count += 1
+    return count, size

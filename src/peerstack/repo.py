@@ -4,14 +4,26 @@ Layout (default ``~/.peerstack``, or ``--repo`` / ``PEERSTACK_REPO``)::
 
     identity.key    the libp2p PrivateKey protobuf, mode 0600
     config.toml     node configuration (see ``peerstack.config``)
+    blocks/         one file per block (``peerstack.content.blockstore``)
+    tmp/            blocks being written (emptied when the blockstore opens)
+    store.sqlite    the node's state: pins, refs, transfers, DHT records, providers, the
+                    routing table (WAL mode; each part keeps its own tables)
+    repo.lock       held (flock) by the process that runs a node on this repo
+    api             the daemon's HTTP API address, ``/ip4/127.0.0.1/tcp/<port>`` (as kubo)
+    api.token       the bearer token the API wants, mode 0600
 
-Later issues add the blockstore and the SQLite state database next to these.
+Only one process may run a node on a repo at a time: the blockstore empties ``tmp/`` on open
+and SQLite state is not meant for two writers, so ``Repo.lock()`` refuses a second one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import secrets
 from pathlib import Path
+from typing import IO
 
 from peerstack.config import Config
 from peerstack.core.identity import PrivateKey, load_or_create
@@ -20,6 +32,14 @@ from peerstack.errors import PeerstackError, UsageError
 REPO_ENV = "PEERSTACK_REPO"
 IDENTITY_FILE = "identity.key"
 CONFIG_FILE = "config.toml"
+STATE_DB = "store.sqlite"
+LOCK_FILE = "repo.lock"
+API_FILE = "api"
+TOKEN_FILE = "api.token"
+
+
+class RepoLocked(UsageError):
+    """Another process runs a node on this repo."""
 
 
 def default_repo_path() -> Path:
@@ -35,6 +55,7 @@ class Repo:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock_file: IO[bytes] | None = None
 
     @classmethod
     def open(cls, path: Path | str | None = None) -> Repo:
@@ -76,3 +97,87 @@ class Repo:
         if not self.config_path.exists():
             return Config()
         return Config.load(self.config_path)
+
+    # -- the node's files ---------------------------------------------------------------------
+
+    @property
+    def state_db_path(self) -> Path:
+        return self.path / STATE_DB
+
+    @property
+    def api_path(self) -> Path:
+        return self.path / API_FILE
+
+    @property
+    def token_path(self) -> Path:
+        return self.path / TOKEN_FILE
+
+    def lock(self) -> None:
+        """Take the repo for this process; ``RepoLocked`` if another process holds it.
+
+        An advisory ``flock``: the kernel drops it when the process dies, so a crashed daemon
+        never leaves the repo locked.
+        """
+        if self._lock_file is not None:
+            return
+        try:
+            fh = (self.path / LOCK_FILE).open("ab")
+        except OSError as exc:
+            raise UsageError(f"cannot open {self.path / LOCK_FILE}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise RepoLocked(
+                f"repo {self.path} is in use by another peerstack process (a daemon?)"
+            ) from None
+        self._lock_file = fh
+
+    def unlock(self) -> None:
+        fh, self._lock_file = self._lock_file, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
+
+    def is_locked_elsewhere(self) -> bool:
+        """Does another process hold the repo lock right now?"""
+        if self._lock_file is not None:
+            return False
+        try:
+            self.lock()
+        except RepoLocked:
+            return True
+        self.unlock()
+        return False
+
+    def write_api(self, addr: str) -> str:
+        """Publish the API address and a fresh token (0600); returns the token."""
+        token = secrets.token_urlsafe(32)
+        _write_private(self.token_path, token + "\n")
+        _write_private(self.api_path, addr + "\n")
+        return token
+
+    def remove_api(self) -> None:
+        for path in (self.api_path, self.token_path):
+            path.unlink(missing_ok=True)
+
+    def read_api(self) -> tuple[str, str] | None:
+        """``(address, token)`` of a daemon's API, or ``None`` when none is published."""
+        try:
+            addr = self.api_path.read_text().strip()
+            token = self.token_path.read_text().strip()
+        except OSError:
+            return None
+        return (addr, token) if addr and token else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file created with mode 0600, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
