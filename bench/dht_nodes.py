@@ -475,6 +475,8 @@ def driver_main(args: argparse.Namespace) -> None:
             results.append(got)
             if got.note:
                 notes.append(f"{impl} at {n}: {got.note}")
+            if impl != "peerstack":
+                notes.append(f"{impl} at {n}: {json.dumps(got.extra)}")
             status(f"{impl} n={n}: {json.dumps(got.extra)}")
     headers = [
         "implementation", "nodes", "puts ok", "get ok", "p50", "p95", "mem/node",
