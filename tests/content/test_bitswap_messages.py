@@ -67,7 +67,7 @@ def test_limits() -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        b"\x1a\x02\x0a\x00",  # block without data
+        b"\x1a\x02\x12\x00",  # block without a prefix
         b"\x22\x02\x10\x00",  # presence without a CID
         b"\x22\x03\x10\x05\x00",  # unknown presence type (and no CID)
         b"\x0a\x02\x0a\x00",  # want entry without a CID
@@ -77,6 +77,13 @@ def test_limits() -> None:
 def test_malformed(bad: bytes) -> None:
     with pytest.raises(DecodeError):
         m.decode(bad)
+
+
+def test_block_without_data_field_is_the_empty_block() -> None:
+    # proto3 omits empty bytes: helia sends the 0-byte raw block (an empty file) like this.
+    prefix = CID.hash_of(b"").prefix()
+    msg = m.decode(b"\x1a" + bytes([len(prefix) + 2, 0x0A, len(prefix)]) + prefix)
+    assert msg.payload == [m.BlockPayload(prefix, b"")]
 
 
 @settings(max_examples=500)

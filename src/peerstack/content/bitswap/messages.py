@@ -187,7 +187,9 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
             msg.blocks.append(bytes(block))
         elif f == 3:
             prefix: bytes | None = None
-            payload: bytes | None = None
+            # proto3 leaves an empty bytes field out: a block with no data field is the empty
+            # block (helia sends the 0-byte raw block of an empty file that way).
+            payload = b""
             for bf, bwt, bvalue in _pb.fields(_pb.as_bytes(value, wt)):
                 if bf == 1:
                     prefix = bytes(_pb.as_bytes(bvalue, bwt))
@@ -195,8 +197,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
                     raw = _pb.as_bytes(bvalue, bwt)
                     _check_block(len(raw))
                     payload = bytes(raw)
-            if prefix is None or payload is None:
-                raise DecodeError("block without prefix or data")
+            if prefix is None:
+                raise DecodeError("block without a CID prefix")
             msg.payload.append(BlockPayload(prefix, payload))
         elif f == 4:
             if len(msg.presences) >= MAX_PRESENCES_PER_MESSAGE:
