@@ -6,6 +6,8 @@ Throughput is (upload + download) / total time, measured inside the client proce
 run, side by side:
 
 - plain TCP, same perf shape, uvloop protocols: what the kernel and loop allow;
+- Noise frames only, same perf shape: both ends ``BufferedProtocol``s that encrypt and decrypt
+  every byte in 65519-byte frames, no multistream, no Yamux, no host: the crypto ceiling;
 - Noise frames only (``bench/transport_throughput.py``'s anchor, upload only): the ceiling of
   per-frame Python work plus the cipher, without Yamux or the host;
 - peerstack -> peerstack (``BasicHost`` + ``peerstack.protocols.perf``);
@@ -33,6 +35,7 @@ from typing import Any, cast
 from peerstack.core.identity import PrivateKey
 from peerstack.host.host import BasicHost
 from peerstack.protocols import perf
+from peerstack.wire.noise import MAX_PLAINTEXT, NoiseTransport
 
 # Run as a script, this file's folder (not the repository) is on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,6 +60,10 @@ from bench.common import (
 
 CHUNK = 1024 * 1024
 _ZEROS = bytes(CHUNK)
+# Fixed transport keys for the Noise-framed anchor (no handshake: only the framing is timed).
+KEY_A = b"a" * 32
+KEY_B = b"b" * 32
+NOISE_SLICE = 15 * MAX_PLAINTEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +100,15 @@ class Run:
 
 
 class _Paced(asyncio.BufferedProtocol):
-    """Common part of the plain-TCP ends: a read buffer, write pausing, EOF and loss signals."""
+    """Common part of the anchor ends: a read buffer, write pausing, EOF and loss signals.
 
-    def __init__(self) -> None:
-        self.buf = bytearray(256 * 1024)
+    With ``keys`` (send key, receive key) every byte is Noise-framed: encrypted in 65519-byte
+    frames on the way out, decrypted on the way in, as a secured connection without a muxer.
+    """
+
+    def __init__(self, keys: tuple[bytes, bytes] | None = None) -> None:
+        self.noise = NoiseTransport(*keys) if keys is not None else None
+        self.buf = bytearray(CHUNK)
         self.view = memoryview(self.buf)
         self.transport: asyncio.Transport | None = None
         self.can_write: asyncio.Event = asyncio.Event()
@@ -110,6 +122,23 @@ class _Paced(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view
+
+    def received_bytes(self, nbytes: int) -> bytes | memoryview:
+        """What ``buffer_updated`` got, decrypted when Noise-framed (valid during the call)."""
+        if self.noise is None:
+            return self.view[:nbytes]
+        return self.noise.decrypt(self.view[:nbytes])
+
+    def send(self, data: bytes | memoryview) -> None:
+        assert self.transport is not None
+        if self.noise is None:
+            self.transport.write(data)
+            return
+        # Encrypt in slices of whole frames that fit the transport's reusable scratch buffer
+        # (what net/connection.py does): a fresh multi-MiB output per call costs page faults.
+        view = memoryview(data)
+        for off in range(0, len(view), NOISE_SLICE):
+            self.transport.write(self.noise.encrypt(view[off : off + NOISE_SLICE]))
 
     def eof_received(self) -> bool:
         self.eof.set()
@@ -131,13 +160,13 @@ class _Paced(asyncio.BufferedProtocol):
         while n > 0:
             await self.can_write.wait()
             step = min(n, CHUNK)
-            self.transport.write(view[:step])
+            self.send(view[:step])
             n -= step
 
 
 class _TcpPerfServer(_Paced):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, keys: tuple[bytes, bytes] | None = None) -> None:
+        super().__init__(keys)
         self.header = b""
         self.received = 0
 
@@ -146,11 +175,13 @@ class _TcpPerfServer(_Paced):
         asyncio.get_running_loop().create_task(self._serve())
 
     def buffer_updated(self, nbytes: int) -> None:
+        data = self.received_bytes(nbytes)
+        size = len(data)
         if len(self.header) < 8:
-            need = 8 - len(self.header)
-            self.header += bytes(self.view[: min(need, nbytes)])
-            nbytes -= min(need, nbytes)
-        self.received += nbytes
+            take = min(8 - len(self.header), size)
+            self.header += bytes(data[:take])
+            size -= take
+        self.received += size
 
     async def _serve(self) -> None:
         await self.eof.wait()
@@ -162,40 +193,44 @@ class _TcpPerfServer(_Paced):
 
 
 class _TcpPerfClient(_Paced):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, keys: tuple[bytes, bytes] | None = None) -> None:
+        super().__init__(keys)
         self.received = 0
         self.first: float | None = None
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.first is None:
             self.first = time.perf_counter()
-        self.received += nbytes
+        self.received += len(self.received_bytes(nbytes))
 
 
-async def serve_tcp() -> None:
+async def serve_tcp(noise: bool) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_TcpPerfServer, "127.0.0.1", 0)
+    keys = (KEY_B, KEY_A) if noise else None
+    server = await loop.create_server(lambda: _TcpPerfServer(keys), "127.0.0.1", 0)
     print(f"/ip4/127.0.0.1/tcp/{server.sockets[0].getsockname()[1]}", flush=True)
     await wait_stdin_closed()
     server.close()
 
 
-async def tcp_client(addr: str, size: int, runs: int) -> list[Run]:
+async def tcp_client(addr: str, size: int, runs: int, noise: bool) -> list[Run]:
     port = int(addr.rsplit("/", 1)[1])
     loop = asyncio.get_running_loop()
+    keys = (KEY_A, KEY_B) if noise else None
     out: list[Run] = []
     for _ in range(runs):
-        transport, proto = await loop.create_connection(_TcpPerfClient, "127.0.0.1", port)
+        transport, proto = await loop.create_connection(
+            lambda: _TcpPerfClient(keys), "127.0.0.1", port
+        )
         start = time.perf_counter()
-        transport.write(struct.pack(">Q", size))
+        proto.send(struct.pack(">Q", size))
         await proto.send_zeros(size)
         transport.write_eof()
         await proto.eof.wait()
         end = time.perf_counter()
         transport.close()
         if proto.received != size:
-            raise RuntimeError(f"plain TCP perf: got {proto.received} of {size} bytes")
+            raise RuntimeError(f"anchor perf: got {proto.received} of {size} bytes")
         first = proto.first if proto.first is not None else end
         out.append(Run(size, size, first - start, end - first))
     return out
@@ -285,14 +320,14 @@ def main() -> None:
     parser.add_argument("--js-mib", type=int, default=256, help="MiB each way for js")
     parser.add_argument("--py-mib", type=int, default=64, help="MiB for py-libp2p")
     parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
-    parser.add_argument("--only", default="tcp,noise,peerstack,js,py")
-    parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
+    parser.add_argument("--only", default="tcp,noiseperf,noise,peerstack,js,py")
+    parser.add_argument("--serve", choices=["peerstack", "tcp", "noise"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "peerstack":
         run(serve_peerstack())
         return
-    if args.serve == "tcp":
-        run(serve_tcp())
+    if args.serve in ("tcp", "noise"):
+        run(serve_tcp(args.serve == "noise"))
         return
 
     only = set(args.only.split(","))
@@ -302,7 +337,14 @@ def main() -> None:
     runs = args.runs
     results: dict[str, list[Run]] = {}
     skipped: dict[str, str] = {}
-    sizes = {"tcp": size, "noise": size, "peerstack": size, "js": js_size, "py": py_size}
+    sizes = {
+        "tcp": size,
+        "noiseperf": size,
+        "noise": size,
+        "peerstack": size,
+        "js": js_size,
+        "py": py_size,
+    }
 
     def attempt(name: str, fn: Callable[[], list[Run]]) -> None:
         if name not in only:
@@ -315,7 +357,10 @@ def main() -> None:
             skipped[name] = f"failed: {exc}"
             status(f"{name} failed: {exc}")
 
-    attempt("tcp", lambda: with_server("tcp", lambda a: run(tcp_client(a, size, runs))))
+    attempt("tcp", lambda: with_server("tcp", lambda a: run(tcp_client(a, size, runs, False))))
+    attempt(
+        "noiseperf", lambda: with_server("noise", lambda a: run(tcp_client(a, size, runs, True)))
+    )
     attempt("noise", lambda: noise_anchor(size, runs))
     attempt(
         "peerstack",
@@ -336,6 +381,7 @@ def main() -> None:
 
     labels = {
         "tcp": "plain TCP (uvloop), perf-shaped",
+        "noiseperf": "Noise frames only, perf-shaped, no muxer",
         "noise": "Noise frames only, upload (transport_throughput anchor)",
         "peerstack": "peerstack -> peerstack",
         "js": "js-libp2p -> js-libp2p",
@@ -382,6 +428,7 @@ def main() -> None:
                 f"{fmt(ps / 1000, 2)} GB/s (goal >= 1.2 GB/s: {goal_mark(ps, 1200)})",
             ],
             ["peerstack / plain TCP", fmt_ratio(ps, med["tcp"])],
+            ["peerstack / Noise frames only (perf-shaped)", fmt_ratio(ps, med["noiseperf"])],
             [
                 "peerstack upload / Noise frames upload",
                 fmt_ratio(
