@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -474,6 +474,26 @@ class Node:
         addrs = ", ".join(str(a) for a in self._bootstrap)
         raise DialError(f"could not reach any bootstrap peer ({addrs})")
 
+    async def join(self, addrs: Sequence[str | Multiaddr]) -> int:
+        """Connect to ``addrs`` (any one is enough) and bootstrap the DHT through them.
+
+        Unlike ``bootstrap`` this checks the peers named here, not just the routing table
+        (which may hold peers saved by an earlier run): ``DialError`` if none answers.
+        """
+        targets = [parse_multiaddr(a) for a in addrs]
+        errors: list[str] = []
+        for addr in targets:
+            try:
+                await self.connect(addr)
+            except (PeerstackError, OSError, TimeoutError) as exc:
+                errors.append(f"{addr}: {exc or type(exc).__name__}")
+        if targets and len(errors) == len(targets):
+            raise DialError("could not reach any bootstrap peer: " + "; ".join(errors))
+        if self._kad is None:
+            return 0
+        await self._kad.bootstrap()
+        return len(self._kad.routing_table)
+
     async def ping(self, target: Target, count: int = 1) -> list[float]:
         """Ping ``target`` ``count`` times; round-trip times in seconds (also in the peerstore)."""
         peer = await self.connect(target)
@@ -643,7 +663,7 @@ class Node:
     async def cat(
         self, cid: str | CID, offset: int = 0, length: int | None = None,
         *, find_timeout: float | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The bytes of the file at ``cid`` (fetched as needed), from ``offset``, ``length``."""
         root = parse_cid(cid)
         if offset < 0 or (length is not None and length < 0):

@@ -50,3 +50,40 @@ def print_json(data: object) -> None:
 
 def console() -> Console:
     return Console(highlight=False, soft_wrap=True)
+
+
+def bootstrap_option(f: F) -> F:
+    return click.option(
+        "--bootstrap",
+        multiple=True,
+        metavar="MULTIADDR",
+        help="Peer to join the network through, /p2p/<id> included (repeatable).",
+    )(f)
+
+
+def network_options(f: F) -> F:
+    """``--repo``, ``--bootstrap`` and ``--json``: what every networked verb takes."""
+    return repo_option(bootstrap_option(json_option(f)))
+
+
+def call(
+    repo: Path | None,
+    bootstrap: tuple[str, ...],
+    op: str,
+    args: dict[str, Any],
+    *,
+    progress_label: str | None = None,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Run ``op`` in the daemon or one-shot (see ``backend``), with a progress view if asked."""
+    from peerstack.cli.backend import backend_for
+    from peerstack.cli.progress import ProgressView
+
+    async def go() -> dict[str, Any]:
+        async with backend_for(repo, bootstrap) as backend:
+            if progress_label is None:
+                return await backend.call(op, args)
+            with ProgressView(progress_label, as_json=as_json) as view:
+                return await backend.call(op, args, view)
+
+    return run(go())

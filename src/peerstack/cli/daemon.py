@@ -1,4 +1,4 @@
-"""``peerstack daemon``: run a node until SIGINT or SIGTERM."""
+"""``peerstack daemon``: run a node (DHT, Bitswap, the local API) until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,33 +8,76 @@ from pathlib import Path
 
 import click
 
-from peerstack.cli.common import console, json_option, print_json, repo_option, run
-from peerstack.config import parse_multiaddr
+from peerstack.cli.common import (
+    bootstrap_option,
+    console,
+    json_option,
+    print_json,
+    repo_option,
+    run,
+)
+from peerstack.config import DHT_MODES, parse_multiaddr
+from peerstack.errors import UsageError
 from peerstack.repo import Repo
 
+DEFAULT_API = "/ip4/127.0.0.1/tcp/0"
 
-async def _serve(repo: Path | None, listen: tuple[str, ...], as_json: bool) -> None:
-    from peerstack.node import Node  # the network stack, only when needed
 
-    for addr in listen:
+def _api_target(text: str) -> tuple[str, int]:
+    target = parse_multiaddr(text).tcp_target()
+    if target is None or target[0] not in ("127.0.0.1", "::1"):
+        raise UsageError(f"--api {text}: the API listens on loopback only (/ip4/127.0.0.1/tcp/N)")
+    return target
+
+
+async def _serve(
+    *,
+    repo: Path | None,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    dht_mode: str | None,
+    api: str,
+    as_json: bool,
+) -> None:
+    from peerstack.cli.api import ApiServer  # the network stack, only when needed
+    from peerstack.node import Node
+
+    for addr in (*listen, *bootstrap):
         parse_multiaddr(addr)  # refuse a bad address before touching the repo
+    api_host, api_port = _api_target(api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        node = Node(repo=Repo.open(repo), listen=listen or None)
+        r = Repo.open(repo)
+        node = Node(repo=r, listen=listen or None, bootstrap=bootstrap, dht_mode=dht_mode)
         async with node:
-            addrs = [str(a) for a in node.addrs]
-            if as_json:
-                print_json({"event": "listening", "peer_id": str(node.peer_id), "addrs": addrs})
-            else:
-                out = console()
-                out.print(f"peerstack daemon [bold]{node.peer_id}[/bold]")
-                for a in addrs:
-                    out.print(f"listening on {a}")
-                out.file.flush()
-            await stop.wait()
+            server = ApiServer(node, r, api_host, api_port)
+            api_addr = await server.start()
+            try:
+                addrs = [str(a) for a in node.addrs]
+                mode = node.config.dht_mode
+                if as_json:
+                    print_json(
+                        {
+                            "event": "listening",
+                            "peer_id": str(node.peer_id),
+                            "addrs": addrs,
+                            "api": api_addr,
+                            "dht_mode": mode,
+                        }
+                    )
+                else:
+                    out = console()
+                    out.print(f"peerstack daemon [bold]{node.peer_id}[/bold] (DHT {mode} mode)")
+                    for a in addrs:
+                        out.print(f"listening on {a}")
+                    out.print(f"API on {api_addr} (address in {r.api_path})")
+                    out.file.flush()
+                await stop.wait()
+            finally:
+                await server.stop()
         if as_json:
             print_json({"event": "stopped"})
     finally:
@@ -50,7 +93,34 @@ async def _serve(repo: Path | None, listen: tuple[str, ...], as_json: bool) -> N
     metavar="MULTIADDR",
     help="Address to listen on (repeatable; default: from config.toml).",
 )
+@bootstrap_option
+@click.option(
+    "--dht-mode",
+    type=click.Choice(DHT_MODES),
+    default=None,
+    help="server: answer DHT queries (default, from config.toml); client: only ask.",
+)
+@click.option(
+    "--api",
+    default=DEFAULT_API,
+    show_default=True,
+    metavar="MULTIADDR",
+    help="Where the local HTTP API listens (loopback only; port 0 picks one).",
+)
 @json_option
-def daemon_command(repo: Path | None, listen: tuple[str, ...], as_json: bool) -> None:
-    """Run a node serving identify, ping, perf and echo until interrupted."""
-    run(_serve(repo, listen, as_json))
+def daemon_command(
+    *,
+    repo: Path | None,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    dht_mode: str | None,
+    api: str,
+    as_json: bool,
+) -> None:
+    """Run a node serving the DHT, Bitswap and the local API until interrupted."""
+    run(
+        _serve(
+            repo=repo, listen=listen, bootstrap=bootstrap, dht_mode=dht_mode, api=api,
+            as_json=as_json,
+        )
+    )

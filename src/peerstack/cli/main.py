@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import click
 
 from peerstack import __version__
+from peerstack.cli.content import (
+    add_command,
+    cat_command,
+    get_command,
+    pin_group,
+    repo_group,
+)
 from peerstack.cli.daemon import daemon_command
+from peerstack.cli.dht import dht_group, name_group
 from peerstack.cli.identity import id_command
 from peerstack.cli.net import perf_command, ping_command
 from peerstack.errors import PeerError, PeerstackError, UsageError
@@ -33,6 +41,13 @@ cli.add_command(id_command)
 cli.add_command(daemon_command)
 cli.add_command(ping_command)
 cli.add_command(perf_command)
+cli.add_command(dht_group)
+cli.add_command(name_group)
+cli.add_command(add_command)
+cli.add_command(get_command)
+cli.add_command(cat_command)
+cli.add_command(pin_group)
+cli.add_command(repo_group)
 
 
 def _fail(message: str, code: int) -> None:
