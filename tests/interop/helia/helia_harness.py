@@ -94,7 +94,9 @@ class HeliaPeer:
                     if answer.get("id") == ident:
                         break
             except TimeoutError as exc:
-                raise HeliaError(f"helia: no answer to {cmd} in {wait}s{self.stderr_tail()}") from exc
+                raise HeliaError(
+                    f"helia: no answer to {cmd} in {wait}s{self.stderr_tail()}"
+                ) from exc
         if not answer.get("ok"):
             raise HeliaError(f"helia: {cmd} failed: {answer.get('error')}")
         return answer
@@ -126,17 +128,23 @@ class HeliaPeer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-async def start_helia(workdir: Path) -> HeliaPeer:
-    """Start a helia node in ``workdir`` (created; removed again by ``stop``)."""
-    reason = missing_install()
-    if reason is not None:
-        raise HeliaError(reason)
+def _prepare(workdir: Path) -> Path:
+    """The script in ``workdir`` beside a link to the installed node_modules."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / SCRIPT.name
     shutil.copyfile(SCRIPT, script)
     link = workdir / "node_modules"
     if not link.exists():
         link.symlink_to(NODE_MODULES, target_is_directory=True)
+    return script
+
+
+async def start_helia(workdir: Path) -> HeliaPeer:
+    """Start a helia node in ``workdir`` (created; removed again by ``stop``)."""
+    reason = missing_install()
+    if reason is not None:
+        raise HeliaError(reason)
+    script = _prepare(workdir)
     proc = await asyncio.create_subprocess_exec(
         str(NODE_BIN), str(script),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

@@ -102,7 +102,9 @@ async function catTo (cid, out, signal) {
 async function walk (cid, prefix, signal, out) {
   for await (const entry of fs.ls(cid, { signal })) {
     const path = `${prefix}${entry.name}`
-    if (entry.type === 'directory') {
+    // ls entries carry no type in @helia/unixfs 8: stat says what each one is.
+    const info = await fs.stat(entry.cid, { signal })
+    if (info.type === 'directory') {
       out.push({ path, type: 'directory', size: null, sha256: null })
       await walk(entry.cid, `${path}/`, signal, out)
     } else {
@@ -148,7 +150,8 @@ const commands = {
   ls: async (msg) => {
     const entries = []
     for await (const e of fs.ls(CID.parse(msg.cid), { signal: AbortSignal.timeout(msg.timeout_ms ?? 60000) })) {
-      entries.push({ name: e.name, cid: e.cid.toString(), type: e.type, size: Number(e.size ?? 0) })
+      const info = await fs.stat(e.cid)
+      entries.push({ name: e.name, cid: e.cid.toString(), type: info.type, size: Number(e.size ?? 0) })
     }
     return { entries }
   },
