@@ -150,9 +150,7 @@ async def network_demo(n_nodes: int, file_size: int, out: Console) -> int:
                     f"peer{i} found peer{j} ({found.peer_id}) at {addrs}"
                     f" in {found.hops} hops, {found.requests} requests"
                 )
-                table.add_row(
-                    f"peer{i}", f"peer{j}", addrs, str(found.hops), str(found.requests)
-                )
+                table.add_row(f"peer{i}", f"peer{j}", addrs, str(found.hops), str(found.requests))
             out.print(table)
 
             # File sharing: peer1 adds, the last two peers fetch at the same time.
@@ -185,8 +183,9 @@ async def network_demo(n_nodes: int, file_size: int, out: Console) -> int:
                     dest = root / f"{name}.out"
                     res = await node.get(cid, dest, progress=show)
                     secs = time.perf_counter() - t0
-                    results.append((name, secs, await asyncio.to_thread(_sha256, dest),
-                                    res.fetched_bytes))
+                    results.append(
+                        (name, secs, await asyncio.to_thread(_sha256, dest), res.fetched_bytes)
+                    )
 
                 await asyncio.gather(*(fetch(g, n) for g, n in zip(getters, labels, strict=True)))
             files = Table(title=f"{cid} fetched by {len(getters)} peers at once")
@@ -231,9 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PeerstackError("--nodes must be 3..20")
         if file_size < 1:
             raise PeerstackError("--file-size must be at least 1 byte")
-        return run(
-            asyncio.wait_for(whole_demo(size, args.pings, args.nodes, file_size, out), 600)
-        )
+        return run(asyncio.wait_for(whole_demo(size, args.pings, args.nodes, file_size, out), 600))
     except (PeerstackError, OSError, TimeoutError) as exc:
         sys.stderr.write(f"demo failed: {exc or type(exc).__name__}\n")
         return 1

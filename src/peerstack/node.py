@@ -380,7 +380,8 @@ class Node:
     def blockstore(self) -> Blockstore:
         if self._blockstore is None:
             raise UsageError(
-                "this node has no blockstore (it needs a repo)" if self._host
+                "this node has no blockstore (it needs a repo)"
+                if self._host
                 else "node is not started"
             )
         return self._blockstore
@@ -389,7 +390,8 @@ class Node:
     def bitswap(self) -> Bitswap:
         if self._bitswap is None:
             raise UsageError(
-                "this node runs no Bitswap (it needs a repo)" if self._host
+                "this node runs no Bitswap (it needs a repo)"
+                if self._host
                 else "node is not started"
             )
         return self._bitswap
@@ -556,6 +558,7 @@ class Node:
         src = Path(path)
         total = await asyncio.to_thread(_input_size, src, recursive)
         async with self.gc_lock.shared():
+
             def on_progress(nbytes: int, blocks: int) -> None:
                 if progress is not None:
                     progress(TransferProgress(nbytes, total, blocks))
@@ -654,15 +657,23 @@ class Node:
         if progress is not None:
             progress(
                 TransferProgress(
-                    result.bytes, total if total is not None else result.bytes,
-                    result.blocks, 0, 0.0, done=True,
+                    result.bytes,
+                    total if total is not None else result.bytes,
+                    result.blocks,
+                    0,
+                    0.0,
+                    done=True,
                 )
             )
         return result
 
     async def cat(
-        self, cid: str | CID, offset: int = 0, length: int | None = None,
-        *, find_timeout: float | None = None,
+        self,
+        cid: str | CID,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        find_timeout: float | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The bytes of the file at ``cid`` (fetched as needed), from ``offset``, ``length``."""
         root = parse_cid(cid)
@@ -735,9 +746,7 @@ def _getter(bitswap: Bitswap) -> _BlockGetter:
 
 
 def _transfer_progress(p: Progress, total: int | None) -> TransferProgress:
-    return TransferProgress(
-        p.bytes_done, total, p.blocks_done, p.peers, p.rate, done=False
-    )
+    return TransferProgress(p.bytes_done, total, p.blocks_done, p.peers, p.rate, done=False)
 
 
 def _profile(profile: str | ImportProfile) -> ImportProfile:
@@ -746,9 +755,7 @@ def _profile(profile: str | ImportProfile) -> ImportProfile:
     try:
         return PROFILES[profile]
     except KeyError:
-        raise UsageError(
-            f"unknown profile {profile!r} (choose default or legacy)"
-        ) from None
+        raise UsageError(f"unknown profile {profile!r} (choose default or legacy)") from None
 
 
 def _is_loopback(addr: Multiaddr) -> bool:

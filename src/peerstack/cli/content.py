@@ -228,8 +228,7 @@ def repo_gc_command(repo: Path | None, as_json: bool) -> None:
         print_json(res)
         return
     click.echo(
-        f"removed {res['removed']} blocks ({format_size(res['freed_bytes'])}),"
-        f" kept {res['kept']}"
+        f"removed {res['removed']} blocks ({format_size(res['freed_bytes'])}), kept {res['kept']}"
     )
 
 

@@ -120,7 +120,11 @@ def daemon_command(
     """Run a node serving the DHT, Bitswap and the local API until interrupted."""
     run(
         _serve(
-            repo=repo, listen=listen, bootstrap=bootstrap, dht_mode=dht_mode, api=api,
+            repo=repo,
+            listen=listen,
+            bootstrap=bootstrap,
+            dht_mode=dht_mode,
+            api=api,
             as_json=as_json,
         )
     )

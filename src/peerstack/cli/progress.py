@@ -33,8 +33,8 @@ class ProgressView:
 
     def __init__(self, label: str, *, as_json: bool, quiet: bool = False) -> None:
         self.label = label
-        self.mode = "none" if quiet else "json" if as_json else (
-            "rich" if sys.stderr.isatty() else "plain"
+        self.mode = (
+            "none" if quiet else "json" if as_json else ("rich" if sys.stderr.isatty() else "plain")
         )
         self._bar: Progress | None = None
         self._task: TaskID | None = None
