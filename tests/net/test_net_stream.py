@@ -108,3 +108,44 @@ async def test_small_reads_keep_the_window_moving(make_host: MakeHost) -> None:
     while piece := await stream.read(100):
         got += piece
     assert got == payload
+
+
+async def test_small_writes_direct_and_coalesced_arrive_in_order(make_host: MakeHost) -> None:
+    """The first small write of a turn goes out at once, the rest are coalesced: on each
+    stream the bytes arrive in order, whatever mix of sizes and streams shares a turn."""
+    a = await make_host()
+    b = await make_host()
+    done: dict[int, asyncio.Future[bytes]] = {}
+    loop = asyncio.get_running_loop()
+
+    async def collect(stream: Stream) -> None:
+        tag = (await stream.readexactly(1))[0]
+        data = b""
+        while chunk := await stream.read():
+            data += chunk
+        done[tag].set_result(data)
+
+    b.set_stream_handler("/collect", collect)
+    peer = await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}")
+    streams = []
+    for tag in range(3):
+        done[tag] = loop.create_future()
+        s = await a.new_stream(peer, ["/collect"])
+        await s.write(bytes([tag]))
+        streams.append(s)
+    await asyncio.sleep(0.05)
+    expected: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
+    sizes = [1, 32, 5000, 16 * 1024, 16 * 1024 + 1, 200_000, 7, 3]
+    for turn in range(20):
+        # several writes in one turn, sync where the fast path takes them whole
+        for i, size in enumerate(sizes):
+            tag = (turn + i) % 3
+            msg = bytes([turn]) * size
+            expected[tag].append(msg)
+            await streams[tag].write(msg)
+        if turn % 4 == 0:
+            await asyncio.sleep(0)
+    for s in streams:
+        await s.close()
+    for tag in range(3):
+        assert await asyncio.wait_for(done[tag], 10) == b"".join(expected[tag])

@@ -564,3 +564,34 @@ def test_message_1_payload_is_ignored_and_responder_checks_expected_peer() -> No
         shuttle(init, resp)
     assert init.complete  # the initiator finished its side before the responder refused
     assert not resp.complete
+
+
+def test_single_frame_fast_path_keeps_nonces_in_step_with_the_general_path() -> None:
+    a, b = transports()
+    msgs = [b"ping" * 8, os.urandom(3000), b"", b"x", os.urandom(70_000), b"tail"]
+    for i, msg in enumerate(msgs):
+        wire = a.encrypt(msg)
+        # whole frames as bytes, bytearray, memoryview; and cut in two (the general path)
+        if i % 3 == 0:
+            assert b.decrypt(wire) == msg
+        elif i % 3 == 1:
+            assert b.decrypt(memoryview(bytearray(wire))) == msg
+        else:
+            assert b.decrypt(wire[:7]) + b.decrypt(memoryview(wire)[7:]) == msg
+    assert b.pending == 0
+    # a view of another item format is taken byte for byte
+    wire = a.encrypt(b"abcd")
+    assert len(wire) % 2 == 0
+    assert b.decrypt(memoryview(wire).cast("H")) == b"abcd"
+
+
+def test_tampered_single_frame_breaks_the_transport() -> None:
+    a, b = transports()
+    assert b.decrypt(a.encrypt(b"ok")) == b"ok"
+    wire = bytearray(a.encrypt(b"small"))
+    wire[-1] ^= 1
+    with pytest.raises(NoiseError):
+        b.decrypt(memoryview(wire))
+    wire += b"resizable"  # no view on the caller's buffer survives the error
+    with pytest.raises(NoiseError):
+        b.decrypt(a.encrypt(b"next"))

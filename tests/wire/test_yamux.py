@@ -991,3 +991,94 @@ def test_random_operations_keep_both_sides_consistent(
             assert got[key] == data
     assert not client.is_closed
     assert not server.is_closed
+
+
+# --------------------------------------------------------------------------------------------
+# The single-Data-frame fast path and small sends
+
+
+def _fast_then_general(session: YamuxSession, piece: bytes) -> list[Event]:
+    """What a caller using the fast path sees: the same events as receive_data() alone."""
+    sid = session.receive_single_data(piece, 0.0)
+    if sid:
+        assert piece[HEADER_SIZE:]
+        return [DataReceived(sid, piece[HEADER_SIZE:])]
+    return session.receive_data(piece, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(_frames, max_size=20), cuts=st.lists(st.integers(0, 2000), max_size=6))
+def test_fast_path_matches_general_parser(frames: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(frames)
+    pieces = [*frames, *_split(data, cuts)]  # whole frames (fast path hits) and arbitrary cuts
+    for is_client in (True, False):
+        plain = YamuxSession(is_client=is_client)
+        fast = YamuxSession(is_client=is_client)
+        for s in (plain, fast):
+            if is_client:
+                s.open_stream()
+                s.open_stream()
+        for piece in pieces:
+            try:
+                want: list[Event] | type[PeerError] = plain.receive_data(piece, 0.0)
+            except PeerError:
+                want = PeerError
+            try:
+                got: list[Event] | type[PeerError] = _fast_then_general(fast, piece)
+            except PeerError:
+                got = PeerError
+            assert got == want
+            assert fast.data_to_send() == plain.data_to_send()
+            if want is PeerError:
+                break
+            for sid in (1, 2, 3, 4, 5):
+                assert fast.recv_window(sid) == plain.recv_window(sid)
+                assert fast.has_stream(sid) == plain.has_stream(sid)
+
+
+def test_fast_path_refuses_what_is_not_one_plain_data_frame() -> None:
+    p = Pair()
+    sid = p.client.open_stream()
+    p.flush()
+    p.take("server")
+    server = p.server
+    # one flagless Data frame on a live stream within credit: accepted, window accounted
+    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 3, b"abc"), 1.0) == sid
+    server.consumed(sid, 3, 1.0)  # 3 bytes were delivered by the fast path
+    # anything else: 0, nothing consumed
+    assert server.receive_single_data(frame(TYPE_DATA, FLAG_FIN, sid, 1, b"x"), 1.0) == 0
+    assert server.receive_single_data(frame(TYPE_WINDOW_UPDATE, 0, sid, 5), 1.0) == 0
+    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 3, b"ab"), 1.0) == 0
+    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 1, b"ab"), 1.0) == 0
+    assert server.receive_single_data(frame(TYPE_DATA, 0, 99, 1, b"a"), 1.0) == 0
+    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 0), 1.0) == 0
+    big = INITIAL_WINDOW + 1
+    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, big, b"z" * big), 1.0) == 0
+    # a header half received by the general parser blocks the fast path until it completes
+    whole = frame(TYPE_DATA, 0, sid, 2, b"hi")
+    assert server.receive_data(whole[:5], 1.0) == []
+    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 1, b"a"), 1.0) == 0
+    assert server.receive_data(whole[5:], 1.0) == [DataReceived(sid, b"hi")]
+    # the window is enforced across both paths
+    assert server.recv_window(sid) == INITIAL_WINDOW
+    with pytest.raises(MuxerError):
+        server.receive_data(frame(TYPE_DATA, 0, sid, big, b"z" * big), 1.0)
+    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 1, b"a"), 1.0) == 0
+
+
+def test_small_sends_give_the_same_bytes_as_large_ones() -> None:
+    p = Pair()
+    sid = p.client.open_stream()
+    p.client.data_to_send()
+    for payload in (b"a", b"x" * 1024, b"y" * 1025, bytearray(b"mutable")):
+        assert p.client.send_data(sid, payload) == len(payload)
+        assert p.client.data_to_send() == frame(TYPE_DATA, 0, sid, len(payload), bytes(payload))
+    assert p.client.send_data(sid, b"") == 0
+    assert not p.client.has_output
+    # the window still bounds small sends
+    left = INITIAL_WINDOW - (1 + 1024 + 1025 + 7)
+    assert p.client.send_window(sid) == left
+    assert p.client.send_data(sid, b"z" * (left - 1)) == left - 1
+    assert p.client.send_data(sid, b"qr") == 1
+    assert p.client.send_window(sid) == 0
+    assert p.client.send_data(sid, b"q") == 0

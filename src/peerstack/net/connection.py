@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 #: Queued outgoing bytes that trigger an immediate flush rather than one at the end of the turn.
 FLUSH_THRESHOLD = 256 * 1024
 
+#: Largest write sent at once when nothing else is queued (see ``send``); larger ones are
+#: coalesced and flushed at the end of the loop turn.
+DIRECT_WRITE_LIMIT = 16 * 1024
+
 #: Plaintext encrypted per call: a whole number of Noise frames within its scratch buffer.
 ENCRYPT_SLICE = 15 * noise.MAX_PLAINTEXT
 
@@ -221,15 +225,33 @@ class Connection:
         """Queue ``data`` on a stream as far as its send window allows; returns bytes taken."""
         if self._closed:
             raise self.error_for_streams()
-        n = self._session.send_data(stream_id, data)
+        session = self._session
+        # A small write with nothing else queued and the socket keeping up goes out at once:
+        # no call_soon hop, no extra loop turn, for the request/response pattern. Anything
+        # queued already (a SYN, other streams' data, a burst) keeps coalescing into one
+        # encrypted write per turn, as does every large write.
+        direct = (
+            not session.has_output
+            and (data.nbytes if isinstance(data, memoryview) else len(data)) <= DIRECT_WRITE_LIMIT
+            and not self.write_buffer_size
+        )
+        n = session.send_data(stream_id, data)
         if n:
             self.bytes_sent += n
+            if direct:
+                self._write_out(session.data_to_send())
+                return n
             self._queued += n
             if self._queued >= FLUSH_THRESHOLD:
                 self._flush()
             elif self._flush_handle is None:
                 self._flush_handle = self._loop.call_soon(self._flush)
         return n
+
+    def _write_out(self, out: bytes) -> None:
+        """Encrypt and write one batch of session output (at most ENCRYPT_SLICE bytes)."""
+        if out and not self._tcp.is_closed:
+            self._tcp.write(self._noise.encrypt(out))
 
     def consumed(self, stream_id: int, n: int) -> None:
         if self._closed or not n:
@@ -290,8 +312,17 @@ class Connection:
 
     def _plaintext_received(self, plain: bytes) -> None:
         self.bytes_received += len(plain)
+        session = self._session
+        now = self._loop.time()
+        # One small Data frame (a request, an answer, a ping): no events, nothing to flush.
+        sid = session.receive_single_data(plain, now)
+        if sid:
+            stream = self._streams.get(sid)
+            if stream is not None:
+                stream._feed(plain[yamux.HEADER_SIZE :])
+            return
         try:
-            events = self._session.receive_data(plain, self._loop.time())
+            events = session.receive_data(plain, now)
         except PeerError as exc:
             self._fail(exc)
             return
@@ -310,7 +341,8 @@ class Connection:
                     stream._wake_writer()
             else:
                 self._other_event(ev)
-        if self._flush_handle is None and not self._closed:
+        # Answers the session owes (ACKs, pongs, window updates) go out this turn.
+        if self._flush_handle is None and not self._closed and session.has_output:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _other_event(self, ev: yamux.Event) -> None:

@@ -157,6 +157,13 @@ class YamuxStream:
             data = self._take(n)
             self._report_consumed(n)
             return data
+        if not self._size:
+            # Wait here rather than in read(): a small message usually arrives whole.
+            await self._wait_readable()
+            if n <= self._size and self._error is None:
+                data = self._take(n)
+                self._report_consumed(n)
+                return data
         parts: list[bytes] = []
         got = 0
         while got < n:
@@ -192,6 +199,13 @@ class YamuxStream:
             # Another task's write on this stream is parked on the window or the socket:
             # wait for it so that the two messages are not interleaved.
             await self._wait_turn()
+        elif type(data) is bytes and len(data) <= WRITE_CHUNK and not self._conn.write_paused:
+            # Fast path (no other writer, no backpressure): the whole message usually fits
+            # the window and is queued at once, without the chunking coroutine.
+            sent = self._conn.send(self._id, data)
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
         self._writing = True
         try:
             await self._write(data)

@@ -582,16 +582,20 @@ class NoiseTransport:
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """Frame and encrypt ``data``; returns the bytes to write (``b""`` for no data)."""
-        n = len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
+        t = type(data)
+        n = len(data) if t is bytes or t is bytearray else memoryview(data).nbytes
         if n == 0:
             return b""
+        if n <= SMALL_FRAME:
+            nonce = self._send_n
+            if nonce + 1 >= MAX_NONCE:
+                raise NoiseError("send nonce exhausted; the connection must be closed")
+            self._send_n = nonce + 1
+            return _length.pack(n + TAG_LENGTH) + self._enc(_nonce(nonce), data, None)
         frames = (n + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
         nonce = self._send_n
         if nonce + frames >= MAX_NONCE:
             raise NoiseError("send nonce exhausted; the connection must be closed")
-        if n <= SMALL_FRAME:
-            self._send_n = nonce + 1
-            return _length.pack(n + TAG_LENGTH) + self._enc(_nonce(nonce), data, None)
         total = n + frames * (2 + TAG_LENGTH)
         if total <= SCRATCH_LIMIT:
             out = self._out_scratch
@@ -627,6 +631,20 @@ class NoiseTransport:
         if self._broken:
             raise NoiseError("noise transport failed earlier")
         try:
+            # Fast path: the input is exactly one whole frame and nothing is held over (a
+            # small message, or a read that met a frame boundary): decrypt it in place.
+            if (
+                not self._partial
+                and (type(data) is not memoryview or (data.format == "B" and data.ndim == 1))
+                and len(data) >= 2 + TAG_LENGTH
+                and ((data[0] << 8) | data[1]) + 2 == len(data)
+            ):
+                nonce = self._recv_n
+                if nonce + 1 >= MAX_NONCE:
+                    raise NoiseError("receive nonce exhausted; the connection must be closed")
+                result = self._dec(_nonce(nonce), data[2:], None)
+                self._recv_n = nonce + 1
+                return result
             return self._decrypt(data)
         except InvalidTag:
             reason = "noise frame failed authentication"
