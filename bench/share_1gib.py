@@ -383,6 +383,8 @@ class Driver:
             return argv
         argv = [str(NODE), str(HELIA_SCRIPT), "leech", "--js-dir", str(JS_DIR),
                 "--cid", seeders[0]["cid"], "--out", str(out), "--expect-sha256", self.ws.sha256]
+        if self.args.helia_concurrency > 0:
+            argv += ["--block-read-concurrency", str(self.args.helia_concurrency)]
         for s in seeders:
             argv += ["--peer", s["addr"]]
         return argv
@@ -393,6 +395,8 @@ class Driver:
             cell.skipped = "helia has no upload rate limit"
             return cell
         runs = self.args.capped_runs if sc.cap else self.args.runs
+        if impl == "helia" and self.args.helia_runs > 0:
+            runs = self.args.helia_runs
         status(f"{impl} {sc.name}: starting {sc.seeders} seeder(s)")
         seeders: list[Seeder] = []
         try:
@@ -505,7 +509,9 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
         + ("bench-side token bucket on seeder block reads (no rate-limit knob in peerstack)"
            if args.ps_cap == "emulate" else "not run"),
         f"libtorrent: TCP only, torrent {ws.torrent_info}; capped: upload_rate_limit",
-        "helia: light helia, TCP + Noise + Yamux, in-memory blockstores",
+        "helia: light helia, TCP + Noise + Yamux, in-memory blockstores, cat blockReadConcurrency "
+        + (str(args.helia_concurrency) if args.helia_concurrency > 0 else "default")
+        + (f", {args.helia_runs} run(s)" if args.helia_runs > 0 else ""),
         "on disk, before the sha256 check: " + "; ".join(
             f"{sc.name}: " + ", ".join(
                 f"{i} {fmt(median(cells[(i, sc.name)].mbps_on_disk))}" for i in impls
@@ -591,6 +597,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x],
                         default=list(IMPLS), help="comma list of " + ",".join(IMPLS))
     parser.add_argument("--ps-cap", choices=("emulate", "skip"), default="emulate")
+    parser.add_argument("--helia-runs", type=int, default=0,
+                        help="runs for helia (tens of MB/s: a 1 GiB run takes minutes); 0 = --runs")
+    parser.add_argument("--helia-concurrency", type=int, default=32,
+                        help="helia cat's blockReadConcurrency; 0 = helia's default (unbounded, "
+                        "which stalls on 1 GiB: the seeder answers all 1024 wants at once)")
     parser.add_argument("--torrent-format", choices=("v1", "hybrid", "v2"), default="v1")
     parser.add_argument("--workdir", default="/tmp/peerstack-share-bench")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")

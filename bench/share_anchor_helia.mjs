@@ -8,7 +8,7 @@
 //        -> one JSON line {"addr": "/ip4/127.0.0.1/tcp/P/p2p/...", "cid": "..."} once the file
 //           is imported; serves until stdin closes
 //   node share_anchor_helia.mjs leech --js-dir DIR --cid CID --out FILE --peer ADDR [--peer ...]
-//                                    --expect-sha256 HEX
+//                                    --expect-sha256 HEX [--block-read-concurrency N]
 //        -> one JSON line with the timings
 //
 // Each peer is a light helia (createHeliaLight + withLibp2pLight + withBitswap) on a libp2p with
@@ -18,6 +18,11 @@
 // blockstore-fs is not in that install), so the leecher's only disk write is the output file.
 // The file is imported with @helia/unixfs defaults (CIDv1, raw leaves, 1 MiB chunks, balanced
 // 1024), the profile peerstack uses by default, so both produce the same CID.
+//
+// `cat` reads blocks with helia's default blockReadConcurrency (unbounded) unless
+// --block-read-concurrency is given. Unbounded stalls on a 1 GiB file here: the leecher wants all
+// 1024 leaves at once, the seeder answers them as one batch, and the transfer stops with the
+// stream aborted, nothing written; the driver passes 32.
 //
 // Time in the leecher starts just before dialling the seeders and stops when the file written by
 // `unixfs.cat` is closed and its sha256 equals the source's (bitswap checks every block's hash).
@@ -38,7 +43,8 @@ const { values: args, positionals } = parseArgs({
     out: { type: 'string' },
     peer: { type: 'string', multiple: true, default: [] },
     'expect-sha256': { type: 'string', default: '' },
-    timeout: { type: 'string', default: '900' }
+    timeout: { type: 'string', default: '900' },
+    'block-read-concurrency': { type: 'string' }
   }
 })
 const role = positionals[0]
@@ -109,7 +115,9 @@ async function leech () {
   await Promise.all(args.peer.map(a => helia.libp2p.dial(multiaddr(a), { signal })))
   const out = createWriteStream(args.out)
   let bytes = 0
-  for await (const chunk of fs.cat(cid, { signal })) {
+  const catOptions = { signal }
+  if (args['block-read-concurrency'] != null) catOptions.blockReadConcurrency = Number(args['block-read-concurrency'])
+  for await (const chunk of fs.cat(cid, catOptions)) {
     bytes += chunk.byteLength
     if (!out.write(chunk)) await once(out, 'drain')
   }
