@@ -44,6 +44,7 @@ from bench.common import (
     MB,
     MIB,
     PYTHON,
+    CpuMeter,
     ServerProcess,
     ensure_interop,
     fmt,
@@ -53,6 +54,7 @@ from bench.common import (
     loop_name,
     median,
     print_table,
+    proc_cpu_seconds,
     run,
     status,
     wait_stdin_closed,
@@ -64,6 +66,8 @@ _ZEROS = bytes(CHUNK)
 KEY_A = b"a" * 32
 KEY_B = b"b" * 32
 NOISE_SLICE = 15 * MAX_PLAINTEXT
+# Bytes each way of the untimed exchange before the runs of a libp2p stack.
+WARMUP = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,14 @@ class Run:
     download: int
     upload_seconds: float
     download_seconds: float
+    #: CPU seconds (user + system) the client and the server process used during the run.
+    cpu_seconds: float = math.nan
+
+    @property
+    def cpu_per_gb(self) -> float:
+        """CPU seconds both processes spent per 10^9 bytes moved (immune to machine load)."""
+        moved = self.upload + self.download
+        return self.cpu_seconds / (moved / 1e9) if moved else math.nan
 
     @property
     def seconds(self) -> float:
@@ -213,26 +225,29 @@ async def serve_tcp(noise: bool) -> None:
     server.close()
 
 
-async def tcp_client(addr: str, size: int, runs: int, noise: bool) -> list[Run]:
+async def tcp_client(addr: str, size: int, runs: int, noise: bool, server_pid: int) -> list[Run]:
     port = int(addr.rsplit("/", 1)[1])
     loop = asyncio.get_running_loop()
     keys = (KEY_A, KEY_B) if noise else None
+    cpu = CpuMeter(server_pid)
     out: list[Run] = []
     for _ in range(runs):
         transport, proto = await loop.create_connection(
             lambda: _TcpPerfClient(keys), "127.0.0.1", port
         )
+        cpu.start()
         start = time.perf_counter()
         proto.send(struct.pack(">Q", size))
         await proto.send_zeros(size)
         transport.write_eof()
         await proto.eof.wait()
         end = time.perf_counter()
+        cpu.stop()
         transport.close()
         if proto.received != size:
             raise RuntimeError(f"anchor perf: got {proto.received} of {size} bytes")
         first = proto.first if proto.first is not None else end
-        out.append(Run(size, size, first - start, end - first))
+        out.append(Run(size, size, first - start, end - first, cpu.own + cpu.child))
     return out
 
 
@@ -246,13 +261,25 @@ async def serve_peerstack() -> None:
         await wait_stdin_closed()
 
 
-async def peerstack_client(addr: str, size: int, runs: int) -> list[Run]:
+async def peerstack_client(addr: str, size: int, runs: int, server_pid: int) -> list[Run]:
+    cpu = CpuMeter(server_pid)
     out: list[Run] = []
     async with BasicHost(PrivateKey.generate()) as host:
         peer = await host.dial(addr)
+        await perf.perf(host, peer, WARMUP, WARMUP)  # windows grow, code paths warm
         for _ in range(runs):
+            cpu.start()
             r = await perf.perf(host, peer, size, size)
-            out.append(Run(r.upload_bytes, r.download_bytes, r.upload_seconds, r.download_seconds))
+            cpu.stop()
+            out.append(
+                Run(
+                    r.upload_bytes,
+                    r.download_bytes,
+                    r.upload_seconds,
+                    r.download_seconds,
+                    cpu.own + cpu.child,
+                )
+            )
     return out
 
 
@@ -270,17 +297,25 @@ async def interop_runs(kind_name: str, size: int, runs: int, wait: float) -> lis
         client = await harness.start_peer(kind)
         try:
             await client.command("dial", addr=server.addr)
+            # Warm up (the JIT of js, our windows) like the peerstack run does.
+            await client.command(
+                "perf", wait=wait, addr=server.addr, upload=WARMUP, download=WARMUP
+            )
+            pids = (int(client.proc.pid), int(server.proc.pid))
             out: list[Run] = []
             for _ in range(runs):
+                cpu0 = sum(proc_cpu_seconds(pid) for pid in pids)
                 r: dict[str, Any] = await client.command(
                     "perf", wait=wait, addr=server.addr, upload=size, download=size
                 )
+                cpu = sum(proc_cpu_seconds(pid) for pid in pids) - cpu0
                 out.append(
                     Run(
                         int(r["upload_bytes"]),
                         int(r["download_bytes"]),
                         float(r["upload_seconds"]),
                         float(r["download_seconds"]),
+                        cpu,
                     )
                 )
             return out
@@ -293,9 +328,9 @@ async def interop_runs(kind_name: str, size: int, runs: int, wait: float) -> lis
 # -- orchestration -----------------------------------------------------------------------------
 
 
-def with_server(kind: str, client: Callable[[str], list[Run]]) -> list[Run]:
+def with_server(kind: str, client: Callable[[str, int], list[Run]]) -> list[Run]:
     with ServerProcess([PYTHON, __file__, "--serve", kind]) as server:
-        return client(server.ready)
+        return client(server.ready, server.proc.pid)
 
 
 def noise_anchor(size: int, runs: int) -> list[Run]:
@@ -357,14 +392,17 @@ def main() -> None:
             skipped[name] = f"failed: {exc}"
             status(f"{name} failed: {exc}")
 
-    attempt("tcp", lambda: with_server("tcp", lambda a: run(tcp_client(a, size, runs, False))))
     attempt(
-        "noiseperf", lambda: with_server("noise", lambda a: run(tcp_client(a, size, runs, True)))
+        "tcp", lambda: with_server("tcp", lambda a, p: run(tcp_client(a, size, runs, False, p)))
+    )
+    attempt(
+        "noiseperf",
+        lambda: with_server("noise", lambda a, p: run(tcp_client(a, size, runs, True, p))),
     )
     attempt("noise", lambda: noise_anchor(size, runs))
     attempt(
         "peerstack",
-        lambda: with_server("peerstack", lambda a: run(peerstack_client(a, size, runs))),
+        lambda: with_server("peerstack", lambda a, p: run(peerstack_client(a, size, runs, p))),
     )
     harness, why = load_interop_harness()
     for name, kind_name, n in (("js", "JS", js_size), ("py", "PY", py_size)):
@@ -388,17 +426,19 @@ def main() -> None:
         "py": "py-libp2p -> py-libp2p",
     }
     med: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     rows = []
     for name, label in labels.items():
         rs = results.get(name)
         if rs is None:
-            rows.append([label, "-", "-", "-", "-", "-", skipped.get(name, "not run")])
-            med[name] = math.nan
+            rows.append([label, "-", "-", "-", "-", "-", "-", skipped.get(name, "not run")])
+            med[name] = cpu[name] = math.nan
             continue
         totals = [r.total_mbps for r in rs]
         if name == "noise":  # upload only: its one figure is the upload throughput
             totals = [r.upload_mbps for r in rs]
         med[name] = median(totals)
+        cpu[name] = median([r.cpu_per_gb for r in rs])
         rows.append(
             [
                 label,
@@ -406,6 +446,7 @@ def main() -> None:
                 fmt(median([r.upload_mbps for r in rs])),
                 fmt(median([r.download_mbps for r in rs])),
                 fmt(med[name]),
+                fmt(cpu[name], 2),
                 " ".join(fmt(t, 0) for t in totals),
                 "",
             ]
@@ -413,8 +454,21 @@ def main() -> None:
     print_table(
         f"perf /perf/1.0.0, one stream, two processes, loopback, {loop_name()}, "
         f"median of {runs} (MB/s = 10^6 bytes/s)",
-        ["stack", "each way", "upload MB/s", "download MB/s", "total MB/s", "runs", "note"],
+        [
+            "stack",
+            "each way",
+            "upload MB/s",
+            "download MB/s",
+            "total MB/s",
+            "CPU s/GB",
+            "runs",
+            "note",
+        ],
         rows,
+        notes=[
+            "CPU s/GB: user + system CPU of both processes per 10^9 bytes moved (median); it does "
+            "not depend on how busy the machine is, MB/s does."
+        ],
     )
     ps = med["peerstack"]
     print_table(
@@ -423,6 +477,12 @@ def main() -> None:
         [
             ["peerstack / py-libp2p", fmt_ratio(ps, med["py"], goal=10)],
             ["peerstack / js-libp2p", fmt_ratio(ps, med["js"], goal=2)],
+            ["CPU per byte: py-libp2p / peerstack", fmt_ratio(cpu["py"], cpu["peerstack"])],
+            ["CPU per byte: js-libp2p / peerstack", fmt_ratio(cpu["js"], cpu["peerstack"])],
+            [
+                "CPU per byte: peerstack / Noise frames only",
+                fmt_ratio(cpu["peerstack"], cpu["noiseperf"]),
+            ],
             [
                 "peerstack absolute (total)",
                 f"{fmt(ps / 1000, 2)} GB/s (goal >= 1.2 GB/s: {goal_mark(ps, 1200)})",
