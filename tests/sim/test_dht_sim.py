@@ -481,3 +481,18 @@ def test_publish_and_resolve_names() -> None:
             await dhts[3].resolve_name(dhts[4].host.peer_id)
 
     sim(main)
+
+
+def test_stop_right_after_a_lookup_with_requests_still_out() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 30, rpc_timeout=3.0)
+        for d in dhts[10:25]:
+            net.kill(d.host.peer_id)
+        asker = dhts[0]
+        await asker.get_closest_peers(b"anything")
+        await asyncio.sleep(net.dial_timeout + 0.5)  # some late requests fail, some are out
+        await asker.stop()
+        assert not asker._tasks
+        await asker.stop()  # idempotent
+
+    sim(main)
