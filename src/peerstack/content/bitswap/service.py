@@ -507,21 +507,29 @@ class Bitswap:
                 if cid in self._recent:
                     continue  # a duplicate that crossed our cancel
                 raise UnexpectedBlock(f"{peer} sent {cid}, which nobody asked for")
-            try:
-                await self.store.put(cid, data, verify=False)  # verified just above
-            except PeerError as exc:  # hashes right but is malformed dag-pb
-                for session in wanting:
-                    session.fail(exc)
-                raise
-            except BlockstoreError as exc:  # our disk, not the peer's fault (e.g. full)
-                for session in wanting:
-                    session.fail(exc)
-                continue
-            self._remember(cid)
+            # Stored and delivered together or not at all: when the peer's connection dies,
+            # this task is cancelled, and a cancel between the two left the block on disk while
+            # the fetch never heard of it (and reported it missing).
+            await asyncio.shield(self._store_block(peer, cid, data, wanting))
+
+    async def _store_block(
+        self, peer: PeerId, cid: CID, data: bytes, wanting: list[FetchSession]
+    ) -> None:
+        try:
+            await self.store.put(cid, data, verify=False)  # verified by the caller
+        except PeerError as exc:  # hashes right but is malformed dag-pb
             for session in wanting:
-                session.deliver(peer, cid, data)
-            if self.engine.block_added(cid):
-                self._work.set()
+                session.fail(exc)
+            raise
+        except BlockstoreError as exc:  # our disk, not the peer's fault (e.g. full)
+            for session in wanting:
+                session.fail(exc)
+            return
+        self._remember(cid)
+        for session in wanting:
+            session.deliver(peer, cid, data)
+        if self.engine.block_added(cid):
+            self._work.set()
 
     def _remember(self, cid: CID) -> None:
         self._recent[cid] = None
@@ -612,6 +620,10 @@ class Bitswap:
         return session
 
     async def _end_session(self, session: FetchSession) -> None:
+        # Remember what it still wants before the first await: a block already on its way
+        # may land while the session closes, and must count as a late answer, not an offence.
+        for cid in list(session.core.wants):
+            self._remember(cid)
         self.sessions.discard(session)
         for cid in [*await session.close(), *session.sizes]:
             self._remember(cid)
