@@ -78,3 +78,20 @@ async def test_read_some_reports_eof() -> None:
         assert await server.read_some() == b""
     finally:
         await listener.close()
+
+
+async def test_addresses_are_built_once() -> None:
+    accepted: list[tcp.TcpConnection] = []
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.append)
+    try:
+        conn = await tcp.dial(listener.multiaddrs[0])
+        remote = conn.remote_addr
+        assert remote == listener.multiaddrs[0]
+        assert conn.remote_addr is remote
+        assert conn.local_addr is conn.local_addr
+        assert conn.local_addr is not None
+        assert conn.remote_ip == "127.0.0.1"
+        conn.close()
+        await conn.wait_closed()
+    finally:
+        await listener.close()

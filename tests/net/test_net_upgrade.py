@@ -352,3 +352,87 @@ async def test_dial_errors_name_their_reason() -> None:
         for filler in fillers:
             filler.close()
         sock.close()
+
+
+async def _upgrade_pair(
+    dial_opts: UpgradeOptions, listen_opts: UpgradeOptions
+) -> tuple[Connection, Connection]:
+    """Upgrade one loopback TCP connection with ``upgrade`` on both ends."""
+    dial_key, listen_key = PrivateKey.generate(), PrivateKey.generate()
+    inbound: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+
+    async def accept(raw: tcp.TcpConnection) -> None:
+        try:
+            inbound.set_result(await upgrade(raw, listen_key, outbound=False, options=listen_opts))
+        except PeerstackError as exc:
+            inbound.set_exception(exc)
+
+    tasks: list[asyncio.Task[None]] = []
+    listener = await tcp.listen(
+        Multiaddr("/ip4/127.0.0.1/tcp/0"),
+        lambda raw: tasks.append(asyncio.create_task(accept(raw))),
+    )
+    try:
+        raw = await tcp.dial(listener.multiaddrs[0])
+        expected = PeerId.from_public_key(listen_key.public_key)
+        out = await upgrade(raw, dial_key, outbound=True, expected_peer=expected, options=dial_opts)
+        return out, await inbound
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize("early", [True, False])
+async def test_pipelined_security_selection_upgrades(early: bool) -> None:
+    """The dialler's Noise message 1 behind its /noise proposal: the listener keeps it."""
+    dial_opts = UpgradeOptions(pipeline_security=True, early_muxer_negotiation=early)
+    listen_opts = UpgradeOptions(early_muxer_negotiation=early)
+    out, inb = await _upgrade_pair(dial_opts, listen_opts)
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    inb.on_stream = lambda s: asyncio.ensure_future(s.readexactly(5)).add_done_callback(
+        lambda f: got.set_result(f.result())
+    )
+    out.on_stream = lambda s: None
+    out.start()
+    inb.start()
+    stream = out.open_stream()
+    await stream.write(b"hello")
+    assert await asyncio.wait_for(got, 10) == b"hello"
+    await out.close()
+    await inb.close()
+
+
+async def test_noise_credentials_are_made_once_per_options() -> None:
+    opts = UpgradeOptions()
+    key = PrivateKey.generate()
+    first = opts.noise_credentials(key, [yamux.PROTOCOL_ID])
+    assert opts.noise_credentials(key, [yamux.PROTOCOL_ID]) is first
+    # another muxer list or identity gets its own
+    assert opts.noise_credentials(key, []) is not first
+    other = PrivateKey.generate()
+    assert opts.noise_credentials(other, []).identity is other
+    # a handshake refuses credentials of another identity or muxer list
+    with pytest.raises(PeerstackError):
+        noise.NoiseHandshake(key, initiator=True, muxers=[], credentials=first)
+    with pytest.raises(PeerstackError):
+        noise.NoiseHandshake(other, initiator=True, muxers=[yamux.PROTOCOL_ID], credentials=first)
+    # two connections upgraded with the same options share the static key, and both work
+    a, b = await _upgrade_pair(opts, UpgradeOptions())
+    c, d = await _upgrade_pair(opts, UpgradeOptions())
+    for conn in (a, b, c, d):
+        await conn.close()
+
+
+async def test_start_sends_one_rtt_probe() -> None:
+    out, inb = await _upgrade_pair(UpgradeOptions(), UpgradeOptions())
+    out.on_stream = inb.on_stream = lambda s: None
+    out.start()
+    queued = out.session.data_to_send()  # what start() queued for its flush
+    pings = [
+        queued[i : i + yamux.HEADER_SIZE]
+        for i in range(0, len(queued), yamux.HEADER_SIZE)
+        if queued[i + 1] == yamux.TYPE_PING
+    ]
+    assert len(queued) == len(pings) * yamux.HEADER_SIZE
+    assert len(pings) == 1
+    await out.close()
+    await inb.close()

@@ -109,9 +109,9 @@ class Connection:
         self._leftover = (b"", b"")
         pending = self._tcp.attach(self._data_received, self._connection_lost)
         now = self._loop.time()
-        self._session.tick(now)  # starts the keepalive clock
-        # Measure the RTT at once: window auto-tuning needs it to grow past 256 KiB.
-        self._session.ping(now)
+        # Starts the keepalive clock; with rtt_interval on, this sends the first RTT probe at
+        # once (window auto-tuning needs the RTT to grow past 256 KiB).
+        self._session.tick(now)
         self._schedule_flush()
         if leftover_plaintext:
             self._plaintext_received(leftover_plaintext)

@@ -41,6 +41,8 @@ PRIVATE_READ_BUFFER_SIZE = 64 * 1024
 def new_read_buffer(size: int = READ_BUFFER_SIZE) -> memoryview:
     """A read buffer to share among the connections of one event loop."""
     return memoryview(bytearray(size))
+
+
 #: Bytes held for read_some() in handshake mode before we stop reading from the socket.
 MAX_HANDSHAKE_BUFFER = 256 * 1024
 #: Transport write buffer marks: writers wait above HIGH until the kernel drains below LOW.
@@ -160,6 +162,8 @@ class TcpConnection(asyncio.BufferedProtocol):
         # connections never need them, and thousands of idle ones should stay small).
         self._peername: tuple[object, ...] | None = None
         self._sockname: tuple[object, ...] | None = None
+        self._remote_ma: Multiaddr | None = None
+        self._local_ma: Multiaddr | None = None
 
     # -- asyncio protocol callbacks --------------------------------------------------------
 
@@ -180,11 +184,19 @@ class TcpConnection(asyncio.BufferedProtocol):
 
     @property
     def remote_addr(self) -> Multiaddr | None:
-        return sockaddr_to_multiaddr(self._peername)
+        # Built on first use and kept: the host asks several times per connection (limits,
+        # peerstore, identify) and parsing a multiaddr is the costly part of the question.
+        addr = self._remote_ma
+        if addr is None and self._peername is not None:
+            addr = self._remote_ma = sockaddr_to_multiaddr(self._peername)
+        return addr
 
     @property
     def local_addr(self) -> Multiaddr | None:
-        return sockaddr_to_multiaddr(self._sockname)
+        addr = self._local_ma
+        if addr is None and self._sockname is not None:
+            addr = self._local_ma = sockaddr_to_multiaddr(self._sockname)
+        return addr
 
     @property
     def remote_ip(self) -> str | None:

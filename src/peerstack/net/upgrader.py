@@ -44,6 +44,26 @@ class UpgradeOptions:
     yamux_config: yamux.YamuxConfig = field(default_factory=yamux.YamuxConfig)
     max_inbound_streams: int = 256
     max_outbound_streams: int = 1024
+    #: The dialler sends Noise message 1 right behind its ``/noise`` proposal instead of
+    #: waiting for the echo (one round trip less per dial; rust-libp2p's "V1Lazy"). ``/noise``
+    #: is the only security protocol we offer, so a peer without it fails the dial either
+    #: way, but it may then fail as a closed connection (the peer chokes on the Noise bytes
+    #: after its ``na``) rather than as a ``NegotiationError``: off by default for that.
+    pipeline_security: bool = False
+    #: The Noise static key and signed payload of the last identity used with these options
+    #: (one per host): made once, not per connection.
+    _credentials: list[noise.NoiseCredentials] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+
+    def noise_credentials(self, identity: PrivateKey, muxers: list[str]) -> noise.NoiseCredentials:
+        """The cached credentials for ``identity`` and ``muxers`` (made on first use)."""
+        cached = self._credentials
+        if cached and cached[0].identity is identity and cached[0].muxers == tuple(muxers):
+            return cached[0]
+        creds = noise.NoiseCredentials(identity, muxers)
+        cached[:] = [creds]
+        return creds
 
 
 async def _read(tcp: TcpConnection, stage: str) -> bytes:
@@ -53,14 +73,17 @@ async def _read(tcp: TcpConnection, stage: str) -> bytes:
     return data
 
 
-async def _select_security(tcp: TcpConnection, outbound: bool) -> bytes:
-    """multistream-select ``/noise`` in the clear; returns bytes that follow the agreement."""
+async def _select_security(tcp: TcpConnection, outbound: bool, pipelined: bytes = b"") -> bytes:
+    """multistream-select ``/noise`` in the clear; returns bytes that follow the agreement.
+
+    ``pipelined`` (dialler only) is written right behind the proposal, in the same segment.
+    """
     ms: multistream.Initiator | multistream.Responder
     if outbound:
         ms = multistream.Initiator([SECURITY_PROTOCOL])
     else:
         ms = multistream.Responder([SECURITY_PROTOCOL])
-    tcp.write(ms.data_to_send())
+    tcp.write(ms.data_to_send() + pipelined)
     while not ms.done:
         ms.receive_data(await _read(tcp, "security negotiation"))
         out = ms.data_to_send()
@@ -69,19 +92,35 @@ async def _select_security(tcp: TcpConnection, outbound: bool) -> bytes:
     return ms.unused_data()
 
 
+async def _select_security_responder(tcp: TcpConnection) -> tuple[bytes, bytes]:
+    """The listener's side of ``/noise`` selection: (bytes after the agreement, our echo).
+
+    The echo is returned unwritten so that it leaves together with Noise message 2: one
+    segment, one wake-up of the dialler instead of two.
+    """
+    ms = multistream.Responder([SECURITY_PROTOCOL])
+    tcp.write(ms.data_to_send())  # our header at once: some dialers wait for it
+    while True:
+        ms.receive_data(await _read(tcp, "security negotiation"))
+        out = ms.data_to_send()
+        if ms.done:
+            return ms.unused_data(), out
+        if out:
+            tcp.write(out)
+
+
 async def _noise_handshake(
     tcp: TcpConnection,
-    identity: PrivateKey,
+    hs: noise.NoiseHandshake,
     *,
-    outbound: bool,
     expected: PeerId | None,
-    muxers: list[str],
     leftover: bytes,
+    unsent: bytes = b"",
 ) -> noise.NoiseHandshake:
-    hs = noise.NoiseHandshake(identity, initiator=outbound, remote_peer=expected, muxers=muxers)
+    """Run the handshake; ``unsent`` goes out in front of our first message."""
     if leftover:
         hs.receive_data(leftover)
-    out = hs.data_to_send()
+    out = unsent + hs.data_to_send()
     if out:
         tcp.write(out)
     while not hs.complete:
@@ -137,15 +176,23 @@ async def upgrade(
     try:
         try:
             async with asyncio.timeout(opts.handshake_timeout):
-                rest = await _select_security(tcp, outbound)
                 muxers = [MUXER_PROTOCOL] if opts.early_muxer_negotiation else []
-                hs = await _noise_handshake(
-                    tcp,
+                hs = noise.NoiseHandshake(
                     identity,
-                    outbound=outbound,
-                    expected=expected_peer,
+                    initiator=outbound,
+                    remote_peer=expected_peer,
                     muxers=muxers,
-                    leftover=rest,
+                    credentials=opts.noise_credentials(identity, muxers),
+                )
+                # Noise message 1 rides behind the proposal (see pipeline_security).
+                unsent = b""
+                if outbound:
+                    first = hs.data_to_send() if opts.pipeline_security else b""
+                    rest = await _select_security(tcp, outbound, first)
+                else:
+                    rest, unsent = await _select_security_responder(tcp)
+                hs = await _noise_handshake(
+                    tcp, hs, expected=expected_peer, leftover=rest, unsent=unsent
                 )
                 transport = hs.transport()
                 ciphertext = hs.unused_data()

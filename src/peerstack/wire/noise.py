@@ -376,6 +376,41 @@ class HandshakePayload:
 # --- the libp2p handshake --------------------------------------------------------------------
 
 
+class NoiseCredentials:
+    """A Noise static key bound to a libp2p identity: the signed handshake payload, ready.
+
+    Building it costs an X25519 key generation and an Ed25519 signature; a host that keeps one
+    and passes it to every ``NoiseHandshake`` pays that once instead of per connection (as
+    rust- and js-libp2p do: one static key per transport). Forward secrecy does not rest on
+    the static key: every handshake mixes in fresh ephemeral keys (``ee``).
+    """
+
+    __slots__ = ("identity", "muxers", "payload", "static_key")
+
+    def __init__(
+        self,
+        identity: PrivateKey,
+        muxers: Sequence[str] = (),
+        static_key: X25519PrivateKey | None = None,
+    ) -> None:
+        if isinstance(muxers, str):
+            raise UsageError("muxers must be a sequence of protocol ids, not one string")
+        if len(muxers) > MAX_MUXERS:
+            raise UsageError(f"at most {MAX_MUXERS} muxers can be announced")
+        self.identity = identity
+        self.muxers = tuple(muxers)
+        self.static_key = static_key if static_key is not None else X25519PrivateKey.generate()
+        static_pub = _x25519_public_bytes(self.static_key)
+        self.payload = encode_payload(
+            identity.public_key.to_protobuf(),
+            identity.sign(SIGNATURE_PREFIX + static_pub),
+            list(self.muxers),
+        )
+        # Message 2 (the larger one that carries a payload) must fit in one Noise message.
+        if 2 * DH_LENGTH + 2 * TAG_LENGTH + len(self.payload) > MAX_MESSAGE:
+            raise UsageError("handshake payload too large for one Noise message")
+
+
 class NoiseHandshake:
     """One side of a libp2p Noise XX handshake, fed with bytes from the peer.
 
@@ -392,24 +427,18 @@ class NoiseHandshake:
         remote_peer: PeerId | None = None,
         muxers: Sequence[str] = (),
         static_key: X25519PrivateKey | None = None,
+        credentials: NoiseCredentials | None = None,
     ) -> None:
-        if isinstance(muxers, str):
-            raise UsageError("muxers must be a sequence of protocol ids, not one string")
-        if len(muxers) > MAX_MUXERS:
-            raise UsageError(f"at most {MAX_MUXERS} muxers can be announced")
-        static_key = static_key if static_key is not None else X25519PrivateKey.generate()
+        if credentials is None:
+            credentials = NoiseCredentials(identity, muxers, static_key)
+        elif credentials.identity is not identity or credentials.muxers != tuple(muxers):
+            raise UsageError("credentials were made for another identity or muxer list")
+        elif static_key is not None:
+            raise UsageError("pass either static_key or credentials, not both")
         self._initiator = initiator
         self._expected = remote_peer
-        self._hs = XXHandshakeState(initiator=initiator, static_key=static_key)
-        static_pub = _x25519_public_bytes(static_key)
-        self._payload = encode_payload(
-            identity.public_key.to_protobuf(),
-            identity.sign(SIGNATURE_PREFIX + static_pub),
-            list(muxers),
-        )
-        # Message 2 (the larger one that carries a payload) must fit in one Noise message.
-        if 2 * DH_LENGTH + 2 * TAG_LENGTH + len(self._payload) > MAX_MESSAGE:
-            raise UsageError("handshake payload too large for one Noise message")
+        self._hs = XXHandshakeState(initiator=initiator, static_key=credentials.static_key)
+        self._payload = credentials.payload
         self._out: list[bytes] = []
         self._buf = bytearray()
         self._unused = b""
