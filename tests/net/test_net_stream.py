@@ -149,3 +149,33 @@ async def test_small_writes_direct_and_coalesced_arrive_in_order(make_host: Make
         await s.close()
     for tag in range(3):
         assert await asyncio.wait_for(done[tag], 10) == b"".join(expected[tag])
+
+
+async def test_idle_connection_gives_back_noise_scratch(
+    make_host: MakeHost, eventually: Callable[..., Awaitable[None]]
+) -> None:
+    """After a bulk transfer, once no stream is left, neither end holds Noise scratch."""
+    a = await make_host()
+    b = await make_host()
+    payload = os.urandom(3 << 20)
+
+    async def sink(stream: Stream) -> None:
+        got = 0
+        while piece := await stream.read():
+            got += len(piece)
+        await stream.write(got.to_bytes(8, "big"))
+
+    b.set_stream_handler("/sink", sink)
+    peer = await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}")
+    stream = await a.new_stream(peer, ["/sink"])
+    conn = stream.connection
+    await stream.write(payload)
+    assert conn._noise.scratch_size > 0  # the bulk write used it
+    await stream.close()
+    assert int.from_bytes(await stream.readexactly(8), "big") == len(payload)
+    assert await stream.read() == b""
+    other = b.connection(a.peer_id)
+    assert other is not None
+    await eventually(lambda: conn.num_streams == 0 and other.num_streams == 0)
+    assert conn._noise.scratch_size == 0
+    assert other._noise.scratch_size == 0

@@ -595,3 +595,20 @@ def test_tampered_single_frame_breaks_the_transport() -> None:
     wire += b"resizable"  # no view on the caller's buffer survives the error
     with pytest.raises(NoiseError):
         b.decrypt(a.encrypt(b"next"))
+
+
+def test_release_scratch_after_bulk() -> None:
+    a, b = transports()
+    bulk = os.urandom(8 * MAX_PLAINTEXT)
+    wire = a.encrypt(bulk)
+    assert b.decrypt(wire) == bulk
+    assert a.scratch_size > 0
+    assert b.scratch_size > 0
+    a.release_scratch()
+    b.release_scratch()
+    assert a.scratch_size == 0
+    assert b.scratch_size == 0
+    # the transports go on working, growing the scratch again for the next burst
+    wire = a.encrypt(bulk)
+    assert b.decrypt(wire) == bulk
+    assert b.decrypt(a.encrypt(b"small")) == b"small"

@@ -55,6 +55,38 @@ _SendWindowUpdated = yamux.SendWindowUpdated
 class Connection:
     """One upgraded connection to a peer."""
 
+    # Slots: a node holds thousands of idle connections, and a __dict__ per object costs more
+    # than the slots themselves.
+    __slots__ = (
+        "_close_waiters",
+        "_closed",
+        "_flush_handle",
+        "_idle_since",
+        "_leftover",
+        "_loop",
+        "_n_inbound",
+        "_n_outbound",
+        "_noise",
+        "_on_closed",
+        "_outbound",
+        "_queued",
+        "_remote_peer",
+        "_session",
+        "_started",
+        "_streams",
+        "_tcp",
+        "_timer",
+        "bytes_received",
+        "bytes_sent",
+        "error",
+        "max_inbound_streams",
+        "max_outbound_streams",
+        "on_rtt",
+        "on_stream",
+        "opened_at",
+        "remote_public_key",
+    )
+
     def __init__(
         self,
         tcp: TcpConnection,
@@ -283,6 +315,8 @@ class Connection:
             self._n_inbound -= 1
         if not self._streams:
             self._idle_since = self._loop.time()
+            # No stream left, so no bulk transfer for now: give back Noise's scratch.
+            self._noise.release_scratch()
 
     async def wait_writable(self) -> None:
         """Wait while the TCP transport's buffer is over its high-water mark."""
@@ -424,6 +458,9 @@ class Connection:
         self._timer = None
         if self._closed:
             return
+        # At most one scratch allocation per timer period (tens of seconds) for a busy
+        # connection; a connection gone quiet with a stream still open sheds it here.
+        self._noise.release_scratch()
         events = self._session.tick(self._loop.time())
         for ev in events:
             self._other_event(ev)

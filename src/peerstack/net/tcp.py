@@ -138,6 +138,27 @@ def expand_unspecified(
 class TcpConnection(asyncio.BufferedProtocol):
     """One TCP connection: handshake-mode reads, then a synchronous receiver; paced writes."""
 
+    # Slots, not a __dict__: thousands of idle connections per node.
+    __slots__ = (
+        "_closed",
+        "_drain_waiters",
+        "_eof",
+        "_local_ma",
+        "_lost_exc",
+        "_on_lost",
+        "_on_made",
+        "_peername",
+        "_pending",
+        "_read_waiter",
+        "_reading_paused",
+        "_receiver",
+        "_remote_ma",
+        "_sockname",
+        "_view",
+        "_write_paused",
+        "transport",
+    )
+
     def __init__(
         self,
         on_made: Callable[[TcpConnection], None] | None = None,

@@ -609,6 +609,22 @@ class NoiseTransport:
         """Bytes of an incomplete frame held until the rest of it arrives."""
         return len(self._partial)
 
+    @property
+    def scratch_size(self) -> int:
+        """Bytes of scratch buffer held for bulk calls (both directions)."""
+        return len(self._out_scratch) + len(self._in_scratch)
+
+    def release_scratch(self) -> None:
+        """Drop the scratch buffers (up to ~1 MiB each after a bulk transfer).
+
+        Call when the connection goes quiet: an idle connection then holds no scratch, and
+        the next bulk call grows it again (one allocation per burst, not per call).
+        """
+        if self._out_scratch:
+            self._out_scratch = bytearray()
+        if self._in_scratch:
+            self._in_scratch = bytearray()
+
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """Frame and encrypt ``data``; returns the bytes to write (``b""`` for no data)."""
         t = type(data)
