@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from peerstack.config import Config
 from peerstack.core.cid import CID
 from peerstack.dht.service import ValueNotFound
 from peerstack.errors import DialError, UsageError
@@ -253,3 +254,42 @@ async def test_bare_node_has_no_content_services() -> None:
             _ = node.blockstore
     with pytest.raises(UsageError):
         Node(content=True)
+
+
+async def test_provide_all_and_the_reprovider(net: list[Node], tmp_path: Path) -> None:
+    boot, a, b = net
+    random_file(tmp_path / "f", 2 * 1024 * 1024 + 1)
+    cid = await a.add(tmp_path / "f", provide="all")
+    leaves = [c for c in await a._dag_cids(cid) if c != cid]
+    assert len(leaves) == 3
+    for leaf in leaves:
+        assert a.peer_id in {p.peer_id for p in await b.dht.find_providers(leaf)}
+
+    # A node whose reprovider runs every 0.2 s announces its pins without being asked.
+    cfg = Config(listen=tuple(LOOPBACK), reprovide_interval=0.2, bootstrap=(str(boot.addrs[0]),))
+    async with Node(repo=tmp_path / "re", config=cfg) as node:
+        random_file(tmp_path / "g", 1000)
+        quiet = await node.add(tmp_path / "g", provide="none")
+        for _ in range(200):
+            if node.peer_id in {p.peer_id for p in await b.dht.find_providers(quiet)}:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the reprovider never announced the pinned root")
+
+
+async def test_background_bootstrap_retries_until_a_peer_answers(tmp_path: Path) -> None:
+    async with make_node(tmp_path, "boot") as boot:
+        addr = str(boot.addrs[0])
+        port = boot.addrs[0].value_for("tcp")
+    # boot is gone; a node configured with it keeps trying; boot comes back on the same port.
+    cfg = Config(listen=tuple(LOOPBACK), bootstrap=(addr,))
+    async with Node(repo=tmp_path / "n", config=cfg) as node:
+        await asyncio.sleep(0.3)
+        assert len(node.kad.routing_table) == 0
+        async with Node(repo=tmp_path / "boot", listen=[f"/ip4/127.0.0.1/tcp/{port}"]):
+            for _ in range(400):
+                if len(node.kad.routing_table):
+                    break
+                await asyncio.sleep(0.05)
+            assert len(node.kad.routing_table) == 1

@@ -257,6 +257,8 @@ class Node:
         await host.start()
         if self._background and self._reprovider is not None:
             self._spawn(self._reprovide_loop(self._reprovider))
+        if self._background and self._kad is not None and self._bootstrap:
+            self._spawn(self._bootstrap_loop())
 
     def _make_dht(self, host: BasicHost) -> KadDHT:
         cfg = self.config
@@ -278,6 +280,22 @@ class Node:
             store = MemoryDhtStore(dht_config.store_limits)
         self._dht_store = store
         return KadDHT(host, dht_config, store=store, validators=validators)
+
+    async def _bootstrap_loop(self, backoff: float = 1.0, backoff_max: float = 300.0) -> None:
+        """Reach a configured bootstrap peer, retrying with exponential backoff until one answers.
+
+        The DHT bootstraps by itself only while its routing table is empty; a table loaded from
+        the repo may hold only peers that are gone, so the node keeps at its bootstrap peers
+        until one of them answers (and then lets the DHT look itself up through it).
+        """
+        while True:
+            try:
+                await self.join(self._bootstrap)
+                return
+            except (PeerstackError, OSError) as exc:
+                log.info("bootstrap failed, retrying in %.0f s: %s", backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, backoff_max)
 
     async def _reprovide_loop(self, reprovider: Reprovider) -> None:
         # The DHT republishes what it provided itself; this keeps every pinned root announced,
