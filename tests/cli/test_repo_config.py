@@ -41,6 +41,10 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         ),
         agent_version='my "agent"',
         limits=Limits(max_inbound_connections=7, dial_timeout=2.5),
+        dht_mode="client",
+        dht_diversity="off",
+        provide="all",
+        reprovide_interval=600.0,
     )
     path = tmp_path / "config.toml"
     path.write_text(cfg.to_toml())
@@ -58,6 +62,12 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         "[other]\n",
         "this is = not toml =",
         "[limits]\nlow_water = 500\n",
+        "[dht]\nmode = 'hybrid'\n",
+        "[dht]\ndiversity = true\n",
+        "[dht]\nbucket_size = 3\n",
+        "[content]\nprovide = 'everything'\n",
+        "[content]\nreprovide_interval = -1\n",
+        "[content]\nreprovide_interval = true\n",
     ],
 )
 def test_bad_config_is_a_usage_error(tmp_path: Path, text: str) -> None:
