@@ -99,3 +99,15 @@ def test_arbitrary_public_key_bytes(data: bytes) -> None:
     except DecodeError:
         return
     assert key.verify(b"\0" * 64, b"m") in (True, False)
+
+
+def test_key_file_ignores_planted_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "identity.key"
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"")
+    os.chmod(decoy, 0o644)
+    (tmp_path / "identity.key.tmp").symlink_to(decoy)
+    load_or_create(path)
+    assert decoy.read_bytes() == b""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not path.is_symlink()

@@ -1,15 +1,21 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import pytest
 from peerstack.core import varint
 from peerstack.errors import DecodeError, UsageError
 
 
 @pytest.mark.parametrize(
     ("value", "encoded"),
-    [(0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (128, b"\x80\x01"), (300, b"\xac\x02"),
-     (16384, b"\x80\x80\x01")],
+    [
+        (0, b"\x00"),
+        (1, b"\x01"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (300, b"\xac\x02"),
+        (16384, b"\x80\x80\x01"),
+    ],
 )
 def test_known_encodings(value: int, encoded: bytes) -> None:
     assert varint.encode(value) == encoded

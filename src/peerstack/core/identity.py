@@ -184,9 +184,14 @@ def load_or_create(path: Path) -> PrivateKey:
     key = PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover temp file (or a symlink planted there) must not lend us its mode or target:
+    # remove it and create a fresh file that cannot follow links.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, key.to_protobuf())
+        data = memoryview(key.to_protobuf())
+        while data:
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)
