@@ -61,12 +61,17 @@ def test_engine_answers_blocks_haves_and_dont_haves() -> None:
     sizes = Sizes({c: 100 for c in blocks})
     eng = DecisionEngine(sizes)
     p = peer()
-    eng.receive(p, Message([
-        WantEntry(blocks[0]),
-        WantEntry(blocks[1], want_type=WantType.HAVE),
-        WantEntry(missing, send_dont_have=True),
-        WantEntry(blocks[2], want_type=WantType.HAVE, send_dont_have=True),
-    ]))
+    eng.receive(
+        p,
+        Message(
+            [
+                WantEntry(blocks[0]),
+                WantEntry(blocks[1], want_type=WantType.HAVE),
+                WantEntry(missing, send_dont_have=True),
+                WantEntry(blocks[2], want_type=WantType.HAVE, send_dont_have=True),
+            ]
+        ),
+    )
     batch = eng.next_batch()
     assert batch is not None
     assert batch.blocks == [blocks[0]]
@@ -102,8 +107,9 @@ def test_engine_is_fair_across_peers() -> None:
     size = 512 * 1024
     greedy, modest = peer(), peer()
     many, few = cids(64, "g"), cids(2, "m")
-    eng = DecisionEngine(Sizes({c: size for c in [*many, *few]}),
-                         ServerConfig(max_bytes_in_flight=64 * size))
+    eng = DecisionEngine(
+        Sizes({c: size for c in [*many, *few]}), ServerConfig(max_bytes_in_flight=64 * size)
+    )
     eng.receive(greedy, Message([WantEntry(c) for c in many]))
     eng.receive(modest, Message([WantEntry(c) for c in few]))
     order = []
@@ -118,8 +124,10 @@ def test_engine_is_fair_across_peers() -> None:
 def test_engine_limits_bytes_in_flight_per_peer() -> None:
     size = 1024 * 1024
     blocks = cids(10)
-    eng = DecisionEngine(Sizes({c: size for c in blocks}),
-                         ServerConfig(max_bytes_in_flight=2 * size, target_message_bytes=size))
+    eng = DecisionEngine(
+        Sizes({c: size for c in blocks}),
+        ServerConfig(max_bytes_in_flight=2 * size, target_message_bytes=size),
+    )
     p = peer()
     eng.receive(p, Message([WantEntry(c) for c in blocks]))
     first, second = eng.next_batch(), eng.next_batch()
@@ -202,8 +210,10 @@ def test_session_spreads_blocks_and_cancels_others() -> None:
     kids = cids(8, "k")
     s.want(kids, 0.1)
     acts = s.tick(0.1)
-    blocks = {p: [e for e in acts.messages.get(p, [])
-                  if e.want_type == WantType.BLOCK and not e.cancel] for p in (p1, p2)}
+    blocks = {
+        p: [e for e in acts.messages.get(p, []) if e.want_type == WantType.BLOCK and not e.cancel]
+        for p in (p1, p2)
+    }
     other = p2 if asked == p1 else p1
     assert [e.cid for e in acts.messages[other] if e.cancel] == [first]
     assert len(blocks[p1]) + len(blocks[p2]) == 8
@@ -213,8 +223,9 @@ def test_session_spreads_blocks_and_cancels_others() -> None:
 
 
 def test_session_window_grows_and_stalled_peer_is_retried_elsewhere() -> None:
-    cfg = SessionConfig(initial_window=2, max_window=8, min_stall_timeout=1.0,
-                        max_stall_timeout=4.0)
+    cfg = SessionConfig(
+        initial_window=2, max_window=8, min_stall_timeout=1.0, max_stall_timeout=4.0
+    )
     s = Session(cfg)
     fast, slow = peer(), peer()
     s.add_peer(fast, 0.0)
@@ -288,8 +299,9 @@ def test_session_asks_again_when_nobody_answers() -> None:
 
 EVENTS = st.lists(
     st.tuples(
-        st.sampled_from(["block", "have", "dont_have", "tick", "add_peer", "remove_peer", "ban",
-                         "want"]),
+        st.sampled_from(
+            ["block", "have", "dont_have", "tick", "add_peer", "remove_peer", "ban", "want"]
+        ),
         st.integers(0, 3),  # peer index
         st.integers(0, 7),  # cid index
         st.floats(0.0, 3.0),  # time step
@@ -303,8 +315,9 @@ EVENTS = st.lists(
 def test_session_invariants_under_random_events(events: list[tuple[str, int, int, float]]) -> None:
     peers = [peer() for _ in range(4)]
     wanted = cids(8, "r")
-    s = Session(SessionConfig(initial_window=2, max_window=4, min_stall_timeout=0.5,
-                              max_stall_timeout=2.0))
+    s = Session(
+        SessionConfig(initial_window=2, max_window=4, min_stall_timeout=0.5, max_stall_timeout=2.0)
+    )
     now = 0.0
     for p in peers[:2]:
         s.add_peer(p, now)

@@ -98,13 +98,22 @@ def test_decode_never_crashes(data: bytes) -> None:
 
 @settings(max_examples=200)
 @given(
-    st.lists(st.tuples(st.sampled_from([A, B]), st.integers(-(2**31), 2**31 - 1), st.booleans(),
-                       st.sampled_from(list(WantType)), st.booleans()), max_size=6),
+    st.lists(
+        st.tuples(
+            st.sampled_from([A, B]),
+            st.integers(-(2**31), 2**31 - 1),
+            st.booleans(),
+            st.sampled_from(list(WantType)),
+            st.booleans(),
+        ),
+        max_size=6,
+    ),
     st.lists(st.binary(max_size=50), max_size=3),
     st.lists(st.tuples(st.sampled_from([A, B]), st.sampled_from(list(PresenceType))), max_size=4),
 )
 def test_round_trip_property(
-    wants: list[tuple[CID, int, bool, WantType, bool]], blocks: list[bytes],
+    wants: list[tuple[CID, int, bool, WantType, bool]],
+    blocks: list[bytes],
     presences: list[tuple[CID, PresenceType]],
 ) -> None:
     msg = Message(

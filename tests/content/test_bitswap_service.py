@@ -105,9 +105,7 @@ async def test_two_fetchers_in_parallel_and_dont_have(nodes: list[Node]) -> None
     for n in (b, c):
         await n.host.connect(a.peer)
         await n.host.connect(empty.peer)
-    await asyncio.wait_for(
-        asyncio.gather(b.bitswap.fetch(res.cid), c.bitswap.fetch(res.cid)), 30
-    )
+    await asyncio.wait_for(asyncio.gather(b.bitswap.fetch(res.cid), c.bitswap.fetch(res.cid)), 30)
     assert await read_all(b.store, res.cid) == data
     assert await read_all(c.store, res.cid) == data
     # the empty peer was asked (want-have) and never sent anything
@@ -261,10 +259,12 @@ async def test_server_answers_have_dont_have_and_old_protocols(
     client.host.set_stream_handler(PROTOCOL_1_0, client._handle)
     have = await a.store.put_data(b"present", RAW)
     missing = CID.hash_of(b"absent")
-    msg = Message([
-        WantEntry(have, want_type=WantType.HAVE, send_dont_have=True),
-        WantEntry(missing, want_type=WantType.BLOCK, send_dont_have=True),
-    ]).encode()
+    msg = Message(
+        [
+            WantEntry(have, want_type=WantType.HAVE, send_dont_have=True),
+            WantEntry(missing, want_type=WantType.BLOCK, send_dont_have=True),
+        ]
+    ).encode()
     await _send_raw(client, a, varint.encode(len(msg)) + msg)
     reply = await asyncio.wait_for(client.inbox.get(), 10)
     kinds = {(p.cid, p.type) for p in reply.presences}
@@ -274,8 +274,6 @@ async def test_server_answers_have_dont_have_and_old_protocols(
     a.bitswap.notify_new_blocks([missing])
     reply = await asyncio.wait_for(client.inbox.get(), 10)
     assert [p.data for p in reply.payload] == [b"absent"]
-
-
 
 
 async def test_full_disk_fails_the_fetch_cleanly(
@@ -363,10 +361,14 @@ class LiarPeer(RawPeer):
         out = await self.host.new_stream(target, [PROTOCOL_1_2])
         while True:
             msg = await self.inbox.get()
-            self.want_blocks += [e.cid for e in msg.wantlist
-                                 if not e.cancel and e.want_type == WantType.BLOCK]
-            haves = [m.Presence(e.cid, m.PresenceType.HAVE) for e in msg.wantlist
-                     if not e.cancel and e.want_type == WantType.HAVE]
+            self.want_blocks += [
+                e.cid for e in msg.wantlist if not e.cancel and e.want_type == WantType.BLOCK
+            ]
+            haves = [
+                m.Presence(e.cid, m.PresenceType.HAVE)
+                for e in msg.wantlist
+                if not e.cancel and e.want_type == WantType.HAVE
+            ]
             if haves:
                 await write_length_prefixed(out, Message(presences=haves).encode())
 
@@ -442,7 +444,7 @@ async def test_wants_waiting_before_an_add_are_served_after_it(
     a = nodes[0]
     client = RawPeer(net.add_host())
     data = pattern(200_000)
-    leaf = CID.hash_of(data[:64 * 1024])  # the first leaf of the file, before it exists
+    leaf = CID.hash_of(data[: 64 * 1024])  # the first leaf of the file, before it exists
     msg = Message([WantEntry(leaf, send_dont_have=True)]).encode()
     await _send_raw(client, a, varint.encode(len(msg)) + msg)
     reply = await asyncio.wait_for(client.inbox.get(), 10)
@@ -451,4 +453,4 @@ async def test_wants_waiting_before_an_add_are_served_after_it(
     src.write_bytes(data)
     await a.bitswap.add(src, SMALL_CHUNKS, provide=False)
     reply = await asyncio.wait_for(client.inbox.get(), 10)
-    assert [p.data for p in reply.payload] == [data[:64 * 1024]]
+    assert [p.data for p in reply.payload] == [data[: 64 * 1024]]

@@ -68,7 +68,13 @@ def test_non_canonical_dag_pb_is_refused(bad: bytes) -> None:
 
 def test_unixfs_round_trip_with_all_fields() -> None:
     data = UnixFSData(
-        DataType.FILE, b"xyz", None, (10, 20), hash_type=0x22, fanout=256, mode=0o755,
+        DataType.FILE,
+        b"xyz",
+        None,
+        (10, 20),
+        hash_type=0x22,
+        fanout=256,
+        mode=0o755,
         mtime=UnixTime(-5, 7),
     )
     back = unixfs.decode(data.encode())
@@ -117,8 +123,14 @@ def test_unixfs_decode_never_crashes(data: bytes) -> None:
 
 @settings(max_examples=200)
 @given(
-    st.lists(st.tuples(st.sampled_from([CID_A, CID_B]), st.none() | st.text(max_size=8),
-                       st.none() | st.integers(0, 2**40)), max_size=5),
+    st.lists(
+        st.tuples(
+            st.sampled_from([CID_A, CID_B]),
+            st.none() | st.text(max_size=8),
+            st.none() | st.integers(0, 2**40),
+        ),
+        max_size=5,
+    ),
     st.none() | st.binary(max_size=20),
 )
 def test_dagpb_round_trip(

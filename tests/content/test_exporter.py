@@ -42,8 +42,9 @@ async def read_all(
     return b"".join([p async for p in cat(store, cid, offset, length)])
 
 
-@pytest.mark.parametrize("profile", [SMALL, ImportProfile(chunk_size=1000, max_links=4,
-                                                           cid_version=0, raw_leaves=False)])
+@pytest.mark.parametrize(
+    "profile", [SMALL, ImportProfile(chunk_size=1000, max_links=4, cid_version=0, raw_leaves=False)]
+)
 async def test_cat_whole_and_ranges(store: Blockstore, profile: ImportProfile) -> None:
     data = pattern(17_345)
     res = await import_bytes(store, data, profile)
@@ -185,7 +186,6 @@ async def test_our_own_hamt_round_trips(store: Blockstore, tmp_path: Path) -> No
     assert sorted(os.listdir(out)) == sorted(os.listdir(src))
     assert (out / "n77.txt").read_text() == "77"
     assert (out / "nested" / "deep.txt").read_text() == "deep"
-
 
 
 async def test_dag_bombs_are_bounded(store: Blockstore, tmp_path: Path) -> None:

@@ -46,8 +46,10 @@ def dags(draw: st.DrawFn) -> tuple[CID, dict[CID, bytes]]:
             ).encode()
             names = draw(st.lists(st.text(max_size=5), min_size=len(kids), max_size=len(kids)))
             links = dagpb.sort_links(
-                [dagpb.PBLink(k, n, draw(st.none() | st.integers(0, 99)))
-                 for k, n in zip(kids, names, strict=True)]
+                [
+                    dagpb.PBLink(k, n, draw(st.none() | st.integers(0, 99)))
+                    for k, n in zip(kids, names, strict=True)
+                ]
             )
             block = dagpb.encode(dagpb.PBNode(tuple(links), data))
             cid = CID.hash_of(block, DAG_PB)

@@ -54,8 +54,10 @@ async def test_fifty_mib_file_streamed_from_disk(
 async def test_deep_trees_match_helia(store: Blockstore, vectors: dict[str, Any]) -> None:
     for case in vectors["custom"]:
         profile = ImportProfile(
-            cid_version=case["cidVersion"], raw_leaves=case["rawLeaves"],
-            chunk_size=case["chunkSize"], max_links=case["maxChildrenPerNode"],
+            cid_version=case["cidVersion"],
+            raw_leaves=case["rawLeaves"],
+            chunk_size=case["chunkSize"],
+            max_links=case["maxChildrenPerNode"],
         )
         res = await import_bytes(store, pattern(case["size"]), profile)
         assert str(res.cid) == case["cid"], case

@@ -123,7 +123,9 @@ class Blockstore:
     """Blocks on disk plus pins; open with ``Blockstore(root)``, close with ``close()``."""
 
     def __init__(
-        self, root: str | os.PathLike[str], fsync: FsyncPolicy = FsyncPolicy.FILE,
+        self,
+        root: str | os.PathLike[str],
+        fsync: FsyncPolicy = FsyncPolicy.FILE,
         max_block_size: int = MAX_BLOCK_SIZE,
     ) -> None:
         self.root = Path(root)
@@ -283,7 +285,10 @@ class Blockstore:
         return await asyncio.to_thread(self._write_sync, cid, data, verify)
 
     async def put_data(
-        self, data: bytes | bytearray | memoryview, codec: int, version: int = 1,
+        self,
+        data: bytes | bytearray | memoryview,
+        codec: int,
+        version: int = 1,
         hash_code: int = SHA2_256,
     ) -> CID:
         """Hash ``data``, store it, return its CID: one trip to a worker thread."""

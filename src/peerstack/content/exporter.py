@@ -178,8 +178,13 @@ _HEX = frozenset("0123456789ABCDEF")
 
 
 async def _hamt_entries(
-    getter: BlockGetter, cid: CID, node: dagpb.PBNode, data: unixfs.UnixFSData, *,
-    out: list[tuple[str, CID]], depth: int,
+    getter: BlockGetter,
+    cid: CID,
+    node: dagpb.PBNode,
+    data: unixfs.UnixFSData,
+    *,
+    out: list[tuple[str, CID]],
+    depth: int,
 ) -> None:
     """Collect the entries of a HAMT shard and its sub-shards.
 
@@ -227,9 +232,7 @@ class TooManyEntries(PeerstackError):
     """An export would create more files and folders than allowed (a DAG can reuse subtrees)."""
 
 
-async def _export(
-    getter: BlockGetter, cid: CID, dest: Path, depth: int, budget: list[int]
-) -> None:
+async def _export(getter: BlockGetter, cid: CID, dest: Path, depth: int, budget: list[int]) -> None:
     if depth > MAX_DEPTH:
         raise MalformedUnixFS("directory tree too deep")
     budget[0] -= 1

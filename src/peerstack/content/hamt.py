@@ -132,9 +132,7 @@ async def _flush(bucket: _Bucket, put: PutNode, bits: int) -> tuple[CID, int]:
             name, cid, size = slot
             links.append(dagpb.PBLink(cid, label + name, size))
     bitfield = occupied.to_bytes(max(1, (occupied.bit_length() + 7) // 8), "big")
-    data = UnixFSData(
-        DataType.HAMT_SHARD, data=bitfield, hash_type=MURMUR3_X64_64, fanout=fanout
-    )
+    data = UnixFSData(DataType.HAMT_SHARD, data=bitfield, hash_type=MURMUR3_X64_64, fanout=fanout)
     block = dagpb.encode(dagpb.PBNode(tuple(dagpb.sort_links(links)), data.encode()))
     cid = await put(block)
     return cid, len(block) + sum(link.tsize or 0 for link in links)

@@ -179,7 +179,9 @@ class _FileBuilder:
 
 
 async def import_stream(
-    store: Blockstore, source: AsyncIterable[bytes], profile: ImportProfile = DEFAULT_PROFILE,
+    store: Blockstore,
+    source: AsyncIterable[bytes],
+    profile: ImportProfile = DEFAULT_PROFILE,
     progress: ProgressFn | None = None,
 ) -> ImportResult:
     """Import a byte stream as one UnixFS file; only one chunk is held at a time."""
@@ -193,14 +195,18 @@ async def import_bytes(
 
 
 async def import_file(
-    store: Blockstore, path: str | os.PathLike[str], profile: ImportProfile = DEFAULT_PROFILE,
+    store: Blockstore,
+    path: str | os.PathLike[str],
+    profile: ImportProfile = DEFAULT_PROFILE,
     progress: ProgressFn | None = None,
 ) -> ImportResult:
     return await _build(profile, store, chunker.file_chunks(path, profile.chunk_size), progress)
 
 
 async def _build(
-    profile: ImportProfile, store: Blockstore, chunks: AsyncIterable[bytes],
+    profile: ImportProfile,
+    store: Blockstore,
+    chunks: AsyncIterable[bytes],
     progress: ProgressFn | None,
 ) -> ImportResult:
     builder = _FileBuilder(store, profile)
@@ -232,6 +238,7 @@ async def make_directory(
         if not (res.is_dir and res.entries)
     )
     if estimate > profile.shard_threshold:
+
         async def put(block: bytes) -> CID:
             return await store.put_data(block, DAG_PB, profile.cid_version, profile.hash_code)
 
@@ -258,7 +265,9 @@ def _check_name(name: str) -> None:
 
 
 async def import_path(
-    store: Blockstore, path: str | os.PathLike[str], profile: ImportProfile = DEFAULT_PROFILE,
+    store: Blockstore,
+    path: str | os.PathLike[str],
+    profile: ImportProfile = DEFAULT_PROFILE,
     progress: ProgressFn | None = None,
 ) -> ImportResult:
     """Import a file, or a directory tree (recursively; symbolic links are skipped)."""

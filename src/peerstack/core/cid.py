@@ -95,7 +95,10 @@ class CID:
 
     @classmethod
     def hash_of(
-        cls, data: bytes | bytearray | memoryview, codec: int = RAW, version: int = 1,
+        cls,
+        data: bytes | bytearray | memoryview,
+        codec: int = RAW,
+        version: int = 1,
         hash_code: int = SHA2_256,
     ) -> CID:
         """The CID of ``data`` (hashing it; call off the event loop for big blocks)."""

@@ -58,6 +58,12 @@ class ProgressTracker:
 
     def snapshot(self, now: float, done: bool = False) -> Progress:
         return Progress(
-            self.bytes_done, self.blocks_done, self.blocks_known, self.bytes_fetched,
-            len(self.peers), self.rate(now), now - self.started, done,
+            self.bytes_done,
+            self.blocks_done,
+            self.blocks_known,
+            self.bytes_fetched,
+            len(self.peers),
+            self.rate(now),
+            now - self.started,
+            done,
         )

@@ -286,7 +286,10 @@ class Bitswap:
     """Serve blocks from ``store`` to peers and fetch blocks and DAGs from them."""
 
     def __init__(
-        self, host: Host, store: Blockstore, routing: ContentRouting | None = None,
+        self,
+        host: Host,
+        store: Blockstore,
+        routing: ContentRouting | None = None,
         config: BitswapConfig | None = None,
     ) -> None:
         self.host = host
@@ -645,7 +648,9 @@ class Bitswap:
             await self._end_session(session)
 
     async def fetch(
-        self, root: CID, progress: ProgressCallback | None = None,
+        self,
+        root: CID,
+        progress: ProgressCallback | None = None,
         idle_timeout: float | None = None,
     ) -> FetchResult:
         """Fetch the whole DAG under ``root`` into the store; blocks already there are kept.
@@ -716,7 +721,10 @@ class Bitswap:
         return None if size is None else (size, None)
 
     async def get_file(
-        self, root: CID, dest: str | os.PathLike[str], progress: ProgressCallback | None = None,
+        self,
+        root: CID,
+        dest: str | os.PathLike[str],
+        progress: ProgressCallback | None = None,
         idle_timeout: float | None = None,
     ) -> FetchResult:
         """Fetch ``root`` and write it (file or directory) to ``dest``.
@@ -748,8 +756,11 @@ class Bitswap:
         return True
 
     async def add(
-        self, path: str | os.PathLike[str], profile: ImportProfile = DEFAULT_PROFILE,
-        pin: bool = True, provide: bool = True,
+        self,
+        path: str | os.PathLike[str],
+        profile: ImportProfile = DEFAULT_PROFILE,
+        pin: bool = True,
+        provide: bool = True,
     ) -> ImportResult:
         """Import a file or directory, pin it, serve waiting peers, announce the root."""
         result = await import_path(self.store, path, profile)

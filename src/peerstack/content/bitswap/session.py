@@ -275,8 +275,10 @@ class Session:
             if want.skip and now - want.skip_since >= cfg.retry_interval:
                 want.skip.clear()
                 want.asked_have.clear()
-            elif want.asked_have and now - want.asked_at >= cfg.retry_interval and not any(
-                want.cid in st.haves for st in self.peers.values()
+            elif (
+                want.asked_have
+                and now - want.asked_at >= cfg.retry_interval
+                and not any(want.cid in st.haves for st in self.peers.values())
             ):
                 want.asked_have.clear()  # nobody answered at all: ask again
             state = self._pick(want) if any_room else None
@@ -291,23 +293,23 @@ class Session:
                 )
                 continue
             if broadcasts < cfg.max_broadcast:
-                targets = [
-                    p for p in self.peers
-                    if p not in want.asked_have and p not in want.skip
-                ]
+                targets = [p for p in self.peers if p not in want.asked_have and p not in want.skip]
                 if targets:
                     broadcasts += 1
                     want.asked_at = now
                 for peer in targets:
                     want.asked_have.add(peer)
-                    self._out.add(peer, WantEntry(want.cid, want.priority, False,
-                                                  WantType.HAVE, True))
+                    self._out.add(
+                        peer, WantEntry(want.cid, want.priority, False, WantType.HAVE, True)
+                    )
             if (
                 not searches
                 and now - want.added >= cfg.discovery_delay
                 and not any(want.cid in st.haves for st in self.peers.values())
-                and (want.last_search is None
-                     or now - want.last_search >= cfg.provider_search_interval)
+                and (
+                    want.last_search is None
+                    or now - want.last_search >= cfg.provider_search_interval
+                )
             ):
                 searches += 1  # one search per tick: providers of one block have the rest
                 want.last_search = now

@@ -40,7 +40,10 @@ class Wantlist:
         return self._wants.get(cid)
 
     def add(
-        self, cid: CID, priority: int = 1, want_type: WantType = WantType.BLOCK,
+        self,
+        cid: CID,
+        priority: int = 1,
+        want_type: WantType = WantType.BLOCK,
         send_dont_have: bool = False,
     ) -> Want:
         """Add or update a want. A want-block is never downgraded to want-have."""
