@@ -13,6 +13,7 @@ import pytest
 from peerstack.content import dagpb, unixfs
 from peerstack.content.blockstore import BlockNotFound, Blockstore
 from peerstack.content.exporter import (
+    DirectoryTooLarge,
     NotAFile,
     TooManyEntries,
     UnsafeName,
@@ -30,7 +31,7 @@ from peerstack.content.importer import (
 )
 from peerstack.content.unixfs import DataType, MalformedUnixFS, UnixFSData
 from peerstack.core.cid import CID, DAG_PB
-from peerstack.errors import UsageError
+from peerstack.errors import PeerError, UsageError
 from tests.content.content_testkit import pattern
 
 SMALL = ImportProfile(chunk_size=1000, max_links=4)
@@ -208,3 +209,65 @@ async def test_dag_bombs_are_bounded(store: Blockstore, tmp_path: Path) -> None:
         entry = await store.put_data(dagpb.encode(node), DAG_PB)
     with pytest.raises(TooManyEntries):
         await export(store, entry, tmp_path / "bomb", max_entries=100)
+
+
+def _shard(links: list[dagpb.PBLink], fanout: int = 256, tag: bytes = b"") -> bytes:
+    """A HAMT shard node; ``tag`` (in the bitfield) makes otherwise equal shards distinct."""
+    data = UnixFSData(DataType.HAMT_SHARD, data=tag, fanout=fanout, hash_type=0x22)
+    return dagpb.encode(dagpb.PBNode(tuple(dagpb.sort_links(links)), data.encode()))
+
+
+async def test_hamt_bomb_of_repeated_empty_shards_is_refused_at_once(store: Blockstore) -> None:
+    # 5 blocks, each level linking the one below in all 256 buckets: 256**4 sub-shard visits
+    # and not one entry, so no entry count ever stopped the walk
+    cid = await store.put_data(_shard([]), DAG_PB)
+    for _level in range(4):
+        links = [dagpb.PBLink(cid, f"{i:02X}", 0) for i in range(256)]
+        cid = await store.put_data(_shard(links), DAG_PB)
+    getter = CountingGetter(store)
+    with pytest.raises(MalformedUnixFS, match="more than once"):
+        await ls(getter, cid)
+    assert len(getter.fetched) <= 5
+    with pytest.raises(MalformedUnixFS, match="more than once"):
+        await export(getter, cid, store.root / "bomb")
+
+
+async def test_hamt_sub_shards_count_against_a_budget(store: Blockstore, tmp_path: Path) -> None:
+    # distinct empty sub-shards: no repeat, no depth, only the budget stops them
+    subs = [await store.put_data(_shard([], tag=bytes([i])), DAG_PB) for i in range(200)]
+    root = await store.put_data(
+        _shard([dagpb.PBLink(c, f"{i:02X}", 0) for i, c in enumerate(subs)]), DAG_PB
+    )
+    getter = CountingGetter(store)
+    with pytest.raises(DirectoryTooLarge) as info:
+        await ls(getter, root, max_shards=50)
+    assert isinstance(info.value, PeerError)  # blocks from a peer: the peer is to blame
+    assert len(getter.fetched) <= 51
+    assert await ls(store, root, max_shards=200) == []
+    with pytest.raises(DirectoryTooLarge):
+        await export(store, root, tmp_path / "out", max_entries=100)
+    assert not (tmp_path / "out").exists()
+
+
+async def test_hamt_deeper_than_its_hash_is_refused(store: Blockstore) -> None:
+    leaf = await store.put_data(b"x", 0x55)
+    # fanout 256 takes 8 bits a level: 8 levels use up the 64-bit hash
+    cid = await store.put_data(_shard([dagpb.PBLink(leaf, "00file", 1)]), DAG_PB)
+    for level in range(7):
+        cid = await store.put_data(_shard([dagpb.PBLink(cid, "00", 1)], tag=bytes([level])), DAG_PB)
+    assert [e.name for e in await ls(store, cid)] == ["file"]
+    cid = await store.put_data(_shard([dagpb.PBLink(cid, "00", 1)], tag=b"top"), DAG_PB)
+    with pytest.raises(MalformedUnixFS, match="deeper"):
+        await ls(store, cid)
+
+
+async def test_hamt_sub_shard_must_match_fanout_and_hash(store: Blockstore) -> None:
+    leaf = await store.put_data(b"x", 0x55)
+    small = await store.put_data(_shard([dagpb.PBLink(leaf, "0a", 1)], fanout=16), DAG_PB)
+    root = await store.put_data(_shard([dagpb.PBLink(small, "00", 1)]), DAG_PB)
+    with pytest.raises(MalformedUnixFS, match="fanout"):
+        await ls(store, root)
+    data = UnixFSData(DataType.HAMT_SHARD, fanout=256, hash_type=0x11)
+    node = dagpb.PBNode((dagpb.PBLink(leaf, "00a", 1),), data.encode())
+    with pytest.raises(MalformedUnixFS, match="hashType"):
+        await ls(store, await store.put_data(dagpb.encode(node), DAG_PB))

@@ -4,8 +4,9 @@ Blocks come from anything with ``async get(cid) -> bytes`` (the blockstore, or a
 that fetches on demand). Every node is checked as it is read: the ``blocksizes`` must match the
 links one to one and add up to ``filesize``, a child must hold as many bytes as its parent says,
 and the tree depth is bounded, so a malicious DAG cannot make us loop, lie about sizes or buffer
-without end. Names that would escape an export folder (``..``, absolute paths, separators) are
-refused with ``UnsafeName``.
+without end. HAMT-sharded directories are bounded too (depth, sub-shard count, no sub-shard read
+twice), since empty sub-shards add work without adding entries. Names that would escape an
+export folder (``..``, absolute paths, separators) are refused with ``UnsafeName``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import BinaryIO, Protocol
 from peerstack.content import dagpb, unixfs
 from peerstack.content.unixfs import DataType, MalformedUnixFS
 from peerstack.core.cid import CID, DAG_PB, RAW
-from peerstack.errors import DecodeError, PeerstackError, UsageError
+from peerstack.errors import DecodeError, LimitExceeded, PeerstackError, UsageError
 
 MAX_DEPTH = 64
 
@@ -151,14 +152,36 @@ async def _cat(
             yield piece
 
 
-async def ls(getter: BlockGetter, cid: CID) -> list[Entry]:
-    """The entries of a UnixFS directory (flat or HAMT-sharded), names checked."""
+MAX_HAMT_FANOUT = 1024  # the spec's bound (CVE-2023-23625)
+MAX_DIRECTORY_ENTRIES = 1 << 20
+# Sub-shard nodes one listing may read. A real HAMT has fewer shards than entries (each
+# sub-shard holds at least two), so this bound never stops an honest directory that
+# MAX_DIRECTORY_ENTRIES lets through; it stops a DAG of empty sub-shards, which adds no entries.
+MAX_HAMT_SHARDS = MAX_DIRECTORY_ENTRIES
+HAMT_HASH_BITS = 64  # murmur3-x64-64, the only hashType UnixFS defines
+MURMUR3_X64_64 = 0x22
+_HEX = frozenset("0123456789ABCDEF")
+
+
+async def ls(getter: BlockGetter, cid: CID, *, max_shards: int = MAX_HAMT_SHARDS) -> list[Entry]:
+    """The entries of a UnixFS directory (flat or HAMT-sharded), names checked.
+
+    A sharded directory reads at most ``max_shards`` sub-shard nodes (``DirectoryTooLarge``
+    past that).
+    """
+    return await _ls(getter, cid, [max_shards])
+
+
+async def _ls(getter: BlockGetter, cid: CID, shard_budget: list[int]) -> list[Entry]:
     node, data = await _node(getter, cid)
     named: list[tuple[str, CID]] = []
     if data.type == DataType.DIRECTORY:
         named = [(link.name or "", link.hash) for link in node.links]
     elif data.type == DataType.HAMT_SHARD:
-        await _hamt_entries(getter, cid, node, data, out=named, depth=0)
+        walk = _HamtWalk(getter, _hamt_fanout(cid, data), shard_budget)
+        walk.visited.add(cid)
+        await walk.collect(cid, node, 0)
+        named = walk.out
     else:
         raise NotAFile(f"{cid} is not a directory")
     out = []
@@ -172,46 +195,74 @@ async def ls(getter: BlockGetter, cid: CID) -> list[Entry]:
     return sorted(out, key=lambda e: e.name.encode())
 
 
-MAX_HAMT_FANOUT = 1024  # the spec's bound (CVE-2023-23625)
-MAX_DIRECTORY_ENTRIES = 1 << 20
-_HEX = frozenset("0123456789ABCDEF")
+class DirectoryTooLarge(LimitExceeded):
+    """A directory with more entries, or a HAMT with more sub-shards, than we read."""
 
 
-async def _hamt_entries(
-    getter: BlockGetter,
-    cid: CID,
-    node: dagpb.PBNode,
-    data: unixfs.UnixFSData,
-    *,
-    out: list[tuple[str, CID]],
-    depth: int,
-) -> None:
-    """Collect the entries of a HAMT shard and its sub-shards.
-
-    Every link name starts with the bucket index in upper-case hex, padded to the width of
-    ``fanout - 1``: a name that is only the prefix points to a sub-shard, a longer one to an
-    entry whose name follows the prefix.
-    """
-    if depth > MAX_DEPTH:
-        raise MalformedUnixFS("HAMT too deep")
+def _hamt_fanout(cid: CID, data: unixfs.UnixFSData) -> int:
     fanout = data.fanout
     if fanout is None or fanout < 8 or fanout > MAX_HAMT_FANOUT or fanout & (fanout - 1):
         raise MalformedUnixFS(f"{cid}: invalid HAMT fanout {fanout}")
-    width = len(f"{fanout - 1:X}")
-    for link in node.links:
-        name = link.name or ""
-        prefix = name[:width]
-        if len(prefix) != width or not set(prefix) <= _HEX or int(prefix, 16) >= fanout:
-            raise MalformedUnixFS(f"{cid}: bad HAMT link name {name!r}")
-        if len(name) > width:
-            out.append((name[width:], link.hash))
-            if len(out) > MAX_DIRECTORY_ENTRIES:
-                raise MalformedUnixFS("directory has too many entries")
-            continue
-        sub_node, sub_data = await _node(getter, link.hash)
-        if sub_data.type != DataType.HAMT_SHARD:
-            raise MalformedUnixFS(f"{link.hash}: HAMT sub-shard of type {sub_data.type.name}")
-        await _hamt_entries(getter, link.hash, sub_node, sub_data, out=out, depth=depth + 1)
+    if data.hash_type != MURMUR3_X64_64:
+        raise MalformedUnixFS(f"{cid}: HAMT hashType {data.hash_type} is not murmur3-x64-64")
+    return fanout
+
+
+class _HamtWalk:
+    """One walk over a HAMT-sharded directory, bounded however the shards are arranged.
+
+    Each level of the trie takes the next log2(fanout) bits of a 64-bit hash, so a HAMT is at
+    most ceil(64 / log2(fanout)) levels deep (8 for the usual 256). The sub-shards of one
+    directory share its fanout, every sub-shard read counts against a budget, and a sub-shard
+    CID seen twice in one walk is refused: a DAG that links the same few (possibly empty)
+    shards many times over would otherwise make billions of reads from a handful of blocks.
+    """
+
+    def __init__(self, getter: BlockGetter, fanout: int, shard_budget: list[int]) -> None:
+        self.getter = getter
+        self.fanout = fanout
+        self.width = len(f"{fanout - 1:X}")
+        bits = fanout.bit_length() - 1
+        self.max_levels = -(-HAMT_HASH_BITS // bits)
+        self.budget = shard_budget
+        self.visited: set[CID] = set()
+        self.out: list[tuple[str, CID]] = []
+
+    async def collect(self, cid: CID, node: dagpb.PBNode, depth: int) -> None:
+        """Add the entries of the shard ``node`` (at ``depth``, the root being 0) and below.
+
+        Every link name starts with the bucket index in upper-case hex, padded to the width
+        of ``fanout - 1``: a name that is only the prefix points to a sub-shard, a longer one
+        to an entry whose name follows the prefix.
+        """
+        width, fanout = self.width, self.fanout
+        for link in node.links:
+            name = link.name or ""
+            prefix = name[:width]
+            if len(prefix) != width or not set(prefix) <= _HEX or int(prefix, 16) >= fanout:
+                raise MalformedUnixFS(f"{cid}: bad HAMT link name {name!r}")
+            if len(name) > width:
+                self.out.append((name[width:], link.hash))
+                if len(self.out) > MAX_DIRECTORY_ENTRIES:
+                    raise DirectoryTooLarge("directory has too many entries")
+                continue
+            sub = link.hash
+            if depth + 1 >= self.max_levels:
+                raise MalformedUnixFS(
+                    f"{cid}: HAMT deeper than {self.max_levels} levels (64 hash bits)"
+                )
+            if sub in self.visited:
+                raise MalformedUnixFS(f"{cid}: HAMT sub-shard {sub} linked more than once")
+            self.visited.add(sub)
+            self.budget[0] -= 1
+            if self.budget[0] < 0:
+                raise DirectoryTooLarge("HAMT has too many sub-shards")
+            sub_node, sub_data = await _node(self.getter, sub)
+            if sub_data.type != DataType.HAMT_SHARD:
+                raise MalformedUnixFS(f"{sub}: HAMT sub-shard of type {sub_data.type.name}")
+            if _hamt_fanout(sub, sub_data) != fanout:
+                raise MalformedUnixFS(f"{sub}: sub-shard fanout differs from its parent's")
+            await self.collect(sub, sub_node, depth + 1)
 
 
 async def export(
@@ -242,7 +293,9 @@ async def _export(getter: BlockGetter, cid: CID, dest: Path, depth: int, budget:
     if not info.is_dir:
         await write_file(getter, cid, dest)
         return
-    entries = await ls(getter, cid)
+    # Sub-shards of sharded directories count against the same budget as files and folders:
+    # reading them is work a DAG can multiply without adding a single entry.
+    entries = await _ls(getter, cid, budget)
     await asyncio.to_thread(dest.mkdir)
     for entry in entries:
         child = dest / entry.name
