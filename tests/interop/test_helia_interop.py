@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
@@ -34,15 +35,18 @@ from peerstack.content.blockstore import Blockstore, FsyncPolicy  # noqa: E402
 from peerstack.content.importer import DEFAULT_PROFILE, LEGACY_PROFILE, ImportProfile  # noqa: E402
 from peerstack.core.cid import CID  # noqa: E402
 from peerstack.core.identity import PrivateKey  # noqa: E402
+from peerstack.core.peer_id import PeerId  # noqa: E402
 from peerstack.host.host import BasicHost  # noqa: E402
 from peerstack.protocols.identify import IdentifyService  # noqa: E402
 from tests.interop.helia.helia_harness import (  # noqa: E402
     HeliaPeer,
     missing_install,
-    running_helia,
+    running_helias,
 )
 
-pytestmark = pytest.mark.interop
+# One event loop for the module, so that the helia pair (seconds to start on a busy machine)
+# serves every file case.
+pytestmark = [pytest.mark.interop, pytest.mark.asyncio(loop_scope="module")]
 
 MiB = 1024 * 1024
 PROFILES: dict[str, ImportProfile] = {"default": DEFAULT_PROFILE, "legacy": LEGACY_PROFILE}
@@ -50,11 +54,25 @@ SIZES = {"0B": 0, "1B": 1, "1MiB": MiB, "1MiB+1B": MiB + 1, "300MiB": 300 * MiB}
 IDLE_TIMEOUT = 60.0  # a fetch with no block for this long fails instead of hanging the run
 
 
-@pytest.fixture(autouse=True)
 def _need_helia() -> None:
     reason = missing_install()
     if reason is not None:
         pytest.skip(f"helia interop peer unavailable: {reason}")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def helia_pair(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[HeliaPeer, HeliaPeer]]:
+    """A seeder helia (adds) and a leecher helia (fetches from us), shared by the file cases.
+
+    Every case uses bytes of its own (the seed depends on the size) and each profile makes
+    different blocks, so the leecher never holds a block of a case before it fetches it.
+    """
+    _need_helia()
+    base = tmp_path_factory.mktemp("helia-pair")
+    async with running_helias(base / "seeder", base / "leecher") as (seeder, leecher):
+        yield seeder, leecher
 
 
 # -- test data ---------------------------------------------------------------------------------
@@ -208,21 +226,23 @@ async def both_ways_file(
         cat = await leecher.command("cat", cid=str(ours.cid), timeout_ms=540_000, wait=600)
         assert cat["size"] == size
         assert cat["sha256"] == sha
-        assert adder.bitswap.engine.ledgers  # it came from us: our server answered helia
+        # it came from us: our server sent helia the blocks
+        ledger = adder.bitswap.engine.ledgers[PeerId.from_string(leecher.peer_id)]
+        assert ledger.blocks_sent >= 1
     return added["cid"], Figures(added["ms"], we_fetch, we_add, cat["ms"])
 
 
 @pytest.mark.parametrize(("size_name", "profile"), CASES)
-async def test_file_both_ways(tmp_path: Path, size_name: str, profile: str) -> None:
+async def test_file_both_ways(
+    tmp_path: Path, helia_pair: tuple[HeliaPeer, HeliaPeer], size_name: str, profile: str
+) -> None:
+    seeder, leecher = helia_pair
     size = SIZES[size_name]
     src = tmp_path / f"data-{size_name}.bin"
     sha = write_pattern(src, size, f"helia-interop-{size}".encode())
-    async with running_helia(tmp_path / "helia-a") as seeder, running_helia(
-        tmp_path / "helia-b"
-    ) as leecher:
-        cid, figures = await both_ways_file(
-            tmp_path, Source(src, size, sha), profile, seeder, leecher
-        )
+    cid, figures = await both_ways_file(
+        tmp_path, Source(src, size, sha), profile, seeder, leecher
+    )
     report(f"{size_name} {profile}", cid, figures)
     if profile == "legacy":
         assert cid.startswith("Qm")
@@ -232,12 +252,15 @@ async def test_file_both_ways(tmp_path: Path, size_name: str, profile: str) -> N
 
 @pytest.mark.parametrize("profile", list(PROFILES))
 async def test_directory_tree_both_ways(tmp_path: Path, profile: str) -> None:
+    # Helia nodes of its own: the tree's empty file is the 0 B case's block.
+    _need_helia()
     src = tmp_path / "tree"
     make_tree(src)
     expected = tree_listing(src)
     async with AsyncExitStack() as stack:
-        seeder = await stack.enter_async_context(running_helia(tmp_path / "helia-a"))
-        leecher = await stack.enter_async_context(running_helia(tmp_path / "helia-b"))
+        seeder, leecher = await stack.enter_async_context(
+            running_helias(tmp_path / "helia-a", tmp_path / "helia-b")
+        )
         fetcher = await stack.enter_async_context(our_node(tmp_path / "fetcher"))
         adder = await stack.enter_async_context(our_node(tmp_path / "adder"))
 
@@ -261,4 +284,6 @@ async def test_directory_tree_both_ways(tmp_path: Path, profile: str) -> None:
         await leecher.command("dial", addr=adder.addr)
         walked = await leecher.command("tree", cid=str(ours.cid))
         assert sorted(walked["entries"], key=lambda e: str(e["path"])) == expected
+        ledger = adder.bitswap.engine.ledgers[PeerId.from_string(leecher.peer_id)]
+        assert ledger.blocks_sent >= len(expected)  # every node and leaf came from us
     print(f"\n[helia-interop] tree {profile}: cid={root} helia walk {walked['ms']} ms")

@@ -172,3 +172,18 @@ async def running_helia(workdir: Path) -> AsyncIterator[HeliaPeer]:
         yield peer
     finally:
         await peer.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_helias(*workdirs: Path) -> AsyncIterator[list[HeliaPeer]]:
+    """Several helia nodes started side by side (each takes seconds to start)."""
+    results = await asyncio.gather(*(start_helia(w) for w in workdirs), return_exceptions=True)
+    peers = [r for r in results if isinstance(r, HeliaPeer)]
+    try:
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        yield peers
+    finally:
+        for peer in peers:
+            await peer.stop()
