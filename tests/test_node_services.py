@@ -293,3 +293,23 @@ async def test_background_bootstrap_retries_until_a_peer_answers(tmp_path: Path)
                     break
                 await asyncio.sleep(0.05)
             assert len(node.kad.routing_table) == 1
+
+
+async def test_client_mode_asks_but_does_not_serve(net: list[Node], tmp_path: Path) -> None:
+    from peerstack.dht.messages import PROTOCOL_ID
+
+    boot, a, _ = net
+    node = Node(
+        repo=tmp_path / "client",
+        listen=LOOPBACK,
+        dht_mode="client",
+        bootstrap=[str(boot.addrs[0])],
+        background=False,
+    )
+    async with node:
+        assert await node.bootstrap() >= 1
+        assert PROTOCOL_ID not in node.protocols()
+        found = await node.dht.find_peer(a.peer_id)
+        assert found.peer_id == a.peer_id
+        assert node.peer_id not in boot.kad.routing_table
+        assert node.peer_id not in a.kad.routing_table

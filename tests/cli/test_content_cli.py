@@ -285,3 +285,19 @@ def test_interrupted_get_resumes(daemons: list[Daemon], tmp_path: Path, mode: st
     assert sha256(out) == want
     assert res["fetched_bytes"] < size  # resumed from the verified blocks it had
     assert hidden(out.parent) == []
+
+
+def test_crashed_daemon_leaves_nothing_in_the_way(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path / "r")
+    d.proc.kill()  # no clean shutdown: the api file stays behind, the lock goes with the process
+    d.proc.wait(10)
+    assert (d.repo / "api").exists()
+    # The stale API does not answer: the verb runs one-shot on the repo.
+    assert ok_json("repo", "stat", "--repo", str(d.repo))["repo"] == str(d.repo)
+    again = start_daemon(tmp_path / "r")
+    try:
+        assert again.peer_id == d.peer_id
+        assert (d.repo / "api").read_text().strip() == again.api  # the stale file replaced
+        assert ok_json("pin", "ls", "--repo", str(d.repo)) == {"pins": []}
+    finally:
+        again.stop()
