@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from peerstack.content.blockstore import (
     PinKind,
     mh_key,
 )
-from peerstack.content.dagpb import MalformedDagPb
+from peerstack.content.dagpb import MalformedDagPb, PBLink, PBNode, encode
 from peerstack.content.importer import import_bytes
 from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.errors import UsageError
@@ -189,3 +190,51 @@ async def test_held_roots_survive_gc(store: Blockstore) -> None:
     with store.hold(res.cid), store.hold(res.cid):
         assert (await store.gc()).removed == 0
     assert (await store.gc()).removed == 4
+
+
+def _fail_on(store: Blockstore, when: str) -> sqlite3.Connection:
+    """A second connection that makes SQLite abort ``when`` (e.g. "INSERT ON dagpb")."""
+    other = sqlite3.connect(store.root / "store.sqlite", isolation_level=None)
+    verb, table = when.split(" ON ")
+    other.execute(
+        f"CREATE TRIGGER fail BEFORE {verb} ON {table} BEGIN SELECT RAISE(ABORT, 'injected'); END"
+    )
+    return other
+
+
+async def _dag_pb_node(store: Blockstore, tag: bytes) -> tuple[CID, CID, bytes]:
+    leaf = await store.put_data(tag, RAW)
+    block = encode(PBNode((PBLink(leaf, "x", len(tag)),), b"\x08\x01"))
+    return CID.hash_of(block, DAG_PB), leaf, block
+
+
+async def test_failed_link_index_is_rolled_back_and_store_keeps_working(store: Blockstore) -> None:
+    node, leaf, block = await _dag_pb_node(store, b"one")
+    other = _fail_on(store, "INSERT ON dagpb")
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.put(node, block)  # refs rows were written before the failing insert
+    assert other.execute("SELECT COUNT(*) FROM refs").fetchone() == (0,)
+    other.execute("DROP TRIGGER fail")
+    # the shared connection is not stuck inside the failed transaction
+    node2, leaf2, block2 = await _dag_pb_node(store, b"two")
+    assert await store.put(node2, block2)
+    assert await store.children(node2) == [leaf2]
+    assert await store.children(node) == [leaf]  # indexed now from the stored block
+    await store.pin(node2)
+    other.close()
+
+
+async def test_failed_link_forget_is_rolled_back_and_store_keeps_working(store: Blockstore) -> None:
+    node, _leaf, block = await _dag_pb_node(store, b"one")
+    await store.put(node, block)
+    other = _fail_on(store, "DELETE ON dagpb")
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.delete(node)  # refs rows were deleted before the failing delete
+    assert other.execute("SELECT COUNT(*) FROM refs").fetchone() == (1,)
+    other.execute("DROP TRIGGER fail")
+    node2, leaf2, block2 = await _dag_pb_node(store, b"two")
+    assert await store.put(node2, block2)
+    assert await store.children(node2) == [leaf2]
+    assert await store.delete(node2)
+    assert (await store.gc()).removed == 2  # the two leaves; nothing is pinned
+    other.close()

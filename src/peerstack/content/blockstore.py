@@ -119,6 +119,26 @@ def _shard(key: str) -> str:
     return key[-3:-1]
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, what: str) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back on any error (a full disk, a cancelled thread, a bug).
+
+    The connection is shared: a transaction left open would make every later BEGIN fail with
+    "cannot start a transaction within a transaction", so no error may skip the ROLLBACK.
+    SQLite itself may already have rolled back (on SQLITE_FULL, for one), hence the check.
+    """
+    db.execute("BEGIN")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            raise BlockstoreFull(f"disk full while {what}") from exc
+        raise
+
+
 class Blockstore:
     """Blocks on disk plus pins; open with ``Blockstore(root)``, close with ``close()``."""
 
@@ -224,20 +244,13 @@ class Blockstore:
             db = self._conn()
             if db.execute("SELECT 1 FROM dagpb WHERE mh=?", (key,)).fetchone():
                 return
-            db.execute("BEGIN")
-            try:
+            with _transaction(db, "indexing links"):
                 db.execute("DELETE FROM refs WHERE parent=?", (key,))
                 db.executemany(
                     "INSERT INTO refs(parent, child) VALUES (?, ?)",
                     [(key, str(link.hash)) for link in links],
                 )
                 db.execute("INSERT INTO dagpb(mh) VALUES (?)", (key,))
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                db.execute("ROLLBACK")
-                if "full" in str(exc):
-                    raise BlockstoreFull("disk full while indexing links") from exc
-                raise
 
     def _read_sync(self, cid: CID | Multihash) -> bytes:
         path = self.path_for(cid)
@@ -350,10 +363,9 @@ class Blockstore:
     def _forget_links(self, keys: list[str]) -> None:
         with self._lock:
             db = self._conn()
-            db.execute("BEGIN")
-            db.executemany("DELETE FROM refs WHERE parent=?", [(k,) for k in keys])
-            db.executemany("DELETE FROM dagpb WHERE mh=?", [(k,) for k in keys])
-            db.execute("COMMIT")
+            with _transaction(db, "forgetting links"):
+                db.executemany("DELETE FROM refs WHERE parent=?", [(k,) for k in keys])
+                db.executemany("DELETE FROM dagpb WHERE mh=?", [(k,) for k in keys])
 
     async def children(self, cid: CID) -> list[CID]:
         return await asyncio.to_thread(self._children_sync, cid)
