@@ -133,7 +133,11 @@ async def network_demo(n_nodes: int, file_size: int, out: Console) -> int:
             out.print(f"\n[bold]DHT[/bold]: {n_nodes} peers, all bootstrapped from peer0 only")
             for i, node in enumerate(nodes[1:], 1):
                 size = await node.bootstrap()
-                out.print(f"peer{i} joined through peer0: {size} peers in its routing table")
+                look = node.kad.last_lookup  # the self-lookup that bootstrap ends with
+                out.print(
+                    f"peer{i} joined through peer0: its self-lookup asked {look.requests} peers"
+                    f" ({look.hops} hops); {size} peers in its routing table"
+                )
             names = {n.peer_id: f"peer{i}" for i, n in enumerate(nodes)}
             for i, node in enumerate(nodes):
                 known = sorted(names.get(p, str(p)) for p in node.kad.routing_table.peers())
@@ -152,6 +156,10 @@ async def network_demo(n_nodes: int, file_size: int, out: Console) -> int:
                 )
                 table.add_row(f"peer{i}", f"peer{j}", addrs, str(found.hops), str(found.requests))
             out.print(table)
+            out.print(
+                "hops: answers on the path to the peer (0: the DHT had already put it in the"
+                " routing table)"
+            )
 
             # File sharing: peer1 adds, the last two peers fetch at the same time.
             src = root / "random.bin"
