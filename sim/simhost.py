@@ -26,7 +26,13 @@ from typing import Any, TypeVar
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import DialError, NegotiationError, StreamClosed, StreamReset
+from peerstack.errors import (
+    DialError,
+    NegotiationError,
+    PeerIdMismatch,
+    StreamClosed,
+    StreamReset,
+)
 from peerstack.host.interface import (
     HostEvent,
     HostListener,
@@ -36,6 +42,10 @@ from peerstack.host.interface import (
 )
 
 T = TypeVar("T")
+
+#: Addresses kept per peer: the default of ``peerstack.host.peerstore.Peerstore`` (the simulator
+#: may not import it, it stands where the services stand).
+MAX_ADDRS_PER_PEER = 32
 
 
 class SimulationDeadlock(RuntimeError):
@@ -313,9 +323,20 @@ class SimHost:
         return list(self._extra_addrs.get(peer, ()))
 
     def add_peer_addrs(self, peer: PeerId, addrs: Sequence[Multiaddr], ttl: float) -> None:
-        # The simulated network already knows every host's address; only strangers are kept.
+        """The real peerstore's rules, so simulated services meet the same errors.
+
+        An address whose ``/p2p/`` names another peer raises ``PeerIdMismatch`` (nothing kept);
+        of more than ``MAX_ADDRS_PER_PEER`` unique addresses the first ones are kept. The
+        simulated network already knows every host's address; only strangers are stored.
+        """
+        cleaned: list[Multiaddr] = []
+        for addr in addrs:
+            bare, pid = addr.decapsulate_p2p()
+            if pid is not None and PeerId.from_string(pid) != peer:
+                raise PeerIdMismatch(f"address {addr} names another peer than {peer}")
+            cleaned.append(bare)
         if peer not in self.net.hosts and len(self._extra_addrs) < 10_000:
-            self._extra_addrs[peer] = list(addrs)[:8]
+            self._extra_addrs[peer] = list(dict.fromkeys(cleaned))[:MAX_ADDRS_PER_PEER]
 
     def add_listener(self, listener: HostListener) -> Callable[[], None]:
         self._listeners.append(listener)

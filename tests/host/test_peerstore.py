@@ -68,8 +68,20 @@ def test_addrs_per_peer_bounded() -> None:
     ps.add_addrs(peer, [addr(2), addr(3)], ttl=50)
     ps.add_addrs(peer, [addr(4)], ttl=30)  # evicts the soonest to expire: addr(1)
     assert set(ps.addrs(peer)) == {addr(2), addr(3), addr(4)}
-    with pytest.raises(LimitExceeded):
-        ps.add_addrs(peer, [addr(p) for p in range(10, 14)], ttl=60)
+    # More than the limit in one call: the first ones are kept, nothing is raised (the wire
+    # allows more than our bookkeeping bound; the DHT sends up to 64 per peer).
+    ps.add_addrs(peer, [addr(p) for p in range(10, 14)], ttl=60)
+    assert set(ps.addrs(peer)) == {addr(10), addr(11), addr(12)}
+
+
+def test_many_addrs_keep_the_first_unique_ones() -> None:
+    ps = Peerstore(max_addrs_per_peer=32)
+    _, peer = new_peer()
+    given = [addr(1), addr(1)] + [addr(p) for p in range(100, 164)]  # 65 unique, as the DHT may
+    ps.add_addrs(peer, [a.encapsulate(f"/p2p/{peer}") for a in given], ttl=60)
+    kept = ps.addrs(peer)
+    assert len(kept) == 32
+    assert set(kept) == {addr(1)} | {addr(p) for p in range(100, 131)}
 
 
 def test_peers_bounded_lru_and_protection() -> None:

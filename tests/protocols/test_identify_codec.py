@@ -211,3 +211,25 @@ def test_observed_addrs_bounded_and_ranked() -> None:
     assert len(ranked) == 3
     assert ranked[0] == a
     assert obs.addrs(min_observers=3) == [a]
+
+
+async def test_push_with_more_addrs_than_the_peerstore_keeps_stores_the_first(
+    stream_pair: Pair,
+) -> None:
+    # identify allows 128 listen addrs, the peerstore keeps 32 per peer: the first 32 are stored
+    # (before, the peerstore refused the whole list and the peer had no address at all).
+    from typing import cast
+
+    from peerstack.host.interface import Host
+    from peerstack.host.peerstore import Peerstore
+    from peerstack.protocols.identify import IDENTIFY_PUSH, IdentifyService
+
+    client, server = stream_pair(IDENTIFY_PUSH)
+    store = Peerstore(max_addrs_per_peer=32)
+    service = IdentifyService(cast(Host, object()), store, KEY.public_key, lambda: ())
+    addrs = [Multiaddr(f"/ip4/10.0.0.1/tcp/{4000 + i}") for i in range(40)]
+    raw = encode_identify(public_key=None, listen_addrs=addrs, protocols=[], observed_addr=None)
+    await client.write(varint.encode(len(raw)) + raw)
+    await client.close()
+    await service._handle_push(server)
+    assert set(store.addrs(server.remote_peer)) == set(addrs[:32])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -26,10 +27,10 @@ from peerstack.dht.messages import (
     decode,
     encode,
 )
-from peerstack.dht.providers import SqliteDhtStore
+from peerstack.dht.providers import MemoryDhtStore, SqliteDhtStore
 from peerstack.dht.records import create_ipns_record, ipns_key, parse_ipns_record
 from peerstack.dht.service import KadDHT, ValueNotFound
-from peerstack.errors import StreamReset, UsageError
+from peerstack.errors import PeerIdMismatch, StreamReset, UsageError
 from peerstack.host.interface import Host, Stream, read_length_prefixed, write_length_prefixed
 from sim.simhost import SimHost, SimNetwork, run
 
@@ -494,5 +495,99 @@ def test_stop_right_after_a_lookup_with_requests_still_out() -> None:
         await asker.stop()
         assert not asker._tasks
         await asker.stop()  # idempotent
+
+    sim(main)
+
+
+def test_a_bad_peer_entry_in_one_answer_does_not_abort_the_lookup() -> None:
+    # The wire allows 64 addresses per peer, the peerstore keeps 32, and an address whose /p2p/
+    # names another peer is refused: either in one answer used to abort the whole lookup.
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 30)
+        rng = random.Random(5)
+        liar = net.add_host()
+        other = net.random_peer_id()
+
+        async def liar_handler(stream: Stream) -> None:
+            while (raw := await read_length_prefixed(stream, 10**6)) is not None:
+                req = decode(raw)
+                target = kad_key(req.key)
+                wrong = Multiaddr("/ip4/10.1.2.3/tcp/4001").encapsulate(f"/p2p/{other}")
+                many = tuple(Multiaddr(f"/ip4/10.9.9.9/tcp/{4000 + i}") for i in range(64))
+                fakes = [
+                    PeerInfo(_close_peer(target, rng), (wrong,)),
+                    PeerInfo(_close_peer(target, rng), many),
+                ]
+                reply = KadMessage(req.type, key=req.key, closer_peers=fakes)
+                await write_length_prefixed(stream, encode(reply))
+
+        liar.set_stream_handler(PROTOCOL_ID, liar_handler)
+        asker, wanted = dhts[3], dhts[17]
+        asker.routing_table.add(liar.peer_id, 0.0)
+        assert liar.peer_id in asker.routing_table
+        # A lookup for the liar's own key asks the liar first.
+        assert await asker.get_closest_peers(liar.peer_id.to_bytes())
+        # The liar answered with a malformed entry: it counts as its failure.
+        assert liar.peer_id not in asker.routing_table
+        assert asker.last_lookup.failures >= 1
+        asker.routing_table.add(liar.peer_id, 0.0)
+        assert await asker.find_peer(wanted.host.peer_id) is not None
+        # The 64-address entry of a stranger was kept, cut to the peerstore's limit.
+        assert any(len(a) == 32 for a in liar_host_view(asker).values())
+        key = cid_multihash(b"through the liar")
+        asker.routing_table.add(liar.peer_id, 0.0)
+        assert await dhts[5].provide(key) >= 10
+        assert await asker.find_providers(key)
+
+    sim(main)
+
+
+def liar_host_view(dht: KadDHT) -> dict[PeerId, list[Multiaddr]]:
+    """The addresses a simulated host keeps for strangers (peers outside the network)."""
+    assert isinstance(dht.host, SimHost)
+    return dht.host._extra_addrs
+
+
+def test_simhost_applies_the_peerstore_address_rules() -> None:
+    net = SimNetwork(rng=random.Random(1))
+    host = net.add_host()
+    stranger, other = net.random_peer_id(), net.random_peer_id()
+    many = [Multiaddr(f"/ip4/10.9.9.9/tcp/{4000 + i}") for i in range(64)]
+    host.add_peer_addrs(stranger, [a.encapsulate(f"/p2p/{stranger}") for a in many], 60.0)
+    assert host.peer_addrs(stranger) == many[:32]
+    with pytest.raises(PeerIdMismatch):
+        host.add_peer_addrs(stranger, [many[0].encapsulate(f"/p2p/{other}")], 60.0)
+
+
+class _FlakyGcStore(MemoryDhtStore):
+    """A store whose first gc fails the way a locked database does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gc_calls = 0
+
+    def gc(self, now: float) -> int:
+        self.gc_calls += 1
+        if self.gc_calls == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return super().gc(now)
+
+
+def test_maintenance_loop_survives_a_failing_step() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 8)
+        store = _FlakyGcStore()
+        cfg = config(
+            background=True,
+            bootstrap_peers=[p2p_addr(dhts[0].host)],
+            refresh_interval=60.0,
+            gc_interval=60.0,
+        )
+        node = KadDHT(net.add_host(), cfg, store=store)
+        await node.start()
+        await asyncio.sleep(400)
+        assert store.gc_calls >= 3  # the loop went on after the first gc failed
+        assert node._tasks  # and is still running
+        await node.stop()
 
     sim(main)

@@ -37,7 +37,7 @@ from peerstack.dht.records import (
 from peerstack.dht.routing_table import AddResult, RoutingTable
 from peerstack.dht.rpc import RPC_ERRORS, DhtCounters, KadClient
 from peerstack.dht.server import KadServer, ProviderMismatch, check_provider_key
-from peerstack.errors import DecodeError, PeerstackError, UsageError
+from peerstack.errors import DecodeError, PeerError, PeerstackError, UsageError
 from peerstack.host.interface import Host, HostEvent, PeerConnected
 
 log = logging.getLogger(__name__)
@@ -173,16 +173,35 @@ class KadDHT:
             backoff = min(backoff * 2, cfg.bootstrap_backoff_max)
         last_gc = self._now()
         while True:
-            await self.refresh()
+            await self._step("refresh", self.refresh)
             now = self._now()
             if now - last_gc >= cfg.gc_interval:
-                self.store.gc(now)
+                await self._step("gc", self._gc)
                 last_gc = now
-            await self.republish()
-            self.save_routing_table()
+            await self._step("republish", self.republish)
+            await self._step("saving the routing table", self._save_routing_table)
             await asyncio.sleep(min(cfg.refresh_interval, cfg.gc_interval))
             if len(self.routing_table) == 0:
-                await self.bootstrap()
+                await self._step("bootstrap", self.bootstrap)
+
+    async def _step(self, what: str, step: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Run one upkeep step; its failure is logged and the loop goes on.
+
+        The maintenance loop is the node's only refresher, republisher and collector: one step
+        that fails (a bad answer, a locked database, a bug) must not end it for good, so every
+        ``Exception`` is caught here, logged with its traceback (not hidden) and the next round
+        tries again. Cancellation (``stop()``) is a ``BaseException`` and still ends the loop.
+        """
+        try:
+            await step()
+        except Exception:
+            log.exception("DHT upkeep: %s failed; trying again next round", what)
+
+    async def _gc(self) -> None:
+        self.store.gc(self._now())
+
+    async def _save_routing_table(self) -> None:
+        self.save_routing_table()
 
     async def bootstrap(self) -> bool:
         """Contact the configured bootstrap peers, then look ourselves up.
@@ -288,14 +307,27 @@ class KadDHT:
     # -- client: lookups -----------------------------------------------------------------
 
     def _learn_peers(self, infos: Sequence[PeerInfo]) -> list[PeerId]:
+        """Note the addresses of the peers an answer named; returns their ids.
+
+        Raises ``PeerError`` (after keeping the good entries) if the peerstore refused one
+        entry, e.g. an address whose ``/p2p/`` names another peer: the answer is malformed and
+        the caller counts it as the sender's failure, without giving up on the lookup.
+        """
         me = self.host.peer_id
         out = []
+        refused: PeerError | None = None
         for info in infos:
             if info.peer_id == me:
                 continue
             if info.addrs:
-                self.host.add_peer_addrs(info.peer_id, info.addrs, ADDR_TTL)
+                try:
+                    self.host.add_peer_addrs(info.peer_id, info.addrs, ADDR_TTL)
+                except PeerError as exc:
+                    refused = exc
+                    continue
             out.append(info.peer_id)
+        if refused is not None:
+            raise refused
         return out
 
     async def _run_query(
@@ -350,10 +382,22 @@ class KadDHT:
                         if reply is None:  # pragma: no cover - requests expect replies
                             query.on_failure(peer, now)
                             continue
-                        query.on_response(peer, self._learn_peers(reply.closer_peers), now)
+                        try:
+                            closer = self._learn_peers(reply.closer_peers)
+                        except PeerError as exc:
+                            # One peer's bad answer costs that peer, not the whole lookup.
+                            log.debug("query: %s answered with a bad peer: %r", peer, exc)
+                            query.on_failure(peer, now)
+                            self._peer_failed(peer)
+                            continue
+                        query.on_response(peer, closer, now)
                         self._peer_responded(peer)
                         if on_reply is not None:
-                            on_reply(query, peer, reply)
+                            try:
+                                on_reply(query, peer, reply)
+                            except PeerError as exc:
+                                log.debug("query: bad answer from %s: %r", peer, exc)
+                                self._peer_failed(peer)
                     query.check_timeouts(now)
             finished = True
         except TimeoutError:
@@ -565,9 +609,14 @@ class KadDHT:
         def on_reply(query: Query, sender: PeerId, reply: KadMessage) -> None:
             for info in reply.provider_peers:
                 if info.peer_id not in found and len(found) < want:
-                    found[info.peer_id] = info
                     if info.addrs and info.peer_id != self.host.peer_id:
-                        self.host.add_peer_addrs(info.peer_id, info.addrs, ADDR_TTL)
+                        try:
+                            self.host.add_peer_addrs(info.peer_id, info.addrs, ADDR_TTL)
+                        except PeerError as exc:
+                            # Addresses that cannot be the provider's: skip that entry only.
+                            log.debug("%s sent a bad provider entry: %r", sender, exc)
+                            continue
+                    found[info.peer_id] = info
             if len(found) >= want:
                 query.stop()
 

@@ -2,7 +2,8 @@
 
 Everything in here is learned from the network (identify, the DHT, gossip), so every collection
 is bounded: a number of peers (least recently updated evicted first), addresses per peer (the
-soonest to expire make room), protocols and metadata keys per peer (refused past the limit).
+first ones of a call are kept, then the soonest to expire make room), protocols and metadata
+keys per peer (refused past the limit).
 The clock is injectable so tests and the simulator can drive expiry.
 """
 
@@ -111,7 +112,10 @@ class Peerstore:
     def add_addrs(self, peer: PeerId, addrs: Iterable[Multiaddr], ttl: float) -> None:
         """Remember ``addrs`` for ``ttl`` seconds; a longer TTL than the known one wins.
 
-        A trailing ``/p2p/<id>`` is stripped; one naming another peer is refused.
+        A trailing ``/p2p/<id>`` is stripped; one naming another peer is refused
+        (``PeerIdMismatch``, nothing stored). Past ``max_addrs_per_peer`` only the first ones are
+        kept: the limit is our own bookkeeping bound, tighter than what the wire protocols allow
+        (the DHT carries up to 64 addresses per peer), so a peer that lists more is not at fault.
         """
         if ttl <= 0:
             self.clear_addrs(peer, addrs)
@@ -122,10 +126,11 @@ class Peerstore:
             if pid is not None and PeerId.from_string(pid) != peer:
                 raise PeerIdMismatch(f"address {addr} names another peer than {peer}")
             cleaned.append(bare)
+        # Unique, in the order given, at most the limit: the first addresses are the ones a peer
+        # lists as its best (go and js put public and preferred transports first).
+        cleaned = list(dict.fromkeys(cleaned))[: self._max_addrs]
         if not cleaned:
             return
-        if len(set(cleaned)) > self._max_addrs:
-            raise LimitExceeded(f"{len(cleaned)} addresses exceed {self._max_addrs} per peer")
         now = self._clock()
         expiry = now + ttl
         rec = self._record(peer)
@@ -136,7 +141,7 @@ class Peerstore:
                 rec.addrs[addr] = (expiry, ttl)
         while len(rec.addrs) > self._max_addrs:
             # Make room by dropping the addresses that would expire first; the new ones came
-            # in the same call and the limit check above guarantees they fit.
+            # in the same call and the cut above guarantees they fit.
             soonest = min(rec.addrs, key=lambda a: rec.addrs[a][0])
             del rec.addrs[soonest]
 

@@ -467,8 +467,9 @@ class IdentifyService:
         """Write ``info`` to the peerstore, each fact on its own.
 
         The peerstore may have tighter limits than the wire (addresses or protocols per peer).
-        What it refuses is logged and left out; the rest still counts, and the peer is not
-        penalized for a message the protocol allows.
+        Of more addresses than it holds it keeps the first ones (identify allows 128, the
+        peerstore 32); what it refuses is logged and left out; the rest still counts, and the
+        peer is not penalized for a message the protocol allows.
         """
         ps = self._peerstore
         peer = info.peer
