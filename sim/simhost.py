@@ -250,6 +250,8 @@ class SimHost:
         self._listeners: list[HostListener] = []
         self._connected: set[PeerId] = set()
         self._extra_addrs: dict[PeerId, list[Multiaddr]] = {}
+        # Handler tasks of the inbound streams this host opened on others.
+        self._handler_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def peer_id(self) -> PeerId:
@@ -292,7 +294,11 @@ class SimHost:
         net.counters.streams += 1
         self._note_connected(target, outbound=True)
         target._note_connected(self, outbound=False)
-        asyncio.get_running_loop().create_task(_serve(handler, theirs))
+        # Keep a reference until the handler ends: the loop holds tasks only weakly, so an
+        # unreferenced one may be garbage-collected mid-run.
+        task = asyncio.get_running_loop().create_task(_serve(handler, theirs))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
         return ours
 
     def _note_connected(self, other: SimHost, outbound: bool) -> None:

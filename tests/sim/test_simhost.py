@@ -143,3 +143,27 @@ def test_nothing_crosses_to_a_killed_node() -> None:
 
     run(main())
     assert received == []
+
+
+def test_handler_tasks_are_kept_until_they_end() -> None:
+    import gc
+
+    net = SimNetwork()
+    a, b = net.add_host(), net.add_host()
+    done: list[bytes] = []
+
+    async def slow(stream: Stream) -> None:
+        done.append(await stream.read())
+
+    b.set_stream_handler("/p", slow)
+
+    async def main() -> None:
+        s = await a.new_stream(b.peer_id, ["/p"])
+        assert len(a._handler_tasks) == 1  # referenced while it runs
+        gc.collect()
+        await s.write(b"hello")
+        await asyncio.sleep(1)
+        assert not a._handler_tasks  # and let go of when it ends
+
+    run(main())
+    assert done == [b"hello"]
