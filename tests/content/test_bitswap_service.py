@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -454,3 +455,38 @@ async def test_wants_waiting_before_an_add_are_served_after_it(
     await a.bitswap.add(src, SMALL_CHUNKS, provide=False)
     reply = await asyncio.wait_for(client.inbox.get(), 10)
     assert [p.data for p in reply.payload] == [data[: 64 * 1024]]
+
+
+async def test_bad_block_stored_after_its_message_was_cancelled_still_cuts_off_the_peer(
+    nodes: list[Node], net: MemNetwork
+) -> None:
+    # The store of a received block is shielded from the cancel of the message's task (the
+    # peer's stream died); its outcome must still be read and acted on, not dropped.
+    b = nodes[1]
+    evil = RawPeer(net.add_host())
+    await b.host.connect(evil.host.peer_id)
+    junk = b"\x0a\x00\x12\x00"  # hashes fine, but is not canonical dag-pb
+    cid = CID.hash_of(junk, DAG_PB)
+    session = b.bitswap.new_session()
+    session.want(cid)
+    loop = asyncio.get_running_loop()
+    reports: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+    try:
+        msg = Message(payload=[m.BlockPayload(cid.prefix(), junk)])
+        handler = asyncio.create_task(b.bitswap.handle_message(evil.host.peer_id, msg))
+        for _ in range(5000):
+            if any(t.get_coro().__qualname__.endswith("_store_block") for t in asyncio.all_tasks()):
+                break
+            await asyncio.sleep(0.001)
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        await _wait_banned(b, evil.host.peer_id)
+        assert isinstance(session.error, MalformedDagPb)
+        assert not await b.store.has(cid)
+        gc.collect()
+        assert reports == []
+    finally:
+        loop.set_exception_handler(None)
+        await b.bitswap._end_session(session)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -130,6 +131,34 @@ class FetchResult:
     fetched_bytes: int  # of ``bytes``, what came over the network
 
 
+def _spawn_into(tasks: set[asyncio.Task[Any]], coro: Any) -> asyncio.Task[Any]:
+    """Run ``coro`` as a task held in ``tasks`` until it ends, its outcome always read.
+
+    The loop keeps only a weak reference to a task, so one nobody holds may vanish mid-run; and
+    an error nobody reads is reported only when the task is garbage collected, if at all.
+    """
+    task = asyncio.get_running_loop().create_task(coro)
+    tasks.add(task)
+    task.add_done_callback(_task_done(tasks))
+    return task
+
+
+def _task_done(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, (PeerstackError, OSError)):
+            log.debug("bitswap background task %s failed: %r", task.get_name(), exc)
+        else:
+            log.error("bitswap background task %s failed", task.get_name(), exc_info=exc)
+
+    return done
+
+
 class _Outbound:
     """Our own outbound stream to one peer; messages are written one at a time."""
 
@@ -227,10 +256,8 @@ class FetchSession:
         self.arrivals.put_nowait((CID.hash_of(b""), None, None))
         self.wake.set()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        return _spawn_into(self._tasks, coro)
 
     def _flush(self, actions: Actions) -> None:
         for peer, entries in actions.messages.items():
@@ -326,11 +353,15 @@ class Bitswap:
             self.host.remove_stream_handler(proto)
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for task in [*self._workers, *self._tasks]:
+        tasks = [*self._workers, *self._tasks]
+        for task in tasks:
             task.cancel()
-        for task in [*self._workers, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Background tasks report their own errors (see _spawn_into); one that failed before
+        # it was cancelled must not make stop() raise and skip the rest of the clean-up.
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes[: len(self._workers)]:
+            if isinstance(outcome, Exception):
+                log.error("bitswap server worker failed", exc_info=outcome)
         for session in list(self.sessions):
             session.fail(FetchError("bitswap stopped"))
         for out in self._outbound.values():
@@ -406,10 +437,8 @@ class Bitswap:
                 session.core.remove_peer(event.peer)
                 session.wake.set()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        return _spawn_into(self._tasks, coro)
 
     async def send(self, peer: PeerId, msg: Message) -> None:
         if self.is_banned(peer):
@@ -436,6 +465,7 @@ class Bitswap:
         # storing blocks); the queue is short, so a peer still cannot make us buffer much.
         queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=2)
         worker = asyncio.get_running_loop().create_task(self._process(peer, queue))
+        put: asyncio.Future[None] | None = None
         try:
             while not worker.done():
                 data = await read_length_prefixed(stream, m.MAX_MESSAGE_SIZE)
@@ -454,6 +484,8 @@ class Bitswap:
         except (StreamError, ConnectionClosed) as exc:
             log.debug("bitswap stream from %s ended: %r", peer, exc)
         finally:
+            if put is not None and not put.done():
+                put.cancel()  # cancelled mid-wait: a put on a full queue would wait forever
             if not worker.done():
                 worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -513,7 +545,21 @@ class Bitswap:
             # Stored and delivered together or not at all: when the peer's connection dies,
             # this task is cancelled, and a cancel between the two left the block on disk while
             # the fetch never heard of it (and reported it missing).
-            await asyncio.shield(self._store_block(peer, cid, data, wanting))
+            store = self._spawn(self._store_block(peer, cid, data, wanting))
+            try:
+                await asyncio.shield(store)
+            except asyncio.CancelledError:
+                if not store.done():  # it goes on: its verdict on the peer still counts
+                    store.add_done_callback(functools.partial(self._late_store_done, peer))
+                raise
+
+    def _late_store_done(self, peer: PeerId, store: asyncio.Task[None]) -> None:
+        """A block stored after its message's task was cancelled: act on a bad one here."""
+        if store.cancelled():
+            return
+        exc = store.exception()
+        if isinstance(exc, PeerError) and not self.is_banned(peer):
+            self.penalize(peer, exc)
 
     async def _store_block(
         self, peer: PeerId, cid: CID, data: bytes, wanting: list[FetchSession]
