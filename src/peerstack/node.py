@@ -70,6 +70,9 @@ Target = str | Multiaddr | PeerId
 #: Peerstore metadata key counting a peer's protocol violations.
 MISBEHAVIOUR_KEY = "misbehaviour"
 
+#: Seconds from start to a long-lived node's first reprovide round.
+REPROVIDE_FIRST_DELAY = 30.0
+
 #: Import profiles by the names the CLI offers.
 PROFILES: dict[str, ImportProfile] = {
     "default": DEFAULT_PROFILE,
@@ -298,11 +301,13 @@ class Node:
             backoff = min(backoff * 2, backoff_max)
 
     async def _reprovide_loop(self, reprovider: Reprovider) -> None:
-        # The DHT republishes what it provided itself; this keeps every pinned root announced,
-        # a round per interval (the first after one interval: a restart does not flood).
+        # The DHT republishes what it provided itself; this keeps every pinned root announced.
+        # The first round comes soon after start (once the DHT has had time to join), so what
+        # was added while no daemon ran gets announced with this node's addresses.
+        await asyncio.sleep(min(REPROVIDE_FIRST_DELAY, reprovider.interval))
         while True:
-            await asyncio.sleep(reprovider.interval)
             await reprovider.reprovide_once()
+            await asyncio.sleep(reprovider.interval)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -131,3 +131,26 @@ def test_restarted_daemon_rejoins_from_its_saved_table(tmp_path: Path) -> None:
             node.stop()
     finally:
         boot.stop()
+
+
+def test_daemon_announces_what_was_added_offline(daemons: list[Daemon], tmp_path: Path) -> None:
+    d0, _, d2 = daemons
+    repo = tmp_path / "offline"
+    repo.mkdir()
+    (repo / "config.toml").write_text(
+        '[node]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n[content]\nreprovide_interval = 0.5\n'
+    )
+    (tmp_path / "f").write_bytes(os.urandom(4000))
+    cid = ok_json("add", str(tmp_path / "f"), "--repo", str(repo))["cid"]  # one-shot: no announce
+    before = ok_json("dht", "find-providers", cid, "--repo", str(d2.repo))
+    assert before["providers"] == []
+    node = start_daemon(repo, d0.addr)
+    try:
+        for _ in range(40):
+            found = ok_json("dht", "find-providers", cid, "--repo", str(d2.repo))
+            if node.peer_id in {p["peer_id"] for p in found["providers"]}:
+                break
+        else:
+            raise AssertionError("the daemon's reprovider never announced the pinned root")
+    finally:
+        node.stop()

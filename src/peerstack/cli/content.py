@@ -52,7 +52,8 @@ def _timeout_option(f: click.decorators.FC) -> click.decorators.FC:
     "--provide",
     type=click.Choice(["roots", "all", "none"]),
     default=None,
-    help="What to announce to the DHT (default: from config.toml, roots).",
+    help="What to announce to the DHT (default: roots, from config.toml, when a daemon runs;"
+    " none one-shot, as the one-shot node is gone right after).",
 )
 @network_options
 def add_command(
