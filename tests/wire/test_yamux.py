@@ -998,7 +998,10 @@ def test_random_operations_keep_both_sides_consistent(
 
 
 def _fast_then_general(session: YamuxSession, piece: bytes) -> list[Event]:
-    """What a caller using the fast path sees: the same events as receive_data() alone."""
+    """What a caller using the fast paths sees: the same events as receive_data() alone."""
+    sid = session.receive_payload_rest(piece, 0.0)
+    if sid:
+        return [DataReceived(sid, piece)]
     sid = session.receive_single_data(piece, 0.0)
     if sid:
         assert piece[HEADER_SIZE:]
@@ -1082,3 +1085,35 @@ def test_small_sends_give_the_same_bytes_as_large_ones() -> None:
     assert p.client.send_data(sid, b"qr") == 1
     assert p.client.send_window(sid) == 0
     assert p.client.send_data(sid, b"q") == 0
+
+
+def test_payload_rest_fast_path() -> None:
+    p = Pair()
+    sid = p.client.open_stream()
+    p.flush()
+    p.take("server")
+    server = p.server
+    assert server.receive_payload_rest(b"abc", 1.0) == 0  # nothing in flight
+    wire = frame(TYPE_DATA, FLAG_FIN, sid, 10, b"0123456789")
+    assert server.receive_data(wire[:14], 1.0) == [DataReceived(sid, b"01")]
+    assert server.receive_payload_rest(b"2345", 1.0) == sid  # the middle of the payload
+    assert server.receive_payload_rest(b"6789x", 1.0) == 0  # runs past the frame
+    assert server.receive_payload_rest(b"6789", 1.0) == 0  # ends a frame that carries FIN
+    assert server.receive_data(b"6789", 1.0) == [DataReceived(sid, b"6789"), StreamEnded(sid)]
+    server.consumed(sid, 10, 1.0)  # all ten bytes were accounted for, by both paths
+    with pytest.raises(UsageError):
+        server.consumed(sid, 1, 1.0)
+
+
+def test_take_output_gives_the_queued_pieces() -> None:
+    p = Pair()
+    sid = p.client.open_stream()
+    big = b"B" * 5000
+    p.client.send_data(sid, big)
+    parts = p.client.take_output()
+    assert b"".join(parts) == (
+        frame(TYPE_WINDOW_UPDATE, FLAG_SYN, sid, 0) + frame(TYPE_DATA, 0, sid, 5000, big)
+    )
+    assert any(part is big for part in parts)  # referenced, not copied
+    assert p.client.take_output() == []
+    assert not p.client.has_output

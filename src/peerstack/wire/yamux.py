@@ -504,6 +504,18 @@ class YamuxSession:
             return parts[0]
         return b"".join(parts)
 
+    def take_output(self) -> list[bytes | memoryview]:
+        """Drain the queued output as the pieces it was queued in (headers, payloads).
+
+        For a caller that encrypts large payloads where they lie instead of joining them
+        behind their headers first (data_to_send() copies every byte once).
+        """
+        out = self._out
+        if out:
+            self._out = []
+            self._control_bytes = 0
+        return out
+
     def data_to_send_into(self, buffer: bytearray | memoryview) -> int:
         """Move queued bytes into ``buffer`` (as many as fit); return how many.
 
@@ -903,6 +915,29 @@ class YamuxSession:
         st.credit -= length
         st.buffered += length
         return sid
+
+    def receive_payload_rest(self, data: bytes, now: float) -> int:
+        """Fast path for bulk input: ``data`` is all payload of the Data frame in flight.
+
+        When a frame's payload spans several inputs (a large frame arrives in Noise-frame
+        pieces), the middle pieces carry no header at all. If all of ``data`` belongs to the
+        payload in flight on a live stream, and does not end a frame that carried FIN or RST,
+        account for it and return the stream id (``data`` itself is the payload, no copy).
+        Otherwise return 0 having consumed nothing; the caller uses receive_data().
+        """
+        left = self._rx_left
+        n = len(data)
+        st = self._rx_stream
+        if not n or n > left or st is None or (n == left and self._rx_fin) or self._failed:
+            return 0
+        self._now = now
+        self._last_recv = now
+        st.buffered += n
+        left -= n
+        self._rx_left = left
+        if not left:
+            self._rx_stream = None
+        return st.sid
 
     def _payload(
         self,
