@@ -22,7 +22,9 @@
 // `cat` reads blocks with helia's default blockReadConcurrency (unbounded) unless
 // --block-read-concurrency is given. Unbounded stalls on a 1 GiB file here: the leecher wants all
 // 1024 leaves at once, the seeder answers them as one batch, and the transfer stops with the
-// stream aborted, nothing written; the driver passes 32.
+// stream aborted, nothing written; the driver passes 32. Even so, most 1 GiB runs here stop after
+// the first 32 MiB (32 blocks) and never resume: the leecher exits with code 3 ("stalled") when no
+// data arrives for --stall-seconds (60), so the driver records a failure instead of hanging.
 //
 // Time in the leecher starts just before dialling the seeders and stops when the file written by
 // `unixfs.cat` is closed and its sha256 equals the source's (bitswap checks every block's hash).
@@ -44,7 +46,8 @@ const { values: args, positionals } = parseArgs({
     peer: { type: 'string', multiple: true, default: [] },
     'expect-sha256': { type: 'string', default: '' },
     timeout: { type: 'string', default: '900' },
-    'block-read-concurrency': { type: 'string' }
+    'block-read-concurrency': { type: 'string' },
+    'stall-seconds': { type: 'string', default: '60' }
   }
 })
 const role = positionals[0]
@@ -115,12 +118,23 @@ async function leech () {
   await Promise.all(args.peer.map(a => helia.libp2p.dial(multiaddr(a), { signal })))
   const out = createWriteStream(args.out)
   let bytes = 0
+  // A transfer that stops moving is reported as such instead of waiting for the timeout.
+  let lastProgress = performance.now()
+  const stallMs = Number(args['stall-seconds']) * 1000
+  const watchdog = setInterval(() => {
+    if (performance.now() - lastProgress > stallMs) {
+      console.error(`stalled: no data for ${args['stall-seconds']} s after ${bytes} bytes`)
+      process.exit(3)
+    }
+  }, 1000)
   const catOptions = { signal }
   if (args['block-read-concurrency'] != null) catOptions.blockReadConcurrency = Number(args['block-read-concurrency'])
   for await (const chunk of fs.cat(cid, catOptions)) {
     bytes += chunk.byteLength
+    lastProgress = performance.now()
     if (!out.write(chunk)) await once(out, 'drain')
   }
+  clearInterval(watchdog)
   out.end()
   await once(out, 'close')
   const tDisk = performance.now()
