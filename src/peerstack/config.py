@@ -90,13 +90,16 @@ class Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Build from the parsed TOML; ``UsageError`` names the offending key."""
+        unknown_sections = set(data) - {"node", "limits", "dht", "content"}
+        if unknown_sections:
+            raise UsageError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
+        for section, value in data.items():
+            if not isinstance(value, Mapping):
+                raise UsageError(f"[{section}] must be a table")
         node = dict(data.get("node", {}))
         limits_data = dict(data.get("limits", {}))
         dht = dict(data.get("dht", {}))
         content = dict(data.get("content", {}))
-        unknown_sections = set(data) - {"node", "limits", "dht", "content"}
-        if unknown_sections:
-            raise UsageError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
         known = {"listen", "bootstrap", "agent_version"}
         unknown = set(node) - known
         if unknown:
