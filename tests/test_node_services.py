@@ -92,7 +92,11 @@ async def test_directory_round_trip_and_profiles(net: list[Node], tmp_path: Path
     (src / "sub" / "y.bin").write_bytes(os.urandom(300_000))
     with pytest.raises(UsageError, match="-r"):
         await a.add(src)
-    cid = await a.add(src, recursive=True)
+    seen: list[TransferProgress] = []
+    cid = await a.add(src, recursive=True, progress=seen.append)
+    counts = [p.bytes_done for p in seen]
+    assert counts == sorted(counts)  # one import, bytes only grow across its files
+    assert counts[-1] == seen[-1].bytes_total == 300_005
     legacy = await a.add(src / "x.txt", profile="legacy")
     assert str(legacy).startswith("Qm")
     await b.get(cid, tmp_path / "copy")

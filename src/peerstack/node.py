@@ -580,12 +580,20 @@ class Node:
             raise UsageError(f"provide must be roots, all or none, not {mode!r}")
         src = Path(path)
         total = await asyncio.to_thread(_input_size, src, recursive)
+        # The importer counts bytes per file. A report of at most one chunk is the first of a
+        # new file (every later report of a file is past its first full chunk), so the bytes
+        # of the files before it are added in to give the whole import's progress.
+        done = {"files": 0, "file": 0, "blocks": 0, "file_blocks": 0}
+
+        def on_progress(nbytes: int, blocks: int) -> None:
+            if nbytes <= prof.chunk_size:
+                done["files"] += done["file"]
+                done["blocks"] += done["file_blocks"]
+            done["file"], done["file_blocks"] = nbytes, blocks
+            if progress is not None:
+                progress(TransferProgress(done["files"] + nbytes, total, done["blocks"] + blocks))
+
         async with self.gc_lock.shared():
-
-            def on_progress(nbytes: int, blocks: int) -> None:
-                if progress is not None:
-                    progress(TransferProgress(nbytes, total, blocks))
-
             result = await import_path(store, src, prof, on_progress if progress else None)
             if pin:
                 await store.pin(result.cid, PinKind.RECURSIVE)
