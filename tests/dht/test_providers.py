@@ -13,6 +13,7 @@ from peerstack.dht.providers import (
     PROVIDER_TTL,
     DhtStore,
     MemoryDhtStore,
+    OwnProvidesFull,
     SqliteDhtStore,
     StoreLimits,
 )
@@ -103,3 +104,21 @@ def test_peers_survive_a_restart(tmp_path: Path) -> None:
     )
     assert second.get_providers(b"k", 1.0, 5)[0].peer == pid(1)
     second.close()
+
+
+def test_own_provides_have_their_own_bound(tmp_path: Path) -> None:
+    limits = StoreLimits(max_keys_per_provider=1, max_providers_per_key=1, max_own_provides=3)
+    for store in (MemoryDhtStore(limits), SqliteDhtStore(tmp_path / "own.db", limits)):
+        for i in range(3):
+            store.add_own_provide(b"k%d" % i, 0.0)  # past the per-peer limit of remote peers
+        store.add_own_provide(b"k0", 1.0)  # again: not growth
+        assert store.has_own_provide(b"k2")
+        assert not store.has_own_provide(b"k3")
+        with pytest.raises(OwnProvidesFull):  # a local limit, not a PeerError
+            store.add_own_provide(b"k3", 0.0)
+        assert not store.has_own_provide(b"k3")
+        store.close()
+    again = SqliteDhtStore(tmp_path / "own.db", limits)  # the count survives a restart
+    with pytest.raises(OwnProvidesFull):
+        again.add_own_provide(b"k4", 0.0)
+    again.close()

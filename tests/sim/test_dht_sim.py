@@ -27,7 +27,7 @@ from peerstack.dht.messages import (
     decode,
     encode,
 )
-from peerstack.dht.providers import MemoryDhtStore, SqliteDhtStore
+from peerstack.dht.providers import MemoryDhtStore, SqliteDhtStore, StoreLimits
 from peerstack.dht.records import create_ipns_record, ipns_key, parse_ipns_record
 from peerstack.dht.service import KadDHT, ValueNotFound
 from peerstack.errors import PeerIdMismatch, StreamReset, UsageError
@@ -589,5 +589,51 @@ def test_maintenance_loop_survives_a_failing_step() -> None:
         assert store.gc_calls >= 3  # the loop went on after the first gc failed
         assert node._tasks  # and is still running
         await node.stop()
+
+    sim(main)
+
+
+def test_own_provides_ignore_the_limits_meant_for_remote_peers() -> None:
+    # 100 Sybil identities filling a key's provider slots used to block our own provide
+    # (LimitExceeded), and past max_keys_per_provider every later provide failed.
+    async def main(net: SimNetwork) -> None:
+        limits = StoreLimits(max_keys_per_provider=3)
+        dhts = await build(net, 20, store_limits=limits)
+        me = dhts[4]
+        key = cid_multihash(b"popular")
+        for _ in range(limits.max_providers_per_key):
+            me.store.add_provider(key, net.random_peer_id(), (), time.time())
+        assert await me.provide(key) >= 10
+        for i in range(5):  # more keys than a remote peer may provide here
+            assert await me.provide(cid_multihash(b"block %d" % i)) >= 10
+        # Asked directly, the full node still names us first.
+        stream = await dhts[9].host.new_stream(me.host.peer_id, [PROTOCOL_ID])
+        await write_length_prefixed(stream, encode(KadMessage(MessageType.GET_PROVIDERS, key=key)))
+        raw = await read_length_prefixed(stream, 10**6)
+        assert raw is not None
+        providers = decode(raw).provider_peers
+        assert providers[0].peer_id == me.host.peer_id
+        assert len(providers) == dhts[9].config.k
+        found = await dhts[12].find_providers(cid_multihash(b"block 4"))
+        assert [p.peer_id for p in found] == [me.host.peer_id]
+        assert me.host.peer_id in {p.peer_id for p in await me.find_providers(key)}
+
+    sim(main)
+
+
+def test_republish_goes_on_past_a_key_that_fails() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 12)
+        me = dhts[2]
+        good = cid_multihash(b"good")
+        await me.provide(good)
+        me.store.add_own_provide(b"not a multihash", 0.0)  # a row that cannot be provided
+        later = me.config.republish_interval + 1
+        me.wall_clock = lambda: time.time() + later
+        await asyncio.sleep(later)
+        assert await me.republish() == 1  # the good key, despite the bad row before or after
+        assert me.store.due_republish(me._now(), me.config.republish_interval) == [
+            b"not a multihash"
+        ]
 
     sim(main)

@@ -8,6 +8,11 @@ raises ``LimitExceeded`` and keeps nothing: a peer cannot make us hold more.
 
 Provider records expire after 48 h (``provider_ttl``); our own provides are republished every
 22 h by the service (``due_republish``).
+
+Our own provides are not provider records: they live in their own table, outside the limits
+meant for remote peers (a hundred Sybil identities filling a key's provider slots must not
+stop us from providing it), with a bound of their own (``max_own_provides``) whose excess is
+a local ``OwnProvidesFull``, not a peer's fault.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Protocol
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import DecodeError, LimitExceeded
+from peerstack.errors import DecodeError, LimitExceeded, ResourceLimitError
 
 PROVIDER_TTL = 48 * 3600.0
 REPUBLISH_INTERVAL = 22 * 3600.0
@@ -34,6 +39,12 @@ class StoreLimits:
     max_providers_total: int = 1_000_000
     max_records: int = 100_000
     max_addrs_per_provider: int = 16
+    # Keys we provide ourselves (a repo with provide="all" announces every block).
+    max_own_provides: int = 10_000_000
+
+
+class OwnProvidesFull(ResourceLimitError):
+    """We already provide ``max_own_provides`` keys: a local limit, no peer's doing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +69,11 @@ class DhtStore(Protocol):
 
     def remove_record(self, key: bytes) -> None: ...
 
-    def add_own_provide(self, key: bytes, now: float) -> None: ...
+    def add_own_provide(self, key: bytes, now: float) -> None:
+        """Remember that we provide ``key``; raises ``OwnProvidesFull`` past the bound."""
+        ...
+
+    def has_own_provide(self, key: bytes) -> bool: ...
 
     def due_republish(self, now: float, interval: float) -> list[bytes]: ...
 
@@ -144,7 +159,12 @@ class MemoryDhtStore:
         self._records.pop(key, None)
 
     def add_own_provide(self, key: bytes, now: float) -> None:
+        if key not in self._own and len(self._own) >= self.limits.max_own_provides:
+            raise OwnProvidesFull(f"already providing {len(self._own)} keys")
         self._own[key] = now
+
+    def has_own_provide(self, key: bytes) -> bool:
+        return key in self._own
 
     def due_republish(self, now: float, interval: float) -> list[bytes]:
         return [k for k, t in self._own.items() if now - t >= interval]
@@ -199,6 +219,8 @@ class SqliteDhtStore:
         self.limits = limits or StoreLimits()
         self._path = str(path)
         self._db: sqlite3.Connection | None = None
+        # Rows of dht_own_provides, counted once (not per provide) and kept up to date.
+        self._own_count: int | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -282,10 +304,28 @@ class SqliteDhtStore:
         self.db.execute("DELETE FROM dht_records WHERE key=?", (key,))
 
     def add_own_provide(self, key: bytes, now: float) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO dht_own_provides(key, last_published) VALUES (?, ?)",
-            (key, now),
-        )
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self.has_own_provide(key):
+                if self._own_count is None:
+                    self._own_count = self._count("SELECT COUNT(*) FROM dht_own_provides")
+                if self._own_count >= self.limits.max_own_provides:
+                    raise OwnProvidesFull(f"already providing {self._own_count} keys")
+                self._own_count += 1
+            db.execute(
+                "INSERT OR REPLACE INTO dht_own_provides(key, last_published) VALUES (?, ?)",
+                (key, now),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._own_count = None  # recount on the next call
+            raise
+        db.execute("COMMIT")
+
+    def has_own_provide(self, key: bytes) -> bool:
+        row = self.db.execute("SELECT 1 FROM dht_own_provides WHERE key=?", (key,)).fetchone()
+        return row is not None
 
     def due_republish(self, now: float, interval: float) -> list[bytes]:
         rows = self.db.execute(

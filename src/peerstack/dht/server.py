@@ -181,7 +181,10 @@ class KadServer:
         if t is MessageType.GET_PROVIDERS:
             check_provider_key(msg.key)
             entries = self.store.get_providers(msg.key, self._now(), self.config.k)
-            providers = [PeerInfo(e.peer, e.addrs) for e in entries]
+            providers = [PeerInfo(e.peer, e.addrs) for e in entries if e.peer != self.host.peer_id]
+            if self.store.has_own_provide(msg.key):
+                me = PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs()))
+                providers = [me, *providers[: self.config.k - 1]]
             return KadMessage(
                 t, key=msg.key, provider_peers=providers, closer_peers=self._closer(msg.key, sender)
             )

@@ -244,7 +244,13 @@ class KadDHT:
         count = 0
         now = self._now()
         for key in self.store.due_republish(now, self.config.republish_interval):
-            await self.provide(key)
+            # One key that cannot be provided (a bad row, a full table, a bug) must not stop
+            # the others: each is tried on its own and its failure logged with a traceback.
+            try:
+                await self.provide(key)
+            except Exception:
+                log.exception("republishing %s failed", key.hex()[:32])
+                continue
             count += 1
         return count
 
@@ -575,10 +581,9 @@ class KadDHT:
         """Announce that we provide ``key`` (a multihash) to the k closest peers."""
         _check_own_provider_key(key)
         now = self._now()
+        # Our own table, not the provider records of remote peers (and their limits): the
+        # server answers GET_PROVIDERS for it with us.
         self.store.add_own_provide(key, now)
-        if self.config.mode is Mode.SERVER:
-            addrs = tuple(self.host.listen_addrs())
-            self.store.add_provider(key, self.host.peer_id, addrs, now)
         peers = await self._closest_for_store(key)
         me = PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs()))
         msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
@@ -601,6 +606,9 @@ class KadDHT:
         _check_own_provider_key(key)
         want = self.config.provider_count if count is None else count
         found: dict[PeerId, PeerInfo] = {}
+        if self.config.mode is Mode.SERVER and self.store.has_own_provide(key):
+            me = self.host.peer_id
+            found[me] = PeerInfo(me, tuple(self.host.listen_addrs()))
         for entry in self.store.get_providers(key, self._now(), want):
             found[entry.peer] = PeerInfo(entry.peer, entry.addrs)
         if len(found) >= want:
