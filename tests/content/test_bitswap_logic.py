@@ -351,3 +351,53 @@ def test_session_invariants_under_random_events(events: list[tuple[str, int, int
                 assert want.cid in s.peers[want.requested_from].in_flight
         deadline = s.next_deadline()
         assert deadline is None or deadline >= 0
+
+
+class CountingSizes(Sizes):
+    def __init__(self, have: dict[CID, int]) -> None:
+        super().__init__(have)
+        self.asked: list[CID] = []
+
+    def __call__(self, cid: CID) -> int | None:
+        self.asked.append(cid)
+        return super().__call__(cid)
+
+
+def test_engine_takes_a_message_s_sizes_in_one_batch() -> None:
+    blocks, missing = cids(3), cids(2, "x")
+    sizes = CountingSizes({c: 10 for c in blocks})
+    eng = DecisionEngine(sizes)
+    p = peer()
+    wants = [WantEntry(c) for c in blocks] + [WantEntry(c, send_dont_have=True) for c in missing]
+    pending = eng.receive(p, Message(wants), defer_sizes=True)
+    assert pending == [*blocks, *missing]
+    assert eng.next_batch() is None  # nothing is served before its size is known
+    assert eng.unavailable() == set(pending)  # an import may land while they are looked up
+    eng.set_sizes(p, pending, {c: sizes(c) for c in pending})
+    sizes.asked.clear()
+    batch = eng.next_batch()
+    assert batch is not None
+    assert batch.blocks == blocks
+    assert batch.dont_haves == missing
+    assert sizes.asked == []  # the engine did not look anything up itself
+    assert eng.unavailable() == set(missing)
+    # a block that arrives later comes with its size
+    assert eng.block_added(missing[0], 7) == [p]
+    again = eng.next_batch()
+    assert again is not None
+    assert again.blocks == [missing[0]]
+    assert again.nbytes == 7
+    assert sizes.asked == []
+
+
+def test_engine_falls_back_to_lookups_when_sizes_never_came() -> None:
+    blocks = cids(2)
+    sizes = CountingSizes({c: 10 for c in blocks})
+    eng = DecisionEngine(sizes)
+    p = peer()
+    pending = eng.receive(p, Message([WantEntry(c) for c in blocks]), defer_sizes=True)
+    eng.set_sizes(p, pending, None)  # the lookup failed or was cancelled
+    batch = eng.next_batch()
+    assert batch is not None
+    assert batch.blocks == blocks
+    assert sizes.asked == blocks

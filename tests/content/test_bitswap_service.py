@@ -6,6 +6,7 @@ import asyncio
 import errno
 import gc
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -30,6 +31,7 @@ from peerstack.content.exporter import cat
 from peerstack.content.importer import ImportProfile, import_bytes
 from peerstack.core import varint
 from peerstack.core.cid import CID, DAG_PB, RAW
+from peerstack.core.multihash import Multihash
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import PeerstackError
 from peerstack.host.interface import Stream, read_length_prefixed, write_length_prefixed
@@ -476,7 +478,8 @@ async def test_bad_block_stored_after_its_message_was_cancelled_still_cuts_off_t
         msg = Message(payload=[m.BlockPayload(cid.prefix(), junk)])
         handler = asyncio.create_task(b.bitswap.handle_message(evil.host.peer_id, msg))
         for _ in range(5000):
-            if any(t.get_coro().__qualname__.endswith("_store_block") for t in asyncio.all_tasks()):
+            names = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+            if any(name.endswith("_store_block") for name in names):
                 break
             await asyncio.sleep(0.001)
         handler.cancel()
@@ -490,3 +493,41 @@ async def test_bad_block_stored_after_its_message_was_cancelled_still_cuts_off_t
     finally:
         loop.set_exception_handler(None)
         await b.bitswap._end_session(session)
+
+
+async def test_server_looks_up_a_message_s_wants_off_the_event_loop(
+    net: MemNetwork, tmp_path: Path
+) -> None:
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    class WatchedPath(type(Path())):  # type: ignore[misc]
+        def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(self.name)
+            result: os.stat_result = super().stat(follow_symlinks=follow_symlinks)
+            return result
+
+    class WatchedStore(Blockstore):
+        def path_for(self, cid: CID | Multihash) -> Path:
+            return WatchedPath(super().path_for(cid))
+
+    with WatchedStore(tmp_path / "a", FsyncPolicy.NEVER) as store:
+        async with Bitswap(net.add_host(), store) as server:
+            have = [await store.put_data(f"block {i}".encode(), RAW) for i in range(200)]
+            absent = [CID.hash_of(f"absent {i}".encode()) for i in range(200)]
+            client = RawPeer(net.add_host())
+            wants = [WantEntry(c, want_type=WantType.HAVE, send_dont_have=True) for c in have]
+            wants += [WantEntry(c, send_dont_have=True) for c in absent]
+            msg = Message(wants).encode()
+            on_loop.clear()
+            stream = await client.host.new_stream(server.host.peer_id, [PROTOCOL_1_2])
+            await stream.write(varint.encode(len(msg)) + msg)
+            answered: dict[m.PresenceType, set[CID]] = {t: set() for t in m.PresenceType}
+            while sum(len(v) for v in answered.values()) < 400:
+                reply = await asyncio.wait_for(client.inbox.get(), 10)
+                for p in reply.presences:
+                    answered[p.type].add(p.cid)
+            assert answered[m.PresenceType.HAVE] == set(have)
+            assert answered[m.PresenceType.DONT_HAVE] == set(absent)
+            assert on_loop == []

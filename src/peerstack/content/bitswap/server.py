@@ -5,15 +5,19 @@ round robin across peers, so one peer with a huge wantlist cannot starve the oth
 a cap on its wantlist and on the bytes we have queued for it and not yet written ("in flight"):
 a peer that does not read its stream stops getting new work instead of filling our memory.
 
-The engine never touches the disk or the network: ``block_size(cid)`` (``None`` when we do not
-have it) is passed in, and the service reads the blocks and writes the messages.
+The engine never touches the disk or the network. A want's block size (``None`` when we do not
+have it) comes one of two ways: the service looks up the sizes of a whole message's wants in one
+trip to a worker thread and hands them in (``receive(..., defer_sizes=True)`` then
+``set_sizes``; until then those wants are not served), or, for the odd want, the
+``block_size(cid)`` callable passed in is asked when the want is served.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from peerstack.content.bitswap.ledger import Ledger
@@ -49,12 +53,18 @@ class Batch:
         return not (self.blocks or self.haves or self.dont_haves)
 
 
+class _Size(enum.Enum):
+    PENDING = "pending"  # the service is looking it up: not served until ``set_sizes``
+    LOOKUP = "lookup"  # ask ``block_size`` when the want is served
+
+
 @dataclass(slots=True)
 class _Task:
     cid: CID
     want_type: WantType
     send_dont_have: bool
     priority: int
+    size: int | _Size | None = _Size.LOOKUP
 
 
 class DecisionEngine:
@@ -74,12 +84,16 @@ class DecisionEngine:
             self.ledgers[peer] = led
         return led
 
-    def receive(self, peer: PeerId, msg: Message) -> None:
-        """Take a peer's wantlist into account. Raises ``LimitExceeded`` on a wantlist flood."""
+    def receive(self, peer: PeerId, msg: Message, *, defer_sizes: bool = False) -> list[CID]:
+        """Take a peer's wantlist into account. Raises ``LimitExceeded`` on a wantlist flood.
+
+        With ``defer_sizes`` the new wants wait for ``set_sizes`` before they are served; the
+        CIDs returned are those whose sizes are wanted (at most the wantlist cap).
+        """
         led = self.ledger(peer)
         led.messages_received += 1
         if not msg.wantlist and not msg.full:
-            return
+            return []
         ignored_before = led.ignored_wants
         added, cancelled = led.apply(msg.wantlist, msg.full, self.config.flood_limit)
         if led.ignored_wants > ignored_before:
@@ -88,12 +102,39 @@ class DecisionEngine:
         tasks = self._tasks.setdefault(peer, OrderedDict())
         for cid in cancelled:
             tasks.pop(cid, None)
+        size = _Size.PENDING if defer_sizes else _Size.LOOKUP
         for want in added:
-            tasks[want.cid] = _Task(want.cid, want.want_type, want.send_dont_have, want.priority)
+            tasks[want.cid] = _Task(
+                want.cid, want.want_type, want.send_dont_have, want.priority, size
+            )
         if not tasks:
             del self._tasks[peer]
         elif peer not in self._ready:
             self._ready.append(peer)
+        return [want.cid for want in added] if defer_sizes else []
+
+    def set_sizes(
+        self, peer: PeerId, cids: Iterable[CID], sizes: Mapping[CID, int | None] | None
+    ) -> None:
+        """The sizes of deferred wants (``None``: we lack the block); a CID not in ``sizes``
+        (or ``sizes`` None: the lookup failed) is looked up with ``block_size`` when served."""
+        tasks = self._tasks.get(peer)
+        if tasks is None:
+            return
+        for cid in cids:
+            task = tasks.get(cid)
+            if task is not None and task.size is _Size.PENDING:
+                task.size = sizes[cid] if sizes is not None and cid in sizes else _Size.LOOKUP
+        if peer not in self._ready:
+            self._ready.append(peer)
+
+    def unavailable(self) -> set[CID]:
+        """Wants we could not serve, or may not be able to: answered DONT_HAVE, known to be
+        missing, or still being looked up (an import may have finished meanwhile)."""
+        out = {cid for led in self.ledgers.values() for cid in led.waiting}
+        for tasks in self._tasks.values():
+            out.update(t.cid for t in tasks.values() if t.size is None or t.size is _Size.PENDING)
+        return out
 
     def peer_disconnected(self, peer: PeerId) -> None:
         self.ledgers.pop(peer, None)
@@ -101,8 +142,9 @@ class DecisionEngine:
         if peer in self._ready:
             self._ready.remove(peer)
 
-    def block_added(self, cid: CID) -> list[PeerId]:
-        """We now have ``cid``: queue it for every peer that wants it. Returns those peers."""
+    def block_added(self, cid: CID, size: int | None = None) -> list[PeerId]:
+        """We now have ``cid`` (of ``size`` bytes, if known): queue it for every peer that wants
+        it. Returns those peers."""
         peers = []
         for peer, led in self.ledgers.items():
             want = led.wantlist.get(cid)
@@ -110,7 +152,8 @@ class DecisionEngine:
                 continue
             led.waiting.discard(cid)
             tasks = self._tasks.setdefault(peer, OrderedDict())
-            tasks[cid] = _Task(cid, want.want_type, False, want.priority)
+            known: int | _Size = _Size.LOOKUP if size is None else size
+            tasks[cid] = _Task(cid, want.want_type, False, want.priority, known)
             if peer not in self._ready:
                 self._ready.append(peer)
             peers.append(peer)
@@ -152,7 +195,9 @@ class DecisionEngine:
         for task in sorted(tasks.values(), key=lambda t: -t.priority):
             if len(batch.haves) + len(batch.dont_haves) >= cfg.max_presences_per_batch:
                 break
-            size = self.block_size(task.cid)
+            if task.size is _Size.PENDING:
+                continue  # its size is on its way (set_sizes)
+            size = self.block_size(task.cid) if task.size is _Size.LOOKUP else task.size
             if (
                 size is not None
                 and task.want_type == WantType.BLOCK

@@ -508,8 +508,10 @@ class Bitswap:
         if msg.unsupported_wants:
             log.debug("%s wants %d blocks with codecs we do not serve", peer, msg.unsupported_wants)
         if msg.wantlist or msg.full:
-            self.engine.receive(peer, msg)
+            pending = self.engine.receive(peer, msg, defer_sizes=True)
             self._work.set()
+            if pending:
+                await self._size_wants(peer, pending)
         now = self.now()
         for p in msg.presences:
             for session in self.sessions:
@@ -577,7 +579,7 @@ class Bitswap:
         self._remember(cid)
         for session in wanting:
             session.deliver(peer, cid, data)
-        if self.engine.block_added(cid):
+        if self.engine.block_added(cid, len(data)):
             self._work.set()
 
     def _remember(self, cid: CID) -> None:
@@ -589,10 +591,32 @@ class Bitswap:
     # -- server ---------------------------------------------------------------------------
 
     def _block_size(self, cid: CID) -> int | None:
+        """One block's size, on the calling thread: the engine's fallback for the odd want
+        (``notify_new_blocks``); the wants of a message go through ``_block_sizes``."""
+        return self._block_sizes([cid])[cid]
+
+    def _block_sizes(self, cids: list[CID]) -> dict[CID, int | None]:
+        """The size of each block we have, None for the others (runs in a worker thread)."""
+        out: dict[CID, int | None] = {}
+        for cid in cids:
+            try:
+                out[cid] = self.store.path_for(cid).stat().st_size
+            except OSError:  # missing, or unreadable: either way we cannot serve it
+                out[cid] = None
+        return out
+
+    async def _size_wants(self, peer: PeerId, cids: list[CID]) -> None:
+        """Look up the sizes of a message's wants in one trip to a worker thread.
+
+        A peer's message may carry a thousand wants: a stat() each on the event loop stalled
+        every other peer and stream while they ran.
+        """
+        sizes = None
         try:
-            return self.store.path_for(cid).stat().st_size
-        except FileNotFoundError:
-            return None
+            sizes = await asyncio.to_thread(self._block_sizes, cids)
+        finally:  # even when cancelled: the wants must not wait for sizes forever
+            self.engine.set_sizes(peer, cids, sizes)
+            self._work.set()
 
     def notify_new_blocks(self, cids: list[CID]) -> None:
         """Blocks were added locally: serve peers that were waiting for them."""
@@ -600,11 +624,31 @@ class Bitswap:
             self._work.set()
 
     def recheck_waiting(self) -> int:
-        """After an import, serve every want we had answered DONT_HAVE and can serve now."""
-        waiting = {cid for led in self.engine.ledgers.values() for cid in led.waiting}
-        found = [cid for cid in waiting if self._block_size(cid) is not None]
-        self.notify_new_blocks(found)
-        return len(found)
+        """After an import, serve every want we could not serve before and can serve now.
+
+        The blocks are looked for in a worker thread, in the background; returns how many
+        wants are rechecked. ``await recheck_waiting_now()`` waits for the answer.
+        """
+        wants = self.engine.unavailable()
+        if wants:
+            self._spawn(self._recheck(wants))
+        return len(wants)
+
+    async def recheck_waiting_now(self) -> int:
+        """``recheck_waiting``, done when it returns; returns how many wants can be served."""
+        return await self._recheck(self.engine.unavailable())
+
+    async def _recheck(self, wants: set[CID]) -> int:
+        if not wants:
+            return 0
+        sizes = await asyncio.to_thread(self._block_sizes, list(wants))
+        found = 0
+        for cid, size in sizes.items():
+            if size is not None:
+                found += 1
+                if self.engine.block_added(cid, size):
+                    self._work.set()
+        return found
 
     async def _serve_loop(self) -> None:
         while True:
@@ -812,7 +856,7 @@ class Bitswap:
         result = await import_path(self.store, path, profile)
         if pin:
             await self.store.pin(result.cid, PinKind.RECURSIVE)
-        self.recheck_waiting()
+        await self.recheck_waiting_now()
         if provide:
             try:
                 await self.provide(result.cid)
