@@ -47,6 +47,13 @@ def test_put_and_get(daemons: list[Daemon], tmp_path: Path) -> None:
     assert "no value" in one_line_error(
         peerstack("dht", "get", "never-put", "--repo", str(d2.repo))
     )
+    # --bootstrap also works against a daemon: it connects there first (and must reach one).
+    via = ok_json("dht", "get", "colour", "--repo", str(d2.repo), "--bootstrap", d0.addr)
+    assert via["value"] == "green"
+    line = one_line_error(
+        peerstack("dht", "get", "colour", "--repo", str(d2.repo), "--bootstrap", DEAD_PEER)
+    )
+    assert "bootstrap" in line
 
 
 def test_provide_and_find_providers(daemons: list[Daemon], tmp_path: Path) -> None:
