@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from peerstack.content import dagpb, hamt
 from peerstack.content.blockstore import Blockstore, mh_key
+from peerstack.content.exporter import ls
 from peerstack.content.hamt import murmur3_x64_128
 from peerstack.content.importer import (
     DEFAULT_PROFILE,
@@ -156,3 +159,36 @@ async def test_big_directories_around_the_shard_threshold(
     assert entries["entry-7"] == await import_bytes(store, b"7")
     res = await make_directory(store, entries)
     assert str(res.cid) == vectors["big_dirs"][count]
+
+
+async def test_big_directories_are_built_off_the_event_loop(
+    store: Blockstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spies that call through: they only note which thread the CPU-heavy work ran on.
+    loop_thread = threading.get_ident()
+    hashed_on_loop: list[str] = []
+    encoded_on_loop: list[int] = []
+    real_hash, real_encode = hamt.hamt_hash, dagpb.encode
+
+    def hash_spy(name: str) -> int:
+        if threading.get_ident() == loop_thread:
+            hashed_on_loop.append(name)
+        return real_hash(name)
+
+    def encode_spy(node: dagpb.PBNode) -> bytes:
+        if threading.get_ident() == loop_thread:
+            encoded_on_loop.append(len(node.links))
+        return real_encode(node)
+
+    monkeypatch.setattr(hamt, "hamt_hash", hash_spy)
+    monkeypatch.setattr(dagpb, "encode", encode_spy)
+    entries = {
+        f"entry-{i}": ImportResult(CID.hash_of(str(i).encode()), len(str(i)), len(str(i)))
+        for i in range(3000)
+    }
+    flat = await make_directory(store, entries)
+    sharded = await make_directory(store, entries, ImportProfile(shard_threshold=1000))
+    assert flat.entries == sharded.entries == 3000
+    assert len(await ls(store, flat.cid)) == len(await ls(store, sharded.cid)) == 3000
+    assert hashed_on_loop == []
+    assert max(encoded_on_loop, default=0) <= 256  # shard nodes, one at a time
