@@ -632,8 +632,60 @@ def test_republish_goes_on_past_a_key_that_fails() -> None:
         me.wall_clock = lambda: time.time() + later
         await asyncio.sleep(later)
         assert await me.republish() == 1  # the good key, despite the bad row before or after
-        assert me.store.due_republish(me._now(), me.config.republish_interval) == [
+        assert me.store.due_republish(me.wall_clock(), me.config.republish_interval) == [
             b"not a multihash"
         ]
 
     sim(main)
+
+
+def test_persisted_provider_times_are_wall_clock_and_survive_a_restart(tmp_path: Path) -> None:
+    # Times stored in SQLite used to be loop.time(), which restarts at boot: after a restart
+    # republish never came due and remote providers outlived their 48 h.
+    wall = [1_700_000_000.0]
+    key = cid_multihash(b"persisted")
+    ids: dict[str, PeerId] = {}
+
+    async def first(net: SimNetwork) -> None:
+        dhts = await build(net, 6)
+        await asyncio.sleep(5000)  # loop time now well past zero
+        a = KadDHT(net.add_host(), config(), store=SqliteDhtStore(tmp_path / "a.db"))
+        b = KadDHT(net.add_host(), config(), store=SqliteDhtStore(tmp_path / "b.db"))
+        for node in (a, b):
+            node.wall_clock = node.server.wall_clock = lambda: wall[0]
+            await node.start()
+            for d in dhts:
+                node.routing_table.add(d.host.peer_id, 0.0)
+        a.routing_table.add(b.host.peer_id, 0.0)
+        assert await a.provide(key) >= 1
+        await asyncio.sleep(1)  # ADD_PROVIDER has no answer: let b handle it
+        assert [e.peer for e in b.store.get_providers(key, wall[0], 5)] == [a.host.peer_id]
+        ids["a"], ids["b"] = a.host.peer_id, b.host.peer_id
+        await a.stop()
+        await b.stop()
+        a.store.close()
+        b.store.close()
+
+    async def after_reboot(net: SimNetwork) -> None:
+        # A new loop: its clock starts again at zero; the wall clock moved on by 49 h.
+        wall[0] += 49 * 3600.0
+        a = KadDHT(
+            net.add_host(ids["a"]),
+            config(),
+            store=SqliteDhtStore(tmp_path / "a.db"),
+            wall_clock=lambda: wall[0],
+        )
+        b = KadDHT(
+            net.add_host(ids["b"]),
+            config(),
+            store=SqliteDhtStore(tmp_path / "b.db"),
+            wall_clock=lambda: wall[0],
+        )
+        assert await a.republish() == 1  # 49 h since the last announcement: due
+        assert b.store.get_providers(key, wall[0], 5) == []  # expired after 48 h
+        assert b.store.gc(wall[0]) == 1
+        for node in (a, b):
+            node.store.close()
+
+    sim(first)
+    sim(after_reboot)

@@ -7,7 +7,8 @@ per key, keys per providing peer, providers in total, records in total. Over a l
 raises ``LimitExceeded`` and keeps nothing: a peer cannot make us hold more.
 
 Provider records expire after 48 h (``provider_ttl``); our own provides are republished every
-22 h by the service (``due_republish``).
+22 h by the service (``due_republish``). Every ``now`` given to a store is wall-clock unix
+time: the times are persisted and must mean the same after a reboot.
 
 Our own provides are not provider records: they live in their own table, outside the limits
 meant for remote peers (a hundred Sybil identities filling a key's provider slots must not

@@ -180,7 +180,8 @@ class KadServer:
             return None
         if t is MessageType.GET_PROVIDERS:
             check_provider_key(msg.key)
-            entries = self.store.get_providers(msg.key, self._now(), self.config.k)
+            # Provider expiry is persisted: wall time (loop time restarts with the machine).
+            entries = self.store.get_providers(msg.key, self.wall_clock(), self.config.k)
             providers = [PeerInfo(e.peer, e.addrs) for e in entries if e.peer != self.host.peer_id]
             if self.store.has_own_provide(msg.key):
                 me = PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs()))
@@ -231,4 +232,4 @@ class KadServer:
                 raise ProviderMismatch(f"{sender} tried to add {info.peer_id} as a provider")
         info = msg.provider_peers[0]
         addrs = info.addrs or tuple(self.host.peer_addrs(sender))
-        self.store.add_provider(msg.key, sender, addrs, self._now())
+        self.store.add_provider(msg.key, sender, addrs, self.wall_clock())

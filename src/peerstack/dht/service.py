@@ -5,8 +5,12 @@ the simulated host in ``sim/``. Pure logic lives elsewhere (``routing_table``, `
 ``records``, ``providers``); requests go out through ``rpc.KadClient`` and are answered by
 ``server.KadServer``; this module drives lookups and keeps the routing table alive.
 
-Time: ``loop.time()`` (monotonic, virtual in the simulator) for timeouts, expiry and refresh;
-``wall_clock()`` (unix time) only where the wire needs it (IPNS validity, ``timeReceived``).
+Time: ``loop.time()`` (monotonic, virtual in the simulator) for timeouts and for scheduling
+refresh and gc; ``wall_clock()`` (unix time) for everything that is persisted or compared with
+persisted times (provider expiry, when our provides were last announced, record age) and where
+the wire needs it (IPNS validity, ``timeReceived``). The monotonic clock restarts with the
+machine: a time stored from it would put republish off until the uptime caught up and keep
+remote providers far past their 48 h.
 """
 
 from __future__ import annotations
@@ -198,7 +202,7 @@ class KadDHT:
             log.exception("DHT upkeep: %s failed; trying again next round", what)
 
     async def _gc(self) -> None:
-        self.store.gc(self._now())
+        self.store.gc(self.wall_clock())
 
     async def _save_routing_table(self) -> None:
         self.save_routing_table()
@@ -242,7 +246,7 @@ class KadDHT:
     async def republish(self) -> int:
         """Provide again every key of ours whose last announcement is getting old."""
         count = 0
-        now = self._now()
+        now = self.wall_clock()
         for key in self.store.due_republish(now, self.config.republish_interval):
             # One key that cannot be provided (a bad row, a full table, a bug) must not stop
             # the others: each is tried on its own and its failure logged with a traceback.
@@ -580,7 +584,7 @@ class KadDHT:
     async def provide(self, key: bytes) -> int:
         """Announce that we provide ``key`` (a multihash) to the k closest peers."""
         _check_own_provider_key(key)
-        now = self._now()
+        now = self.wall_clock()  # persisted: wall time survives a reboot, loop time does not
         # Our own table, not the provider records of remote peers (and their limits): the
         # server answers GET_PROVIDERS for it with us.
         self.store.add_own_provide(key, now)
@@ -609,7 +613,7 @@ class KadDHT:
         if self.config.mode is Mode.SERVER and self.store.has_own_provide(key):
             me = self.host.peer_id
             found[me] = PeerInfo(me, tuple(self.host.listen_addrs()))
-        for entry in self.store.get_providers(key, self._now(), want):
+        for entry in self.store.get_providers(key, self.wall_clock(), want):
             found[entry.peer] = PeerInfo(entry.peer, entry.addrs)
         if len(found) >= want:
             return list(found.values())[:want]
