@@ -181,9 +181,18 @@ def report(case: str, cid: str, f: Figures) -> None:
 
 # -- the cases ---------------------------------------------------------------------------------
 
+def _marks(size: int, profile: str) -> list[pytest.MarkDecorator]:
+    if size <= 10 * MiB:
+        return []
+    marks = [pytest.mark.timeout(600)]
+    if profile != "default":
+        marks.append(pytest.mark.slow)  # `-m "not slow"` keeps 300 MiB to the default profile
+    return marks
+
+
 CASES = [
     pytest.param(size_name, profile, id=f"{size_name}-{profile}",
-                 marks=[pytest.mark.timeout(600)] if SIZES[size_name] > 10 * MiB else [])
+                 marks=_marks(SIZES[size_name], profile))
     for size_name in SIZES
     for profile in PROFILES
 ]
