@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from peerstack.content import dagpb
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, WantEntry, WantType
 from peerstack.content.bitswap.progress import Progress
@@ -531,3 +532,29 @@ async def test_server_looks_up_a_message_s_wants_off_the_event_loop(
             assert answered[m.PresenceType.HAVE] == set(have)
             assert answered[m.PresenceType.DONT_HAVE] == set(absent)
             assert on_loop == []
+
+
+async def test_big_nodes_are_decoded_off_the_event_loop(
+    nodes: list[Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spy that calls through: it notes the size of every dag-pb node decoded on the loop.
+    loop_thread = threading.get_ident()
+    on_loop: list[int] = []
+    real_decode = dagpb.decode
+
+    def decode_spy(data: bytes | bytearray | memoryview) -> dagpb.PBNode:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(len(data))
+        return real_decode(data)
+
+    monkeypatch.setattr(dagpb, "decode", decode_spy)
+    a, b = nodes[0], nodes[1]
+    data = pattern(401 * 64)
+    # 401 leaves: a 400-link node (~18 KB) and a 2-link root
+    res = await import_bytes(a.store, data, ImportProfile(chunk_size=64, max_links=400))
+    assert len(await a.store.get((await a.store.children(res.cid))[0])) > 16 * 1024
+    await b.host.connect(a.peer)
+    await asyncio.wait_for(b.bitswap.get_file(res.cid, tmp_path / "out.bin"), 60)
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert on_loop  # the small root was decoded inline
+    assert max(on_loop) <= 16 * 1024

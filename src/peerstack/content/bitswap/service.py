@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from peerstack.content import dagpb, exporter
+from peerstack.content import exporter
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry
 from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
@@ -777,7 +777,7 @@ class Bitswap:
                     size, data = local
                     tracker.block(size, self.now())
                     if data is not None:
-                        stack.extend(reversed(_children(data)))
+                        stack.extend(reversed(await _children(data)))
                 if progress is not None:
                     progress(tracker.snapshot(self.now(), done=outstanding == 0))
                 if outstanding == 0:
@@ -795,7 +795,7 @@ class Bitswap:
                 outstanding -= 1
                 tracker.block(session.sizes.get(cid, 0), self.now(), peer)
                 if data is not None:
-                    stack.extend(reversed(_children(data)))
+                    stack.extend(reversed(await _children(data)))
         finally:
             await self._end_session(session)
         return FetchResult(root, tracker.blocks_done, tracker.bytes_done, tracker.bytes_fetched)
@@ -865,8 +865,8 @@ class Bitswap:
         return result
 
 
-def _children(data: bytes) -> list[CID]:
-    return [link.hash for link in dagpb.decode(data).links]
+async def _children(data: bytes) -> list[CID]:
+    return [link.hash for link in (await exporter.decode_dagpb(data)).links]
 
 
 def _remove(path: Path) -> None:
