@@ -58,10 +58,17 @@ class Seeder:
 
 async def start_seeder(repo: Path, src: Path) -> Seeder:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.content.fault_seeder", str(repo), str(src),
-        str(CHUNK_SIZE), str(MAX_LINKS),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        cwd=str(REPO_ROOT), env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        sys.executable,
+        "-m",
+        "tests.content.fault_seeder",
+        str(repo),
+        str(src),
+        str(CHUNK_SIZE),
+        str(MAX_LINKS),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(REPO_ROOT),
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert proc.stdout is not None
     try:
@@ -74,8 +81,11 @@ async def start_seeder(repo: Path, src: Path) -> Seeder:
     assert line, "the seeder exited before it was ready"
     info = json.loads(line)
     return Seeder(
-        proc, PeerId.from_string(info["peer_id"]), Multiaddr(info["addr"]),
-        CID.parse(info["cid"]), int(info["blocks"]),
+        proc,
+        PeerId.from_string(info["peer_id"]),
+        Multiaddr(info["addr"]),
+        CID.parse(info["cid"]),
+        int(info["blocks"]),
     )
 
 
@@ -168,9 +178,7 @@ def data_file(tmp_path: Path) -> tuple[Path, str]:
 
 @asynccontextmanager
 async def seeders(tmp_path: Path, src: Path, n: int) -> AsyncIterator[list[Seeder]]:
-    started = await asyncio.gather(
-        *(start_seeder(tmp_path / f"seeder{i}", src) for i in range(n))
-    )
+    started = await asyncio.gather(*(start_seeder(tmp_path / f"seeder{i}", src) for i in range(n)))
     try:
         yield list(started)
     finally:
@@ -221,9 +229,7 @@ async def test_seeder_killed_mid_transfer_download_completes(
         assert (await me.store.verify()).ok
 
 
-async def test_all_providers_gone_then_resume(
-    tmp_path: Path, data_file: tuple[Path, str]
-) -> None:
+async def test_all_providers_gone_then_resume(tmp_path: Path, data_file: tuple[Path, str]) -> None:
     src, sha = data_file
     out = tmp_path / "out.bin"
     async with leecher_node(tmp_path / "leecher") as me:

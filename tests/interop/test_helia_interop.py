@@ -181,6 +181,7 @@ def report(case: str, cid: str, f: Figures) -> None:
 
 # -- the cases ---------------------------------------------------------------------------------
 
+
 def _marks(size: int, profile: str) -> list[pytest.MarkDecorator]:
     if size <= 10 * MiB:
         return []
@@ -191,8 +192,9 @@ def _marks(size: int, profile: str) -> list[pytest.MarkDecorator]:
 
 
 CASES = [
-    pytest.param(size_name, profile, id=f"{size_name}-{profile}",
-                 marks=_marks(SIZES[size_name], profile))
+    pytest.param(
+        size_name, profile, id=f"{size_name}-{profile}", marks=_marks(SIZES[size_name], profile)
+    )
     for size_name in SIZES
     for profile in PROFILES
 ]
@@ -249,9 +251,7 @@ async def test_file_both_ways(
     size = SIZES[size_name]
     src = tmp_path / f"data-{size_name}.bin"
     sha = write_pattern(src, size, f"helia-interop-{size}".encode())
-    cid, figures = await both_ways_file(
-        tmp_path, Source(src, size, sha), profile, seeder, leecher
-    )
+    cid, figures = await both_ways_file(tmp_path, Source(src, size, sha), profile, seeder, leecher)
     report(f"{size_name} {profile}", cid, figures)
     if profile == "legacy":
         assert cid.startswith("Qm")

@@ -25,8 +25,15 @@ NODE_BIN = NODE_MODULES / ".bin" / "node"
 SCRIPT = Path(__file__).with_name("helia_peer.mjs")
 # What the script imports: each must be installed for the tests to run.
 NEEDED_PACKAGES = (
-    "helia", "@helia/unixfs", "@helia/bitswap", "@helia/libp2p", "@libp2p/tcp",
-    "@libp2p/noise", "@libp2p/yamux", "@libp2p/identify", "blockstore-core",
+    "helia",
+    "@helia/unixfs",
+    "@helia/bitswap",
+    "@helia/libp2p",
+    "@libp2p/tcp",
+    "@libp2p/noise",
+    "@libp2p/yamux",
+    "@libp2p/identify",
+    "blockstore-core",
     "ipfs-unixfs-importer",
 )
 READY_TIMEOUT = 60.0
@@ -146,9 +153,14 @@ async def start_helia(workdir: Path) -> HeliaPeer:
         raise HeliaError(reason)
     script = _prepare(workdir)
     proc = await asyncio.create_subprocess_exec(
-        str(NODE_BIN), str(script),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=str(workdir), env=dict(os.environ), limit=MAX_LINE,
+        str(NODE_BIN),
+        str(script),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=str(workdir),
+        env=dict(os.environ),
+        limit=MAX_LINE,
     )
     peer = HeliaPeer(proc, workdir)
     peer._stderr_task = asyncio.get_running_loop().create_task(peer._drain_stderr())
