@@ -558,3 +558,31 @@ async def test_big_nodes_are_decoded_off_the_event_loop(
     assert (tmp_path / "out.bin").read_bytes() == data
     assert on_loop  # the small root was decoded inline
     assert max(on_loop) <= 16 * 1024
+
+
+async def test_big_messages_are_decoded_off_the_event_loop(
+    nodes: list[Node], net: MemNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spy that calls through: it notes the size of every message decoded on the loop.
+    loop_thread = threading.get_ident()
+    on_loop: list[int] = []
+    real_decode = m.decode
+
+    def decode_spy(data: bytes) -> Message:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(len(data))
+        return real_decode(data)
+
+    monkeypatch.setattr(m, "decode", decode_spy)
+    a = nodes[0]
+    have = await a.store.put_data(b"present", RAW)
+    client = RawPeer(net.add_host())
+    # a legal message of 8000 wants (~330 KB, ~190 ms of pure-Python decoding)
+    wants = [WantEntry(have, want_type=WantType.HAVE)]  # first: wants past 1024 are ignored
+    wants += [WantEntry(CID.hash_of(i.to_bytes(4, "big"))) for i in range(7999)]
+    msg = Message(wants).encode()
+    await _send_raw(client, a, varint.encode(len(msg)) + msg)
+    reply = await asyncio.wait_for(client.inbox.get(), 10)
+    assert [(p.cid, p.type) for p in reply.presences] == [(have, m.PresenceType.HAVE)]
+    assert all(size <= 16 * 1024 for size in on_loop)
+    assert not a.bitswap.is_banned(client.host.peer_id)
