@@ -122,3 +122,59 @@ def test_own_provides_have_their_own_bound(tmp_path: Path) -> None:
     with pytest.raises(OwnProvidesFull):
         again.add_own_provide(b"k4", 0.0)
     again.close()
+
+
+def test_records_per_sender_quota(store: DhtStore) -> None:
+    quota = StoreLimits(max_records=10, max_records_per_peer=2)
+    store.limits = quota
+    store.put_record(b"/pk/1", b"v", "t", sender=pid(1))
+    store.put_record(b"/pk/2", b"v", "t", sender=pid(1))
+    store.put_record(b"/pk/1", b"v2", "t", sender=pid(1))  # replacing its own: no growth
+    with pytest.raises(LimitExceeded):
+        store.put_record(b"/pk/3", b"v", "t", sender=pid(1))
+    store.put_record(b"/pk/3", b"v", "t", sender=pid(2))  # others still have room
+    store.put_record(b"/pk/4", b"v", "t")  # our own records are not counted per peer
+    # Another sender taking over a key moves its slot: pid(1) gets room back.
+    store.put_record(b"/pk/2", b"v3", "t", sender=pid(2))
+    store.put_record(b"/pk/5", b"v", "t", sender=pid(1))
+    with pytest.raises(LimitExceeded):
+        store.put_record(b"/pk/6", b"v", "t", sender=pid(2))
+    store.remove_record(b"/pk/3")
+    store.put_record(b"/pk/6", b"v", "t", sender=pid(2))
+    assert store.get_record(b"/pk/6") == (b"v", "t")
+
+
+def test_gc_drops_old_records(store: DhtStore) -> None:
+    store.limits = StoreLimits()
+    store.put_record(b"/a/old", b"v", "t", sender=pid(1), received_at=1000.0)
+    store.put_record(b"/a/new", b"v", "t", sender=pid(1), received_at=5000.0)
+    store.put_record(b"/a/rfc", b"v", "1970-01-01T01:00:00.000000000Z")  # 3600 s
+    store.put_record(b"/a/unreadable", b"v", "")
+    assert store.gc(6000.0) == 0  # without an age, records stay (providers only)
+    assert store.gc(6000.0, max_record_age=2000.0) == 3
+    assert store.get_record(b"/a/new") is not None
+    for key in (b"/a/old", b"/a/rfc", b"/a/unreadable"):
+        assert store.get_record(key) is None
+    # The freed slots count: the store is not full any more.
+    store.limits = StoreLimits(max_records=2)
+    store.put_record(b"/a/again", b"v", "t")
+
+
+def test_old_database_gets_the_new_record_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE dht_records "
+        "(key BLOB PRIMARY KEY, value BLOB NOT NULL, received TEXT NOT NULL)"
+    )
+    db.execute("INSERT INTO dht_records VALUES (?, ?, ?)", (b"/a/1", b"v", "t"))
+    db.commit()
+    db.close()
+    store = SqliteDhtStore(path)
+    assert store.get_record(b"/a/1") == (b"v", "t")
+    store.put_record(b"/a/2", b"v", "t", sender=pid(1), received_at=100.0)
+    assert store.gc(200.0, max_record_age=150.0) == 1  # the old row had no time: it goes
+    assert store.get_record(b"/a/2") is not None
+    store.close()

@@ -566,11 +566,11 @@ class _FlakyGcStore(MemoryDhtStore):
         super().__init__()
         self.gc_calls = 0
 
-    def gc(self, now: float) -> int:
+    def gc(self, now: float, max_record_age: float | None = None) -> int:
         self.gc_calls += 1
         if self.gc_calls == 1:
             raise sqlite3.OperationalError("database is locked")
-        return super().gc(now)
+        return super().gc(now, max_record_age)
 
 
 def test_maintenance_loop_survives_a_failing_step() -> None:
@@ -689,3 +689,33 @@ def test_persisted_provider_times_are_wall_clock_and_survive_a_restart(tmp_path:
 
     sim(first)
     sim(after_reboot)
+
+
+def test_one_peer_cannot_fill_the_record_store_for_everyone() -> None:
+    async def main(net: SimNetwork) -> None:
+        limits = StoreLimits(max_records=10, max_records_per_peer=3)
+        dhts = await build(net, 4, store_limits=limits)
+        victim = dhts[0]
+        evil = net.add_host()
+        owners = [PrivateKey.from_seed(bytes([i + 1]) * 32) for i in range(6)]
+        answers = 0
+        for i, owner in enumerate(owners[:4]):
+            key = b"/pk/" + PeerId.from_public_key(owner.public_key).to_bytes()
+            record = KadRecord(key, owner.public_key.to_protobuf())
+            s = await _raw(evil, victim)
+            await write_length_prefixed(s, encode(KadMessage(MessageType.PUT_VALUE, key, record)))
+            if i < 3:
+                assert await read_length_prefixed(s, 10**6) is not None
+                answers += 1
+            else:  # over its quota: refused, nothing stored
+                with pytest.raises(StreamReset):
+                    await read_length_prefixed(s, 10**6)
+                assert victim.store.get_record(key) is None
+        assert answers == 3
+        # Everyone else can still store records on the victim.
+        owner = owners[5]
+        key = b"/pk/" + PeerId.from_public_key(owner.public_key).to_bytes()
+        assert await dhts[2].put_value(key, owner.public_key.to_protobuf()) >= 1
+        assert victim.store.get_record(key) is not None
+
+    sim(main)

@@ -3,8 +3,11 @@
 Two stores with the same behaviour: ``SqliteDhtStore`` (the node's state database, WAL mode,
 one transaction per change, opened lazily) and ``MemoryDhtStore`` (tests and the simulator,
 where ten thousand SQLite connections would be wasteful). Both enforce the limits: providers
-per key, keys per providing peer, providers in total, records in total. Over a limit the store
-raises ``LimitExceeded`` and keeps nothing: a peer cannot make us hold more.
+per key, keys per providing peer, providers in total, records in total, records per sending
+peer. Over a limit the store raises ``LimitExceeded`` and keeps nothing: a peer cannot make us
+hold more, and one peer cannot fill the record store for everyone (cheap ``/pk/`` or
+application records would otherwise lock IPNS out). ``gc`` drops expired providers and value
+records older than the age after which they are no longer handed out.
 
 Provider records expire after 48 h (``provider_ttl``); our own provides are republished every
 22 h by the service (``due_republish``). Every ``now`` given to a store is wall-clock unix
@@ -26,6 +29,7 @@ from typing import Protocol
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
+from peerstack.dht.records import parse_rfc3339_ns
 from peerstack.errors import DecodeError, LimitExceeded, ResourceLimitError
 
 PROVIDER_TTL = 48 * 3600.0
@@ -39,6 +43,8 @@ class StoreLimits:
     max_keys_per_provider: int = 10_000
     max_providers_total: int = 1_000_000
     max_records: int = 100_000
+    # Records one peer may have stored here (the last sender of a key owns its slot).
+    max_records_per_peer: int = 1_000
     max_addrs_per_provider: int = 16
     # Keys we provide ourselves (a repo with provide="all" announces every block).
     max_own_provides: int = 10_000_000
@@ -64,7 +70,21 @@ class DhtStore(Protocol):
 
     def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderEntry]: ...
 
-    def put_record(self, key: bytes, value: bytes, received: str) -> None: ...
+    def put_record(
+        self,
+        key: bytes,
+        value: bytes,
+        received: str,
+        *,
+        sender: PeerId | None = None,
+        received_at: float | None = None,
+    ) -> None:
+        """Store a record ``sender`` gave us (``None``: our own, no per-peer quota).
+
+        ``received_at`` is the wall-clock time ``gc`` ages it by (default: ``received`` read as
+        RFC 3339, or 0 when it cannot be read: such a record goes at the next ``gc``).
+        """
+        ...
 
     def get_record(self, key: bytes) -> tuple[bytes, str] | None: ...
 
@@ -84,9 +104,25 @@ class DhtStore(Protocol):
 
     def load_peers(self) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]: ...
 
-    def gc(self, now: float) -> int: ...
+    def gc(self, now: float, max_record_age: float | None = None) -> int:
+        """Drop providers expired at ``now`` and, with ``max_record_age``, records older."""
+        ...
 
     def close(self) -> None: ...
+
+
+def _received_at(received: str, received_at: float | None) -> float:
+    if received_at is not None:
+        return received_at
+    try:
+        return parse_rfc3339_ns(received.encode()) / 1e9
+    except DecodeError:
+        return 0.0
+
+
+def _owner(sender: PeerId | None) -> bytes:
+    """The key a record's quota is counted under (``b""``: ours, not counted)."""
+    return sender.to_bytes() if sender is not None else b""
 
 
 def _pack_addrs(addrs: tuple[Multiaddr, ...]) -> bytes:
@@ -117,7 +153,9 @@ class MemoryDhtStore:
         self._providers: dict[bytes, dict[PeerId, ProviderEntry]] = {}
         self._keys_per_peer: dict[PeerId, int] = {}
         self._total = 0
-        self._records: dict[bytes, tuple[bytes, str]] = {}
+        # key -> (value, received, owner, received_at); owner as in ``_owner``.
+        self._records: dict[bytes, tuple[bytes, str, bytes, float]] = {}
+        self._records_per_owner: dict[bytes, int] = {}
         self._own: dict[bytes, float] = {}
         self._peers: list[tuple[PeerId, tuple[Multiaddr, ...]]] = []
 
@@ -148,16 +186,45 @@ class MemoryDhtStore:
         live.sort(key=lambda e: -e.expires)
         return live[:limit]
 
-    def put_record(self, key: bytes, value: bytes, received: str) -> None:
-        if key not in self._records and len(self._records) >= self.limits.max_records:
+    def put_record(
+        self,
+        key: bytes,
+        value: bytes,
+        received: str,
+        *,
+        sender: PeerId | None = None,
+        received_at: float | None = None,
+    ) -> None:
+        lim = self.limits
+        owner = _owner(sender)
+        held = self._records.get(key)
+        if held is None and len(self._records) >= lim.max_records:
             raise LimitExceeded("record store full")
-        self._records[key] = (value, received)
+        new_for_owner = held is None or held[2] != owner
+        mine = self._records_per_owner.get(owner, 0)
+        if owner and new_for_owner and mine >= lim.max_records_per_peer:
+            raise LimitExceeded("this peer stored too many records")
+        if held is not None and new_for_owner:
+            self._uncount(held[2])
+        if new_for_owner:
+            self._records_per_owner[owner] = self._records_per_owner.get(owner, 0) + 1
+        self._records[key] = (value, received, owner, _received_at(received, received_at))
+
+    def _uncount(self, owner: bytes) -> None:
+        left = self._records_per_owner[owner] - 1
+        if left:
+            self._records_per_owner[owner] = left
+        else:
+            del self._records_per_owner[owner]
 
     def get_record(self, key: bytes) -> tuple[bytes, str] | None:
-        return self._records.get(key)
+        held = self._records.get(key)
+        return (held[0], held[1]) if held is not None else None
 
     def remove_record(self, key: bytes) -> None:
-        self._records.pop(key, None)
+        held = self._records.pop(key, None)
+        if held is not None:
+            self._uncount(held[2])
 
     def add_own_provide(self, key: bytes, now: float) -> None:
         if key not in self._own and len(self._own) >= self.limits.max_own_provides:
@@ -180,8 +247,13 @@ class MemoryDhtStore:
     def load_peers(self) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]:
         return list(self._peers)
 
-    def gc(self, now: float) -> int:
+    def gc(self, now: float, max_record_age: float | None = None) -> int:
         removed = 0
+        if max_record_age is not None:
+            cutoff = now - max_record_age
+            for key in [k for k, r in self._records.items() if r[3] <= cutoff]:
+                self.remove_record(key)
+                removed += 1
         for key in list(self._providers):
             entries = self._providers[key]
             for peer in [p for p, e in entries.items() if e.expires <= now]:
@@ -206,10 +278,21 @@ CREATE TABLE IF NOT EXISTS dht_providers (
 CREATE INDEX IF NOT EXISTS dht_providers_peer ON dht_providers(peer);
 CREATE INDEX IF NOT EXISTS dht_providers_expires ON dht_providers(expires);
 CREATE TABLE IF NOT EXISTS dht_records (
-    key BLOB PRIMARY KEY, value BLOB NOT NULL, received TEXT NOT NULL);
+    key BLOB PRIMARY KEY, value BLOB NOT NULL, received TEXT NOT NULL,
+    sender BLOB NOT NULL DEFAULT x'', received_at REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS dht_own_provides (
     key BLOB PRIMARY KEY, last_published REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS dht_peers (peer BLOB PRIMARY KEY, addrs BLOB NOT NULL);
+"""
+# Columns added to dht_records since its first version (a database from before gets them, its
+# old rows with received_at 0: collected at the next gc, their owners republish them).
+_RECORD_COLUMNS = {
+    "sender": "BLOB NOT NULL DEFAULT x''",
+    "received_at": "REAL NOT NULL DEFAULT 0",
+}
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS dht_records_sender ON dht_records(sender);
+CREATE INDEX IF NOT EXISTS dht_records_received_at ON dht_records(received_at);
 """
 
 
@@ -220,8 +303,11 @@ class SqliteDhtStore:
         self.limits = limits or StoreLimits()
         self._path = str(path)
         self._db: sqlite3.Connection | None = None
-        # Rows of dht_own_provides, counted once (not per provide) and kept up to date.
+        # Rows of dht_own_provides and dht_records, counted once (a COUNT(*) over a table per
+        # request would cost a scan of up to a million rows) and kept up to date; None means
+        # "count again" (after a rollback).
         self._own_count: int | None = None
+        self._record_count: int | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -230,6 +316,11 @@ class SqliteDhtStore:
             if self._path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(dht_records)")}
+            for name, decl in _RECORD_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE dht_records ADD COLUMN {name} {decl}")
+            db.executescript(_INDEXES)
             self._db = db
         return self._db
 
@@ -277,21 +368,48 @@ class SqliteDhtStore:
         ).fetchall()
         return [ProviderEntry(PeerId(p), _unpack_addrs(a), e) for p, a, e in rows]
 
-    def put_record(self, key: bytes, value: bytes, received: str) -> None:
+    def _records_total(self) -> int:
+        if self._record_count is None:
+            self._record_count = self._count("SELECT COUNT(*) FROM dht_records")
+        return self._record_count
+
+    def put_record(
+        self,
+        key: bytes,
+        value: bytes,
+        received: str,
+        *,
+        sender: PeerId | None = None,
+        received_at: float | None = None,
+    ) -> None:
+        lim = self.limits
+        owner = _owner(sender)
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            exists = self._count("SELECT COUNT(*) FROM dht_records WHERE key=?", key)
-            if not exists and (
-                self._count("SELECT COUNT(*) FROM dht_records") >= self.limits.max_records
-            ):
+            row = db.execute("SELECT sender FROM dht_records WHERE key=?", (key,)).fetchone()
+            total = self._records_total()
+            if row is None and total >= lim.max_records:
                 raise LimitExceeded("record store full")
+            if owner and (row is None or bytes(row[0]) != owner):
+                # Bounded work: count no further than the quota, on the sender index.
+                mine = self._count(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM dht_records WHERE sender=? LIMIT ?)",
+                    owner,
+                    lim.max_records_per_peer,
+                )
+                if mine >= lim.max_records_per_peer:
+                    raise LimitExceeded("this peer stored too many records")
             db.execute(
-                "INSERT OR REPLACE INTO dht_records(key, value, received) VALUES (?, ?, ?)",
-                (key, value, received),
+                "INSERT OR REPLACE INTO dht_records(key, value, received, sender, received_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, value, received, owner, _received_at(received, received_at)),
             )
+            if row is None:
+                self._record_count = total + 1
         except BaseException:
             db.execute("ROLLBACK")
+            self._record_count = None
             raise
         db.execute("COMMIT")
 
@@ -302,7 +420,9 @@ class SqliteDhtStore:
         return (bytes(row[0]), str(row[1])) if row else None
 
     def remove_record(self, key: bytes) -> None:
-        self.db.execute("DELETE FROM dht_records WHERE key=?", (key,))
+        cur = self.db.execute("DELETE FROM dht_records WHERE key=?", (key,))
+        if self._record_count is not None:
+            self._record_count -= cur.rowcount
 
     def add_own_provide(self, key: bytes, now: float) -> None:
         db = self.db
@@ -360,9 +480,17 @@ class SqliteDhtStore:
                 continue  # a row we cannot read is no reason to refuse to start
         return out
 
-    def gc(self, now: float) -> int:
+    def gc(self, now: float, max_record_age: float | None = None) -> int:
+        removed = 0
+        if max_record_age is not None:
+            cur = self.db.execute(
+                "DELETE FROM dht_records WHERE received_at <= ?", (now - max_record_age,)
+            )
+            removed += cur.rowcount
+            if self._record_count is not None:
+                self._record_count -= cur.rowcount
         cur = self.db.execute("DELETE FROM dht_providers WHERE expires <= ?", (now,))
-        return cur.rowcount
+        return removed + cur.rowcount
 
     def close(self) -> None:
         if self._db is not None:

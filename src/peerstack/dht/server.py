@@ -99,8 +99,9 @@ class KadServer:
             and self.validators.select(key, [value, existing[0]]) != 0
         ):
             return  # ours is older than what we hold: keep the better one
-        received = format_rfc3339_ns(int(self.wall_clock() * 1e9)).decode()
-        self.store.put_record(key, value, received)
+        wall = self.wall_clock()
+        received = format_rfc3339_ns(int(wall * 1e9)).decode()
+        self.store.put_record(key, value, received, received_at=wall)
 
     async def handle_stream(self, stream: Stream) -> None:
         cfg = self.config
@@ -174,7 +175,7 @@ class KadServer:
         if t is MessageType.GET_VALUE:
             return self._handle_get_value(sender, msg)
         if t is MessageType.PUT_VALUE:
-            return self._handle_put_value(msg)
+            return self._handle_put_value(sender, msg)
         if t is MessageType.ADD_PROVIDER:
             self._handle_add_provider(sender, msg)
             return None
@@ -205,7 +206,7 @@ class KadServer:
             closer_peers=self._closer(msg.key, sender),
         )
 
-    def _handle_put_value(self, msg: KadMessage) -> KadMessage:
+    def _handle_put_value(self, sender: PeerId, msg: KadMessage) -> KadMessage:
         rec = msg.record
         if rec is None:
             raise DecodeError("PUT_VALUE without a record")
@@ -219,8 +220,10 @@ class KadServer:
             and self.validators.select(rec.key, [rec.value, held[0]]) != 0
         ):
             raise RecordError("PUT_VALUE with a record older than the one held")
-        received = format_rfc3339_ns(int(self.wall_clock() * 1e9)).decode()
-        self.store.put_record(rec.key, rec.value, received)
+        wall = self.wall_clock()
+        received = format_rfc3339_ns(int(wall * 1e9)).decode()
+        # Counted against the sender's quota: one peer cannot fill the store for everyone.
+        self.store.put_record(rec.key, rec.value, received, sender=sender, received_at=wall)
         return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value))
 
     def _handle_add_provider(self, sender: PeerId, msg: KadMessage) -> None:

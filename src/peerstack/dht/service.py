@@ -202,7 +202,7 @@ class KadDHT:
             log.exception("DHT upkeep: %s failed; trying again next round", what)
 
     async def _gc(self) -> None:
-        self.store.gc(self.wall_clock())
+        self.store.gc(self.wall_clock(), self.config.max_record_age)
 
     async def _save_routing_table(self) -> None:
         self.save_routing_table()
