@@ -17,12 +17,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-import aiohttp
-
 from peerstack.cli.ops import NETWORK_OPS, OPERATIONS, Json, cat_args
 from peerstack.config import EPHEMERAL_LISTEN, parse_multiaddr
 from peerstack.errors import DialError, PeerstackError, UsageError
 from peerstack.repo import Repo
+
+# aiohttp (about half a second to import) is loaded only when there is a daemon to talk to.
 
 #: How long the CLI waits for a daemon to answer before deciding it is gone.
 PROBE_TIMEOUT = 3.0
@@ -110,6 +110,8 @@ class RemoteBackend:
     kind = "daemon"
 
     def __init__(self, url: str, token: str, bootstrap: Sequence[str]) -> None:
+        import aiohttp
+
         self.url = url
         self._headers = {"Authorization": f"Bearer {token}"}
         self._bootstrap = list(bootstrap)
@@ -118,6 +120,8 @@ class RemoteBackend:
         )
 
     async def alive(self) -> bool:
+        import aiohttp
+
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 async with self._session.get(self.url + "id", headers=self._headers) as resp:
@@ -129,6 +133,8 @@ class RemoteBackend:
         return {**args, "bootstrap": self._bootstrap} if self._bootstrap else args
 
     async def call(self, op: str, args: Json, progress: ProgressSink | None = None) -> Json:
+        import aiohttp
+
         try:
             async with self._session.post(
                 self.url + op, json=self._body(args), headers=self._headers
@@ -150,6 +156,8 @@ class RemoteBackend:
         raise RemoteError(f"the daemon ended {op} without a result")
 
     async def cat(self, args: Json) -> AsyncIterator[bytes]:
+        import aiohttp
+
         try:
             async with self._session.post(
                 self.url + "cat", json=self._body(args), headers=self._headers

@@ -12,14 +12,16 @@ import base64
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peerstack.errors import UsageError
-from peerstack.node import Node, TransferProgress
+
+if TYPE_CHECKING:  # the node (the whole network stack) loads only where a node runs
+    from peerstack.node import Node, TransferProgress
 
 Json = dict[str, Any]
 Emit = Callable[[Json], None]
-Operation = Callable[[Node, Mapping[str, Any], Emit], Awaitable[Json]]
+Operation = Callable[["Node", Mapping[str, Any], Emit], Awaitable[Json]]
 
 #: Operations that talk to the network (one-shot runs bootstrap first for these).
 NETWORK_OPS = frozenset(
