@@ -599,9 +599,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ps-cap", choices=("emulate", "skip"), default="emulate")
     parser.add_argument("--helia-runs", type=int, default=0,
                         help="runs for helia (tens of MB/s: a 1 GiB run takes minutes); 0 = --runs")
-    parser.add_argument("--helia-concurrency", type=int, default=32,
+    parser.add_argument("--helia-concurrency", type=int, default=8,
                         help="helia cat's blockReadConcurrency; 0 = helia's default (unbounded, "
-                        "which stalls on 1 GiB: the seeder answers all 1024 wants at once)")
+                        "which stalls on 1 GiB: the seeder answers all 1024 wants at once; "
+                        "32 stalled too)")
     parser.add_argument("--torrent-format", choices=("v1", "hybrid", "v2"), default="v1")
     parser.add_argument("--workdir", default="/tmp/peerstack-share-bench")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -22,9 +22,10 @@
 // `cat` reads blocks with helia's default blockReadConcurrency (unbounded) unless
 // --block-read-concurrency is given. Unbounded stalls on a 1 GiB file here: the leecher wants all
 // 1024 leaves at once, the seeder answers them as one batch, and the transfer stops with the
-// stream aborted, nothing written; the driver passes 32. Even so, most 1 GiB runs here stop after
-// the first 32 MiB (32 blocks) and never resume: the leecher exits with code 3 ("stalled") when no
-// data arrives for --stall-seconds (60), so the driver records a failure instead of hanging.
+// stream aborted, nothing written. With 32, runs here stopped after the first 32 MiB (32 blocks)
+// and never resumed; with 8 (what the driver passes) they complete. A leecher that gets no data
+// for --stall-seconds (60) exits with code 3 ("stalled"), so the driver records a failure
+// instead of hanging.
 //
 // Time in the leecher starts just before dialling the seeders and stops when the file written by
 // `unixfs.cat` is closed and its sha256 equals the source's (bitswap checks every block's hash).
