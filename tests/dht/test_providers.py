@@ -12,6 +12,7 @@ from peerstack.core.peer_id import PeerId
 from peerstack.dht.providers import (
     PROVIDER_TTL,
     DhtStore,
+    DhtStoreError,
     MemoryDhtStore,
     OwnProvidesFull,
     SqliteDhtStore,
@@ -178,3 +179,54 @@ def test_old_database_gets_the_new_record_columns(tmp_path: Path) -> None:
     assert store.gc(200.0, max_record_age=150.0) == 1  # the old row had no time: it goes
     assert store.get_record(b"/a/2") is not None
     store.close()
+
+
+def test_sqlite_settings_for_a_store_on_the_event_loop(tmp_path: Path) -> None:
+    store = SqliteDhtStore(tmp_path / "s.db")
+    db = store.db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: no fsync per commit
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] <= 250
+    store.close()
+
+
+def test_a_locked_database_is_a_typed_local_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "shared.db"
+    store = SqliteDhtStore(path)
+    store.add_provider(b"k", pid(1), ADDR, 0.0)
+    other = sqlite3.connect(path, isolation_level=None)  # e.g. the blockstore's connection
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    with pytest.raises(DhtStoreError):
+        store.add_provider(b"k", pid(2), ADDR, 0.0)
+    with pytest.raises(DhtStoreError):
+        store.put_record(b"/a/1", b"v", "t", sender=pid(1))
+    other.execute("ROLLBACK")
+    other.close()
+    # Released: the store works again and its counts are right.
+    store.add_provider(b"k", pid(2), ADDR, 0.0)
+    assert {e.peer for e in store.get_providers(b"k", 0.0, 10)} == {pid(1), pid(2)}
+    assert store.gc(PROVIDER_TTL + 1) == 2
+    store.close()
+
+
+def test_provider_total_is_counted_once_and_kept_right(tmp_path: Path) -> None:
+    path = tmp_path / "count.db"
+    limits = StoreLimits(max_providers_total=3)
+    store = SqliteDhtStore(path, limits)
+    for i in range(3):
+        store.add_provider(b"k%d" % i, pid(i), (), 0.0)
+    store.add_provider(b"k0", pid(0), (), 1.0)  # a refresh is no growth
+    with pytest.raises(LimitExceeded):
+        store.add_provider(b"k9", pid(9), (), 0.0)
+    store.close()
+    again = SqliteDhtStore(path, limits)  # counted again at open
+    with pytest.raises(LimitExceeded):
+        again.add_provider(b"k9", pid(9), (), 0.0)
+    assert again.gc(PROVIDER_TTL + 0.5) == 2  # k1, k2 expired; k0 was refreshed
+    again.add_provider(b"k9", pid(9), (), PROVIDER_TTL)
+    again.add_provider(b"k8", pid(8), (), PROVIDER_TTL)
+    with pytest.raises(LimitExceeded):
+        again.add_provider(b"k7", pid(7), (), PROVIDER_TTL)
+    again.close()

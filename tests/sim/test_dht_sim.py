@@ -719,3 +719,45 @@ def test_one_peer_cannot_fill_the_record_store_for_everyone() -> None:
         assert victim.store.get_record(key) is not None
 
     sim(main)
+
+
+def test_a_locked_store_resets_the_request_and_raises_nothing(tmp_path: Path) -> None:
+    # sqlite3.OperationalError used to escape handle_stream: a traceback per request, and the
+    # peer blamed for nothing it did.
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 3)
+        path = tmp_path / "state.db"
+        victim = KadDHT(net.add_host(), config(), store=SqliteDhtStore(path))
+        await victim.start()
+        escaped: list[BaseException] = []
+
+        async def watched(stream: Stream) -> None:
+            try:
+                await victim.server.handle_stream(stream)
+            except BaseException as exc:  # what the host's handler task would die of
+                escaped.append(exc)
+                raise
+
+        victim.host.set_stream_handler(PROTOCOL_ID, watched)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        key = cid_multihash(b"while locked")
+        me = PeerInfo(dhts[1].host.peer_id, tuple(dhts[1].host.listen_addrs()))
+        s = await dhts[1].host.new_stream(victim.host.peer_id, [PROTOCOL_ID])
+        await write_length_prefixed(
+            s, encode(KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me]))
+        )
+        with pytest.raises(StreamReset):
+            await read_length_prefixed(s, 10**6)
+        assert not escaped
+        assert victim.counters.store_errors == 1
+        other.execute("ROLLBACK")
+        other.close()
+        dhts[1].routing_table.add(victim.host.peer_id, 0.0)
+        assert await dhts[1].provide(key) >= 1
+        await asyncio.sleep(1)
+        assert [e.peer for e in victim.store.get_providers(key, time.time(), 5)] == [me.peer_id]
+        await victim.stop()
+        victim.store.close()
+
+    sim(main)

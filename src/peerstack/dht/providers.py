@@ -22,18 +22,26 @@ a local ``OwnProvidesFull``, not a peer's fault.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
 from peerstack.dht.records import parse_rfc3339_ns
-from peerstack.errors import DecodeError, LimitExceeded, ResourceLimitError
+from peerstack.errors import DecodeError, LimitExceeded, PeerstackError, ResourceLimitError
 
 PROVIDER_TTL = 48 * 3600.0
 REPUBLISH_INTERVAL = 22 * 3600.0
+# How long a write waits for another connection's lock on the database file before it fails
+# (a DhtStoreError): the store runs on the event loop, which must not stall for seconds.
+BUSY_TIMEOUT = 0.1
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,14 @@ class StoreLimits:
 
 class OwnProvidesFull(ResourceLimitError):
     """We already provide ``max_own_provides`` keys: a local limit, no peer's doing."""
+
+
+class DhtStoreError(PeerstackError):
+    """The database under the store failed (locked, full disk, damaged): a local condition.
+
+    Raised instead of ``sqlite3`` errors so that callers (the request server, the upkeep loop)
+    can answer the peer with a closed stream and log one line, never blame the peer.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +312,32 @@ CREATE INDEX IF NOT EXISTS dht_records_received_at ON dht_records(received_at);
 """
 
 
+def _guarded(
+    method: Callable[Concatenate[SqliteDhtStore, _P], _R],
+) -> Callable[Concatenate[SqliteDhtStore, _P], _R]:
+    """Turn ``sqlite3`` errors into ``DhtStoreError`` (and recount after a failed change)."""
+
+    @functools.wraps(method)
+    def guarded(self: SqliteDhtStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            self._forget_counts()
+            raise DhtStoreError(f"DHT store: {exc}") from exc
+
+    return guarded
+
+
 class SqliteDhtStore:
-    """The store in the node's SQLite database (``path``; ``":memory:"`` for a private one)."""
+    """The store in a SQLite database (``path``; ``":memory:"`` for a private one).
+
+    It runs on the event loop, so every request's work is kept small: counts of whole tables
+    are made once and kept in memory, per-key and per-peer counts stop at their limit on an
+    index, commits go to the WAL without an fsync each (``synchronous=NORMAL``: a crash may
+    lose the last moments, never consistency), and a lock held by another connection is
+    waited for ``BUSY_TIMEOUT`` at most. A database of its own (not the one the blockstore
+    writes to) keeps its writers from holding the lock these writes wait for.
+    """
 
     def __init__(self, path: str | Path, limits: StoreLimits | None = None) -> None:
         self.limits = limits or StoreLimits()
@@ -308,13 +348,18 @@ class SqliteDhtStore:
         # "count again" (after a rollback).
         self._own_count: int | None = None
         self._record_count: int | None = None
+        self._provider_count: int | None = None
+
+    def _forget_counts(self) -> None:
+        self._own_count = self._record_count = self._provider_count = None
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(self._path, isolation_level=None)
+            db = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT)
             if self._path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             have = {row[1] for row in db.execute("PRAGMA table_info(dht_records)")}
             for name, decl in _RECORD_COLUMNS.items():
@@ -328,6 +373,12 @@ class SqliteDhtStore:
         row = self.db.execute(sql, args).fetchone()
         return int(row[0]) if row else 0
 
+    def _providers_total(self) -> int:
+        if self._provider_count is None:
+            self._provider_count = self._count("SELECT COUNT(*) FROM dht_providers")
+        return self._provider_count
+
+    @_guarded
     def add_provider(
         self, key: bytes, peer: PeerId, addrs: tuple[Multiaddr, ...], now: float
     ) -> None:
@@ -338,28 +389,43 @@ class SqliteDhtStore:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            exists = self._count(
-                "SELECT COUNT(*) FROM dht_providers WHERE key=? AND peer=?", key, pid
-            )
-            if not exists:
-                n_key = self._count("SELECT COUNT(*) FROM dht_providers WHERE key=?", key)
+            exists = db.execute(
+                "SELECT 1 FROM dht_providers WHERE key=? AND peer=?", (key, pid)
+            ).fetchone()
+            total = self._providers_total()
+            if exists is None:
+                # Each count stops at its limit (an index range, never the whole table).
+                n_key = self._count(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM dht_providers WHERE key=? LIMIT ?)",
+                    key,
+                    lim.max_providers_per_key,
+                )
                 if n_key >= lim.max_providers_per_key:
                     raise LimitExceeded("too many providers for this key")
-                n_peer = self._count("SELECT COUNT(*) FROM dht_providers WHERE peer=?", pid)
+                n_peer = self._count(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM dht_providers WHERE peer=? LIMIT ?)",
+                    pid,
+                    lim.max_keys_per_provider,
+                )
                 if n_peer >= lim.max_keys_per_provider:
                     raise LimitExceeded("this peer provides too many keys")
-                if self._count("SELECT COUNT(*) FROM dht_providers") >= lim.max_providers_total:
+                if total >= lim.max_providers_total:
                     raise LimitExceeded("provider store full")
             db.execute(
                 "INSERT OR REPLACE INTO dht_providers(key, peer, addrs, expires) "
                 "VALUES (?, ?, ?, ?)",
                 (key, pid, packed, expires),
             )
+            if exists is None:
+                self._provider_count = total + 1
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._provider_count = None
             raise
         db.execute("COMMIT")
 
+    @_guarded
     def get_providers(self, key: bytes, now: float, limit: int) -> list[ProviderEntry]:
         rows = self.db.execute(
             "SELECT peer, addrs, expires FROM dht_providers WHERE key=? AND expires>? "
@@ -373,6 +439,7 @@ class SqliteDhtStore:
             self._record_count = self._count("SELECT COUNT(*) FROM dht_records")
         return self._record_count
 
+    @_guarded
     def put_record(
         self,
         key: bytes,
@@ -408,22 +475,26 @@ class SqliteDhtStore:
             if row is None:
                 self._record_count = total + 1
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self._record_count = None
             raise
         db.execute("COMMIT")
 
+    @_guarded
     def get_record(self, key: bytes) -> tuple[bytes, str] | None:
         row = self.db.execute(
             "SELECT value, received FROM dht_records WHERE key=?", (key,)
         ).fetchone()
         return (bytes(row[0]), str(row[1])) if row else None
 
+    @_guarded
     def remove_record(self, key: bytes) -> None:
         cur = self.db.execute("DELETE FROM dht_records WHERE key=?", (key,))
         if self._record_count is not None:
             self._record_count -= cur.rowcount
 
+    @_guarded
     def add_own_provide(self, key: bytes, now: float) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -439,24 +510,29 @@ class SqliteDhtStore:
                 (key, now),
             )
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self._own_count = None  # recount on the next call
             raise
         db.execute("COMMIT")
 
+    @_guarded
     def has_own_provide(self, key: bytes) -> bool:
         row = self.db.execute("SELECT 1 FROM dht_own_provides WHERE key=?", (key,)).fetchone()
         return row is not None
 
+    @_guarded
     def due_republish(self, now: float, interval: float) -> list[bytes]:
         rows = self.db.execute(
             "SELECT key FROM dht_own_provides WHERE last_published <= ?", (now - interval,)
         ).fetchall()
         return [bytes(r[0]) for r in rows]
 
+    @_guarded
     def mark_republished(self, key: bytes, now: float) -> None:
         self.db.execute("UPDATE dht_own_provides SET last_published=? WHERE key=?", (now, key))
 
+    @_guarded
     def save_peers(self, peers: list[tuple[PeerId, tuple[Multiaddr, ...]]]) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -467,10 +543,12 @@ class SqliteDhtStore:
                 [(p.to_bytes(), _pack_addrs(a)) for p, a in peers],
             )
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
+    @_guarded
     def load_peers(self) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]:
         out = []
         for raw, addrs in self.db.execute("SELECT peer, addrs FROM dht_peers"):
@@ -480,6 +558,7 @@ class SqliteDhtStore:
                 continue  # a row we cannot read is no reason to refuse to start
         return out
 
+    @_guarded
     def gc(self, now: float, max_record_age: float | None = None) -> int:
         removed = 0
         if max_record_age is not None:
@@ -490,6 +569,8 @@ class SqliteDhtStore:
             if self._record_count is not None:
                 self._record_count -= cur.rowcount
         cur = self.db.execute("DELETE FROM dht_providers WHERE expires <= ?", (now,))
+        if self._provider_count is not None:
+            self._provider_count -= cur.rowcount
         return removed + cur.rowcount
 
     def close(self) -> None:

@@ -32,6 +32,8 @@ class DhtCounters:
     requests_refused: int = 0
     streams_refused: int = 0
     checks_skipped: int = 0
+    # Requests not served because our own store failed (a locked or broken database).
+    store_errors: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
 

@@ -17,7 +17,7 @@ from peerstack.core.peer_id import PeerId
 from peerstack.dht.config import DhtConfig
 from peerstack.dht.distance import kad_key
 from peerstack.dht.messages import KadMessage, KadRecord, MessageType, PeerInfo, decode, encode
-from peerstack.dht.providers import DhtStore
+from peerstack.dht.providers import DhtStore, DhtStoreError
 from peerstack.dht.ratelimit import RateLimiter
 from peerstack.dht.records import RecordError, Validators, format_rfc3339_ns, parse_rfc3339_ns
 from peerstack.dht.routing_table import RoutingTable
@@ -122,6 +122,12 @@ class KadServer:
             stream.reset()
         except (StreamError, ConnectionClosed, TimeoutError, OSError) as exc:
             log.debug("kad stream from %s ended: %r", peer, exc)
+            stream.reset()
+        except DhtStoreError as exc:
+            # Our database failed (e.g. locked past the busy timeout): not the peer's fault.
+            # The peer sees a reset stream and may retry elsewhere; one line, no traceback.
+            self.counters.store_errors += 1
+            log.warning("kad request from %s not served: %s", peer, exc)
             stream.reset()
         finally:
             self._inbound -= 1
