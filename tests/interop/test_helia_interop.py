@@ -14,6 +14,8 @@ never whole in memory on our side) and both sides import that same file.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import sys
 import time
@@ -30,7 +32,8 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from peerstack.content.bitswap.service import Bitswap  # noqa: E402
+from peerstack.content.bitswap.service import Bitswap, BitswapConfig  # noqa: E402
+from peerstack.content.bitswap.session import SessionConfig  # noqa: E402
 from peerstack.content.blockstore import Blockstore, FsyncPolicy  # noqa: E402
 from peerstack.content.importer import DEFAULT_PROFILE, LEGACY_PROFILE, ImportProfile  # noqa: E402
 from peerstack.core.cid import CID  # noqa: E402
@@ -145,13 +148,13 @@ class OurNode:
 
 
 @asynccontextmanager
-async def our_node(repo: Path) -> AsyncIterator[OurNode]:
+async def our_node(repo: Path, config: BitswapConfig | None = None) -> AsyncIterator[OurNode]:
     """BasicHost on loopback + identify (helia wants only peers it identified) + Bitswap."""
     key = PrivateKey.generate()
     async with AsyncExitStack() as stack:
         host = BasicHost(key, listen_addrs=["/ip4/127.0.0.1/tcp/0"])
         store = stack.enter_context(Blockstore(repo, FsyncPolicy.NEVER))
-        bitswap = Bitswap(host, store)
+        bitswap = Bitswap(host, store, config=config)
         await bitswap.start()  # handlers before the listener opens
         stack.push_async_callback(bitswap.stop)
         identify = IdentifyService(host, host.peerstore, key.public_key, host.protocols)
@@ -296,3 +299,51 @@ async def test_directory_tree_both_ways(tmp_path: Path, profile: str) -> None:
         ledger = adder.bitswap.engine.ledgers[PeerId.from_string(leecher.peer_id)]
         assert ledger.blocks_sent >= len(expected)  # every node and leaf came from us
     print(f"\n[helia-interop] tree {profile}: cid={root} helia walk {walked['ms']} ms")
+
+
+async def _kill_when(node: OurNode, helia: HeliaPeer, blocks: int) -> int:
+    """SIGKILL helia once we have ``blocks`` blocks from anyone (polled on our ledgers).
+
+    Returns how many of them helia had sent.
+    """
+    peer = PeerId.from_string(helia.peer_id)
+    while True:  # the ledgers have no event to wait on
+        ledgers = node.bitswap.engine.ledgers
+        if sum(led.blocks_received for led in ledgers.values()) >= blocks:
+            helia.proc.kill()
+            return ledgers[peer].blocks_received if peer in ledgers else 0
+        await asyncio.sleep(0.002)
+
+
+async def test_helia_seeder_killed_mid_transfer(tmp_path: Path) -> None:
+    """helia and one of ours seed a 32 MiB file; helia is killed mid-transfer; we finish."""
+    _need_helia()
+    src = tmp_path / "data.bin"
+    sha = write_pattern(src, 32 * MiB, b"helia-fault")
+    # Few blocks in flight per peer, so both seeders carry part of the file.
+    config = BitswapConfig(session=SessionConfig(initial_window=2, max_window=4))
+    async with AsyncExitStack() as stack:
+        (helia,) = await stack.enter_async_context(running_helias(tmp_path / "helia"))
+        seeder = await stack.enter_async_context(our_node(tmp_path / "seeder"))
+        leecher = await stack.enter_async_context(our_node(tmp_path / "leecher", config))
+        added = await helia.command("add-file", path=str(src), profile="legacy")
+        ours = await seeder.bitswap.add(src, LEGACY_PROFILE, provide=False)
+        assert str(ours.cid) == added["cid"]
+        await leecher.host.dial(helia.addr)
+        await leecher.host.connect(seeder.host.peer_id, seeder.host.listen_addrs())
+        # 129 blocks (128 leaves of 256 KiB and a root): kill helia a third of the way.
+        killer = asyncio.get_running_loop().create_task(_kill_when(leecher, helia, 43))
+        try:
+            out = tmp_path / "out.bin"
+            result = await leecher.bitswap.get_file(ours.cid, out, idle_timeout=IDLE_TIMEOUT)
+        finally:
+            killed = killer.done() and not killer.cancelled()
+            killer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await killer
+        assert killed, "helia was never killed: the transfer had no middle"
+        print(f"\n[helia-interop] helia killed after sending {killer.result()} of 43 blocks")
+        assert file_sha256(out) == sha
+        assert result.fetched_bytes == result.bytes
+        ledger = leecher.bitswap.engine.ledgers[seeder.host.peer_id]
+        assert ledger.blocks_received > 0
