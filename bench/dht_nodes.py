@@ -389,25 +389,31 @@ def run_child(argv: list[str], timeout: float, label: str) -> Result | str:
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=REPO_ROOT
     )
+    timed_out = False
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return f"timed out after {timeout:.0f} s"
+        out, _ = proc.communicate()
+        timed_out = True
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return f"exited with {proc.returncode}"
+    lines = [ln for ln in (out or "").splitlines() if ln.startswith("{")]
+    if not lines:
+        return f"timed out after {timeout:.0f} s" if timed_out else f"exited with {proc.returncode}"
     obj = json.loads(lines[-1])
     if not isinstance(obj, dict):
         return "bad output"
-    return Result.from_json(obj)
+    res = Result.from_json(obj)
+    if timed_out:
+        res.note += f" (killed at the {timeout:.0f} s limit after reporting)"
+    elif proc.returncode != 0:
+        res.note += f" (exited with {proc.returncode} after reporting)"
+    return res
 
 
 def pct(ok: int, total: int) -> float:
