@@ -30,6 +30,7 @@ from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
 from peerstack.host.host import BasicHost
+from tests.content.content_testkit import MemNetwork
 
 MiB = 1024 * 1024
 FILE_SIZE = 32 * MiB
@@ -274,3 +275,21 @@ async def test_all_providers_gone_then_resume(tmp_path: Path, data_file: tuple[P
             assert result.fetched_bytes < result.bytes
         assert file_sha256(out) == sha
         assert sum(1 for _ in me.store.iter_keys()) == total
+
+
+async def test_nobody_has_it_names_the_root(tmp_path: Path, net: MemNetwork) -> None:
+    """In memory, no provider at all: the error names the root, nothing is kept, no hang."""
+    host, other = net.add_host(), net.add_host()
+    with (
+        Blockstore(tmp_path / "repo", FsyncPolicy.NEVER) as store,
+        Blockstore(tmp_path / "other", FsyncPolicy.NEVER) as other_store,
+    ):
+        async with Bitswap(host, store) as bitswap, Bitswap(other, other_store):
+            await host.connect(other.peer_id)  # connected, but it has nothing
+            root = CID.hash_of(b"a block nobody has")
+            with pytest.raises(BlocksUnavailable) as caught:
+                await bitswap.fetch(root, idle_timeout=0.5)
+            assert caught.value.missing == [root]
+            assert caught.value.kept == 0
+            assert str(root) in str(caught.value)
+            assert not bitswap.sessions  # the session ended with the error
