@@ -1,5 +1,5 @@
 # mypy: disable-error-code="import-not-found"
-# (harness lives in tests/interop, put on sys.path below; mypy finds it when it checks tests too.)
+# (the repo root goes on sys.path below so that tests.interop.harness imports when run as a script.)
 """Anchor figures for our perf benchmark: libp2p perf between two third-party processes.
 
 Runs ``/perf/1.0.0`` js-libp2p -> js-libp2p and py-libp2p -> py-libp2p over loopback, each
@@ -24,9 +24,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "interop"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import PeerKind, missing_setup, running_peer
+from tests.interop.harness import PeerKind, missing_setup, running_peer
 
 MIB = 1 << 20
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-from harness import PeerKind, PeerProcess, StartPeer, missing_setup, start_peer
+
+from tests.interop.harness import PeerKind, PeerProcess, StartPeer, missing_setup, start_peer
 
 
 def require_peer(kind: PeerKind) -> None:

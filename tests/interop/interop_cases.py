@@ -10,7 +10,6 @@ import contextlib
 import os
 
 import pytest
-from harness import PeerKind, PeerProcess
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
@@ -18,6 +17,7 @@ from peerstack.errors import ConnectionClosed, StreamClosed, StreamReset
 from peerstack.node import Node
 from peerstack.protocols import echo, perf, ping
 from peerstack.protocols.identify import IDENTIFY, PROTOCOL_VERSION
+from tests.interop.harness import PeerKind, PeerProcess
 
 MIB = 1 << 20
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import InteropError, PeerKind, StartPeer
+
+from tests.interop.harness import InteropError, PeerKind, StartPeer
 
 pytestmark = pytest.mark.interop
 
@@ -113,7 +114,7 @@ async def test_unknown_command_is_an_error_answer(start_interop_peer: StartPeer)
 def test_missing_setup_names_the_setup_script(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import harness
+    from tests.interop import harness
 
     monkeypatch.setattr(harness, "NODE_BIN", tmp_path / "no-node")
     monkeypatch.setattr(harness, "PY_VENV", tmp_path / "no-venv")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import interop_cases as cases
 import pytest
-from harness import PeerKind, PeerProcess, StartPeer
 
 from peerstack.node import Node
+from tests.interop import interop_cases as cases
+from tests.interop.harness import PeerKind, PeerProcess, StartPeer
 
 pytestmark = pytest.mark.interop
 

@@ -6,19 +6,14 @@ skipped with the reason when the peers are not installed.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
-
-from harness import PeerKind, PeerProcess, missing_setup, start_peer
 
 from peerstack.core.peer_id import PeerId
 from peerstack.node import Node
 from peerstack.protocols.identify import AGENT_VERSION, PROTOCOL_VERSION
+from tests.interop.harness import PeerKind, PeerProcess, missing_setup, start_peer
 
 pytestmark = pytest.mark.interop
 
