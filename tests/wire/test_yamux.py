@@ -999,10 +999,9 @@ def test_random_operations_keep_both_sides_consistent(
 
 def _fast_then_general(session: YamuxSession, piece: bytes) -> list[Event]:
     """What a caller using the fast paths sees: the same events as receive_data() alone."""
-    sid = session.receive_payload_rest(piece, 0.0)
-    if sid:
-        return [DataReceived(sid, piece)]
-    sid = session.receive_single_data(piece, 0.0)
+    sid = session.receive_fast(piece, 0.0)
+    if sid < 0:
+        return [DataReceived(-sid, piece)]
     if sid:
         assert piece[HEADER_SIZE:]
         return [DataReceived(sid, piece[HEADER_SIZE:])]
@@ -1046,27 +1045,27 @@ def test_fast_path_refuses_what_is_not_one_plain_data_frame() -> None:
     p.take("server")
     server = p.server
     # one flagless Data frame on a live stream within credit: accepted, window accounted
-    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 3, b"abc"), 1.0) == sid
+    assert server.receive_fast(frame(TYPE_DATA, 0, sid, 3, b"abc"), 1.0) == sid
     server.consumed(sid, 3, 1.0)  # 3 bytes were delivered by the fast path
     # anything else: 0, nothing consumed
-    assert server.receive_single_data(frame(TYPE_DATA, FLAG_FIN, sid, 1, b"x"), 1.0) == 0
-    assert server.receive_single_data(frame(TYPE_WINDOW_UPDATE, 0, sid, 5), 1.0) == 0
-    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 3, b"ab"), 1.0) == 0
-    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 1, b"ab"), 1.0) == 0
-    assert server.receive_single_data(frame(TYPE_DATA, 0, 99, 1, b"a"), 1.0) == 0
-    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 0), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, FLAG_FIN, sid, 1, b"x"), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_WINDOW_UPDATE, 0, sid, 5), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, 0, sid, 3, b"ab"), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, 0, sid, 1, b"ab"), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, 0, 99, 1, b"a"), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, 0, sid, 0), 1.0) == 0
     big = INITIAL_WINDOW + 1
-    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, big, b"z" * big), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, 0, sid, big, b"z" * big), 1.0) == 0
     # a header half received by the general parser blocks the fast path until it completes
     whole = frame(TYPE_DATA, 0, sid, 2, b"hi")
     assert server.receive_data(whole[:5], 1.0) == []
-    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 1, b"a"), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, 0, sid, 1, b"a"), 1.0) == 0
     assert server.receive_data(whole[5:], 1.0) == [DataReceived(sid, b"hi")]
     # the window is enforced across both paths
     assert server.recv_window(sid) == INITIAL_WINDOW
     with pytest.raises(MuxerError):
         server.receive_data(frame(TYPE_DATA, 0, sid, big, b"z" * big), 1.0)
-    assert server.receive_single_data(frame(TYPE_DATA, 0, sid, 1, b"a"), 1.0) == 0
+    assert server.receive_fast(frame(TYPE_DATA, 0, sid, 1, b"a"), 1.0) == 0
 
 
 def test_small_sends_give_the_same_bytes_as_large_ones() -> None:
@@ -1093,12 +1092,12 @@ def test_payload_rest_fast_path() -> None:
     p.flush()
     p.take("server")
     server = p.server
-    assert server.receive_payload_rest(b"abc", 1.0) == 0  # nothing in flight
+    assert server.receive_fast(b"abc", 1.0) == 0  # nothing in flight
     wire = frame(TYPE_DATA, FLAG_FIN, sid, 10, b"0123456789")
     assert server.receive_data(wire[:14], 1.0) == [DataReceived(sid, b"01")]
-    assert server.receive_payload_rest(b"2345", 1.0) == sid  # the middle of the payload
-    assert server.receive_payload_rest(b"6789x", 1.0) == 0  # runs past the frame
-    assert server.receive_payload_rest(b"6789", 1.0) == 0  # ends a frame that carries FIN
+    assert server.receive_fast(b"2345", 1.0) == -sid  # the middle of the payload
+    assert server.receive_fast(b"6789x", 1.0) == 0  # runs past the frame
+    assert server.receive_fast(b"6789", 1.0) == 0  # ends a frame that carries FIN
     assert server.receive_data(b"6789", 1.0) == [DataReceived(sid, b"6789"), StreamEnded(sid)]
     server.consumed(sid, 10, 1.0)  # all ten bytes were accounted for, by both paths
     with pytest.raises(UsageError):

@@ -266,16 +266,21 @@ class Connection:
         # no call_soon hop, no extra loop turn, for the request/response pattern. Anything
         # queued already (a SYN, other streams' data, a burst) keeps coalescing into one
         # encrypted write per turn, as does every large write.
+        transport = self._tcp.transport
         direct = (
-            not session.has_output
-            and (data.nbytes if isinstance(data, memoryview) else len(data)) <= DIRECT_WRITE_LIMIT
-            and not self.write_buffer_size
+            type(data) is bytes
+            and len(data) <= DIRECT_WRITE_LIMIT
+            and not session.has_output
+            and transport is not None
+            and not transport.get_write_buffer_size()
         )
         n = session.send_data(stream_id, data)
         if n:
             self.bytes_sent += n
             if direct:
-                self._write_out(session.data_to_send())
+                out = session.data_to_send()
+                if not self._tcp.is_closed:
+                    self._tcp.write(self._noise.encrypt(out))
                 return n
             self._queued += n
             if self._queued >= FLUSH_THRESHOLD:
@@ -283,11 +288,6 @@ class Connection:
             elif self._flush_handle is None:
                 self._flush_handle = self._loop.call_soon(self._flush)
         return n
-
-    def _write_out(self, out: bytes) -> None:
-        """Encrypt and write one batch of session output (at most ENCRYPT_SLICE bytes)."""
-        if out and not self._tcp.is_closed:
-            self._tcp.write(self._noise.encrypt(out))
 
     def consumed(self, stream_id: int, n: int) -> None:
         if self._closed or not n:
@@ -354,17 +354,16 @@ class Connection:
         now = self._loop.time()
         # The middle of a large Data frame (bulk), or one small Data frame (a request, an
         # answer, a ping): no events, nothing owed to the peer.
-        sid = session.receive_payload_rest(plain, now)
+        sid = session.receive_fast(plain, now)
         if sid:
-            stream = self._streams.get(sid)
-            if stream is not None:
-                stream._feed(plain)
-            return
-        sid = session.receive_single_data(plain, now)
-        if sid:
-            stream = self._streams.get(sid)
-            if stream is not None:
-                stream._feed(plain[yamux.HEADER_SIZE :])
+            if sid > 0:
+                stream = self._streams.get(sid)
+                if stream is not None:
+                    stream._feed(plain[yamux.HEADER_SIZE :])
+            else:
+                stream = self._streams.get(-sid)
+                if stream is not None:
+                    stream._feed(plain)
             return
         try:
             events = session.receive_data(plain, now)

@@ -140,10 +140,15 @@ class YamuxStream:
         """Up to ``n`` bytes; ``-1``: what is buffered (large amounts one piece per call)."""
         if n == 0:
             return b""
-        if not self._size:
-            await self._wait_readable()
-            if not self._size:
+        while not self._size:
+            # Inline wait (no coroutine per read): a future, or None at the end of stream.
+            fut = self._new_read_waiter()
+            if fut is None:
                 return b""
+            try:
+                await fut
+            finally:
+                self._read_waiter = None
         if self._error is not None:
             raise self._error
         data = self._take(n)
@@ -159,7 +164,12 @@ class YamuxStream:
             return data
         if not self._size:
             # Wait here rather than in read(): a small message usually arrives whole.
-            await self._wait_readable()
+            fut = self._new_read_waiter()
+            if fut is not None:
+                try:
+                    await fut
+                finally:
+                    self._read_waiter = None
             if n <= self._size and self._error is None:
                 data = self._take(n)
                 self._report_consumed(n)
@@ -363,20 +373,21 @@ class YamuxStream:
         self._unreported = 0
         self._conn.consumed(self._id, total)
 
-    async def _wait_readable(self) -> None:
+    def _new_read_waiter(self) -> asyncio.Future[None] | None:
+        """The future a reader awaits for data; None at the end of the stream.
+
+        Raises the stream's error, or UsageError when another task already waits to read.
+        The caller awaits it and then clears ``_read_waiter``.
+        """
         if self._read_waiter is not None:
             raise UsageError("another task is already waiting to read this stream")
-        while not self._size:
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                return
-            fut = asyncio.get_running_loop().create_future()
-            self._read_waiter = fut
-            try:
-                await fut
-            finally:
-                self._read_waiter = None
+        if self._error is not None:
+            raise self._error
+        if self._eof:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._read_waiter = fut
+        return fut
 
     async def _wait_window(self) -> None:
         error = self._error or self._write_error

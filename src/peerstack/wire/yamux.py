@@ -878,27 +878,38 @@ class YamuxSession:
             raise self._fail(exc) from None
         return events
 
-    def receive_single_data(self, data: bytes, now: float) -> int:
-        """Fast path for the commonest input: exactly one flagless Data frame on a live stream.
+    def receive_fast(self, data: bytes, now: float) -> int:
+        """Fast paths for the two commonest inputs; 0 means "use receive_data()".
 
-        When ``data`` is one such frame whose payload fits the stream's credit (and no frame
-        is half received), account for it like receive_data() would and return the stream
-        id: the payload is ``data[HEADER_SIZE:]``, to be delivered by the caller. Otherwise
-        return 0 having consumed nothing: the caller passes ``data`` to receive_data(). This
-        spares a small message the event objects and the general parser (one round trip of
-        a request/response protocol is mostly such frames).
+        - ``data`` is all payload of the Data frame in flight (the middle of a large frame
+          that arrives in Noise-frame pieces): returns ``-stream_id``; the payload is
+          ``data`` itself, not copied.
+        - ``data`` is exactly one flagless Data frame on a live stream, within its credit
+          (a request, an answer, a ping): returns ``stream_id``; the payload is
+          ``data[HEADER_SIZE:]``.
+
+        Either way the bytes are accounted for as receive_data() would (credit, buffered),
+        without event objects or the general parser. Anything else (a frame ending with FIN
+        or RST, several frames, a partial header, an unknown stream, a failed session)
+        returns 0 having consumed nothing.
         """
         n = len(data)
-        if (
-            n <= HEADER_SIZE
-            or self._rx_left
-            or self._hdr
-            or self._failed is not None
-            or data[0]
-            or data[1]
-            or data[2]
-            or data[3]
-        ):
+        if not n or self._failed is not None:
+            return 0
+        left = self._rx_left
+        if left:
+            st = self._rx_stream
+            if n > left or st is None or (n == left and self._rx_fin):
+                return 0
+            self._now = now
+            self._last_recv = now
+            st.buffered += n
+            left -= n
+            self._rx_left = left
+            if not left:
+                self._rx_stream = None
+            return -st.sid
+        if n <= HEADER_SIZE or self._hdr or data[0] or data[1] or data[2] or data[3]:
             return 0
         sid: int
         length: int
@@ -915,29 +926,6 @@ class YamuxSession:
         st.credit -= length
         st.buffered += length
         return sid
-
-    def receive_payload_rest(self, data: bytes, now: float) -> int:
-        """Fast path for bulk input: ``data`` is all payload of the Data frame in flight.
-
-        When a frame's payload spans several inputs (a large frame arrives in Noise-frame
-        pieces), the middle pieces carry no header at all. If all of ``data`` belongs to the
-        payload in flight on a live stream, and does not end a frame that carried FIN or RST,
-        account for it and return the stream id (``data`` itself is the payload, no copy).
-        Otherwise return 0 having consumed nothing; the caller uses receive_data().
-        """
-        left = self._rx_left
-        n = len(data)
-        st = self._rx_stream
-        if not n or n > left or st is None or (n == left and self._rx_fin) or self._failed:
-            return 0
-        self._now = now
-        self._last_recv = now
-        st.buffered += n
-        left -= n
-        self._rx_left = left
-        if not left:
-            self._rx_stream = None
-        return st.sid
 
     def _payload(
         self,
