@@ -761,3 +761,23 @@ def test_a_locked_store_resets_the_request_and_raises_nothing(tmp_path: Path) ->
         victim.store.close()
 
     sim(main)
+
+
+def test_a_full_local_record_store_does_not_fail_our_put_or_get() -> None:
+    # Keeping a local copy raised LimitExceeded (a PeerError for a local condition) and failed
+    # a put or get whose record was on the network all along.
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 8)
+        me = KadDHT(net.add_host(), config(store_limits=StoreLimits(max_records=1)))
+        await me.start()
+        for d in dhts:
+            me.routing_table.add(d.host.peer_id, 0.0)
+        me.store.put_record(b"/pk/filler", b"v", "t")
+        owners = [PrivateKey.from_seed(bytes([40 + i]) * 32) for i in range(2)]
+        keys = [b"/pk/" + PeerId.from_public_key(o.public_key).to_bytes() for o in owners]
+        assert await me.put_value(keys[0], owners[0].public_key.to_protobuf()) >= 1
+        assert await dhts[3].put_value(keys[1], owners[1].public_key.to_protobuf()) >= 1
+        assert await me.get_value(keys[1]) == owners[1].public_key.to_protobuf()
+        assert me.store.get_record(keys[1]) is None  # not cached: the store is full
+
+    sim(main)

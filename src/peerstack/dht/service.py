@@ -29,7 +29,7 @@ from peerstack.core.peer_id import PeerId
 from peerstack.dht.config import DhtConfig, Mode
 from peerstack.dht.distance import kad_key
 from peerstack.dht.messages import PROTOCOL_ID, KadMessage, KadRecord, MessageType, PeerInfo
-from peerstack.dht.providers import DhtStore, MemoryDhtStore
+from peerstack.dht.providers import DhtStore, DhtStoreError, MemoryDhtStore
 from peerstack.dht.query import Query
 from peerstack.dht.records import (
     RecordError,
@@ -41,7 +41,7 @@ from peerstack.dht.records import (
 from peerstack.dht.routing_table import AddResult, RoutingTable
 from peerstack.dht.rpc import RPC_ERRORS, DhtCounters, KadClient
 from peerstack.dht.server import KadServer, ProviderMismatch, check_provider_key
-from peerstack.errors import DecodeError, PeerError, PeerstackError, UsageError
+from peerstack.errors import DecodeError, LimitExceeded, PeerError, PeerstackError, UsageError
 from peerstack.host.interface import Host, HostEvent, PeerConnected
 
 log = logging.getLogger(__name__)
@@ -488,7 +488,7 @@ class KadDHT:
     async def put_value(self, key: bytes, value: bytes) -> int:
         """Store a record on the k closest peers (and here); returns how many peers took it."""
         self.validators.validate(key, value, self.wall_clock())
-        self.server.keep_record(key, value)
+        self._keep_local(key, value)
         peers = await self._closest_for_store(key)
         record = KadRecord(key, value)
         msg = KadMessage(MessageType.PUT_VALUE, key=key, record=record)
@@ -541,7 +541,7 @@ class KadDHT:
         # Correct the peers that returned something else, and keep the best ourselves.
         stale = [p for p, v in got if p is not None and v != best]
         if local is None or local[0] != best:
-            self.server.keep_record(key, best)
+            self._keep_local(key, best)
         if stale:
             msg = KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, best))
             await asyncio.gather(
@@ -549,6 +549,17 @@ class KadDHT:
             )
         del query
         return best
+
+    def _keep_local(self, key: bytes, value: bytes) -> None:
+        """Keep a copy of our own or a fetched record; best effort.
+
+        The local copy only saves a lookup: a store filled by others (LimitExceeded) or a
+        failing database must not fail our put or get, whose result is on the network.
+        """
+        try:
+            self.server.keep_record(key, value)
+        except (LimitExceeded, DhtStoreError) as exc:
+            log.warning("record %r not kept locally: %s", key[:40], exc)
 
     async def publish_name(
         self,
