@@ -149,3 +149,45 @@ async def test_echo_client_refuses_extra_bytes(stream_pair: Pair) -> None:
     with pytest.raises(LimitExceeded):
         await echo_stream(client, b"abc")
     await task
+
+
+async def test_ping_timeout_is_per_round_trip(stream_pair: Pair) -> None:
+    """Round trips that each stay under rtt_timeout pass, however long they take together;
+    the one that does not answer in time raises TimeoutError."""
+    client, server = stream_pair()
+    answered = 0
+
+    async def slow_then_silent() -> None:
+        nonlocal answered
+        for _ in range(6):
+            payload = await server.readexactly(32)
+            await asyncio.sleep(0.1)
+            await server.write(payload)
+            answered += 1
+        await server.readexactly(32)  # and never answer
+
+    task = asyncio.create_task(slow_then_silent())
+    rtts = await ping_stream(client, 6, rtt_timeout=0.4)  # 0.6 s in all, > 0.4
+    assert len(rtts) == 6
+    with pytest.raises(TimeoutError):
+        await ping_stream(client, 1, rtt_timeout=0.2)
+    assert answered == 6
+    await task
+
+
+async def test_ping_many_round_trips_with_fresh_payloads(stream_pair: Pair) -> None:
+    client, server = stream_pair()
+    seen: list[bytes] = []
+
+    async def recorder() -> None:
+        while payload := await server.read(32):
+            seen.append(payload)
+            await server.write(payload)
+
+    task = asyncio.create_task(recorder())
+    rtts = await ping_stream(client, 150)  # more than one batch of random bytes
+    assert len(rtts) == 150
+    assert len(set(seen)) == 150
+    assert all(len(p) == 32 for p in seen)
+    await client.close()
+    await task

@@ -41,9 +41,48 @@ class LatencyRecorder(Protocol):
     def record_latency(self, peer: PeerId, rtt: float) -> None: ...
 
 
+class _Watchdog:
+    """A deadline ``limit`` seconds after the last ``touch()``, on a single lazy timer.
+
+    ``asyncio.timeout()`` per ping costs a timer set and cancelled per round trip; this arms
+    one timer per ``limit`` seconds instead. When it fires it checks the time of the last
+    touch: if the limit really passed, it expires the enclosing ``asyncio.timeout()``
+    scope (which then raises ``TimeoutError`` in the usual way), else it re-arms itself.
+    """
+
+    __slots__ = ("_handle", "_last", "_limit", "_loop", "_scope")
+
+    def __init__(self, scope: asyncio.Timeout, limit: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._scope = scope
+        self._limit = limit
+        self._last = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + limit, self._fire
+        )
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _fire(self) -> None:
+        due = self._last + self._limit
+        if self._loop.time() >= due:
+            self._handle = None
+            self._scope.reschedule(self._loop.time())  # expire now: TimeoutError in the scope
+        else:
+            self._handle = self._loop.call_at(due, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def _read_ping(stream: Stream) -> bytes:
     """Read one 32-byte payload; ``b""`` on a clean end of stream between pings."""
-    buf = b""
+    buf = await stream.read(PING_SIZE)
+    if len(buf) == PING_SIZE or not buf:  # the usual case: one whole payload, or the end
+        return buf
     while len(buf) < PING_SIZE:
         chunk = await stream.read(PING_SIZE - len(buf))
         if not chunk:
@@ -57,12 +96,17 @@ async def _read_ping(stream: Stream) -> bytes:
 async def handle_ping(stream: Stream, idle_timeout: float = PING_IDLE_TIMEOUT) -> None:
     """Serve pings on ``stream`` until the client closes it."""
     try:
-        while True:
-            async with asyncio.timeout(idle_timeout):
-                payload = await _read_ping(stream)
-            if not payload:
-                break
-            await stream.write(payload)
+        async with asyncio.timeout(None) as scope:
+            watchdog = _Watchdog(scope, idle_timeout)
+            try:
+                while True:
+                    payload = await _read_ping(stream)
+                    if not payload:
+                        break
+                    watchdog.touch()
+                    await stream.write(payload)
+            finally:
+                watchdog.cancel()
     except (PeerstackError, OSError, TimeoutError) as exc:
         log.debug("ping stream from %s ended: %s", stream.remote_peer, exc)
         stream.reset()
@@ -80,18 +124,30 @@ async def ping_stream(stream: Stream, count: int, rtt_timeout: float = PING_TIME
     if not 1 <= count <= MAX_PING_COUNT:
         raise UsageError(f"ping count must be between 1 and {MAX_PING_COUNT}")
     rtts: list[float] = []
-    for _ in range(count):
-        payload = os.urandom(PING_SIZE)
-        start = time.perf_counter()
-        async with asyncio.timeout(rtt_timeout):
-            await stream.write(payload)
-            answer = await _read_ping(stream)
-        rtt = time.perf_counter() - start
-        if not answer:
-            raise StreamClosed("peer closed the ping stream")
-        if answer != payload:
-            raise PingMismatch("ping answer does not match the payload")
-        rtts.append(rtt)
+    # Random bytes fetched for up to 64 pings at a time (one getrandom call, not one per ping).
+    pool = b""
+    pos = 0
+    async with asyncio.timeout(None) as scope:
+        watchdog = _Watchdog(scope, rtt_timeout)  # each round trip gets rtt_timeout
+        try:
+            for i in range(count):
+                if pos >= len(pool):
+                    pool = os.urandom(PING_SIZE * min(count - i, 64))
+                    pos = 0
+                payload = pool[pos : pos + PING_SIZE]
+                pos += PING_SIZE
+                watchdog.touch()
+                start = time.perf_counter()
+                await stream.write(payload)
+                answer = await _read_ping(stream)
+                rtt = time.perf_counter() - start
+                if not answer:
+                    raise StreamClosed("peer closed the ping stream")
+                if answer != payload:
+                    raise PingMismatch("ping answer does not match the payload")
+                rtts.append(rtt)
+        finally:
+            watchdog.cancel()
     return rtts
 
 
