@@ -127,6 +127,7 @@ async def test_user_errors(net: list[Node], tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         await a.get(absent, tmp_path / "absent", find_timeout=0.5)
     assert not (tmp_path / "absent").exists()
+    assert await a.blockstore.transfers() == []
 
 
 async def test_interrupted_get_resumes(net: list[Node], tmp_path: Path) -> None:

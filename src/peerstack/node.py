@@ -667,9 +667,10 @@ class Node:
         await asyncio.to_thread(_check_dest, target)
         store, bitswap = self.blockstore, self.bitswap
         async with self.gc_lock.shared():
-            await store.begin_transfer(root, str(target))
             with store.hold(root):
+                # Recorded once the root is here: a CID nobody has leaves no transfer behind.
                 total = await self._dag_size(root, find_timeout)
+                await store.begin_transfer(root, str(target))
 
                 def on_fetch(p: Progress) -> None:
                     if progress is not None:

@@ -142,8 +142,11 @@ class RemoteBackend:
                 if resp.status != 200:
                     raise RemoteError(f"daemon refused {op}: {(await resp.text()).strip()}")
                 async for line in resp.content:
-                    event = json.loads(line)
-                    kind = event.pop("event", None)
+                    try:
+                        event = json.loads(line)
+                        kind = event.pop("event", None)
+                    except (ValueError, AttributeError, TypeError):
+                        raise RemoteError(f"the daemon sent a malformed answer to {op}") from None
                     if kind == "progress":
                         if progress is not None:
                             progress(event)
