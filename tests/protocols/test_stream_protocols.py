@@ -191,3 +191,23 @@ async def test_ping_many_round_trips_with_fresh_payloads(stream_pair: Pair) -> N
     assert all(len(p) == 32 for p in seen)
     await client.close()
     await task
+
+
+async def test_perf_idle_limit_is_per_silence_not_per_transfer(stream_pair: Pair) -> None:
+    """An upload that keeps moving outlasts idle_timeout; a silent one is reset."""
+    client, server = stream_pair()
+    serve = asyncio.create_task(handle_perf(server, idle_timeout=0.3))
+    await client.write(struct.pack(">Q", 5))
+    for _ in range(6):  # 0.6 s in all, never silent for 0.3 s
+        await client.write(b"x" * 1000)
+        await asyncio.sleep(0.1)
+    await client.close()
+    assert await client.readexactly(5) == b"\x00" * 5
+    await serve
+
+    client, server = stream_pair()
+    serve = asyncio.create_task(handle_perf(server, idle_timeout=0.1))
+    await client.write(struct.pack(">Q", 5) + b"x" * 10)
+    await serve  # the client went silent: reset
+    with pytest.raises(StreamReset):
+        await client.read()

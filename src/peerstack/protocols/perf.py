@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import LimitExceeded, PeerError, PeerstackError, UsageError
 from peerstack.host.interface import Host, Stream
+from peerstack.protocols.ping import IdleWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ DEFAULT_MAX_SERVE = 64 * 1024**3
 # A peer silent for this long in the middle of a transfer has its stream reset.
 IDLE_TIMEOUT = 60.0
 
-_ZEROS = memoryview(bytes(CHUNK))
+_ZERO_CHUNK = bytes(CHUNK)
+_ZEROS = memoryview(_ZERO_CHUNK)
 
 
 class PerfShortRead(PeerError):
@@ -62,7 +64,8 @@ class PerfResult:
 async def _send_zeros(stream: Stream, n: int) -> None:
     while n > 0:
         step = min(n, CHUNK)
-        await stream.write(_ZEROS[:step])
+        # Whole chunks as the bytes object itself: the stream queues it without slicing.
+        await stream.write(_ZERO_CHUNK if step == CHUNK else _ZEROS[:step])
         n -= step
 
 
@@ -76,11 +79,15 @@ async def handle_perf(
         (wanted,) = struct.unpack(">Q", header)
         if wanted > max_serve:
             raise LimitExceeded(f"perf peer asked for {wanted} bytes (limit {max_serve})")
-        while True:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await stream.read(CHUNK)
-            if not chunk:
-                break
+        # One lazy timer for the whole upload, not a timer set and cancelled per read (a
+        # read is one Noise frame, ~64 KiB, in a bulk transfer).
+        async with asyncio.timeout(None) as scope:
+            watchdog = IdleWatchdog(scope, idle_timeout)
+            try:
+                while await stream.read(CHUNK):
+                    watchdog.touch()
+            finally:
+                watchdog.cancel()
         await _send_zeros(stream, wanted)
         await stream.close()
     except (PeerstackError, OSError, TimeoutError) as exc:

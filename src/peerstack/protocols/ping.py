@@ -41,7 +41,7 @@ class LatencyRecorder(Protocol):
     def record_latency(self, peer: PeerId, rtt: float) -> None: ...
 
 
-class _Watchdog:
+class IdleWatchdog:
     """A deadline ``limit`` seconds after the last ``touch()``, on a single lazy timer.
 
     ``asyncio.timeout()`` per ping costs a timer set and cancelled per round trip; this arms
@@ -97,7 +97,7 @@ async def handle_ping(stream: Stream, idle_timeout: float = PING_IDLE_TIMEOUT) -
     """Serve pings on ``stream`` until the client closes it."""
     try:
         async with asyncio.timeout(None) as scope:
-            watchdog = _Watchdog(scope, idle_timeout)
+            watchdog = IdleWatchdog(scope, idle_timeout)
             try:
                 while True:
                     payload = await _read_ping(stream)
@@ -128,7 +128,7 @@ async def ping_stream(stream: Stream, count: int, rtt_timeout: float = PING_TIME
     pool = b""
     pos = 0
     async with asyncio.timeout(None) as scope:
-        watchdog = _Watchdog(scope, rtt_timeout)  # each round trip gets rtt_timeout
+        watchdog = IdleWatchdog(scope, rtt_timeout)  # each round trip gets rtt_timeout
         try:
             for i in range(count):
                 if pos >= len(pool):
