@@ -301,3 +301,17 @@ def test_crashed_daemon_leaves_nothing_in_the_way(tmp_path: Path) -> None:
         assert ok_json("pin", "ls", "--repo", str(d.repo)) == {"pins": []}
     finally:
         again.stop()
+
+
+def test_one_shot_pin_add_fetches_and_pin_rm(daemons: list[Daemon], tmp_path: Path) -> None:
+    d0, d1, _ = daemons
+    want = write_random(tmp_path / "p.bin", 1_200_000)
+    cid = ok_json("add", str(tmp_path / "p.bin"), "--repo", str(d1.repo))["cid"]
+    repo = ["--repo", str(tmp_path / "pinner")]
+    assert ok_json("pin", "add", cid, *repo, "--bootstrap", d0.addr)["pinned"]
+    assert ok_json("repo", "gc", *repo)["removed"] == 0  # fetched and pinned: all kept
+    cat = subprocess.run([*PEERSTACK, "cat", cid, *repo], capture_output=True, check=False)
+    assert hashlib.sha256(cat.stdout).hexdigest() == want  # from the repo, no network
+    assert ok_json("pin", "rm", cid, *repo)["pinned"] is False
+    assert ok_json("repo", "gc", *repo)["removed"] >= 2
+    assert "not pinned" in one_line_error(peerstack("pin", "rm", cid, *repo))

@@ -161,3 +161,15 @@ def test_daemon_announces_what_was_added_offline(daemons: list[Daemon], tmp_path
             raise AssertionError("the daemon's reprovider never announced the pinned root")
     finally:
         node.stop()
+
+
+def test_one_shot_provide(daemons: list[Daemon], tmp_path: Path) -> None:
+    d0, _, d2 = daemons
+    repo = tmp_path / "oneshot"
+    (tmp_path / "f").write_bytes(os.urandom(3000))
+    cid = ok_json("add", str(tmp_path / "f"), "--repo", str(repo))["cid"]
+    me = ok_json("dht", "provide", cid, "--repo", str(repo), "--bootstrap", d0.addr)
+    assert me["peers"] >= 1
+    peer_id = ok_json("id", "--repo", str(repo))["peer_id"]
+    found = ok_json("dht", "find-providers", cid, "--repo", str(d2.repo))
+    assert peer_id in {p["peer_id"] for p in found["providers"]}
