@@ -315,3 +315,11 @@ def test_one_shot_pin_add_fetches_and_pin_rm(daemons: list[Daemon], tmp_path: Pa
     assert ok_json("pin", "rm", cid, *repo)["pinned"] is False
     assert ok_json("repo", "gc", *repo)["removed"] >= 2
     assert "not pinned" in one_line_error(peerstack("pin", "rm", cid, *repo))
+
+
+def test_ping_with_the_daemons_repo_leaves_the_daemon_alone(daemons: list[Daemon]) -> None:
+    d0, d1, _ = daemons
+    # The repo's identity, no DHT or blockstore: no clash with the daemon holding the repo.
+    res = ok_json("ping", d0.addr, "-n", "1", "--repo", str(d1.repo))
+    assert res["peer_id"] == d0.peer_id
+    assert ok_json("repo", "stat", "--repo", str(d1.repo))["repo"] == str(d1.repo)

@@ -25,10 +25,11 @@ def _node(repo: Path | None) -> Node:
     from peerstack.node import Node
 
     # One-shot commands use a throwaway identity on a free loopback port, unless told
-    # to act as the node of a repo.
+    # to act as the node of a repo. Only the identity is used: no DHT or blockstore, so a
+    # daemon running on the same repo is not disturbed.
     if repo is None:
         return Node()
-    return Node(repo=Repo.open(repo), listen=["/ip4/127.0.0.1/tcp/0"])
+    return Node(repo=Repo.open(repo), listen=["/ip4/127.0.0.1/tcp/0"], dht=False, content=False)
 
 
 async def _ping(target: str, count: int, repo: Path | None) -> tuple[str, list[float]]:
