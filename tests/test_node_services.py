@@ -222,6 +222,11 @@ async def test_dht_values_and_names(net: list[Node]) -> None:
     assert await boot.name_resolve(f"/ipns/{name}") == f"/ipfs/{target}/other"
     with pytest.raises(UsageError, match="IPNS name"):
         await b.name_resolve("not-a-name")
+    for bad in ("/garbage", "/ipfs/not-a-cid", "/ipns/nobody", "/ipfs"):
+        with pytest.raises(UsageError):
+            await a.name_publish(bad)
+    _, seq3 = await a.name_publish(f"/ipns/{b.peer_id}/x")
+    assert seq3 == seq2 + 1
 
     found = await b.dht.find_peer(a.peer_id)
     assert set(found.addrs) >= {addr.decapsulate_p2p()[0] for addr in a.addrs}

@@ -57,6 +57,24 @@ def _key_of(cid: str | CID) -> bytes:
     return parse_cid(cid).multihash.to_bytes()
 
 
+def _ipfs_path(value: str) -> str:
+    """``/ipfs/<cid>[/...]`` or ``/ipns/<name>[/...]``; a bare CID gets ``/ipfs/``."""
+    from peerstack.node import parse_cid
+
+    if not value.startswith("/"):
+        return f"/ipfs/{parse_cid(value)}"
+    parts = value.split("/", 3)  # "", "ipfs", "<cid>", "rest"
+    if len(parts) < 3 or parts[1] not in ("ipfs", "ipns"):
+        raise UsageError(
+            f"an IPNS value is a CID, /ipfs/<cid>/... or /ipns/<name>/..., not {value!r}"
+        )
+    if parts[1] == "ipfs":
+        parse_cid(parts[2])
+    else:
+        parse_name(parts[2])
+    return value
+
+
 class NodeDht:
     """find_peer, put, get, provide, find_providers, publish_name, resolve_name."""
 
@@ -103,10 +121,7 @@ class NodeDht:
     ) -> tuple[PeerId, int]:
         if not value:
             raise UsageError("an IPNS value must not be empty")
-        if not value.startswith("/"):
-            from peerstack.node import parse_cid
-
-            value = f"/ipfs/{parse_cid(value)}"
+        value = _ipfs_path(value)
         seq = await self.kad.publish_name(key, value.encode(), lifetime=lifetime, ttl=ttl)
         return PeerId.from_public_key(key.public_key), seq
 
