@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import itertools
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -586,3 +588,74 @@ async def test_big_messages_are_decoded_off_the_event_loop(
     assert [(p.cid, p.type) for p in reply.presences] == [(have, m.PresenceType.HAVE)]
     assert all(size <= 16 * 1024 for size in on_loop)
     assert not a.bitswap.is_banned(client.host.peer_id)
+
+
+class CountingBitswap(Bitswap):
+    """Counts the DAG walk's trips to a worker thread (the number, not their speed)."""
+
+    trips = 0
+
+    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.trips += 1
+        return await super().in_thread(fn, *args)
+
+
+WIDE = ImportProfile(chunk_size=1024, max_links=174)  # 3 levels: root, 3 nodes, 400 leaves
+
+
+async def test_walk_checks_a_node_s_children_in_one_worker_thread_trip(
+    net: MemNetwork, tmp_path: Path
+) -> None:
+    host = net.add_host()
+    with Blockstore(tmp_path / "n", FsyncPolicy.NEVER) as store:
+        data = pattern(400 * 1024)
+        res = await import_bytes(store, data, WIDE)
+        bs = CountingBitswap(host, store)
+        async with bs:
+            events: list[Progress] = []
+            result = await asyncio.wait_for(bs.fetch(res.cid, events.append), 30)
+        assert result.blocks == 1 + 3 + 400
+        assert result.fetched_bytes == 0
+        # one trip for the root, one per dag-pb node (root + 3): not one per block
+        assert bs.trips == 1 + 4
+        assert events[-1].done
+        assert events[-1].blocks_done == events[-1].blocks_known == 404
+
+
+async def test_progress_is_monotonic_and_complete_only_at_the_end(nodes: list[Node]) -> None:
+    a, b = nodes[0], nodes[1]
+    data = pattern(400 * 1024 + 17)
+    res = await import_bytes(a.store, data, WIDE)
+    # a third of the leaves are local already, so found and fetched blocks interleave
+    leaves = [
+        leaf for node in await a.store.children(res.cid) for leaf in await a.store.children(node)
+    ]
+    for leaf in leaves[::3]:
+        await b.store.put(leaf, await a.store.get(leaf))
+    await b.host.connect(a.peer)
+    events: list[Progress] = []
+    result = await asyncio.wait_for(b.bitswap.fetch(res.cid, events.append), 30)
+    assert len(events) > 2
+    for before, after in itertools.pairwise(events):
+        assert after.blocks_done >= before.blocks_done
+        assert after.bytes_done >= before.bytes_done
+        assert after.blocks_known >= before.blocks_known
+    for event in events[:-1]:
+        assert not event.done
+        assert event.blocks_done < event.blocks_known  # never 100 % before the end
+    last = events[-1]
+    assert last.done
+    assert last.blocks_done == last.blocks_known == result.blocks == 405
+    assert last.bytes_done == result.bytes
+    assert 0 < result.fetched_bytes < result.bytes
+    assert await read_all(b.store, res.cid) == data
+
+
+async def test_has_many_reports_sizes_and_dag_pb_bytes(store: Blockstore) -> None:
+    res = await import_bytes(store, pattern(5000), ImportProfile(chunk_size=1024))
+    leaves = await store.children(res.cid)
+    absent = CID.hash_of(b"not stored")
+    found = await store.has_many([res.cid, *leaves, absent])
+    assert absent not in found
+    assert found[res.cid] == (len(await store.get(res.cid)), await store.get(res.cid))
+    assert [found[leaf] for leaf in leaves] == [(1024, None)] * 4 + [(904, None)]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from peerstack.content import exporter
+from peerstack.content import dagpb, exporter
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry
 from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
@@ -757,58 +757,40 @@ class Bitswap:
         self, root: CID, progress: ProgressCallback | None, idle_timeout: float | None
     ) -> FetchResult:
         session = self.new_session()
-        tracker = ProgressTracker(self.now())
-        seen: set[CID] = set()
-        stack: list[CID] = [root]
-        outstanding = 0
+        walk = _Walk(self, session, ProgressTracker(self.now()))
         try:
+            await walk.visit([root])
             while True:
-                while stack:
-                    cid = stack.pop()
-                    if cid in seen:
-                        continue
-                    seen.add(cid)
-                    tracker.discovered()
-                    local = await self._local_block(cid)
-                    if local is None:
-                        session.want(cid)
-                        outstanding += 1
-                        continue
-                    size, data = local
-                    tracker.block(size, self.now())
-                    if data is not None:
-                        stack.extend(reversed(await _children(data)))
+                # Count every block already verified and stored before walking further: a
+                # node's walk takes a worker-thread trip, and arrivals must not queue behind it.
+                while not session.arrivals.empty():
+                    walk.arrived(session.arrivals.get_nowait())
+                if walk.pending:
+                    await walk.expand(walk.pending.pop())
+                    if progress is not None:
+                        progress(walk.tracker.snapshot(self.now()))
+                    continue
                 if progress is not None:
-                    progress(tracker.snapshot(self.now(), done=outstanding == 0))
-                if outstanding == 0:
+                    progress(walk.tracker.snapshot(self.now(), done=walk.outstanding == 0))
+                if walk.outstanding == 0:
                     break
                 try:
                     async with asyncio.timeout(idle_timeout):
-                        cid, data, peer = await session.arrivals.get()
+                        item = await session.arrivals.get()
                 except TimeoutError:
                     missing = list(session.core.wants)
                     raise BlocksUnavailable(
-                        root, missing, tracker.blocks_done, idle_timeout or 0.0
+                        root, missing, walk.tracker.blocks_done, idle_timeout or 0.0
                     ) from None
-                if session.error is not None:
-                    raise session.error
-                outstanding -= 1
-                tracker.block(session.sizes.get(cid, 0), self.now(), peer)
-                if data is not None:
-                    stack.extend(reversed(await _children(data)))
+                walk.arrived(item)
         finally:
             await self._end_session(session)
-        return FetchResult(root, tracker.blocks_done, tracker.bytes_done, tracker.bytes_fetched)
+        t = walk.tracker
+        return FetchResult(root, t.blocks_done, t.bytes_done, t.bytes_fetched)
 
-    async def _local_block(self, cid: CID) -> tuple[int, bytes | None] | None:
-        if cid.codec == DAG_PB:
-            try:
-                data = await self.store.get(cid)
-            except BlockNotFound:
-                return None
-            return len(data), data
-        size = await self.store.size(cid)
-        return None if size is None else (size, None)
+    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One trip to a worker thread for the DAG walk (one place to count them)."""
+        return await asyncio.to_thread(fn, *args)
 
     async def get_file(
         self,
@@ -876,8 +858,78 @@ async def _decode(data: bytes) -> Message:
     return await asyncio.to_thread(m.decode, data)
 
 
-async def _children(data: bytes) -> list[CID]:
-    return [link.hash for link in (await exporter.decode_dagpb(data)).links]
+@dataclass(slots=True)
+class _PendingNode:
+    """A dag-pb node we hold whose children are not looked at yet."""
+
+    data: bytes
+    size: int
+    peer: PeerId | None  # who sent it; None when it was in the store
+
+
+class _Walk:
+    """The state of one fetch's DAG walk: what is seen, wanted, and still to expand.
+
+    A dag-pb node counts as done only once its children are discovered, so ``blocks_done``
+    reaches ``blocks_known`` exactly when the whole DAG is stored.
+    """
+
+    def __init__(self, bitswap: Bitswap, session: FetchSession, tracker: ProgressTracker) -> None:
+        self.bitswap = bitswap
+        self.session = session
+        self.tracker = tracker
+        self.seen: set[CID] = set()
+        self.pending: list[_PendingNode] = []
+        self.outstanding = 0
+
+    def arrived(self, item: tuple[CID, bytes | None, PeerId | None]) -> None:
+        """A block of the session was verified and stored (or the session failed)."""
+        if self.session.error is not None:
+            raise self.session.error
+        cid, data, peer = item
+        self.outstanding -= 1
+        size = self.session.sizes.get(cid, 0)
+        if data is None:
+            self.tracker.block(size, self.bitswap.now(), peer)
+        else:
+            self.pending.append(_PendingNode(data, size, peer))
+
+    async def visit(self, cids: list[CID]) -> None:
+        """Look up all of ``cids`` in the store in one worker-thread trip; want the rest."""
+        fresh = await self.bitswap.in_thread(self._lookup, None, cids)
+        self._found(*fresh)
+
+    async def expand(self, node: _PendingNode) -> None:
+        """Decode ``node`` and look up its children: one worker-thread trip for both."""
+        found = await self.bitswap.in_thread(self._lookup, node.data, [])
+        self.tracker.block(node.size, self.bitswap.now(), node.peer)
+        self._found(*found)
+
+    def _lookup(
+        self, data: bytes | None, cids: list[CID]
+    ) -> tuple[list[CID], dict[CID, tuple[int, bytes | None]]]:
+        """(runs in a worker thread) The unseen CIDs among ``cids`` or ``data``'s links, and
+        those of them that are stored. ``seen`` is only read here; the loop awaits this call."""
+        if data is not None:
+            cids = [link.hash for link in dagpb.decode(data).links]
+        fresh = list(dict.fromkeys(c for c in cids if c not in self.seen))
+        return fresh, self.bitswap.store.lookup_many_sync(fresh)
+
+    def _found(self, fresh: list[CID], local: dict[CID, tuple[int, bytes | None]]) -> None:
+        self.seen.update(fresh)
+        self.tracker.discovered(len(fresh))
+        now = self.bitswap.now()
+        nodes: list[_PendingNode] = []
+        for cid in fresh:
+            hit = local.get(cid)
+            if hit is None:
+                self.session.want(cid)
+                self.outstanding += 1
+            elif hit[1] is None:
+                self.tracker.block(hit[0], now)
+            else:
+                nodes.append(_PendingNode(hit[1], hit[0], None))
+        self.pending.extend(reversed(nodes))  # depth first, in link order
 
 
 def _remove(path: Path) -> None:
