@@ -320,10 +320,6 @@ class Blockstore:
     async def has(self, cid: CID) -> bool:
         return await asyncio.to_thread(self.path_for(cid).exists)
 
-    def has_sync(self, cid: CID) -> bool:
-        """A cheap stat, fine on the loop for the odd call (the server's presence checks)."""
-        return self.path_for(cid).exists()
-
     def lookup_many_sync(self, cids: list[CID]) -> dict[CID, tuple[int, bytes | None]]:
         """The stored blocks among ``cids``: size of each, and the bytes of dag-pb ones.
 
