@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peerstack.content import _pb
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import (
     BlockPayload,
@@ -15,6 +16,7 @@ from peerstack.content.bitswap.messages import (
     WantEntry,
     WantType,
 )
+from peerstack.core import varint
 from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.errors import DecodeError, LimitExceeded
 
@@ -122,3 +124,25 @@ def test_round_trip_property(
         presences=[Presence(*p) for p in presences],
     )
     assert m.decode(msg.encode()) == msg
+    framed = msg.encode_framed()
+    length, start = varint.decode(framed, 0)
+    assert framed[start:] == msg.encode()
+    assert length == len(framed) - start
+
+
+@given(st.lists(st.binary(max_size=300), max_size=3), st.lists(st.binary(max_size=300), max_size=3))
+def test_block_fields_encode_as_protobuf_does(old_form: list[bytes], blocks: list[bytes]) -> None:
+    # Built by hand, field by field (protobuf's nesting), for the encoder that avoids copies.
+    expected = bytearray()
+    for data in old_form:
+        _pb.put_bytes(expected, 2, data)
+    for data in blocks:
+        inner = bytearray()
+        _pb.put_bytes(inner, 1, CID.hash_of(data, RAW).prefix())
+        _pb.put_bytes(inner, 2, data)
+        _pb.put_bytes(expected, 3, inner)
+    msg = Message(
+        blocks=old_form, payload=[BlockPayload(CID.hash_of(b, RAW).prefix(), b) for b in blocks]
+    )
+    assert msg.encode() == bytes(expected)
+    assert m.decode(msg.encode_framed()[len(varint.encode(len(expected))) :]) == msg

@@ -29,6 +29,7 @@ import enum
 from dataclasses import dataclass, field
 
 from peerstack.content import _pb
+from peerstack.core import varint
 from peerstack.core.cid import CID, UnsupportedCid
 from peerstack.errors import DecodeError, LimitExceeded
 
@@ -85,7 +86,21 @@ class Message:
         return not (self.wantlist or self.full or self.blocks or self.payload or self.presences)
 
     def encode(self) -> bytes:
-        out = bytearray()
+        return b"".join(self._parts())
+
+    def encode_framed(self) -> bytes:
+        """``uvarint(length) || encode()``, as it goes on a stream, built in one copy.
+
+        Block bytes are the bulk of a message (up to 4 MiB): nesting them field by field and
+        then prefixing the length copied each block four times on the event loop.
+        """
+        parts = self._parts()
+        return b"".join([varint.encode(sum(map(len, parts))), *parts])
+
+    def _parts(self) -> list[bytes | bytearray]:
+        """The encoded message in pieces: small headers built here, block bytes not copied."""
+        out: list[bytes | bytearray] = []
+        head = bytearray()
         if self.wantlist or self.full:
             wl = bytearray()
             for e in self.wantlist:
@@ -102,23 +117,32 @@ class Message:
                 _pb.put_bytes(wl, 1, entry)
             if self.full:
                 _pb.put_varint(wl, 2, 1)
-            _pb.put_bytes(out, 1, wl)
+            _pb.put_bytes(head, 1, wl)
         for data in self.blocks:
-            _pb.put_bytes(out, 2, data)
+            head += _pb.key(2, _pb.LEN)
+            head += varint.encode(len(data))
+            out += (head, data)
+            head = bytearray()
         for block in self.payload:
-            b = bytearray()
-            _pb.put_bytes(b, 1, block.prefix)
-            _pb.put_bytes(b, 2, block.data)
-            _pb.put_bytes(out, 3, b)
+            inner = bytearray()
+            _pb.put_bytes(inner, 1, block.prefix)
+            inner += _pb.key(2, _pb.LEN)
+            inner += varint.encode(len(block.data))
+            head += _pb.key(3, _pb.LEN)
+            head += varint.encode(len(inner) + len(block.data))
+            head += inner
+            out += (head, block.data)
+            head = bytearray()
         for p in self.presences:
             pres = bytearray()
             _pb.put_bytes(pres, 1, p.cid.to_bytes())
             if p.type != PresenceType.HAVE:
                 _pb.put_varint(pres, 2, int(p.type))
-            _pb.put_bytes(out, 4, pres)
+            _pb.put_bytes(head, 4, pres)
         if self.pending_bytes:
-            _pb.put_int(out, 5, self.pending_bytes)
-        return bytes(out)
+            _pb.put_int(head, 5, self.pending_bytes)
+        out.append(head)
+        return out
 
 
 def _bool(value: int | memoryview, wt: int) -> bool:

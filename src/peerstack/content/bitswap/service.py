@@ -55,7 +55,6 @@ from peerstack.host.interface import (
     PeerDisconnected,
     Stream,
     read_length_prefixed,
-    write_length_prefixed,
 )
 
 log = logging.getLogger(__name__)
@@ -173,9 +172,9 @@ class _Outbound:
             for attempt in (0, 1):
                 if self.stream is None:
                     self.stream = await self.host.new_stream(self.peer, PROTOCOLS)
-                data = _for_protocol(msg, self.stream.protocol).encode()
+                framed = _for_protocol(msg, self.stream.protocol).encode_framed()
                 try:
-                    await write_length_prefixed(self.stream, data)
+                    await self.stream.write(framed)
                     return
                 except (StreamError, ConnectionClosed):
                     self.stream.reset()
