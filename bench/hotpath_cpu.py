@@ -6,13 +6,21 @@ one operation, however loaded the machine is: it measures work, not waiting.
 
 - ``rt``:   32-byte round trips on one open stream (write + readexactly on both ends), against
             plain TCP ping-pong with a uvloop ``BufferedProtocol`` on each end (the anchor).
-- ``dial``: dial + multistream + Noise + Yamux + identify (``host.dial``) and the disconnect.
+- ``dial``: dial + multistream + Noise + Yamux (``host.dial``, no identify service) and the
+            disconnect.
 - ``bulk``: one stream moving N MiB one way (writes of 1 MiB, reads of whatever is there),
             against 65519-byte Noise frames over ``BufferedProtocol`` (the anchor).
 - ``mem``:  Python heap per idle connection (tracemalloc, both ends, divided by 2 per end),
             after one bulk transfer on the first connection.
 
     python bench/hotpath_cpu.py [rt dial bulk mem] [--count 20000] [--mib 256]
+
+On a loaded machine even CPU time drifts (caches shared with other processes); instruction
+counts do not. Two runs under ``valgrind --tool=callgrind`` that differ only in the number of
+operations give instructions per operation (user space only), e.g. for round trips::
+
+    valgrind --tool=callgrind python -c "...hotpath_cpu.peerstack_rt(200)..."   # and 1200
+    (Ir(1200) - Ir(200)) / ((1200 - 200) * (REPEAT + 1))
 """
 
 from __future__ import annotations
