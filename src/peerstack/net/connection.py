@@ -202,7 +202,7 @@ class Connection:
 
     @property
     def write_paused(self) -> bool:
-        return self._tcp.write_paused
+        return self._tcp._write_paused  # same package; a property hop less per write
 
     @property
     def write_buffer_size(self) -> int:
@@ -345,17 +345,13 @@ class Connection:
         except PeerError as exc:
             self._fail(exc)
             return
-        if plain:
-            self._plaintext_received(plain)
-
-    def _plaintext_received(self, plain: bytes) -> None:
-        self.bytes_received += len(plain)
-        session = self._session
-        now = self._loop.time()
-        # The middle of a large Data frame (bulk), or one small Data frame (a request, an
-        # answer, a ping): no events, nothing owed to the peer.
-        sid = session.receive_fast(plain, now)
+        if not plain:
+            return
+        # Fast path: the middle of a large Data frame (bulk), or one small Data frame (a
+        # request, an answer, a ping): no events, nothing owed to the peer.
+        sid = self._session.receive_fast(plain, self._loop.time())
         if sid:
+            self.bytes_received += len(plain)
             if sid > 0:
                 stream = self._streams.get(sid)
                 if stream is not None:
@@ -365,6 +361,12 @@ class Connection:
                 if stream is not None:
                     stream._feed(plain)
             return
+        self._plaintext_received(plain)
+
+    def _plaintext_received(self, plain: bytes) -> None:
+        self.bytes_received += len(plain)
+        session = self._session
+        now = self._loop.time()
         try:
             events = session.receive_data(plain, now)
         except PeerError as exc:
