@@ -70,6 +70,23 @@ def test_app_validator_selects_the_newest(values: list[bytes]) -> None:
     assert stamps[best] == max(stamps)
 
 
+def test_far_future_stamp_is_refused() -> None:
+    """A record stamped 2**64-1 would win select forever: validate refuses it; a stamp a few
+    seconds ahead (clock skew) is still accepted."""
+    validator = AppRecordValidator()
+    now = 1_700_000_000.0
+    forever = (2**64 - 1).to_bytes(8, "big") + b"x"
+    with contextlib.suppress(RecordError):
+        validator.validate(b"/peerstack/k", forever, now)
+        raise AssertionError("a far-future stamp was accepted")
+    an_hour_ahead = encode_value(b"x", int((now + 3600) * 1e9))
+    with contextlib.suppress(RecordError):
+        validator.validate(b"/peerstack/k", an_hour_ahead, now)
+        raise AssertionError("a stamp an hour ahead was accepted")
+    validator.validate(b"/peerstack/k", encode_value(b"x", int((now + 5) * 1e9)), now)
+    validator.validate(b"/peerstack/k", encode_value(b"x", int(now * 1e9)), now)
+
+
 def test_newer_write_wins() -> None:
     old, new = encode_value(b"a", 1), encode_value(b"b", 2)
     assert AppRecordValidator().select(b"/peerstack/k", [old, new]) == 1

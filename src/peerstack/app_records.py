@@ -22,6 +22,9 @@ PREFIX = b"/" + NAMESPACE.encode() + b"/"
 MAX_VALUE = 4096
 MAX_KEY = 256
 _STAMP = 8
+# How far ahead of our clock a write time may be. Without a bound, a record stamped 2**64-1
+# wins ``select`` forever and nobody can ever overwrite the key; a few minutes absorb clock skew.
+MAX_FUTURE_SKEW_S = 300.0
 
 
 def record_key(key: str) -> bytes:
@@ -49,7 +52,8 @@ def decode_value(record: bytes) -> bytes:
 
 
 class AppRecordValidator:
-    """Validator for ``/peerstack/``: a size bound and a time stamp; the newest wins."""
+    """Validator for ``/peerstack/``: a size bound and a time stamp not far ahead of ``now``;
+    the newest wins."""
 
     def validate(self, key: bytes, value: bytes, now: float) -> None:
         _, rest = split_key(key)
@@ -57,6 +61,11 @@ class AppRecordValidator:
             raise RecordError(f"/{NAMESPACE}/ key without a name")
         if not _STAMP <= len(value) <= _STAMP + MAX_VALUE:
             raise RecordError(f"/{NAMESPACE}/ value of {len(value)} bytes out of bounds")
+        stamp_ns = int.from_bytes(value[:_STAMP], "big")
+        if stamp_ns > int((now + MAX_FUTURE_SKEW_S) * 1_000_000_000):
+            raise RecordError(
+                f"/{NAMESPACE}/ record stamped {stamp_ns / 1e9 - now:.0f} s in the future"
+            )
 
     def select(self, key: bytes, values: Sequence[bytes]) -> int:
         best, best_stamp = 0, -1
