@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from peerstack.config import Config
-from peerstack.core.cid import CID
+from peerstack.core.cid import CID, RAW
 from peerstack.dht.service import ValueNotFound
 from peerstack.errors import DialError, UsageError
 from peerstack.node import Node, NotFound, TransferProgress
@@ -323,3 +323,29 @@ async def test_client_mode_asks_but_does_not_serve(net: list[Node], tmp_path: Pa
         assert found.peer_id == a.peer_id
         assert node.peer_id not in boot.kad.routing_table
         assert node.peer_id not in a.kad.routing_table
+
+
+async def test_a_peer_waiting_for_an_added_file_is_served_when_add_returns(
+    net: list[Node], tmp_path: Path
+) -> None:
+    """b wants a block a does not have yet; once ``a.add`` returns, a has already queued it for
+    b (the recheck of waiting wants is part of add, not left to a background task)."""
+    _, a, b = net
+    data = os.urandom(1000)  # one chunk: the file's CID is the raw leaf's
+    (tmp_path / "late").write_bytes(data)
+    cid = CID.hash_of(data, RAW)
+    await b.connect(a.addrs[0])
+    want = asyncio.create_task(b.bitswap.get_block(cid))
+    try:
+        for _ in range(400):
+            if cid in a.bitswap.engine.unavailable():
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("a never saw b's want")
+        assert await a.add(tmp_path / "late", provide="none") == cid
+        assert cid not in a.bitswap.engine.unavailable()
+        async with asyncio.timeout(10):
+            assert await want == data
+    finally:
+        want.cancel()

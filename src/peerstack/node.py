@@ -597,7 +597,9 @@ class Node:
             result = await import_path(store, src, prof, on_progress if progress else None)
             if pin:
                 await store.pin(result.cid, PinKind.RECURSIVE)
-        bitswap.recheck_waiting()
+        # Awaited, not left to a background task: a peer waiting for these blocks is queued
+        # for them before add returns.
+        await bitswap.recheck_waiting_now()
         if progress is not None:
             progress(TransferProgress(total, total, 0, done=True))
         if mode != "none" and self._kad is not None and len(self._kad.routing_table):
