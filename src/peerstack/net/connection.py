@@ -279,8 +279,11 @@ class Connection:
             self.bytes_sent += n
             if direct:
                 out = session.data_to_send()
-                if not self._tcp.is_closed:
-                    self._tcp.write(self._noise.encrypt(out))
+                assert transport is not None  # checked for ``direct``
+                # Straight to the transport (what TcpConnection.write does after its checks;
+                # a closing transport, like a closed connection, takes nothing more).
+                if not transport.is_closing():
+                    transport.write(self._noise.encrypt(out))
                 return n
             self._queued += n
             if self._queued >= FLUSH_THRESHOLD:
