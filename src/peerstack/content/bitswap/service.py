@@ -120,6 +120,8 @@ class BitswapConfig:
     # more streams than this from one peer are refused.
     max_inbound_streams_per_peer: int = 4
     max_banned: int = 10_000
+    # Verified blocks of one peer being written to disk at once (held in memory meanwhile).
+    max_storing_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,28 @@ def _for_protocol(msg: Message, protocol: str) -> Message:
     else:
         out.payload = msg.payload
     return out
+
+
+class _Storing:
+    """One peer's blocks being stored, oldest first, and their bytes."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[asyncio.Task[None], int] = {}
+        self.nbytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks)
+
+    def add(self, task: asyncio.Task[None], nbytes: int) -> None:
+        if not task.done():
+            self.tasks[task] = nbytes
+            self.nbytes += nbytes
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        self.nbytes -= self.tasks.pop(task, 0)
+
+    def oldest(self) -> asyncio.Task[None]:
+        return next(iter(self.tasks))
 
 
 class FetchSession:
@@ -332,6 +356,7 @@ class Bitswap:
         self._workers: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._inbound: dict[PeerId, set[Stream]] = {}
+        self._storing: dict[PeerId, _Storing] = {}
         self.penalties: dict[PeerId, int] = {}
         # connected peers that refused the Bitswap protocols (until they disconnect)
         self.no_bitswap: set[PeerId] = set()
@@ -543,19 +568,25 @@ class Bitswap:
                 if cid in self._recent:
                     continue  # a duplicate that crossed our cancel
                 raise UnexpectedBlock(f"{peer} sent {cid}, which nobody asked for")
-            # Stored and delivered together or not at all: when the peer's connection dies,
-            # this task is cancelled, and a cancel between the two left the block on disk while
-            # the fetch never heard of it (and reported it missing).
+            # Stored and delivered together or not at all, in a task of the service: when the
+            # peer's connection dies, this task is cancelled, and a cancel between the two left
+            # the block on disk while the fetch never heard of it (and reported it missing).
+            # Stores overlap: each block's write (and fsync) takes a worker thread of its own
+            # while the next message is read and hashed, up to ``max_storing_bytes`` per peer.
             store = self._spawn(self._store_block(peer, cid, data, wanting))
-            try:
-                await asyncio.shield(store)
-            except asyncio.CancelledError:
-                if not store.done():  # it goes on: its verdict on the peer still counts
-                    store.add_done_callback(functools.partial(self._late_store_done, peer))
-                raise
+            storing = self._storing.setdefault(peer, _Storing())
+            storing.add(store, len(data))
+            store.add_done_callback(functools.partial(self._late_store_done, peer, storing))
+            while storing and storing.nbytes > self.config.max_storing_bytes:
+                # wait() neither raises the store's error (its done callback acts on it) nor
+                # cancels the store when this task is cancelled.
+                await asyncio.wait([storing.oldest()])
 
-    def _late_store_done(self, peer: PeerId, store: asyncio.Task[None]) -> None:
-        """A block stored after its message's task was cancelled: act on a bad one here."""
+    def _late_store_done(self, peer: PeerId, storing: _Storing, store: asyncio.Task[None]) -> None:
+        """A block stored after its message was handled: act on a bad one here."""
+        storing.done(store)
+        if not storing and self._storing.get(peer) is storing:
+            del self._storing[peer]
         if store.cancelled():
             return
         exc = store.exception()
