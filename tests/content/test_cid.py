@@ -125,3 +125,17 @@ def test_parse_never_crashes(text: str) -> None:
 def test_prefix_never_crashes(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         Prefix.from_bytes(data)
+
+
+def test_cached_hash_matches_equality_and_survives_pickling() -> None:
+    import pickle
+
+    a = CID.hash_of(b"block")
+    b = CID.from_bytes(a.to_bytes())
+    assert a == b
+    assert hash(a) == hash(b)
+    assert {a: 1}[b] == 1
+    c = pickle.loads(pickle.dumps(a))
+    assert c == a
+    assert hash(c) == hash(a)
+    assert CID.hash_of(b"other") != a

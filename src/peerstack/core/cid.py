@@ -11,7 +11,7 @@ make us store or ask for blocks we could never verify or interpret.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peerstack.core import base58, multibase, varint
@@ -75,6 +75,9 @@ class CID:
     version: int
     codec: int
     multihash: Multihash
+    # CIDs are dict and set keys everywhere on the transfer path (wantlists, ledgers, sessions):
+    # the hash is computed once here instead of re-hashing the nested dataclasses per lookup.
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version == 0:
@@ -82,6 +85,19 @@ class CID:
                 raise UsageError("CIDv0 is only dag-pb with sha2-256")
         elif self.version != 1:
             raise UsageError(f"unsupported CID version {self.version}")
+        object.__setattr__(
+            self,
+            "_hash",
+            hash((self.version, self.codec, self.multihash.code, self.multihash.digest)),
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[CID], tuple[int, int, Multihash]]:
+        # bytes hash differently in another process (hash randomisation): rebuild, never copy
+        # the cached hash.
+        return (CID, (self.version, self.codec, self.multihash))
 
     # -- construction ---------------------------------------------------------------------
 

@@ -15,8 +15,10 @@ trip to a worker thread and hands them in (``receive(..., defer_sizes=True)`` th
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -67,6 +69,55 @@ class _Task:
     size: int | _Size | None = _Size.LOOKUP
 
 
+class _Queue:
+    """One peer's tasks: a dict by CID and a heap by (-priority, arrival) for serving order.
+
+    Sorting every queued task per 1 MiB batch was the engine's main cost on big transfers. The
+    heap is lazy: a cancelled or replaced task stays in it until it surfaces and is skipped
+    (its entry no longer matches the dict), and the heap is rebuilt when such garbage dominates.
+    """
+
+    __slots__ = ("_seq", "by_cid", "heap")
+
+    def __init__(self) -> None:
+        self.by_cid: dict[CID, _Task] = {}
+        self.heap: list[tuple[int, int, _Task]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.by_cid)
+
+    def get(self, cid: CID) -> _Task | None:
+        return self.by_cid.get(cid)
+
+    def values(self) -> Iterable[_Task]:
+        return self.by_cid.values()
+
+    def put(self, task: _Task) -> None:
+        """Add or replace a task; one whose size is pending is served after ``push``."""
+        self.by_cid[task.cid] = task
+        if task.size is not _Size.PENDING:
+            self.push(task)
+
+    def push(self, task: _Task) -> None:
+        """(Re)queue ``task`` for serving; it must be in ``by_cid``."""
+        heapq.heappush(self.heap, (-task.priority, next(self._seq), task))
+        if len(self.heap) > 2 * len(self.by_cid) + 64:
+            self.heap = [e for e in self.heap if self.by_cid.get(e[2].cid) is e[2]]
+            heapq.heapify(self.heap)
+
+    def remove(self, cid: CID) -> None:
+        self.by_cid.pop(cid, None)
+
+    def pop_next(self) -> _Task | None:
+        """The highest-priority live task, taken off the heap (still in ``by_cid``)."""
+        while self.heap:
+            task = heapq.heappop(self.heap)[2]
+            if self.by_cid.get(task.cid) is task:
+                return task
+        return None
+
+
 class DecisionEngine:
     def __init__(
         self, block_size: Callable[[CID], int | None], config: ServerConfig | None = None
@@ -74,8 +125,9 @@ class DecisionEngine:
         self.block_size = block_size
         self.config = config if config is not None else ServerConfig()
         self.ledgers: dict[PeerId, Ledger] = {}
-        self._tasks: dict[PeerId, OrderedDict[CID, _Task]] = {}
+        self._tasks: dict[PeerId, _Queue] = {}
         self._ready: deque[PeerId] = deque()  # round-robin order of peers with tasks
+        self.tasks_examined = 0  # tasks taken off a peer's queue: the cost of serving
 
     def ledger(self, peer: PeerId) -> Ledger:
         led = self.ledgers.get(peer)
@@ -99,14 +151,12 @@ class DecisionEngine:
         if led.ignored_wants > ignored_before:
             ignored = led.ignored_wants - ignored_before
             log.debug("%s: wantlist full, %d wants ignored", peer, ignored)
-        tasks = self._tasks.setdefault(peer, OrderedDict())
+        tasks = self._tasks.setdefault(peer, _Queue())
         for cid in cancelled:
-            tasks.pop(cid, None)
+            tasks.remove(cid)
         size = _Size.PENDING if defer_sizes else _Size.LOOKUP
         for want in added:
-            tasks[want.cid] = _Task(
-                want.cid, want.want_type, want.send_dont_have, want.priority, size
-            )
+            tasks.put(_Task(want.cid, want.want_type, want.send_dont_have, want.priority, size))
         if not tasks:
             del self._tasks[peer]
         elif peer not in self._ready:
@@ -125,6 +175,7 @@ class DecisionEngine:
             task = tasks.get(cid)
             if task is not None and task.size is _Size.PENDING:
                 task.size = sizes[cid] if sizes is not None and cid in sizes else _Size.LOOKUP
+                tasks.push(task)
         if peer not in self._ready:
             self._ready.append(peer)
 
@@ -151,9 +202,9 @@ class DecisionEngine:
             if want is None:
                 continue
             led.waiting.discard(cid)
-            tasks = self._tasks.setdefault(peer, OrderedDict())
+            tasks = self._tasks.setdefault(peer, _Queue())
             known: int | _Size = _Size.LOOKUP if size is None else size
-            tasks[cid] = _Task(cid, want.want_type, False, want.priority, known)
+            tasks.put(_Task(cid, want.want_type, False, want.priority, known))
             if peer not in self._ready:
                 self._ready.append(peer)
             peers.append(peer)
@@ -187,16 +238,18 @@ class DecisionEngine:
                 return batch
         return None
 
-    def _fill(self, peer: PeerId, tasks: OrderedDict[CID, _Task]) -> Batch:
+    def _fill(self, peer: PeerId, tasks: _Queue) -> Batch:
         cfg = self.config
         led = self.ledgers[peer]
         batch = Batch(peer)
         budget = min(cfg.target_message_bytes, cfg.max_bytes_in_flight - led.bytes_in_flight)
-        for task in sorted(tasks.values(), key=lambda t: -t.priority):
-            if len(batch.haves) + len(batch.dont_haves) >= cfg.max_presences_per_batch:
+        while len(batch.haves) + len(batch.dont_haves) < cfg.max_presences_per_batch:
+            task = tasks.pop_next()
+            if task is None:
                 break
+            self.tasks_examined += 1
             if task.size is _Size.PENDING:
-                continue  # its size is on its way (set_sizes)
+                continue  # not queued until its size comes (set_sizes pushes it again)
             size = self.block_size(task.cid) if task.size is _Size.LOOKUP else task.size
             if (
                 size is not None
@@ -204,8 +257,10 @@ class DecisionEngine:
                 and batch.blocks
                 and batch.nbytes + size > budget
             ):
+                task.size = size  # looked up once
+                tasks.push(task)
                 break  # the next message takes it
-            del tasks[task.cid]
+            tasks.remove(task.cid)
             if size is None:
                 led.waiting.add(task.cid)
                 if task.send_dont_have:
