@@ -35,7 +35,12 @@ from peerstack.app_records import NAMESPACE, AppRecordValidator
 from peerstack.config import EPHEMERAL_LISTEN, Config, parse_multiaddr
 from peerstack.content import exporter
 from peerstack.content.bitswap.progress import Progress
-from peerstack.content.bitswap.service import Bitswap, FetchResult, Reprovider
+from peerstack.content.bitswap.service import (
+    Bitswap,
+    BlocksUnavailable,
+    FetchResult,
+    Reprovider,
+)
 from peerstack.content.blockstore import (
     Blockstore,
     GCResult,
@@ -72,6 +77,10 @@ MISBEHAVIOUR_KEY = "misbehaviour"
 
 #: Seconds from start to a long-lived node's first reprovide round.
 REPROVIDE_FIRST_DELAY = 30.0
+
+#: Seconds a get, cat or pin waits for the next block before it calls the content
+#: unavailable (every provider gone): long enough for a slow peer, short enough to tell.
+DEFAULT_IDLE_TIMEOUT = 60.0
 
 #: Import profiles by the names the CLI offers.
 PROFILES: dict[str, ImportProfile] = {
@@ -656,13 +665,16 @@ class Node:
         *,
         progress: ProgressFn | None = None,
         find_timeout: float | None = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> FetchResult:
         """Fetch ``cid`` (file or directory) and write it to ``dest``, which must not exist.
 
         Blocks are verified and stored as they arrive and the transfer is recorded, so an
         interrupted get resumes from the blocks it has. The output is written under a hidden
         temporary name next to ``dest`` and renamed only when complete. ``find_timeout`` bounds the
-        search for the root block (``NotFound``), not the transfer.
+        search for the root block (``NotFound``), not the transfer. ``idle_timeout`` bounds the
+        wait for the next block once the transfer runs (``BlocksUnavailable``: every provider
+        is gone; None waits forever).
         """
         root = parse_cid(cid)
         target = Path(dest)
@@ -678,7 +690,7 @@ class Node:
                     if progress is not None:
                         progress(_transfer_progress(p, total))
 
-                result = await bitswap.fetch(root, on_fetch)
+                result = await bitswap.fetch(root, on_fetch, idle_timeout)
                 tmp = target.with_name(f".{target.name}.partial")
                 await asyncio.to_thread(_clean_partials, target)
                 try:
@@ -708,8 +720,12 @@ class Node:
         length: int | None = None,
         *,
         find_timeout: float | None = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> AsyncGenerator[bytes, None]:
-        """The bytes of the file at ``cid`` (fetched as needed), from ``offset``, ``length``."""
+        """The bytes of the file at ``cid`` (fetched as needed), from ``offset``, ``length``.
+
+        ``find_timeout`` and ``idle_timeout`` as for ``get``.
+        """
         root = parse_cid(cid)
         if offset < 0 or (length is not None and length < 0):
             raise UsageError("offset and length must not be negative")
@@ -717,18 +733,27 @@ class Node:
         async with self.gc_lock.shared():
             with self.blockstore.hold(root):
                 await self._root_block(root, find_timeout)
-                async for piece in exporter.cat(_getter(bitswap), root, offset, length):
+                getter = _getter(bitswap, root, idle_timeout)
+                async for piece in exporter.cat(getter, root, offset, length):
                     yield piece
 
     async def pin_add(
-        self, cid: str | CID, *, recursive: bool = True, find_timeout: float | None = None
+        self,
+        cid: str | CID,
+        *,
+        recursive: bool = True,
+        find_timeout: float | None = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> CID:
-        """Pin ``cid``; its blocks are fetched first if missing (all of them when recursive)."""
+        """Pin ``cid``; its blocks are fetched first if missing (all of them when recursive).
+
+        ``find_timeout`` and ``idle_timeout`` as for ``get``.
+        """
         root = parse_cid(cid)
         async with self.gc_lock.shared():
             await self._root_block(root, find_timeout)
             if recursive:
-                await self.bitswap.fetch(root)
+                await self.bitswap.fetch(root, None, idle_timeout)
             else:
                 await self.bitswap.get_block(root)
             await self.blockstore.pin(root, PinKind.RECURSIVE if recursive else PinKind.DIRECT)
@@ -766,17 +791,33 @@ class Node:
 
 
 class _BlockGetter:
-    """Blocks for the exporter: from the store, or fetched (verified, stored) by Bitswap."""
+    """Blocks for the exporter: from the store, or fetched (verified, stored) by Bitswap.
 
-    def __init__(self, bitswap: Bitswap) -> None:
+    With ``idle_timeout``, a block that no peer delivers within that many seconds ends the
+    read with ``BlocksUnavailable``, as a whole-DAG fetch does; the blocks read so far are
+    verified and stay in the store.
+    """
+
+    def __init__(self, bitswap: Bitswap, root: CID, idle_timeout: float | None) -> None:
         self._bitswap = bitswap
+        self._root = root
+        self._idle_timeout = idle_timeout
+        self._read = 0
 
     async def get(self, cid: CID) -> bytes:
-        return await self._bitswap.get_block(cid)
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                data = await self._bitswap.get_block(cid)
+        except TimeoutError:
+            raise BlocksUnavailable(
+                self._root, [cid], self._read, self._idle_timeout or 0.0
+            ) from None
+        self._read += 1
+        return data
 
 
-def _getter(bitswap: Bitswap) -> _BlockGetter:
-    return _BlockGetter(bitswap)
+def _getter(bitswap: Bitswap, root: CID, idle_timeout: float | None = None) -> _BlockGetter:
+    return _BlockGetter(bitswap, root, idle_timeout)
 
 
 def _transfer_progress(p: Progress, total: int | None) -> TransferProgress:

@@ -323,3 +323,64 @@ def test_ping_with_the_daemons_repo_leaves_the_daemon_alone(daemons: list[Daemon
     res = ok_json("ping", d0.addr, "-n", "1", "--repo", str(d1.repo))
     assert res["peer_id"] == d0.peer_id
     assert ok_json("repo", "stat", "--repo", str(d1.repo))["repo"] == str(d1.repo)
+
+
+def _drop_a_leaf(repo: Path, root: str) -> None:
+    """Delete one leaf block of ``root`` from a stopped node's repo: a seeder that cannot
+    serve the whole file (as if every provider of that block had gone)."""
+    import asyncio
+
+    from peerstack.content.blockstore import Blockstore
+    from peerstack.core.cid import CID
+
+    async def go() -> None:
+        store = Blockstore(repo)
+        try:
+            leaves = await store.children(CID.parse(root))
+            assert len(leaves) >= 3
+            assert await store.delete(leaves[1])
+        finally:
+            store.close()
+
+    asyncio.run(go())
+
+
+def _last_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Like ``one_line_error``, but plain progress lines may come before the error line."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert [ln for ln in lines if ln.startswith("peerstack: ")] == lines[-1:], proc.stderr
+    return lines[-1]
+
+
+def test_get_and_cat_with_every_provider_gone_fail_in_one_line(tmp_path: Path) -> None:
+    """When no peer sends a block for --timeout seconds, get and cat stop with one line that
+    says how many blocks are missing and that the verified ones were kept, and exit non-zero."""
+    write_random(tmp_path / "f", 3 * 1024 * 1024 + 5)
+    cid = ok_json("add", str(tmp_path / "f"), "--repo", str(tmp_path / "seed"))["cid"]
+    _drop_a_leaf(tmp_path / "seed", cid)
+    seed = start_daemon(tmp_path / "seed")
+    try:
+        where = ["--bootstrap", seed.addr, "--timeout", "2"]
+        out = tmp_path / "out"
+        line = _last_line_error(
+            peerstack("get", cid, "-o", str(out), "--repo", str(tmp_path / "c1"), *where)
+        )
+        assert "1 block(s) still missing" in line
+        assert "kept for a resume" in line
+        assert not out.exists()
+        # cat writes the bytes it has before it stops: stdout is binary.
+        cat = subprocess.run(
+            [*PEERSTACK, "cat", cid, "--repo", str(tmp_path / "c2"), *where],
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
+        line = one_line_error(
+            subprocess.CompletedProcess(cat.args, cat.returncode, "", cat.stderr.decode())
+        )
+        assert "1 block(s) still missing" in line
+        assert "kept for a resume" in line
+    finally:
+        seed.stop()

@@ -154,7 +154,7 @@ class ApiServer:
         args = await self._args(request)
         try:
             cid, offset, length, timeout = cat_args(args)
-            pieces = self.node.cat(cid, offset, length, find_timeout=timeout)
+            pieces = self.node.cat(cid, offset, length, find_timeout=timeout, idle_timeout=timeout)
             first = await _first(pieces)
         except (PeerstackError, OSError, TimeoutError) as exc:
             return web.json_response(error_event(exc), status=400)

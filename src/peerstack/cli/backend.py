@@ -92,7 +92,9 @@ class LocalBackend:
     async def cat(self, args: Json) -> AsyncIterator[bytes]:
         cid, offset, length, timeout = cat_args(args)
         await self._join()
-        async for piece in self.node.cat(cid, offset, length, find_timeout=timeout):
+        async for piece in self.node.cat(
+            cid, offset, length, find_timeout=timeout, idle_timeout=timeout
+        ):
             yield piece
 
     async def close(self) -> None:

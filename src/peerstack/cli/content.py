@@ -30,10 +30,13 @@ def _check_cid(text: str) -> str:
 def _timeout_option(f: click.decorators.FC) -> click.decorators.FC:
     return click.option(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        type=click.FloatRange(min=0),
         default=DEFAULT_FIND_TIMEOUT,
         show_default=True,
-        help="Seconds to look for the content on the network before giving up.",
+        help=(
+            "Seconds to look for the content, and then to wait for each next block, before"
+            " giving up (0: wait forever). Blocks received are kept: run again to resume."
+        ),
     )(f)
 
 

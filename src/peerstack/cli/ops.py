@@ -57,6 +57,11 @@ def _opt_num(args: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _wait(args: Mapping[str, Any]) -> float | None:
+    """The ``timeout`` argument: seconds to wait for content; 0 or absent waits forever."""
+    return _opt_num(args, "timeout") or None
+
+
 def _opt_int(args: Mapping[str, Any], name: str) -> int | None:
     value = args.get(name)
     if value is None:
@@ -147,7 +152,8 @@ async def get(node: Node, args: Mapping[str, Any], emit: Emit) -> Json:
         _str(args, "cid"),
         dest,
         progress=lambda p: emit(progress_event(p)),
-        find_timeout=_opt_num(args, "timeout"),
+        find_timeout=_wait(args),
+        idle_timeout=_wait(args),
     )
     return {
         "cid": str(result.root),
@@ -162,7 +168,8 @@ async def pin_add(node: Node, args: Mapping[str, Any], emit: Emit) -> Json:
     cid = await node.pin_add(
         _str(args, "cid"),
         recursive=bool(args.get("recursive", True)),
-        find_timeout=_opt_num(args, "timeout"),
+        find_timeout=_wait(args),
+        idle_timeout=_wait(args),
     )
     return {"cid": str(cid), "pinned": True}
 
@@ -228,5 +235,5 @@ def cat_args(args: Mapping[str, Any]) -> tuple[str, int, int | None, float | Non
         _str(args, "cid"),
         _opt_int(args, "offset") or 0,
         _opt_int(args, "length"),
-        _opt_num(args, "timeout"),
+        _wait(args),
     )
