@@ -1116,3 +1116,36 @@ def test_take_output_gives_the_queued_pieces() -> None:
     assert any(part is big for part in parts)  # referenced, not copied
     assert p.client.take_output() == []
     assert not p.client.has_output
+
+
+def test_frame_data_now_matches_send_data() -> None:
+    p = Pair()
+    sid = p.client.open_stream()
+    assert p.client.frame_data_now(sid, b"hi") == b""  # the SYN is still queued
+    p.flush()
+    twin = Pair()
+    tsid = twin.client.open_stream()
+    twin.flush()
+    assert tsid == sid
+    for payload in (b"a", b"x" * 5000):
+        framed = p.client.frame_data_now(sid, payload)
+        assert twin.client.send_data(sid, payload) == len(payload)
+        assert framed == twin.client.data_to_send()
+        assert p.client.send_window(sid) == twin.client.send_window(sid)
+    assert not p.client.has_output  # nothing was queued
+    # cases it leaves to send_data(): empty, beyond the window, unknown or closed stream
+    assert p.client.frame_data_now(sid, b"") == b""
+    assert p.client.frame_data_now(sid, b"z" * (p.client.send_window(sid) + 1)) == b""
+    assert p.client.frame_data_now(99, b"z") == b""
+    p.client.close_stream(sid)
+    p.client.data_to_send()
+    assert p.client.frame_data_now(sid, b"z") == b""
+    with pytest.raises(StreamClosed):
+        p.client.send_data(sid, b"z")
+    # and the peer reads what was framed
+    q = Pair()
+    qsid = q.client.open_stream()
+    q.flush()
+    q.take("server")
+    frame_bytes = q.client.frame_data_now(qsid, b"hello")
+    assert q.server.receive_data(frame_bytes, 0.0) == [DataReceived(qsid, b"hello")]

@@ -267,24 +267,24 @@ class Connection:
         # queued already (a SYN, other streams' data, a burst) keeps coalescing into one
         # encrypted write per turn, as does every large write.
         transport = self._tcp.transport
-        direct = (
+        if (
             type(data) is bytes
             and len(data) <= DIRECT_WRITE_LIMIT
-            and not session.has_output
             and transport is not None
             and not transport.get_write_buffer_size()
-        )
-        n = session.send_data(stream_id, data)
-        if n:
-            self.bytes_sent += n
-            if direct:
-                out = session.data_to_send()
-                assert transport is not None  # checked for ``direct``
+        ):
+            frame = session.frame_data_now(stream_id, data)  # b"" if anything is queued
+            if frame:
+                n = len(data)
+                self.bytes_sent += n
                 # Straight to the transport (what TcpConnection.write does after its checks;
                 # a closing transport, like a closed connection, takes nothing more).
                 if not transport.is_closing():
-                    transport.write(self._noise.encrypt(out))
+                    transport.write(self._noise.encrypt(frame))
                 return n
+        n = session.send_data(stream_id, data)
+        if n:
+            self.bytes_sent += n
             self._queued += n
             if self._queued >= FLUSH_THRESHOLD:
                 self._flush()

@@ -665,6 +665,30 @@ class YamuxSession:
         st.send_window = window - n
         return n
 
+    def frame_data_now(self, stream_id: int, data: bytes) -> bytes:
+        """send_data() + data_to_send() in one step for the commonest write, or ``b""``.
+
+        When nothing else is queued and all of ``data`` (non-empty, at most one frame) fits
+        the stream's send window, take it and return the framed bytes to write at once.
+        Otherwise (including every error case) take nothing and return ``b""``: the caller
+        uses send_data(), which queues or raises as usual.
+        """
+        st = self._streams.get(stream_id)
+        size = len(data)
+        if (
+            st is None
+            or self._out
+            or not size
+            or size > st.send_window
+            or size > self._config.max_frame_payload
+            or st.local_fin
+            or self._failed is not None
+            or self._keepalive_failed
+        ):
+            return b""
+        st.send_window -= size
+        return _pack_header(0, 0, 0, stream_id, size) + data
+
     def close_stream(self, stream_id: int) -> None:
         """Half-close: send FIN. No-op if already closed or the stream is gone."""
         st = self._streams.get(stream_id)
