@@ -692,3 +692,28 @@ async def test_block_stores_overlap_up_to_a_byte_bound_per_peer(
                 await bs._end_session(session)
             for cid in cids:
                 await store.delete(cid)
+
+
+async def test_received_blocks_are_hashed_off_the_event_loop(
+    nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spy that calls through: the thread of every hashing of a received message's blocks.
+    loop_thread = threading.get_ident()
+    threads: list[bool] = []
+    real_hash = Bitswap._hash_blocks
+
+    def hash_spy(msg: Message) -> list[tuple[CID, bytes]]:
+        threads.append(threading.get_ident() == loop_thread)
+        return real_hash(msg)
+
+    monkeypatch.setattr(Bitswap, "_hash_blocks", staticmethod(hash_spy))
+    a, b = nodes[0], nodes[1]
+    data = pattern(300 * 1024)  # big messages, and a small one after
+    res = await import_bytes(a.store, data, ImportProfile(chunk_size=100 * 1024 - 5))
+    await b.host.connect(a.peer)
+    small = await import_bytes(a.store, b"tiny", ImportProfile())
+    await asyncio.wait_for(b.bitswap.fetch(res.cid), 30)
+    await asyncio.wait_for(b.bitswap.fetch(small.cid), 30)
+    assert await read_all(b.store, res.cid) == data
+    assert len(threads) >= 2
+    assert not any(threads)
