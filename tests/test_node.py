@@ -12,9 +12,17 @@ from peerstack.core import varint
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import DecodeError, LimitExceeded, PeerError, UsageError
+from peerstack.errors import (
+    DecodeError,
+    LimitExceeded,
+    NegotiationError,
+    PeerError,
+    PeerstackError,
+    UsageError,
+)
 from peerstack.host.interface import Stream
-from peerstack.node import MISBEHAVIOUR_KEY, Node
+from peerstack.node import MISBEHAVIOUR_KEY, PERF_MAX_SERVE, PERF_MAX_STREAMS, Node
+from peerstack.protocols import perf
 from peerstack.protocols.echo import ECHO
 from peerstack.protocols.identify import (
     AGENT_VERSION,
@@ -30,7 +38,8 @@ from peerstack.protocols.ping import PING
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[Node, Node]]:
-    async with Node() as a, Node() as b:
+    """Two nodes that serve the optional measuring protocols too (perf, echo)."""
+    async with Node(enable=("perf", "echo")) as a, Node(enable=("perf", "echo")) as b:
         yield a, b
 
 
@@ -128,6 +137,47 @@ async def test_echo(pair: tuple[Node, Node]) -> None:
     data = bytes(range(256)) * 4000
     assert await a.echo(b.addrs[0], data) == data
     assert await a.echo(b.peer_id, b"") == b""
+
+
+async def test_perf_and_echo_are_off_unless_enabled(pair: tuple[Node, Node]) -> None:
+    """A default node does not serve perf or echo: any peer could spend its bandwidth."""
+    a, _ = pair
+    async with Node() as quiet:
+        assert PERF not in quiet.protocols()
+        assert ECHO not in quiet.protocols()
+        with pytest.raises(NegotiationError):
+            await a.perf(quiet.addrs[0], 0, 1024)
+        with pytest.raises(NegotiationError):
+            await a.echo(quiet.peer_id, b"x")
+    with pytest.raises(UsageError):
+        Node(enable=("telnet",))
+
+
+async def test_perf_streams_at_once_and_bytes_per_stream_are_bounded(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    await a.connect(b.addrs[0])
+    # Too many bytes asked for on one stream: the server resets it.
+    with pytest.raises(PeerstackError):
+        await perf.perf(a.host, b.peer_id, 0, PERF_MAX_SERVE + 1)
+    # PERF_MAX_STREAMS requests that keep uploading hold every slot...
+    held: list[Stream] = []
+    try:
+        for _ in range(PERF_MAX_STREAMS):
+            stream = await a.host.new_stream(b.peer_id, [PERF])
+            await stream.write((1024).to_bytes(8, "big") + b"upload...")
+            held.append(stream)
+        await eventually(lambda: b._perf_active == PERF_MAX_STREAMS)
+        # ...so one more is refused at once, whatever it asks for.
+        with pytest.raises(PeerstackError):
+            await perf.perf(a.host, b.peer_id, 0, 10)
+    finally:
+        for s in held:
+            s.reset()
+    await eventually(lambda: b._perf_active == 0)
+    res = await a.perf(b.peer_id, 10, 10)
+    assert res.download_bytes == 10
 
 
 async def test_connect_without_peer_id(pair: tuple[Node, Node]) -> None:

@@ -8,7 +8,9 @@ Unknown keys in the file are refused rather than ignored, so a typo does not sil
 to a default.
 
 Sections: ``[node]`` (listen, bootstrap, agent), ``[limits]`` (the host's ``Limits``), ``[dht]``
-(mode, the per-/24 diversity limits) and ``[content]`` (what ``add`` announces, the reprovider).
+(mode, the per-/24 diversity limits), ``[content]`` (what ``add`` announces, the reprovider) and
+``[services]`` (the measuring protocols perf and echo, off by default: any peer could make a node
+send gigabytes with them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ DHT_MODES = ("server", "client")
 DIVERSITY_CHOICES = ("auto", "on", "off")
 #: What ``add`` announces to the DHT: the root only, every block, or nothing.
 PROVIDE_CHOICES = ("roots", "all", "none")
+#: Optional services a node serves only when asked to (``[services]``, ``--enable``): perf
+#: sends a peer as many bytes as it asks for and echo returns what it sends, so on by default
+#: they would let any peer spend our bandwidth.
+OPTIONAL_SERVICES = ("perf", "echo")
 
 
 def parse_multiaddr(text: str | Multiaddr) -> Multiaddr:
@@ -72,6 +78,8 @@ class Config:
     dht_diversity: str = "auto"
     provide: str = "roots"
     reprovide_interval: float = 12 * 3600.0
+    perf: bool = False
+    echo: bool = False
 
     def __post_init__(self) -> None:
         _check_addrs("listen", self.listen)
@@ -83,6 +91,17 @@ class Config:
             isinstance(self.reprovide_interval, int | float) and self.reprovide_interval > 0
         ):
             raise UsageError("[content] reprovide_interval must be a positive number of seconds")
+        for name in OPTIONAL_SERVICES:
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"[services] {name} must be true or false")
+
+    def with_services(self, names: Sequence[str]) -> Config:
+        """This config with the named optional services (``perf``, ``echo``) turned on."""
+        for name in names:
+            _check_choice("service", name, OPTIONAL_SERVICES)
+        return dataclasses.replace(
+            self, perf=self.perf or "perf" in names, echo=self.echo or "echo" in names
+        )
 
     def listen_addrs(self) -> list[Multiaddr]:
         return [Multiaddr(a) for a in self.listen]
@@ -90,7 +109,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Build from the parsed TOML; ``UsageError`` names the offending key."""
-        unknown_sections = set(data) - {"node", "limits", "dht", "content"}
+        unknown_sections = set(data) - {"node", "limits", "dht", "content", "services"}
         if unknown_sections:
             raise UsageError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
         for section, value in data.items():
@@ -100,6 +119,7 @@ class Config:
         limits_data = dict(data.get("limits", {}))
         dht = dict(data.get("dht", {}))
         content = dict(data.get("content", {}))
+        services = dict(data.get("services", {}))
         known = {"listen", "bootstrap", "agent_version"}
         unknown = set(node) - known
         if unknown:
@@ -115,6 +135,7 @@ class Config:
         for section, values, keys in (
             ("dht", dht, {"mode": "dht_mode", "diversity": "dht_diversity"}),
             ("content", content, {k: k for k in ("provide", "reprovide_interval")}),
+            ("services", services, {k: k for k in OPTIONAL_SERVICES}),
         ):
             unknown = set(values) - set(keys)
             if unknown:
@@ -174,6 +195,11 @@ class Config:
             "# What add announces to the DHT: roots, all (every block) or none.",
             f"provide = {_toml_str(self.provide)}",
             f"reprovide_interval = {self.reprovide_interval!r}",
+            "",
+            "[services]",
+            "# Measuring protocols: a peer may ask perf for gigabytes. Turn on to benchmark.",
+            f"perf = {str(self.perf).lower()}",
+            f"echo = {str(self.echo).lower()}",
         ]
         return "\n".join(lines) + "\n"
 

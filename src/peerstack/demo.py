@@ -47,7 +47,7 @@ async def demo(size: int, pings: int, out: Console) -> int:
     table = Table(title="peerstack demo: two peers on loopback")
     table.add_column("step")
     table.add_column("result")
-    async with Node() as a, Node() as b:
+    async with Node() as a, Node(enable=("perf",)) as b:  # B answers A's perf requests
         out.print(f"peer A {a.peer_id}")
         out.print(f"peer B {b.peer_id} listening on {b.addrs[0]}")
 

@@ -10,7 +10,10 @@ Without a repo a node gets a fresh identity and listens on ``/ip4/127.0.0.1/tcp/
 loopback port); with one it uses the repo's key and ``config.toml``. ``listen`` overrides the
 configured listen addresses either way.
 
-Every node serves identify (+push), ping, perf and echo. A node on a repo also runs, by default,
+Every node serves identify (+push) and ping; perf and echo only when the config's
+``[services]`` or ``enable=`` turns them on (a perf server sends a peer whatever it asks for:
+on by default, any peer could spend our bandwidth), and then at most ``PERF_MAX_STREAMS`` perf
+streams at once, each at most ``PERF_MAX_SERVE`` bytes. A node on a repo also runs, by default,
 the Kademlia DHT (state in the repo's SQLite database) and Bitswap over the repo's blockstore,
 with the DHT as its content router and a reprovider; ``dht=`` and ``content=`` turn them on or
 off (a node without a repo is a bare host unless given ``dht=True``: tests and tools that bring
@@ -61,7 +64,7 @@ from peerstack.dht.records import Validators
 from peerstack.dht.service import KadDHT
 from peerstack.errors import DecodeError, DialError, PeerError, PeerstackError, UsageError
 from peerstack.host.host import BasicHost
-from peerstack.host.interface import StreamHandler
+from peerstack.host.interface import Stream, StreamHandler
 from peerstack.host.peerstore import Peerstore
 from peerstack.node_dht import NodeDht
 from peerstack.protocols import echo, perf, ping
@@ -81,6 +84,11 @@ REPROVIDE_FIRST_DELAY = 30.0
 #: Seconds a get, cat or pin waits for the next block before it calls the content
 #: unavailable (every provider gone): long enough for a slow peer, short enough to tell.
 DEFAULT_IDLE_TIMEOUT = 60.0
+
+#: The most one perf stream may ask this node to send (enough for any benchmark here).
+PERF_MAX_SERVE = 16 * 1024**3
+#: Perf streams served at once, over all peers; more are reset at once.
+PERF_MAX_STREAMS = 4
 
 #: Import profiles by the names the CLI offers.
 PROFILES: dict[str, ImportProfile] = {
@@ -177,8 +185,11 @@ class Node:
         dht_mode: str | None = None,
         bootstrap: Sequence[str | Multiaddr] = (),
         background: bool = True,
+        enable: Sequence[str] = (),
     ) -> None:
         """``dht``/``content`` default to on with a repo, off without one (content needs one).
+
+        ``enable`` turns on optional services (``perf``, ``echo``) besides the configured ones.
 
         ``dht_mode`` (``server``/``client``) overrides the configured mode; ``bootstrap`` adds
         peers to the configured ones. ``background`` runs the upkeep a long-lived node needs
@@ -193,6 +204,7 @@ class Node:
             config = dataclasses.replace(config, listen=tuple(str(a) for a in listen))
         if dht_mode is not None:
             config = dataclasses.replace(config, dht_mode=dht_mode)
+        config = config.with_services(enable)
         self.config = config
         self._bootstrap = [parse_multiaddr(a) for a in (*config.bootstrap, *bootstrap)]
         for addr in self._bootstrap:
@@ -218,6 +230,7 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._locked = False
         self.gc_lock = GcLock()
+        self._perf_active = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -240,8 +253,11 @@ class Node:
         self._host = host
         # Handlers go in before the listeners open, so no early peer meets a missing protocol;
         # identify starts right after (no await in between), so it sees every connection.
-        for module in (ping, perf, echo):
-            module.register(host)
+        ping.register(host)
+        if self.config.perf:
+            host.set_stream_handler(perf.PERF, self._serve_perf)
+        if self.config.echo:
+            echo.register(host)
         if self._want_dht:
             self._kad = self._make_dht(host)
             await self._kad.start()
@@ -317,6 +333,22 @@ class Node:
         while True:
             await reprovider.reprovide_once()
             await asyncio.sleep(reprovider.interval)
+
+    async def _serve_perf(self, stream: Stream) -> None:
+        """One perf request, within the node's bounds on streams at once and bytes per stream."""
+        if self._perf_active >= PERF_MAX_STREAMS:
+            log.debug(
+                "perf: refused a stream from %s: %d already served",
+                stream.remote_peer,
+                self._perf_active,
+            )
+            stream.reset()
+            return
+        self._perf_active += 1
+        try:
+            await perf.handle_perf(stream, max_serve=PERF_MAX_SERVE)
+        finally:
+            self._perf_active -= 1
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

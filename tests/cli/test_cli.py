@@ -72,6 +72,11 @@ def test_bad_multiaddr_is_one_line() -> None:
     one_line_error(peerstack("ping", "not-a-multiaddr"))
 
 
+def test_unknown_service_to_enable_is_one_line(tmp_path: Path) -> None:
+    line = one_line_error(peerstack("daemon", "--repo", str(tmp_path / "r"), "--enable", "telnet"))
+    assert "telnet" in line
+
+
 def test_bad_size_is_one_line() -> None:
     line = one_line_error(
         peerstack("perf", "/ip4/127.0.0.1/tcp/1", "--upload", "lots", "--download", "1")
@@ -103,6 +108,8 @@ def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, ob
             str(tmp_path / "d"),
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--enable",
+            "perf,echo",  # off by default; the perf test below measures against it
             "--json",
         ],
         stdout=subprocess.PIPE,

@@ -24,6 +24,10 @@ def test_open_creates_identity_and_config(tmp_path: Path) -> None:
     assert PeerId.from_public_key(key.public_key) == PeerId.from_public_key(again.public_key)
     assert repo.config() == Config()
     assert repo.config().listen == DEFAULT_LISTEN
+    # perf and echo (a peer could make us send gigabytes) are off unless asked for.
+    assert not repo.config().perf
+    assert not repo.config().echo
+    assert "perf = false\necho = false\n" in repo.config_path.read_text()
 
 
 def test_default_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,6 +49,7 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         dht_diversity="off",
         provide="all",
         reprovide_interval=600.0,
+        perf=True,
     )
     path = tmp_path / "config.toml"
     path.write_text(cfg.to_toml())
@@ -68,6 +73,8 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         "[content]\nprovide = 'everything'\n",
         "[content]\nreprovide_interval = -1\n",
         "[content]\nreprovide_interval = true\n",
+        "[services]\nperf = 'yes'\n",
+        "[services]\ntelnet = true\n",
     ],
 )
 def test_bad_config_is_a_usage_error(tmp_path: Path, text: str) -> None:

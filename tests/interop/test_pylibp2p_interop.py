@@ -17,7 +17,7 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 async def node() -> AsyncIterator[Node]:
-    async with Node(listen=["/ip4/127.0.0.1/tcp/0"]) as n:
+    async with Node(listen=["/ip4/127.0.0.1/tcp/0"], enable=("perf", "echo")) as n:
         yield n
 
 

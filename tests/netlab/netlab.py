@@ -543,7 +543,7 @@ def start_daemon(
     stderr goes to a file next to the repo (a pipe nobody reads could fill and stall it).
     """
     log = repo.with_name(f"{repo.name}.{len(lab.procs)}.log")
-    args = [str(PEERSTACK), "daemon", "--repo", str(repo), "--json"]
+    args = [str(PEERSTACK), "daemon", "--repo", str(repo), "--enable", "perf,echo", "--json"]
     for addr in listen:
         args += ["--listen", addr]
     with log.open("wb") as err:

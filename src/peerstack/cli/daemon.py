@@ -16,7 +16,7 @@ from peerstack.cli.common import (
     repo_option,
     run,
 )
-from peerstack.config import DHT_MODES, parse_multiaddr
+from peerstack.config import DHT_MODES, OPTIONAL_SERVICES, parse_multiaddr
 from peerstack.errors import UsageError
 from peerstack.repo import Repo
 
@@ -30,6 +30,17 @@ def _api_target(text: str) -> tuple[str, int]:
     return target
 
 
+def _services(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--enable perf,echo`` (comma-separated, repeatable) as service names."""
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    for name in names:
+        if name not in OPTIONAL_SERVICES:
+            raise UsageError(
+                f"--enable {name}: unknown service (choose from {', '.join(OPTIONAL_SERVICES)})"
+            )
+    return names
+
+
 async def _serve(
     *,
     repo: Path | None,
@@ -37,6 +48,7 @@ async def _serve(
     bootstrap: tuple[str, ...],
     dht_mode: str | None,
     api: str,
+    enable: tuple[str, ...],
     as_json: bool,
 ) -> None:
     from peerstack.cli.api import ApiServer  # the network stack, only when needed
@@ -51,7 +63,9 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         r = Repo.open(repo)
-        node = Node(repo=r, listen=listen or None, bootstrap=bootstrap, dht_mode=dht_mode)
+        node = Node(
+            repo=r, listen=listen or None, bootstrap=bootstrap, dht_mode=dht_mode, enable=enable
+        )
         async with node:
             server = ApiServer(node, r, api_host, api_port)
             api_addr = await server.start()
@@ -66,6 +80,7 @@ async def _serve(
                             "addrs": addrs,
                             "api": api_addr,
                             "dht_mode": mode,
+                            "services": [n for n in OPTIONAL_SERVICES if getattr(node.config, n)],
                         }
                     )
                 else:
@@ -107,6 +122,15 @@ async def _serve(
     metavar="MULTIADDR",
     help="Where the local HTTP API listens (loopback only; port 0 picks one).",
 )
+@click.option(
+    "--enable",
+    multiple=True,
+    metavar="SERVICES",
+    help=(
+        "Also serve these measuring protocols, comma-separated: perf, echo (default: from"
+        " config.toml [services], off). perf lets any peer make the node send it gigabytes."
+    ),
+)
 @json_option
 def daemon_command(
     *,
@@ -115,6 +139,7 @@ def daemon_command(
     bootstrap: tuple[str, ...],
     dht_mode: str | None,
     api: str,
+    enable: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Run a node serving the DHT, Bitswap and the local API until interrupted."""
@@ -125,6 +150,7 @@ def daemon_command(
             bootstrap=bootstrap,
             dht_mode=dht_mode,
             api=api,
+            enable=_services(enable),
             as_json=as_json,
         )
     )
