@@ -349,3 +349,25 @@ async def test_a_peer_waiting_for_an_added_file_is_served_when_add_returns(
             assert await want == data
     finally:
         want.cancel()
+
+
+async def test_a_failing_step_of_close_still_releases_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bitswap failing to stop must not leave the host listening, SQLite open or the repo
+    locked: close raises the failure after every other step ran."""
+    node = make_node(tmp_path, "n")
+    await node.start()
+    blockstore, host = node.blockstore, node.host
+
+    async def broken_stop() -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(node.bitswap, "stop", broken_stop)
+    with pytest.raises(OSError, match="disk gone"):
+        await node.close()
+    with pytest.raises(UsageError):
+        await blockstore.pins()  # its SQLite handle is closed
+    assert host.listen_addrs() == []
+    async with make_node(tmp_path, "n") as again:  # the repo lock was released
+        assert again.peer_id == node.peer_id

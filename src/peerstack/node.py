@@ -361,34 +361,42 @@ class Node:
             log.warning("node background task failed: %r", task.exception())
 
     async def close(self) -> None:
+        """Stop everything, in order: background tasks, services, the host, then the files.
+
+        Every step runs even when an earlier one fails (the first failure is raised after),
+        so a failing service never leaves the host listening, SQLite open or the repo locked.
+        The blockstore closes in a worker thread: closing waits on its lock for a worker thread
+        that may still be using it, and that wait must not block the event loop.
+        """
         tasks, self._tasks = list(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         bitswap, self._bitswap = self._bitswap, None
-        if bitswap is not None:
-            await bitswap.stop()
         kad, self._kad, self._dht = self._kad, None, None
-        if kad is not None:
-            await kad.stop()  # saves the routing table
         identify, self._identify = self._identify, None
         host, self._host = self._host, None
-        if identify is not None:
-            await identify.close()
-        if host is not None:
-            await host.close()
         store, self._dht_store = self._dht_store, None
-        if store is not None:
-            store.close()
         blockstore, self._blockstore = self._blockstore, None
-        if blockstore is not None:
-            blockstore.close()
         self._reprovider = None
-        if self._locked and self.repo is not None:
-            self.repo.unlock()
-            self._locked = False
+        locked, self._locked = self._locked, False
+        async with contextlib.AsyncExitStack() as steps:
+            # Callbacks run last-in first-out: pushed here in the reverse of the stop order.
+            if locked and self.repo is not None:
+                steps.callback(self.repo.unlock)
+            if blockstore is not None:
+                steps.push_async_callback(asyncio.to_thread, blockstore.close)
+            if store is not None:
+                steps.callback(store.close)  # its handle belongs to the loop's thread
+            if host is not None:
+                steps.push_async_callback(host.close)
+            if identify is not None:
+                steps.push_async_callback(identify.close)
+            if kad is not None:
+                steps.push_async_callback(kad.stop)  # saves the routing table
+            if bitswap is not None:
+                steps.push_async_callback(bitswap.stop)
+            for task in tasks:
+                task.cancel()
+            # A task that fails while it stops was already logged by _task_done.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def __aenter__(self) -> Node:
         await self.start()
