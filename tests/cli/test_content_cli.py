@@ -60,6 +60,40 @@ def test_api_file_token_and_auth(daemons: list[Daemon]) -> None:
         lines = [json.loads(x) for x in resp.read().splitlines()]
     assert lines[-1]["event"] == "result"
     assert lines[-1]["repo"] == str(d.repo)
+    # Without the token an unknown verb is refused like a known one: no list of verbs leaks.
+    probe = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v0/no.such.verb",
+        data=b"{}",
+        headers={"Authorization": "Bearer wrong", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(probe, timeout=10)
+    assert err.value.code == 401
+    probe.headers["Authorization"] = "Bearer " + token_path.read_text().strip()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(probe, timeout=10)
+    assert err.value.code == 404
+
+
+def test_verbs_through_a_daemon_api_on_ipv6_loopback(tmp_path: Path) -> None:
+    """The API on ::1 is published as /ip6/::1/... and the CLI reaches it (brackets in the URL)."""
+    repo = tmp_path / "v6"
+    args = ["daemon", "--repo", str(repo), "--listen", "/ip4/127.0.0.1/tcp/0"]
+    proc = subprocess.Popen(
+        [*PEERSTACK, *args, "--api", "/ip6/::1/tcp/0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["api"].startswith("/ip6/::1/tcp/")
+        # The daemon holds the repo: only its API can answer this.
+        assert ok_json("repo", "stat", "--repo", str(repo))["repo"] == str(repo)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_verbs_through_the_daemon(daemons: list[Daemon], tmp_path: Path) -> None:

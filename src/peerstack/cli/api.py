@@ -70,7 +70,7 @@ class ApiServer:
         assert server is not None
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else self.port
-        self.addr = f"/ip4/{self.host}/tcp/{port}"
+        self.addr = f"/{'ip6' if ':' in self.host else 'ip4'}/{self.host}/tcp/{port}"
         self.token = self.repo.write_api(self.addr)
         return self.addr
 
@@ -106,10 +106,11 @@ class ApiServer:
         )
 
     async def _op(self, request: web.Request) -> web.StreamResponse:
+        # The token first: without it a caller learns nothing, not even which verbs exist.
+        args = await self._args(request)
         op = OPERATIONS.get(request.match_info["op"])
         if op is None:
             raise web.HTTPNotFound(text=f"no such verb {request.match_info['op']!r}")
-        args = await self._args(request)
         resp = web.StreamResponse(headers={"Content-Type": NDJSON})
         await resp.prepare(request)
         latest: list[Json] = []
@@ -132,8 +133,11 @@ class ApiServer:
         try:
             while not task.done():
                 waiter = asyncio.ensure_future(wake.wait())
-                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+                try:
+                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    # Also when this handler is cancelled inside the wait (client gone).
+                    waiter.cancel()
                 wake.clear()
                 if latest:
                     await _write(resp, latest.pop())

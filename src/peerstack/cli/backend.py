@@ -195,6 +195,8 @@ def _api_url(addr: str) -> str | None:
     if target is None:
         return None
     host, port = target
+    if ":" in host:  # an IPv6 literal goes in brackets in a URL (RFC 3986)
+        host = f"[{host}]"
     return f"http://{host}:{port}/api/v0/"
 
 
