@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from peerstack.config import Config
+from peerstack.core.files import write_private_file
 from peerstack.core.identity import PrivateKey, load_or_create
 from peerstack.errors import PeerstackError, UsageError
 
@@ -173,11 +174,5 @@ class Repo:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file created with mode 0600, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` with mode 0600 (see ``write_private_file``)."""
+    write_private_file(path, text.encode())

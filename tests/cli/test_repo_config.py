@@ -96,3 +96,23 @@ def test_repo_path_that_is_a_file(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(UsageError):
         Repo.open(f)
+
+
+def test_api_token_is_private_whatever_was_left_in_its_place(tmp_path: Path) -> None:
+    """A stale world-readable temp file, or a symlink planted under the temp name, must not
+    give the token its mode or its destination."""
+    repo = Repo.open(tmp_path / "r")
+    tmp = repo.token_path.with_name(repo.token_path.name + ".tmp")
+    tmp.write_text("stale")
+    tmp.chmod(0o644)
+    token = repo.write_api("/ip4/127.0.0.1/tcp/5001")
+    assert stat.S_IMODE(repo.token_path.stat().st_mode) == 0o600
+    assert repo.token_path.read_text().strip() == token
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("")
+    tmp.symlink_to(elsewhere)
+    token = repo.write_api("/ip4/127.0.0.1/tcp/5001")
+    assert elsewhere.read_text() == ""  # the link was not followed
+    assert not repo.token_path.is_symlink()
+    assert stat.S_IMODE(repo.token_path.stat().st_mode) == 0o600
+    assert repo.read_api() == ("/ip4/127.0.0.1/tcp/5001", token)

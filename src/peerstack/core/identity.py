@@ -11,7 +11,6 @@ demands the deterministic form (fields in order, no unknown fields, no defaults 
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from peerstack.core import varint
+from peerstack.core.files import write_private_file
 from peerstack.errors import DecodeError, UsageError
 
 # A public key message longer than this is not a key we accept (RSA-8192 in DER is ~1.1 KB).
@@ -183,17 +183,5 @@ def load_or_create(path: Path) -> PrivateKey:
         return PrivateKey.from_protobuf(path.read_bytes())
     key = PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # A leftover temp file (or a symlink planted there) must not lend us its mode or target:
-    # remove it and create a fresh file that cannot follow links.
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        data = memoryview(key.to_protobuf())
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(path, key.to_protobuf())
     return key
