@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from peerstack.content.bitswap.messages import Message, WantEntry, WantType
 from peerstack.content.bitswap.server import DecisionEngine, ServerConfig
+from peerstack.content.bitswap.session import Session, SessionConfig
 from peerstack.core.cid import CID
 from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
@@ -66,3 +67,59 @@ def test_engine_cancel_and_replace_keep_the_heap_consistent() -> None:
     assert batch.haves == []  # we lack it and it did not ask for DONT_HAVE
     assert batch.blocks == blocks[150:]
     assert eng.next_batch() is None
+
+
+def session_examined_per_block(n: int) -> float:
+    """One seeder that has everything; a tick after every message, as the service does."""
+    s = Session()
+    p = peer()
+    s.add_peer(p, 0.0)
+    wanted = cids(n, "s")
+    s.want(wanted, 0.0)
+    now = 0.0
+    pending = s.tick(now).messages.get(p, [])
+    delivered = 0
+    while pending:
+        entry = pending.pop(0)
+        now += 0.001
+        if entry.cancel:
+            continue
+        if entry.want_type == WantType.HAVE:
+            s.on_have(p, entry.cid, now)
+        else:
+            assert s.on_block(p, entry.cid, 1, now)
+            delivered += 1
+        pending += s.tick(now).messages.get(p, [])
+        deadline = s.next_deadline()
+        assert deadline is None or deadline > now
+    assert delivered == n
+    assert s.done()
+    return s.examined / n
+
+
+def test_session_work_per_block_does_not_grow_with_the_wants() -> None:
+    small = session_examined_per_block(256)
+    big = session_examined_per_block(4096)
+    # each want is looked at a bounded number of times: once to hand out, once for want-haves
+    assert small <= 4.0
+    assert big <= 4.0
+
+
+def test_session_with_full_windows_examines_nothing() -> None:
+    s = Session(SessionConfig(initial_window=2, max_window=2))
+    p = peer()
+    s.add_peer(p, 0.0)
+    first = cids(1, "f")
+    s.want(first, 0.0)
+    s.tick(0.0)
+    s.on_have(p, first[0], 0.01)  # a session peer now
+    s.want(cids(3000, "g"), 0.01)
+    s.tick(0.02)  # fills the window and broadcasts the first max_broadcast want-haves
+    for _ in range(20):
+        s.tick(0.03)
+    before = s.examined
+    for i in range(100):
+        acts = s.tick(0.04 + i * 0.0001)
+        assert not acts.messages.get(p, [])
+    assert s.examined == before
+    assert s.in_flight() == 2

@@ -24,6 +24,7 @@ The session emits ``Actions``: wantlist entries per peer and CIDs to find provid
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -67,6 +68,12 @@ class PeerState:
         return int(self.window) - len(self.in_flight)
 
 
+# Where an unassigned want waits (``WantState.place``): in the ready heap (to be handed to a
+# peer), parked (every session peer refused it: it waits for a new session peer or its retry),
+# or nowhere (assigned, or about to be put back).
+_NOWHERE, _READY, _PARKED = 0, 1, 2
+
+
 @dataclass(slots=True)
 class WantState:
     cid: CID
@@ -78,6 +85,8 @@ class WantState:
     skip: set[PeerId] = field(default_factory=set)  # said DONT_HAVE or stalled
     skip_since: float = 0.0
     last_search: float | None = None
+    place: int = _NOWHERE
+    broadcast: bool = False  # queued for want-haves to the peers not asked yet
 
 
 @dataclass(slots=True)
@@ -93,6 +102,15 @@ class Actions:
 
 
 class Session:
+    """One fetch's want bookkeeping.
+
+    Per-tick work is proportional to what the tick does, not to the number of wants: unassigned
+    wants wait in priority heaps (ready to hand out, parked, waiting for want-haves) and the
+    retry clocks in a timer heap, so a tick with every window full touches nothing but the
+    peers. Heap entries are lazy: an entry whose want is gone or moved is skipped when popped.
+    ``examined`` counts the wants a tick looked at, for tests of that bound.
+    """
+
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config if config is not None else SessionConfig()
         self.peers: dict[PeerId, PeerState] = {}
@@ -100,6 +118,13 @@ class Session:
         self.wants: OrderedDict[CID, WantState] = OrderedDict()
         self._out = Actions()
         self._next_priority = 1 << 30  # earlier wants first: the exporter reads in order
+        # heaps of (-priority, cid): priorities are unique, so the CID is never compared
+        self._ready: list[tuple[int, CID]] = []
+        self._parked: list[tuple[int, CID]] = []
+        self._to_broadcast: list[tuple[int, CID]] = []
+        self._timers: list[tuple[float, int, CID]] = []  # (when, seq, cid): retry checks
+        self._seq = 0
+        self.examined = 0
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -107,6 +132,9 @@ class Session:
         if peer in self.banned or peer in self.peers:
             return
         self.peers[peer] = PeerState(peer, float(self.config.initial_window), last_heard=now)
+        for want in self.wants.values():  # a new peer: ask it about everything still open
+            if want.requested_from is None:
+                self._mark_broadcast(want)
 
     def remove_peer(self, peer: PeerId) -> None:
         state = self.peers.pop(peer, None)
@@ -116,6 +144,7 @@ class Session:
             want = self.wants.get(cid)
             if want is not None and want.requested_from == peer:
                 want.requested_from = None
+                self._requeue(want)
         for want in self.wants.values():
             want.asked_have.discard(peer)
 
@@ -131,7 +160,9 @@ class Session:
             if self._next_priority <= 1:
                 raise UsageError("too many wants in one session")
             self._next_priority -= 1
-            self.wants[cid] = WantState(cid, self._next_priority, now)
+            want = WantState(cid, self._next_priority, now)
+            self.wants[cid] = want
+            self._requeue(want)
 
     def cancel(self, cid: CID) -> None:
         """Stop wanting ``cid`` (found elsewhere, e.g. already on disk)."""
@@ -151,7 +182,7 @@ class Session:
             state.in_flight.pop(cid, None)
             state.blocks += 1
             state.bytes += size
-            state.session_peer = True
+            self._become_session_peer(state)
             state.window = min(float(self.config.max_window), state.window + 1)
         if want is None:
             return False
@@ -165,7 +196,7 @@ class Session:
         self._heard(state, now, block=False)
         if cid in self.wants:
             state.haves.add(cid)
-            state.session_peer = True
+            self._become_session_peer(state)
 
     def on_dont_have(self, peer: PeerId, cid: CID, now: float) -> None:
         state = self.peers.get(peer)
@@ -177,11 +208,10 @@ class Session:
         want = self.wants.get(cid)
         if want is None:
             return
-        if not want.skip:
-            want.skip_since = now
-        want.skip.add(peer)
+        self._skip(want, peer, now)
         if want.requested_from == peer:
             want.requested_from = None
+            self._requeue(want)
 
     def _heard(self, state: PeerState, now: float, block: bool) -> None:
         if block and state.in_flight:
@@ -189,7 +219,21 @@ class Session:
             state.gap = gap if state.gap is None else 0.8 * state.gap + 0.2 * gap
         state.last_heard = now
 
+    def _become_session_peer(self, state: PeerState) -> None:
+        if state.session_peer:
+            return
+        state.session_peer = True
+        # parked wants were refused by every session peer there was; this one may have them
+        parked, self._parked = self._parked, []
+        for _, cid in parked:
+            want = self.wants.get(cid)
+            if want is not None and want.place == _PARKED:
+                want.place = _NOWHERE
+                self._enqueue(want)
+
     def _cancel_everywhere(self, want: WantState, got_from: PeerId | None) -> None:
+        want.place = _NOWHERE
+        want.broadcast = False
         asked = set(want.asked_have)
         if want.requested_from is not None:
             asked.add(want.requested_from)
@@ -201,12 +245,61 @@ class Session:
             if peer != got_from and state is not None:
                 self._out.add(peer, WantEntry(want.cid, cancel=True))
 
+    # -- the queues -----------------------------------------------------------------------
+
+    def _enqueue(self, want: WantState) -> None:
+        """Put an unassigned want in the ready heap (once)."""
+        if want.place != _READY:
+            want.place = _READY
+            heapq.heappush(self._ready, (-want.priority, want.cid))
+
+    def _mark_broadcast(self, want: WantState) -> None:
+        if not want.broadcast:
+            want.broadcast = True
+            heapq.heappush(self._to_broadcast, (-want.priority, want.cid))
+
+    def _timer(self, when: float, want: WantState) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, want.cid))
+
+    def _requeue(self, want: WantState) -> None:
+        """``want`` has just become unassigned: hand it out again, ask about it, and arm the
+        retry clocks that were running for it."""
+        self._enqueue(want)
+        self._mark_broadcast(want)
+        retry = self.config.retry_interval
+        if want.skip:
+            self._timer(want.skip_since + retry, want)
+        if want.asked_have:
+            self._timer(want.asked_at + retry, want)
+
+    def _skip(self, want: WantState, peer: PeerId, now: float) -> None:
+        if not want.skip:
+            want.skip_since = now
+            self._timer(now + self.config.retry_interval, want)
+        want.skip.add(peer)
+
+    def _someone_has(self, cid: CID) -> bool:
+        return any(cid in st.haves for st in self.peers.values())
+
+    def _head(self, heap: list[tuple[int, CID]], place: int) -> WantState | None:
+        """The best live want of ``heap`` (stale entries on top are dropped)."""
+        while heap:
+            want = self.wants.get(heap[0][1])
+            if want is not None and want.place == place and want.requested_from is None:
+                return want
+            heapq.heappop(heap)
+        return None
+
     # -- the decision -------------------------------------------------------------------
 
     def tick(self, now: float) -> Actions:
         """Time passes: handle stalls, hand out requests, return what to send."""
         self._check_stalls(now)
+        self._run_timers(now)
         self._assign(now)
+        self._broadcast(now)
+        self._search(now)
         out, self._out = self._out, Actions()
         return out
 
@@ -216,14 +309,11 @@ class Session:
         for state in self.peers.values():
             if state.in_flight:
                 deadlines.append(state.last_heard + state.stall_timeout(self.config))
-        for want in self.wants.values():
-            if want.requested_from is None:
-                deadlines.append(want.added + self.config.discovery_delay)
-                if want.skip:
-                    deadlines.append(want.skip_since + self.config.retry_interval)
-                if want.asked_have:
-                    deadlines.append(want.asked_at + self.config.retry_interval)
-                break  # the oldest unassigned want is enough to keep ticking
+        if self._timers:
+            deadlines.append(self._timers[0][0])
+        want = self._search_candidate()
+        if want is not None:
+            deadlines.append(self._search_due(want))
         return min(deadlines) if deadlines else None
 
     def _check_stalls(self, now: float) -> None:
@@ -238,12 +328,32 @@ class Session:
                 want = self.wants.get(cid)
                 if want is not None and want.requested_from == state.peer:
                     want.requested_from = None
-                    if not want.skip:
-                        want.skip_since = now
-                    want.skip.add(state.peer)
+                    self._skip(want, state.peer, now)
+                    self._requeue(want)
                     self._out.add(state.peer, WantEntry(cid, cancel=True))
             state.in_flight.clear()
             state.last_heard = now
+
+    def _run_timers(self, now: float) -> None:
+        """Retry clocks that ran out: forget DONT_HAVEs and stalls, or ask everyone again."""
+        retry = self.config.retry_interval
+        while self._timers and self._timers[0][0] <= now:
+            cid = heapq.heappop(self._timers)[2]
+            want = self.wants.get(cid)
+            if want is None or want.requested_from is not None:
+                continue  # put back with its clocks when it is unassigned again
+            self.examined += 1
+            if want.skip and want.skip_since + retry <= now:
+                want.skip.clear()
+                want.asked_have.clear()
+            elif (
+                want.asked_have and want.asked_at + retry <= now and not self._someone_has(want.cid)
+            ):
+                want.asked_have.clear()  # nobody answered at all: ask again
+            else:
+                continue
+            self._enqueue(want)
+            self._mark_broadcast(want)
 
     def _pick(self, want: WantState) -> PeerState | None:
         best: PeerState | None = None
@@ -264,56 +374,84 @@ class Session:
         return best
 
     def _assign(self, now: float) -> None:
-        cfg = self.config
-        broadcasts = searches = 0
-        for want in self.wants.values():
-            any_room = any(st.room() > 0 for st in self.peers.values())
-            if not any_room and broadcasts >= cfg.max_broadcast:
-                break  # nothing more can be handed out this tick
+        """Hand ready wants, best first, to session peers with room (only a peer that sent a
+        block or a HAVE is asked for blocks, so only those peers' room counts)."""
+        room = sum(max(st.room(), 0) for st in self.peers.values() if st.session_peer)
+        # Wants refused by the peers with room but not by every session peer wait for room
+        # elsewhere; this bounds how many of them one tick looks at.
+        budget = 4 * room + 64
+        deferred: list[WantState] = []
+        while room > 0 and budget > 0:
+            want = self._head(self._ready, _READY)
+            if want is None:
+                break
+            heapq.heappop(self._ready)
+            want.place = _NOWHERE
+            self.examined += 1
+            budget -= 1
+            state = self._pick(want)
+            if state is None:
+                if all(st.peer in want.skip for st in self.peers.values() if st.session_peer):
+                    want.place = _PARKED
+                    heapq.heappush(self._parked, (-want.priority, want.cid))
+                else:
+                    deferred.append(want)
+                continue
+            if not state.in_flight:
+                state.last_heard = now  # the stall clock starts with the first request
+            want.requested_from = state.peer
+            state.in_flight[want.cid] = now
+            room -= 1
+            self._out.add(
+                state.peer, WantEntry(want.cid, want.priority, False, WantType.BLOCK, True)
+            )
+        for want in deferred:
+            self._enqueue(want)
+
+    def _broadcast(self, now: float) -> None:
+        """Want-haves for unassigned wants to the peers not asked yet (cheap discovery)."""
+        sent = 0
+        while self._to_broadcast and sent < self.config.max_broadcast:
+            cid = heapq.heappop(self._to_broadcast)[1]
+            want = self.wants.get(cid)
+            if want is None or not want.broadcast:
+                continue
+            want.broadcast = False
             if want.requested_from is not None:
+                continue  # marked again if it is ever unassigned
+            self.examined += 1
+            targets = [p for p in self.peers if p not in want.asked_have and p not in want.skip]
+            if not targets:
                 continue
-            if want.skip and now - want.skip_since >= cfg.retry_interval:
-                want.skip.clear()
-                want.asked_have.clear()
-            elif (
-                want.asked_have
-                and now - want.asked_at >= cfg.retry_interval
-                and not any(want.cid in st.haves for st in self.peers.values())
-            ):
-                want.asked_have.clear()  # nobody answered at all: ask again
-            state = self._pick(want) if any_room else None
-            if state is not None:
-                if not state.in_flight:
-                    state.last_heard = now  # the stall clock starts with the first request
-                want.requested_from = state.peer
-                state.in_flight[want.cid] = now
-                self._out.add(
-                    state.peer,
-                    WantEntry(want.cid, want.priority, False, WantType.BLOCK, True),
-                )
-                continue
-            if broadcasts < cfg.max_broadcast:
-                targets = [p for p in self.peers if p not in want.asked_have and p not in want.skip]
-                if targets:
-                    broadcasts += 1
-                    want.asked_at = now
-                for peer in targets:
-                    want.asked_have.add(peer)
-                    self._out.add(
-                        peer, WantEntry(want.cid, want.priority, False, WantType.HAVE, True)
-                    )
-            if (
-                not searches
-                and now - want.added >= cfg.discovery_delay
-                and not any(want.cid in st.haves for st in self.peers.values())
-                and (
-                    want.last_search is None
-                    or now - want.last_search >= cfg.provider_search_interval
-                )
-            ):
-                searches += 1  # one search per tick: providers of one block have the rest
-                want.last_search = now
-                self._out.find_providers.append(want.cid)
+            sent += 1
+            want.asked_at = now
+            self._timer(now + self.config.retry_interval, want)
+            for peer in targets:
+                want.asked_have.add(peer)
+                self._out.add(peer, WantEntry(want.cid, want.priority, False, WantType.HAVE, True))
+
+    def _search_candidate(self) -> WantState | None:
+        """The best unassigned want nobody has said HAVE for: the one to find providers of
+        (the providers of one block of a DAG usually have the rest)."""
+        for want in sorted(
+            (w for w in (self._head(self._ready, _READY), self._head(self._parked, _PARKED)) if w),
+            key=lambda w: -w.priority,
+        ):
+            if not self._someone_has(want.cid):
+                return want
+        return None
+
+    def _search_due(self, want: WantState) -> float:
+        due = want.added + self.config.discovery_delay
+        if want.last_search is not None:
+            due = max(due, want.last_search + self.config.provider_search_interval)
+        return due
+
+    def _search(self, now: float) -> None:
+        want = self._search_candidate()
+        if want is not None and self._search_due(want) <= now:
+            want.last_search = now
+            self._out.find_providers.append(want.cid)
 
     # -- introspection ------------------------------------------------------------------
 
