@@ -371,3 +371,42 @@ async def test_a_failing_step_of_close_still_releases_everything(
     assert host.listen_addrs() == []
     async with make_node(tmp_path, "n") as again:  # the repo lock was released
         assert again.peer_id == node.peer_id
+
+
+async def test_a_pinned_root_is_announced_once_per_interval(
+    net: list[Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DHT republishes what it provides; the node's periodic round only hands it pins it
+    does not provide yet. A root announced by add is not announced again by that round, and a
+    quiet pin is announced once, not every round."""
+    boot = net[0]
+    cfg = Config(listen=tuple(LOOPBACK), reprovide_interval=0.05, bootstrap=(str(boot.addrs[0]),))
+    async with Node(repo=tmp_path / "re", config=cfg) as node:
+        announced: list[bytes] = []
+        provide = node.kad.provide
+
+        async def counting_provide(key: bytes) -> int:
+            announced.append(key)
+            return await provide(key)
+
+        monkeypatch.setattr(node.kad, "provide", counting_provide)
+        for _ in range(400):
+            if len(node.kad.routing_table):
+                break
+            await asyncio.sleep(0.02)
+        random_file(tmp_path / "loud", 1000)
+        random_file(tmp_path / "quiet", 1001)
+        loud = await node.add(tmp_path / "loud")
+        quiet = await node.add(tmp_path / "quiet", provide="none")
+        reprovider = node._reprovider
+        assert reprovider is not None
+        start = reprovider.rounds
+        for _ in range(400):
+            if reprovider.rounds >= start + 4:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the reprovide rounds did not run")
+        assert announced.count(loud.multihash.to_bytes()) == 1  # by add only
+        assert announced.count(quiet.multihash.to_bytes()) == 1  # by the first round only
+        assert node.peer_id in {p.peer_id for p in await net[1].dht.find_providers(quiet)}

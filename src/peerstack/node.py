@@ -15,7 +15,8 @@ Every node serves identify (+push) and ping; perf and echo only when the config'
 on by default, any peer could spend our bandwidth), and then at most ``PERF_MAX_STREAMS`` perf
 streams at once, each at most ``PERF_MAX_SERVE`` bytes. A node on a repo also runs, by default,
 the Kademlia DHT (state in the repo's SQLite database) and Bitswap over the repo's blockstore,
-with the DHT as its content router and a reprovider; ``dht=`` and ``content=`` turn them on or
+with the DHT as its content router (pins the DHT does not provide yet are handed to it
+periodically; the DHT republishes what it provides); ``dht=`` and ``content=`` turn them on or
 off (a node without a repo is a bare host unless given ``dht=True``: tests and tools that bring
 their own services use it so). Handlers registered through ``Node.set_stream_handler`` after
 start are announced to connected peers by identify push.
@@ -42,7 +43,6 @@ from peerstack.content.bitswap.service import (
     Bitswap,
     BlocksUnavailable,
     FetchResult,
-    Reprovider,
 )
 from peerstack.content.blockstore import (
     Blockstore,
@@ -226,7 +226,7 @@ class Node:
         self._dht: NodeDht | None = None
         self._blockstore: Blockstore | None = None
         self._bitswap: Bitswap | None = None
-        self._reprovider: Reprovider | None = None
+        self._reprovider: PinAnnouncer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._locked = False
         self.gc_lock = GcLock()
@@ -268,9 +268,9 @@ class Node:
             routing = DhtContentRouting(self._kad) if self._kad is not None else None
             self._bitswap = Bitswap(host, self._blockstore, routing)
             await self._bitswap.start()
-            if routing is not None:
-                self._reprovider = Reprovider(
-                    self._blockstore, routing, self.config.reprovide_interval
+            if self._kad is not None and self._dht_store is not None:
+                self._reprovider = PinAnnouncer(
+                    self._blockstore, self._kad, self._dht_store, self.config.reprovide_interval
                 )
         identify = IdentifyService(
             host,
@@ -325,13 +325,12 @@ class Node:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, backoff_max)
 
-    async def _reprovide_loop(self, reprovider: Reprovider) -> None:
-        # The DHT republishes what it provided itself; this keeps every pinned root announced.
+    async def _reprovide_loop(self, reprovider: PinAnnouncer) -> None:
         # The first round comes soon after start (once the DHT has had time to join), so what
-        # was added while no daemon ran gets announced with this node's addresses.
+        # was pinned while no daemon ran gets announced with this node's addresses.
         await asyncio.sleep(min(REPROVIDE_FIRST_DELAY, reprovider.interval))
         while True:
-            await reprovider.reprovide_once()
+            await reprovider.announce_new_pins()
             await asyncio.sleep(reprovider.interval)
 
     async def _serve_perf(self, stream: Stream) -> None:
@@ -828,6 +827,47 @@ class Node:
             "pins": len(pins),
             "transfers": len(transfers),
         }
+
+
+class PinAnnouncer:
+    """Hands every pinned root to the DHT once; the DHT's own republish keeps it announced.
+
+    The DHT persists the keys it provides and republishes them itself (every 22 h), so this
+    only announces pins it does not know yet (added with ``provide=none``, pinned by a one-shot
+    command, or from before the DHT's table existed): each root is announced once per DHT
+    republish interval, not once by each of two schedulers.
+    """
+
+    def __init__(
+        self, store: Blockstore, kad: KadDHT, dht_store: DhtStore, interval: float
+    ) -> None:
+        self.store = store
+        self.kad = kad
+        self.dht_store = dht_store
+        self.interval = interval
+        #: Rounds done and roots handed over, for status and tests.
+        self.rounds = 0
+        self.last_count = 0
+
+    async def announce_new_pins(self) -> int:
+        count = 0
+        for cid, _kind in await self.store.pins():
+            key = cid.multihash.to_bytes()
+            if self.dht_store.has_own_provide(key):
+                continue
+            try:
+                reached = await self.kad.provide(key)
+            except (PeerstackError, OSError) as exc:
+                log.warning("announcing pin %s failed: %r", cid, exc)
+                continue
+            if not reached:
+                # Nobody heard it (no peers yet): make it due, so the DHT's next republish
+                # round tries again instead of waiting a whole interval.
+                self.dht_store.mark_republished(key, 0.0)
+            count += 1
+        self.last_count = count
+        self.rounds += 1
+        return count
 
 
 class _BlockGetter:
