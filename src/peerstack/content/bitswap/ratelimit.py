@@ -60,6 +60,7 @@ class UploadLimiter:
         if per_peer_rate is not None:
             TokenBucket.new(per_peer_rate, burst, now)  # check the figures now, not per peer
         self._peers: OrderedDict[PeerId, TokenBucket] = OrderedDict()
+        self.bytes = 0  # reserved so far: what the limit has paced
 
     @property
     def active(self) -> bool:
@@ -67,6 +68,7 @@ class UploadLimiter:
 
     def reserve(self, peer: PeerId, nbytes: int, now: float) -> float:
         """Take ``nbytes`` to ``peer`` from every bucket; the longest wait among them."""
+        self.bytes += nbytes
         wait = 0.0 if self.node is None else self.node.reserve(nbytes, now)
         if self.per_peer_rate is not None:
             bucket = self._peers.get(peer)

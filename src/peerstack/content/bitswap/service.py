@@ -32,6 +32,7 @@ from peerstack.content import dagpb, exporter
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry
 from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
+from peerstack.content.bitswap.ratelimit import UploadLimiter
 from peerstack.content.bitswap.server import Batch, DecisionEngine, ServerConfig
 from peerstack.content.bitswap.session import Actions, Session, SessionConfig
 from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, PinKind
@@ -341,12 +342,18 @@ class Bitswap:
         store: Blockstore,
         routing: ContentRouting | None = None,
         config: BitswapConfig | None = None,
+        *,
+        upload_rate: float | None = None,
+        upload_rate_per_peer: float | None = None,
     ) -> None:
+        """``upload_rate`` caps the blocks we send, in bytes/s for the whole node and (with
+        ``upload_rate_per_peer``) for each peer; None: no cap."""
         self.host = host
         self.store = store
         self.routing = routing
         self.config = config if config is not None else BitswapConfig()
         self.engine = DecisionEngine(self._block_size, self.config.server)
+        self.upload_limit = UploadLimiter(upload_rate, upload_rate_per_peer)
         self.sessions: set[FetchSession] = set()
         self._outbound: dict[PeerId, _Outbound] = {}
         self._banned: dict[PeerId, float] = {}
@@ -454,6 +461,7 @@ class Bitswap:
         elif isinstance(event, PeerDisconnected):
             self.no_bitswap.discard(event.peer)
             self.engine.peer_disconnected(event.peer)
+            self.upload_limit.forget(event.peer)
             out = self._outbound.pop(event.peer, None)
             if out is not None:
                 out.close()
@@ -710,6 +718,10 @@ class Bitswap:
         msg.presences += [Presence(c, PresenceType.HAVE) for c in batch.haves]
         msg.presences += [Presence(c, PresenceType.DONT_HAVE) for c in batch.dont_haves]
         if not msg.is_empty():
+            if sent and self.upload_limit.active:
+                delay = self.upload_limit.reserve(batch.peer, sent, self.now())
+                if delay > 0:
+                    await asyncio.sleep(delay)
             await self.send(batch.peer, msg)
         return sent
 
