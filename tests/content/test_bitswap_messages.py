@@ -146,3 +146,26 @@ def test_block_fields_encode_as_protobuf_does(old_form: list[bytes], blocks: lis
     )
     assert msg.encode() == bytes(expected)
     assert m.decode(msg.encode_framed()[len(varint.encode(len(expected))) :]) == msg
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 3 * 64 * 1024), max_size=4),
+    st.integers(0, 3),
+    st.integers(1, 128 * 1024),
+)
+def test_encode_pieces_is_encode_framed_without_copying_big_blocks(
+    sizes: list[int], n_presences: int, small: int
+) -> None:
+    blocks = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    msg = Message(
+        [WantEntry(A, 3, False, WantType.HAVE, True)],
+        payload=[BlockPayload(A.prefix(), b) for b in blocks],
+        presences=[Presence(A, PresenceType.DONT_HAVE)] * n_presences,
+    )
+    pieces = msg.encode_pieces(small)
+    assert b"".join(pieces) == msg.encode_framed()
+    assert all(pieces)
+    for block in blocks:
+        if len(block) >= small:
+            assert any(piece is block for piece in pieces)

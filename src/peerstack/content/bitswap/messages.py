@@ -97,6 +97,26 @@ class Message:
         parts = self._parts()
         return b"".join([varint.encode(sum(map(len, parts))), *parts])
 
+    def encode_pieces(self, small: int = 64 * 1024) -> list[bytes]:
+        """``encode_framed()`` as a list of buffers to write one after another, block bytes
+        not copied at all: headers are joined together, each block of at least ``small``
+        bytes stays the very object it was given as (and ``stream.write`` takes bytes
+        without copying them). Smaller blocks are joined with their headers (fewer frames).
+        """
+        parts = self._parts()
+        out: list[bytes] = []
+        pending: list[bytes | bytearray] = [varint.encode(sum(map(len, parts)))]
+        for part in parts:
+            if type(part) is bytes and len(part) >= small:
+                out.append(b"".join(pending))
+                out.append(part)
+                pending = []
+            elif part:
+                pending.append(part)
+        if pending:
+            out.append(b"".join(pending))
+        return [piece for piece in out if piece]
+
     def _parts(self) -> list[bytes | bytearray]:
         """The encoded message in pieces: small headers built here, block bytes not copied."""
         out: list[bytes | bytearray] = []

@@ -175,9 +175,11 @@ class _Outbound:
             for attempt in (0, 1):
                 if self.stream is None:
                     self.stream = await self.host.new_stream(self.peer, PROTOCOLS)
-                framed = _for_protocol(msg, self.stream.protocol).encode_framed()
+                # the block bytes go to the stream as they are, never joined into one buffer
+                pieces = _for_protocol(msg, self.stream.protocol).encode_pieces()
                 try:
-                    await self.stream.write(framed)
+                    for piece in pieces:
+                        await self.stream.write(piece)
                     return
                 except (StreamError, ConnectionClosed):
                     self.stream.reset()
