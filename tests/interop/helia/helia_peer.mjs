@@ -57,7 +57,13 @@ const helia = withBitswap(withLibp2pLight(createHeliaLight({ blockstore: new Mem
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
-  services: { identify: identify() }
+  services: { identify: identify() },
+  // The tests dial this peer many times from one host in quick succession; js-libp2p's default
+  // (5 new inbound connections per second per host) would refuse them mid-handshake.
+  connectionManager: {
+    inboundConnectionThreshold: 100000,
+    maxIncomingPendingConnections: 1000
+  }
 }))
 await helia.start()
 const fs = unixfs(helia)
