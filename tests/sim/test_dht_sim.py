@@ -781,3 +781,35 @@ def test_a_full_local_record_store_does_not_fail_our_put_or_get() -> None:
         assert me.store.get_record(keys[1]) is None  # not cached: the store is full
 
     sim(main)
+
+
+def test_find_peer_goes_on_when_the_target_is_named_without_addresses() -> None:
+    # A peer that knows the target's id but not yet its addresses names it in closerPeers
+    # with no addrs; stopping there would hand the user a peer they cannot dial.
+    async def main(net: SimNetwork) -> None:
+        asker = KadDHT(net.add_host(), config(), rng=random.Random(1))
+        await asker.start()
+        target = net.random_peer_id()  # a stranger: only answers can tell where it is
+        where = Multiaddr("/ip4/10.7.7.7/tcp/4001")
+
+        def answering(addrs: tuple[Multiaddr, ...], delay: float) -> Callable[[Stream], Any]:
+            async def handler(stream: Stream) -> None:
+                while (raw := await read_length_prefixed(stream, 10**6)) is not None:
+                    req = decode(raw)
+                    await asyncio.sleep(delay)
+                    closer = [PeerInfo(target, addrs)]
+                    reply = KadMessage(req.type, key=req.key, closer_peers=closer)
+                    await write_length_prefixed(stream, encode(reply))
+
+            return handler
+
+        mute, honest = net.add_host(), net.add_host()
+        mute.set_stream_handler(PROTOCOL_ID, answering((), 0.0))
+        honest.set_stream_handler(PROTOCOL_ID, answering((where,), 0.5))
+        asker.routing_table.add(mute.peer_id, 0.0)
+        asker.routing_table.add(honest.peer_id, 0.0)
+        info = await asker.find_peer(target)
+        assert info is not None
+        assert info.addrs == (where,)
+
+    sim(main)

@@ -471,7 +471,10 @@ class KadDHT:
             for info in reply.closer_peers:
                 if info.peer_id == peer:
                     found.append(info)
-                    query.stop()
+                    # A peer that names the target without addresses (it has not learned them
+                    # yet) is no answer: go on asking until someone gives a way to reach it.
+                    if info.addrs:
+                        query.stop()
                     return
 
         key = peer.to_bytes()
@@ -480,7 +483,7 @@ class KadDHT:
             depth = query.depth_of(peer)
             self.last_lookup.found = True
             self.last_lookup.hops = depth if depth is not None else self.last_lookup.hops
-            info = found[0]
+            info = next((i for i in found if i.addrs), found[0])
             addrs = info.addrs or tuple(self.host.peer_addrs(peer))
             return PeerInfo(peer, addrs)
         return None
