@@ -10,12 +10,18 @@ to a default.
 Sections: ``[node]`` (listen, bootstrap, agent), ``[limits]`` (the host's ``Limits``), ``[dht]``
 (mode, the per-/24 diversity limits), ``[content]`` (what ``add`` announces, the reprovider) and
 ``[services]`` (the measuring protocols perf and echo, off by default: any peer could make a node
-send gigabytes with them).
+send gigabytes with them) and ``[bitswap]`` (``upload_rate``/``upload_rate_per_peer``: caps on the
+blocks we serve, in bytes per second; absent means no cap).
+
+The upload rates are plain numbers of bytes per second in the file (``20_000_000``): the size
+parser with suffixes (``20MB``) lives in the CLI, a layer above this module, so only the
+``--upload-rate`` option takes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +47,8 @@ PROVIDE_CHOICES = ("roots", "all", "none")
 #: sends a peer as many bytes as it asks for and echo returns what it sends, so on by default
 #: they would let any peer spend our bandwidth.
 OPTIONAL_SERVICES = ("perf", "echo")
+#: ``[bitswap]`` keys: the upload caps ``Bitswap`` takes, in bytes per second.
+UPLOAD_RATE_KEYS = ("upload_rate", "upload_rate_per_peer")
 
 
 def parse_multiaddr(text: str | Multiaddr) -> Multiaddr:
@@ -80,6 +88,8 @@ class Config:
     reprovide_interval: float = 12 * 3600.0
     perf: bool = False
     echo: bool = False
+    upload_rate: float | None = None
+    upload_rate_per_peer: float | None = None
 
     def __post_init__(self) -> None:
         _check_addrs("listen", self.listen)
@@ -94,6 +104,8 @@ class Config:
         for name in OPTIONAL_SERVICES:
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"[services] {name} must be true or false")
+        for name in UPLOAD_RATE_KEYS:
+            _check_rate(f"[bitswap] {name}", getattr(self, name))
 
     def with_services(self, names: Sequence[str]) -> Config:
         """This config with the named optional services (``perf``, ``echo``) turned on."""
@@ -109,7 +121,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Build from the parsed TOML; ``UsageError`` names the offending key."""
-        unknown_sections = set(data) - {"node", "limits", "dht", "content", "services"}
+        unknown_sections = set(data) - {"node", "limits", "dht", "content", "services", "bitswap"}
         if unknown_sections:
             raise UsageError(f"unknown config section(s): {', '.join(sorted(unknown_sections))}")
         for section, value in data.items():
@@ -120,6 +132,7 @@ class Config:
         dht = dict(data.get("dht", {}))
         content = dict(data.get("content", {}))
         services = dict(data.get("services", {}))
+        bitswap = dict(data.get("bitswap", {}))
         known = {"listen", "bootstrap", "agent_version"}
         unknown = set(node) - known
         if unknown:
@@ -136,6 +149,7 @@ class Config:
             ("dht", dht, {"mode": "dht_mode", "diversity": "dht_diversity"}),
             ("content", content, {k: k for k in ("provide", "reprovide_interval")}),
             ("services", services, {k: k for k in OPTIONAL_SERVICES}),
+            ("bitswap", bitswap, {k: k for k in UPLOAD_RATE_KEYS}),
         ):
             unknown = set(values) - set(keys)
             if unknown:
@@ -200,7 +214,14 @@ class Config:
             "# Measuring protocols: a peer may ask perf for gigabytes. Turn on to benchmark.",
             f"perf = {str(self.perf).lower()}",
             f"echo = {str(self.echo).lower()}",
+            "",
+            "[bitswap]",
+            "# Caps on the blocks we serve, in bytes per second (20_000_000 = 20 MB/s); a",
+            "# commented-out key means no cap.",
         ]
+        for name in UPLOAD_RATE_KEYS:
+            rate = getattr(self, name)
+            lines.append(f"# {name} = 20_000_000" if rate is None else f"{name} = {rate!r}")
         return "\n".join(lines) + "\n"
 
     def with_listen(self, listen: Sequence[str]) -> Config:
@@ -210,6 +231,21 @@ class Config:
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _check_rate(name: str, value: object) -> None:
+    """An upload rate is None (no cap) or a finite number of bytes per second above zero."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise UsageError(
+            f"{name} must be a positive number of bytes per second (e.g. 20_000_000), not {value!r}"
+        )
 
 
 def _toml_str(value: str) -> str:

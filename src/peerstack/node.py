@@ -186,8 +186,12 @@ class Node:
         bootstrap: Sequence[str | Multiaddr] = (),
         background: bool = True,
         enable: Sequence[str] = (),
+        upload_rate: float | None = None,
     ) -> None:
         """``dht``/``content`` default to on with a repo, off without one (content needs one).
+
+        ``upload_rate`` (bytes/s) overrides the configured node-wide cap on the blocks Bitswap
+        serves (``[bitswap] upload_rate``); None keeps the configured one.
 
         ``enable`` turns on optional services (``perf``, ``echo``) besides the configured ones.
 
@@ -204,6 +208,8 @@ class Node:
             config = dataclasses.replace(config, listen=tuple(str(a) for a in listen))
         if dht_mode is not None:
             config = dataclasses.replace(config, dht_mode=dht_mode)
+        if upload_rate is not None:
+            config = dataclasses.replace(config, upload_rate=upload_rate)
         config = config.with_services(enable)
         self.config = config
         self._bootstrap = [parse_multiaddr(a) for a in (*config.bootstrap, *bootstrap)]
@@ -266,7 +272,13 @@ class Node:
             assert self.repo is not None
             self._blockstore = await asyncio.to_thread(Blockstore, self.repo.path)
             routing = DhtContentRouting(self._kad) if self._kad is not None else None
-            self._bitswap = Bitswap(host, self._blockstore, routing)
+            self._bitswap = Bitswap(
+                host,
+                self._blockstore,
+                routing,
+                upload_rate=self.config.upload_rate,
+                upload_rate_per_peer=self.config.upload_rate_per_peer,
+            )
             await self._bitswap.start()
             if self._kad is not None and self._dht_store is not None:
                 self._reprovider = PinAnnouncer(

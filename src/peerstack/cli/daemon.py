@@ -16,6 +16,7 @@ from peerstack.cli.common import (
     repo_option,
     run,
 )
+from peerstack.cli.sizes import parse_size
 from peerstack.config import DHT_MODES, OPTIONAL_SERVICES, parse_multiaddr
 from peerstack.errors import UsageError
 from peerstack.repo import Repo
@@ -41,6 +42,19 @@ def _services(values: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
+def _upload_rate(text: str | None) -> int | None:
+    """``--upload-rate 20MB``: bytes per second, with the size suffixes of ``parse_size``."""
+    if text is None:
+        return None
+    try:
+        rate = parse_size(text)
+    except UsageError as exc:
+        raise UsageError(f"--upload-rate: {exc}") from None
+    if rate == 0:
+        raise UsageError("--upload-rate must be above zero (leave it out for no cap)")
+    return rate
+
+
 async def _serve(
     *,
     repo: Path | None,
@@ -49,6 +63,7 @@ async def _serve(
     dht_mode: str | None,
     api: str,
     enable: tuple[str, ...],
+    upload_rate: int | None,
     as_json: bool,
 ) -> None:
     from peerstack.cli.api import ApiServer  # the network stack, only when needed
@@ -64,7 +79,12 @@ async def _serve(
     try:
         r = Repo.open(repo)
         node = Node(
-            repo=r, listen=listen or None, bootstrap=bootstrap, dht_mode=dht_mode, enable=enable
+            repo=r,
+            listen=listen or None,
+            bootstrap=bootstrap,
+            dht_mode=dht_mode,
+            enable=enable,
+            upload_rate=upload_rate,
         )
         async with node:
             server = ApiServer(node, r, api_host, api_port)
@@ -131,6 +151,15 @@ async def _serve(
         " config.toml [services], off). perf lets any peer make the node send it gigabytes."
     ),
 )
+@click.option(
+    "--upload-rate",
+    default=None,
+    metavar="SIZE",
+    help=(
+        "Cap the blocks Bitswap serves at SIZE per second, e.g. 20MB or 5MiB (default: from"
+        " config.toml [bitswap] upload_rate, no cap)."
+    ),
+)
 @json_option
 def daemon_command(
     *,
@@ -140,6 +169,7 @@ def daemon_command(
     dht_mode: str | None,
     api: str,
     enable: tuple[str, ...],
+    upload_rate: str | None,
     as_json: bool,
 ) -> None:
     """Run a node serving the DHT, Bitswap and the local API until interrupted."""
@@ -151,6 +181,7 @@ def daemon_command(
             dht_mode=dht_mode,
             api=api,
             enable=_services(enable),
+            upload_rate=_upload_rate(upload_rate),
             as_json=as_json,
         )
     )
