@@ -440,6 +440,30 @@ def test_window_grows_with_fast_consumption() -> None:
     assert pair.client.send_window(sid) > INITIAL_WINDOW
 
 
+def test_listener_window_grows_when_its_clock_reads_a_zero_rtt() -> None:
+    # A millisecond event-loop clock (uvloop) reads the same value when a loopback ping is sent
+    # and when its pong arrives: the listener measures an RTT of 0.0. Its windows must still grow
+    # under fast consumption (they stayed at 256 KiB, halving the dialer's upload throughput).
+    pair = Pair()
+    pair.server.ping(0.0)
+    pair.flush()
+    assert pair.server.rtt == 0.0
+    sid = pair.client.open_stream()
+    pair.flush()
+    now = 1.0
+    for _ in range(40):
+        pair.client.send_data(sid, b"\0" * MIB)
+        pair.flush()
+        for event in pair.take("server"):
+            if isinstance(event, DataReceived):
+                now += 0.001  # the clock's tick: consumption as fast as it can tell
+                pair.server.consumed(sid, len(event.data), now)
+    # Doubled from 256 KiB several times (the exact top depends on the simulated pace).
+    assert pair.server.recv_window(sid) >= 16 * INITIAL_WINDOW
+    pair.flush()
+    assert pair.client.send_window(sid) > INITIAL_WINDOW
+
+
 def test_window_stays_when_consumption_is_slow() -> None:
     pair = Pair()
     pair.server.ping(0.0)

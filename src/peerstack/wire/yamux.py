@@ -24,7 +24,8 @@ Design choices that matter for speed and memory:
 * Window updates go out when half the window has been consumed, not per frame, and the window
   doubles (up to ``max_window``) when updates come faster than twice the measured RTT, like
   go-yamux's auto-tuning; this lets one stream fill a long fat pipe. tick() measures the RTT
-  with a ping at the start and every ``rtt_interval``.
+  with a ping at the start and every ``rtt_interval``; an RTT below 1 ms (or read as 0 by a
+  millisecond clock) counts as 1 ms.
 * ``data_to_send(max_bytes)`` / ``data_to_send_into(buffer)`` drain output in Noise-sized
   slices, so no multi-MiB buffer is built per flush.
 
@@ -123,6 +124,12 @@ _MAX_CONTROL_BACKLOG = 1 << 20
 _SMALL_DATA = 1024
 #: Pings of our own awaiting a pong; older ones are forgotten beyond this.
 _MAX_OUTSTANDING_PINGS = 64
+#: The RTT auto-tuning assumes when the measured one is shorter. The caller's clock may be coarser
+#: than the RTT: uvloop's loop.time() ticks in whole milliseconds and is read once per loop
+#: iteration, so a loopback ping often comes back at the same reading and measures 0.0, and
+#: "updates faster than twice the RTT" (``elapsed < 0``) could then never hold: that side's
+#: windows would stay at 256 KiB for good and its sender would stall on every half window.
+_MIN_TUNING_RTT = 0.001
 
 
 def encode_header(frame_type: int, flags: int, stream_id: int, length: int) -> bytes:
@@ -731,6 +738,8 @@ class YamuxSession:
             st.pending = pending
             return
         rtt = self._rtt
+        if rtt is not None and rtt < _MIN_TUNING_RTT:
+            rtt = _MIN_TUNING_RTT
         if rtt is not None and now - st.epoch < 2.0 * rtt and window < self._config.max_window:
             target = min(window * 2, self._config.max_window)
             grow = min(target - window, self._config.max_session_buffer - self._granted)
