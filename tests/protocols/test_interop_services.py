@@ -35,7 +35,7 @@ async def other(request: pytest.FixtureRequest) -> AsyncIterator[PeerProcess]:
 
 @pytest.fixture
 async def node() -> AsyncIterator[Node]:
-    async with Node() as n:
+    async with Node(enable=("perf", "echo")) as n:  # the tests below exercise both
         yield n
 
 
