@@ -639,6 +639,32 @@ def test_republish_goes_on_past_a_key_that_fails() -> None:
     sim(main)
 
 
+def test_a_provide_that_reaches_nobody_is_retried_soon_not_in_22_hours() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 8)
+        loner = KadDHT(net.add_host(), config())
+        await loner.start()
+        key = cid_multihash(b"offline provide")
+        assert await loner.provide(key) == 0  # an empty table: announced to no one
+        now = loner.wall_clock()
+        cfg = loner.config
+        assert loner.store.has_own_provide(key)  # still ours: GET_PROVIDERS answers with us
+        assert loner.store.due_republish(now, cfg.republish_interval) == []
+        later = cfg.provide_retry_interval + 1
+        loner.wall_clock = lambda: time.time() + later
+        assert loner.store.due_republish(loner.wall_clock(), cfg.republish_interval) == [key]
+        for d in dhts:
+            loner.routing_table.add(d.host.peer_id, 0.0)
+        assert await loner.republish() == 1  # now it reached peers: published for 22 h
+        assert loner.store.due_republish(loner.wall_clock(), cfg.republish_interval) == []
+        await asyncio.sleep(1)  # ADD_PROVIDER has no answer: let the peers handle it
+        found = await dhts[5].find_providers(key)
+        assert [p.peer_id for p in found] == [loner.host.peer_id]
+        await loner.stop()
+
+    sim(main)
+
+
 def test_persisted_provider_times_are_wall_clock_and_survive_a_restart(tmp_path: Path) -> None:
     # Times stored in SQLite used to be loop.time(), which restarts at boot: after a restart
     # republish never came due and remote providers outlived their 48 h.
@@ -681,7 +707,13 @@ def test_persisted_provider_times_are_wall_clock_and_survive_a_restart(tmp_path:
             store=SqliteDhtStore(tmp_path / "b.db"),
             wall_clock=lambda: wall[0],
         )
-        assert await a.republish() == 1  # 49 h since the last announcement: due
+        # 49 h since the last announcement: due. Nobody is in a's table yet, so the announcement
+        # reaches no peer and does not count: the key stays due for a retry soon after.
+        assert a.store.due_republish(wall[0], a.config.republish_interval) == [key]
+        assert await a.republish() == 0
+        assert a.store.due_republish(wall[0], a.config.republish_interval) == []
+        retry = wall[0] + a.config.provide_retry_interval
+        assert a.store.due_republish(retry, a.config.republish_interval) == [key]
         assert b.store.get_providers(key, wall[0], 5) == []  # expired after 48 h
         assert b.store.gc(wall[0]) == 1
         for node in (a, b):

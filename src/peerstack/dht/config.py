@@ -33,6 +33,9 @@ class DhtConfig:
     bootstrap_backoff_max: float = 300.0
     refresh_interval: float = 600.0
     republish_interval: float = REPUBLISH_INTERVAL
+    # A provide that reached no peer is tried again this much later (at the next upkeep round
+    # after it), not a whole republish interval later.
+    provide_retry_interval: float = 300.0
     gc_interval: float = 3600.0
     # Value records older than this (by their timeReceived) are no longer handed out.
     max_record_age: float = 36 * 3600.0

@@ -251,11 +251,12 @@ class KadDHT:
             # One key that cannot be provided (a bad row, a full table, a bug) must not stop
             # the others: each is tried on its own and its failure logged with a traceback.
             try:
-                await self.provide(key)
+                reached = await self.provide(key)
             except Exception:
                 log.exception("republishing %s failed", key.hex()[:32])
                 continue
-            count += 1
+            if reached:
+                count += 1
         return count
 
     def _on_host_event(self, event: HostEvent) -> None:
@@ -596,12 +597,22 @@ class KadDHT:
         return parse_ipns_record(name, raw, self.wall_clock()).value
 
     async def provide(self, key: bytes) -> int:
-        """Announce that we provide ``key`` (a multihash) to the k closest peers."""
+        """Announce that we provide ``key`` (a multihash) to the k closest peers.
+
+        Returns how many peers took the announcement. Only an announcement that reached at
+        least one peer counts as published: until then the key stays due again after
+        ``provide_retry_interval``, so a node that provided while offline (or whose every
+        ADD_PROVIDER failed) announces at its next upkeep round instead of 22 h later.
+        """
         _check_own_provider_key(key)
         now = self.wall_clock()  # persisted: wall time survives a reboot, loop time does not
         # Our own table, not the provider records of remote peers (and their limits): the
-        # server answers GET_PROVIDERS for it with us.
-        self.store.add_own_provide(key, now)
+        # server answers GET_PROVIDERS for it with us. Recorded as "not yet announced" (due
+        # after the retry interval) first, so a provide cancelled or failed half-way is retried.
+        cfg = self.config
+        retry_at = now - cfg.republish_interval + cfg.provide_retry_interval
+        if not self.store.has_own_provide(key):
+            self.store.add_own_provide(key, retry_at)
         peers = await self._closest_for_store(key)
         me = PeerInfo(self.host.peer_id, tuple(self.host.listen_addrs()))
         msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
@@ -609,7 +620,6 @@ class KadDHT:
             *(self.client.request(p, msg, expect_response=False) for p in peers),
             return_exceptions=True,
         )
-        self.store.mark_republished(key, now)
         ok = 0
         for res in results:
             if isinstance(res, BaseException):
@@ -617,6 +627,7 @@ class KadDHT:
                     raise res
             else:
                 ok += 1
+        self.store.mark_republished(key, now if ok else retry_at)
         return ok
 
     async def find_providers(self, key: bytes, count: int | None = None) -> list[PeerInfo]:
