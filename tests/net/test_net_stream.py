@@ -179,3 +179,41 @@ async def test_idle_connection_gives_back_noise_scratch(
     await eventually(lambda: conn.num_streams == 0 and other.num_streams == 0)
     assert conn._noise.scratch_size == 0
     assert other._noise.scratch_size == 0
+
+
+async def test_mixed_reads_across_frames_return_the_bytes_in_order(make_host: MakeHost) -> None:
+    """read(n) may hand over one received piece when much is wanted (no join), readexactly()
+    joins; with frames cut across socket reads (read straight into Noise's partial frame),
+    every byte still arrives once and in order."""
+    a = await make_host()
+    b = await make_host()
+    sizes = [1, 5000, 65_519, 65_520, 300_000, 7, 1 << 20, 123_457]
+    payload = os.urandom(sum(sizes) * 2)
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def reader(stream: Stream) -> None:
+        parts: list[bytes] = []
+        wants = [3, 70_000, 1 << 20, 17, -1, 200_000]
+        i = 0
+        while True:
+            n = wants[i % len(wants)]
+            i += 1
+            if i % 5 == 0 and len(payload) - sum(map(len, parts)) >= 40_000:
+                piece = await stream.readexactly(40_000)
+                assert len(piece) == 40_000
+            else:
+                piece = await stream.read(n)
+                assert n < 0 or len(piece) <= n
+            if not piece:
+                break
+            parts.append(piece)
+        got.set_result(b"".join(parts))
+
+    b.set_stream_handler("/mixed", reader)
+    stream = await a.new_stream(await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}"), ["/mixed"])
+    off = 0
+    for size in sizes * 2:
+        await stream.write(payload[off : off + size])
+        off += size
+    await stream.close()
+    assert await got == payload

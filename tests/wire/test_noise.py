@@ -27,6 +27,7 @@ from peerstack.wire.noise import (
     MAX_MUXERS,
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
+    TAG_LENGTH,
     HandshakePayload,
     NoiseHandshake,
     NoiseTransport,
@@ -612,3 +613,115 @@ def test_release_scratch_after_bulk() -> None:
     wire = a.encrypt(bulk)
     assert b.decrypt(wire) == bulk
     assert b.decrypt(a.encrypt(b"small")) == b"small"
+
+
+def _read_like_a_socket(b: NoiseTransport, wire: bytes, cuts: list[int]) -> bytes:
+    """Feed ``wire`` the way net/ does: into recv_buffer() when Noise names one, else
+    through decrypt(); each read is at most the next cut (and at most what the view holds)."""
+    out = []
+    i = 0
+    k = 0
+    while i < len(wire):
+        step = cuts[k % len(cuts)]
+        k += 1
+        target = b.recv_buffer()
+        if target is not None:
+            step = min(step, len(target), len(wire) - i)
+            target[:step] = wire[i : i + step]
+            target.release()
+            out.append(b.recv_done(step))
+        else:
+            out.append(b.decrypt(memoryview(wire)[i : i + step]))
+            step = min(step, len(wire) - i)
+        assert b.pending <= MAX_MESSAGE + 1
+        i += step
+    return b"".join(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 140_000), min_size=1, max_size=4),
+    st.lists(st.integers(1, 90_000), min_size=1, max_size=20),
+)
+def test_reads_into_the_partial_frame_give_the_same_plaintext(
+    sizes: list[int], cuts: list[int]
+) -> None:
+    a, b = transports()
+    data = [os.urandom(s) for s in sizes]
+    wire = b"".join(a.encrypt(d) for d in data)
+    assert _read_like_a_socket(b, wire, cuts) == b"".join(data)
+    assert b.pending == 0
+    assert b.recv_buffer() is None
+
+
+def test_recv_buffer_is_exactly_the_missing_tail() -> None:
+    a, b = transports()
+    msg = os.urandom(MAX_PLAINTEXT)
+    wire = a.encrypt(msg) + a.encrypt(b"next")
+    assert len(wire) == MAX_MESSAGE + 2 + 2 + TAG_LENGTH + 4
+    assert b.recv_buffer() is None  # nothing held
+    assert b.decrypt(wire[:1]) == b""
+    assert b.recv_buffer() is None  # length not known yet
+    assert b.decrypt(wire[1:1000]) == b""
+    view = b.recv_buffer()
+    assert view is not None
+    assert len(view) == MAX_MESSAGE + 2 - 1000
+    view[:10] = wire[1000:1010]
+    assert b.recv_done(10) == b""
+    view = b.recv_buffer()
+    assert view is not None
+    assert len(view) == MAX_MESSAGE + 2 - 1010
+    view[:] = wire[1010 : MAX_MESSAGE + 2]
+    assert b.recv_done(len(view)) == msg
+    assert b.pending == 0
+    assert b.recv_buffer() is None
+    # the next frame, read from the caller's own buffer, stays in step
+    assert b.decrypt(wire[MAX_MESSAGE + 2 :]) == b"next"
+    with pytest.raises(UsageError):
+        b.recv_done(1)  # no frame in progress
+
+
+def test_recv_done_checks_the_tag_and_the_count() -> None:
+    a, b = transports()
+    wire = bytearray(a.encrypt(os.urandom(5000)))
+    assert b.decrypt(wire[:100]) == b""
+    view = b.recv_buffer()
+    assert view is not None
+    with pytest.raises(UsageError):
+        b.recv_done(len(view) + 1)
+    wire[-1] ^= 1
+    view[:] = wire[100:]
+    with pytest.raises(NoiseError):
+        b.recv_done(len(view))
+    assert b.recv_buffer() is None
+    with pytest.raises(NoiseError):
+        b.decrypt(a.encrypt(b"after"))
+
+
+def test_encrypt_into_matches_encrypt_and_checks_room() -> None:
+    a, b = transports()
+    a2, b2 = transports()
+    for size in (1, 100, MAX_PLAINTEXT, MAX_PLAINTEXT + 1, 3 * MAX_PLAINTEXT + 7):
+        msg = os.urandom(size)
+        out = bytearray(NoiseTransport.sealed_size(size) + 10)
+        n = a.encrypt_into(msg, out, 10)
+        assert n == NoiseTransport.sealed_size(size)
+        assert b.decrypt(out[10 : 10 + n]) == msg
+        assert b2.decrypt(a2.encrypt(msg)) == msg
+    with pytest.raises(UsageError):
+        a.encrypt_into(b"x" * 100, bytearray(100))
+    assert a.encrypt_into(b"", bytearray()) == 0
+    # the nonce did not move on the refused call
+    assert b.decrypt(a.encrypt(b"still in step")) == b"still in step"
+
+
+def test_release_scratch_keeps_a_frame_in_progress() -> None:
+    a, b = transports()
+    msg = os.urandom(40_000)
+    wire = a.encrypt(msg)
+    assert b.decrypt(wire[:20_000]) == b""
+    b.release_scratch()  # the partial frame must survive
+    assert b.pending == 20_000
+    assert b.decrypt(wire[20_000:]) == msg
+    b.release_scratch()
+    assert b.scratch_size == 0

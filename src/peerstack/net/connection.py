@@ -143,7 +143,9 @@ class Connection:
         self._started = True
         leftover_plaintext, leftover_ciphertext = self._leftover
         self._leftover = (b"", b"")
-        pending = self._tcp.attach(self._data_received, self._connection_lost)
+        pending = self._tcp.attach(
+            self._data_received, self._connection_lost, self._direct_received
+        )
         now = self._loop.time()
         # Starts the keepalive clock; with rtt_interval on, this sends the first RTT probe at
         # once (window auto-tuning needs the RTT to grow past 256 KiB).
@@ -343,13 +345,35 @@ class Connection:
     def _data_received(self, data: bytes | memoryview) -> None:
         if self._closed:
             return
+        noise = self._noise
         try:
-            plain = self._noise.decrypt(data)
+            plain = noise.decrypt(data)
+        except PeerError as exc:
+            self._fail(exc)
+            return
+        if noise.pending:
+            # A frame cut by the end of the read: its rest is read straight into place.
+            self._tcp.set_read_target(noise.recv_buffer())
+        if not plain:
+            return
+        self._deliver(plain)
+
+    def _direct_received(self, nbytes: int) -> None:
+        """The loop read ``nbytes`` into the frame Noise holds (see set_read_target)."""
+        if self._closed:
+            return
+        noise = self._noise
+        try:
+            plain = noise.recv_done(nbytes)
         except PeerError as exc:
             self._fail(exc)
             return
         if not plain:
+            self._tcp.set_read_target(noise.recv_buffer())
             return
+        self._deliver(plain)
+
+    def _deliver(self, plain: bytes) -> None:
         # Fast path: the middle of a large Data frame (bulk), or one small Data frame (a
         # request, an answer, a ping): no events, nothing owed to the peer.
         sid = self._session.receive_fast(plain, self._loop.time())

@@ -151,7 +151,7 @@ class YamuxStream:
                 self._read_waiter = None
         if self._error is not None:
             raise self._error
-        data = self._take(n)
+        data = self._take_some(n)
         self._report_consumed(len(data))
         return data
 
@@ -314,17 +314,36 @@ class YamuxStream:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _take_some(self, n: int) -> bytes:
+        """What read(n) returns: up to ``n`` bytes (all if ``n < 0``), at least one.
+
+        When more than JOIN_LIMIT bytes are wanted and buffered in several pieces, the first
+        piece is handed over as it is (a read may return less than asked): joining would copy
+        every byte into a fresh buffer of up to a megabyte, and fresh buffers that size are
+        what makes the C allocator return memory to the kernel and fault it back in.
+        """
+        chunks = self._chunks
+        size = self._size
+        want = size if n < 0 or n > size else n
+        if want > JOIN_LIMIT and len(chunks) > 1:
+            pos = self._pos
+            first = chunks[0]
+            avail = len(first) - pos
+            if avail <= want:
+                chunks.popleft()
+                data = first[pos:] if pos else first
+                self._pos = 0
+            else:
+                data = first[pos : pos + want]
+                self._pos = pos + want
+            self._size = size - len(data)
+            return data
+        return self._take(want)
+
     def _take(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (all buffered if ``n < 0`` or more than buffered)."""
         chunks = self._chunks
         pos = self._pos
-        if n < 0 and self._size > JOIN_LIMIT and len(chunks) > 1:
-            # read(): hand over the first received piece as it is rather than copying
-            # megabytes into one new object; the next read() gets the next piece.
-            first = chunks.popleft()
-            data = first[pos:] if pos else first
-            self._pos = 0
-            self._size -= len(data)
-            return data
         if n < 0 or n >= self._size:
             if len(chunks) == 1:
                 first = chunks.popleft()

@@ -28,14 +28,15 @@ log = logging.getLogger(__name__)
 #: Size of the buffer the loop reads into. One buffer serves every connection of a host: the
 #: loop calls get_buffer(), reads, then buffer_updated() for one connection at a time, and the
 #: receiver consumes the bytes before returning, so sharing costs nothing and 20,000 idle
-#: connections do not each hold a buffer. 64 KiB (about one Noise frame per read) measured
-#: best: the receiver spent 0.85 CPU s/GB at 64 KiB, 0.95 at 128 KiB, 1.2 at 256 KiB and 1.7
-#: at 1 MiB (bench/transport_throughput.py): bigger reads push the read buffer, the
+#: connections do not each hold a buffer. One whole Noise frame (65537 bytes) per read
+#: measured best: the receiver spent 0.85 CPU s/GB at 64 KiB, 0.95 at 128 KiB, 1.2 at 256 KiB
+#: and 1.7 at 1 MiB (bench/transport_throughput.py): bigger reads push the read buffer, the
 #: decryption scratch and the plaintext out of the CPU caches, and lose Noise's and Yamux's
-#: zero-copy single-frame paths.
-READ_BUFFER_SIZE = 64 * 1024
+#: zero-copy single-frame paths. Exactly one frame (not 64 KiB, a byte short of one) lets a
+#: read that starts on a frame boundary end on the next one (see ``set_read_target``).
+READ_BUFFER_SIZE = 65537
 #: The buffer of a connection made without a shared one (tests, tools).
-PRIVATE_READ_BUFFER_SIZE = 64 * 1024
+PRIVATE_READ_BUFFER_SIZE = 65537
 
 
 def new_read_buffer(size: int = READ_BUFFER_SIZE) -> memoryview:
@@ -51,6 +52,8 @@ WRITE_LOW_WATER = 1024 * 1024
 
 #: Gets a view of the read buffer, valid only during the call (it must copy what it keeps).
 Receiver = Callable[[bytes | memoryview], None]
+#: Told how many bytes the loop read into the receiver's own target (see set_read_target).
+DirectReceiver = Callable[[int], None]
 LostCallback = Callable[[Exception | None], None]
 
 
@@ -141,6 +144,7 @@ class TcpConnection(asyncio.BufferedProtocol):
     # Slots, not a __dict__: thousands of idle connections per node.
     __slots__ = (
         "_closed",
+        "_direct",
         "_drain_waiters",
         "_eof",
         "_local_ma",
@@ -154,6 +158,7 @@ class TcpConnection(asyncio.BufferedProtocol):
         "_receiver",
         "_remote_ma",
         "_sockname",
+        "_target",
         "_view",
         "_write_paused",
         "transport",
@@ -170,6 +175,9 @@ class TcpConnection(asyncio.BufferedProtocol):
         )
         self.transport: asyncio.Transport | None = None
         self._receiver: Receiver | None = None
+        self._direct: DirectReceiver | None = None
+        # Where the next read goes instead of the shared buffer (set by the receiver).
+        self._target: memoryview | None = None
         self._on_lost: LostCallback | None = None
         self._pending = bytearray()  # handshake mode input
         self._read_waiter: asyncio.Future[None] | None = None
@@ -227,9 +235,18 @@ class TcpConnection(asyncio.BufferedProtocol):
         return None
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
+        target = self._target
+        return target if target is not None else self._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        target = self._target
+        if target is not None:
+            # The loop read into the receiver's own buffer (the rest of a frame it holds).
+            self._target = None
+            direct = self._direct
+            if direct is not None:
+                direct(nbytes)
+            return
         receiver = self._receiver
         if receiver is not None:
             # The receiver copies what it keeps (Noise decrypts into fresh bytes and copies a
@@ -301,13 +318,20 @@ class TcpConnection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         return data
 
-    def attach(self, receiver: Receiver, on_lost: LostCallback) -> bytes:
+    def attach(
+        self,
+        receiver: Receiver,
+        on_lost: LostCallback,
+        direct_receiver: DirectReceiver | None = None,
+    ) -> bytes:
         """Leave handshake mode: future bytes go to ``receiver``; returns bytes still buffered.
 
         If the connection is already gone, ``on_lost`` is called at once (after returning the
-        buffered bytes is not possible, so it is scheduled on the loop).
+        buffered bytes is not possible, so it is scheduled on the loop). ``direct_receiver``
+        is told the byte count of a read that went into a target set by set_read_target().
         """
         self._receiver = receiver
+        self._direct = direct_receiver
         leftover = bytes(self._pending)
         self._pending.clear()
         if self._reading_paused and self.transport is not None and not self._closed:
@@ -322,6 +346,18 @@ class TcpConnection(asyncio.BufferedProtocol):
         else:
             self._on_lost = on_lost
         return leftover
+
+    def set_read_target(self, target: memoryview | None) -> None:
+        """Have the next read go into ``target`` (the receiver's own buffer) instead.
+
+        For a receiver holding part of a frame whose size it knows: the rest is read where it
+        belongs, with no copy out of the shared buffer, and the read after it starts on a
+        frame boundary. The receiver is then called as ``direct_receiver(nbytes)`` (see
+        attach()); one read only, ``None`` cancels.
+        """
+        if target is not None and self._direct is None:
+            raise UsageError("set_read_target() needs attach(direct_receiver=...)")
+        self._target = target
 
     # -- writing ---------------------------------------------------------------------------
 

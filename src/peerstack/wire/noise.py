@@ -575,6 +575,17 @@ class NoiseTransport:
     ``encrypt`` splits into frames of at most 65519 plaintext bytes; ``decrypt`` accepts the
     stream in arbitrary pieces, returns the plaintext of every frame completed so far and keeps
     at most one partial frame (at most 65537 bytes) between calls.
+
+    Allocation matters as much as the cipher here: a fresh multi-KiB buffer per frame makes the
+    C allocator hand memory back to the kernel and fault it in again (page faults cost more
+    than the copy). So the partial frame lives in one fixed 65537-byte buffer, made on first
+    need and kept until :meth:`release_scratch`, and bulk senders encrypt straight into their
+    own reusable buffers with :meth:`encrypt_into`.
+
+    Zero-copy reads: when a frame is cut by the end of a read, :meth:`recv_buffer` names the
+    exact place in the partial-frame buffer where its missing bytes go, so the caller can have
+    the socket read them there (:meth:`recv_done` then decrypts it) instead of reading into its
+    own buffer and copying. Reads then end on frame boundaries again.
     """
 
     __slots__ = (
@@ -586,6 +597,7 @@ class NoiseTransport:
         "_in_scratch",
         "_out_scratch",
         "_partial",
+        "_plen",
         "_recv_n",
         "_send_n",
     )
@@ -599,7 +611,10 @@ class NoiseTransport:
         self._dec_into = recv.decrypt_into
         self._send_n = 0
         self._recv_n = 0
+        # The frame in progress: its first _plen bytes (length prefix included) are held in
+        # _partial (MAX_MESSAGE + 2 bytes once made; empty while never needed or released).
         self._partial = bytearray()
+        self._plen = 0
         self._out_scratch = bytearray()
         self._in_scratch = bytearray()
         self._broken = False
@@ -607,23 +622,34 @@ class NoiseTransport:
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame held until the rest of it arrives."""
-        return len(self._partial)
+        return self._plen
 
     @property
     def scratch_size(self) -> int:
-        """Bytes of scratch buffer held for bulk calls (both directions)."""
-        return len(self._out_scratch) + len(self._in_scratch)
+        """Bytes of scratch buffer held for bulk calls (both directions, the partial frame's
+        buffer included)."""
+        return len(self._out_scratch) + len(self._in_scratch) + len(self._partial)
 
     def release_scratch(self) -> None:
         """Drop the scratch buffers (up to ~1 MiB each after a bulk transfer).
 
         Call when the connection goes quiet: an idle connection then holds no scratch, and
-        the next bulk call grows it again (one allocation per burst, not per call).
+        the next bulk call grows it again (one allocation per burst, not per call). The
+        partial-frame buffer goes too when no frame is in progress.
         """
         if self._out_scratch:
             self._out_scratch = bytearray()
         if self._in_scratch:
             self._in_scratch = bytearray()
+        if self._partial and not self._plen:
+            self._partial = bytearray()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    @staticmethod
+    def sealed_size(n: int) -> int:
+        """Bytes on the wire for ``n`` plaintext bytes (what encrypt_into() writes)."""
+        return n + ((n + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT) * (2 + TAG_LENGTH)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """Frame and encrypt ``data``; returns the bytes to write (``b""`` for no data)."""
@@ -637,35 +663,57 @@ class NoiseTransport:
                 raise NoiseError("send nonce exhausted; the connection must be closed")
             self._send_n = nonce + 1
             return _length.pack(n + TAG_LENGTH) + self._enc(_nonce(nonce), data, None)
-        frames = (n + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
-        nonce = self._send_n
-        if nonce + frames >= MAX_NONCE:
-            raise NoiseError("send nonce exhausted; the connection must be closed")
-        total = n + frames * (2 + TAG_LENGTH)
+        total = self.sealed_size(n)
         if total <= SCRATCH_LIMIT:
             out = self._out_scratch
             if len(out) < total:
                 out = self._out_scratch = bytearray(total)
         else:
             out = bytearray(total)
-        src = memoryview(data).cast("B")
+        self.encrypt_into(data, out)
+        with memoryview(out) as view:
+            return bytes(view[:total])
+
+    def encrypt_into(
+        self, data: bytes | bytearray | memoryview, out: bytearray | memoryview, offset: int = 0
+    ) -> int:
+        """Frame and encrypt ``data`` into ``out`` at ``offset``; return the bytes written.
+
+        ``out`` needs room for ``sealed_size(len(data))`` bytes from ``offset`` (else
+        ``UsageError``, nothing written). The copy-free path for a sender that owns its
+        output buffers and knows when the socket is done with them.
+        """
+        src = memoryview(data)
+        if src.format != "B" or src.ndim != 1:
+            src = src.cast("B")
+        n = len(src)
+        if n == 0:
+            return 0
+        frames = (n + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
+        total = n + frames * (2 + TAG_LENGTH)
+        if offset < 0 or offset + total > len(out):
+            raise UsageError(f"encrypt_into needs {total} bytes of room at offset {offset}")
+        nonce = self._send_n
+        if nonce + frames >= MAX_NONCE:
+            raise NoiseError("send nonce exhausted; the connection must be closed")
         with memoryview(out) as view:
             enc_into = self._enc_into
             pack_length = _length.pack_into
             i = 0
-            o = 0
+            o = offset
             while i < n:
-                chunk = min(MAX_PLAINTEXT, n - i)
-                pack_length(out, o, chunk + TAG_LENGTH)
+                chunk = n - i if n - i < MAX_PLAINTEXT else MAX_PLAINTEXT
+                pack_length(view, o, chunk + TAG_LENGTH)
                 o += 2
                 enc_into(_nonce(nonce), src[i : i + chunk], None, view[o : o + chunk + TAG_LENGTH])
                 nonce += 1
                 i += chunk
                 o += chunk + TAG_LENGTH
-            result = bytes(view[:total])
         src.release()
         self._send_n = nonce
-        return result
+        return total
+
+    # -- receiving --------------------------------------------------------------------------
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """Feed ciphertext; return the plaintext of all frames completed so far (maybe ``b""``).
@@ -679,7 +727,7 @@ class NoiseTransport:
             # Fast path: the input is exactly one whole frame and nothing is held over (a
             # small message, or a read that met a frame boundary): decrypt it in place.
             if (
-                not self._partial
+                not self._plen
                 and (type(data) is not memoryview or (data.format == "B" and data.ndim == 1))
                 and len(data) >= 2 + TAG_LENGTH
                 and ((data[0] << 8) | data[1]) + 2 == len(data)
@@ -701,28 +749,88 @@ class NoiseTransport:
         self._broken = True
         raise NoiseError(reason)
 
+    def recv_buffer(self) -> memoryview | None:
+        """Where the missing bytes of the frame in progress go, or None.
+
+        None when no frame is in progress or its length is not known yet (fewer than 2 bytes
+        held): the caller then reads into its own buffer and calls decrypt(). Otherwise a
+        writable view of exactly the missing bytes; after writing ``n`` bytes at its start,
+        call ``recv_done(n)``. Any other call on the receive side invalidates the view.
+        """
+        plen = self._plen
+        if plen < 2 or self._broken:
+            return None
+        buf = self._partial
+        end = 2 + ((buf[0] << 8) | buf[1])
+        if end < 2 + TAG_LENGTH:
+            return None  # decrypt() reports it
+        return memoryview(buf)[plen:end]
+
+    def recv_done(self, nbytes: int) -> bytes:
+        """``nbytes`` were written into the view recv_buffer() gave; returns the frame's
+        plaintext once it is complete, else ``b""``."""
+        if self._broken:
+            raise NoiseError("noise transport failed earlier")
+        plen = self._plen
+        buf = self._partial
+        if plen < 2:
+            raise UsageError("recv_done() without a frame in progress")
+        end = 2 + ((buf[0] << 8) | buf[1])
+        plen += nbytes
+        if nbytes < 0 or plen > end:
+            raise UsageError(f"recv_done({nbytes}): more than the frame's missing bytes")
+        self._plen = plen
+        if plen < end:
+            return b""
+        nonce = self._recv_n
+        if nonce + 1 >= MAX_NONCE:
+            self._broken = True
+            raise NoiseError("receive nonce exhausted; the connection must be closed")
+        try:
+            with memoryview(buf) as view:
+                result = self._dec(_nonce(nonce), view[2:end], None)
+        except InvalidTag:
+            result = None
+        if result is None:
+            self._broken = True
+            raise NoiseError("noise frame failed authentication")
+        self._recv_n = nonce + 1
+        self._plen = 0
+        return result
+
+    def _hold(self, src: memoryview, start: int, stop: int) -> None:
+        """Append ``src[start:stop]`` to the partial frame (it always fits: see _decrypt)."""
+        buf = self._partial
+        if not buf:
+            buf = self._partial = bytearray(MAX_MESSAGE + 2)
+        plen = self._plen
+        size = stop - start
+        buf[plen : plen + size] = src[start:stop]
+        self._plen = plen + size
+
     def _decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        src = memoryview(data).cast("B")
+        src = memoryview(data)
+        if src.format != "B" or src.ndim != 1:
+            src = src.cast("B")
         n = len(src)
         pos = 0
-        partial = self._partial
         # Length (with its 2-byte prefix) of the frame left over from the previous call, once
-        # this call has completed it; it is decrypted first, straight out of ``partial``.
+        # this call has completed it; it is decrypted first, straight out of ``_partial``.
         first_end = 0
-        if partial:
-            have = len(partial)
-            if have < 2:
-                pos = min(2 - have, n)
-                partial += src[:pos]
-                if len(partial) < 2:
+        if self._plen:
+            if self._plen < 2:
+                pos = min(2 - self._plen, n)
+                self._hold(src, 0, pos)
+                if self._plen < 2:
                     return b""
-            end = 2 + ((partial[0] << 8) | partial[1])
+            buf = self._partial
+            end = 2 + ((buf[0] << 8) | buf[1])
             if end < 2 + TAG_LENGTH:
                 raise _ShortFrame
-            take = min(end - len(partial), n - pos)
-            partial += src[pos : pos + take]  # copy only the missing tail of that frame
+            take = min(end - self._plen, n - pos)
+            self._hold(src, pos, pos + take)  # only the missing tail of that frame
             pos += take
-            if len(partial) < end:
+            if self._plen < end:
                 return b""
             first_end = end
         # Locate the whole frames in the rest of the input.
@@ -745,7 +853,7 @@ class NoiseTransport:
             result = b""
         elif count == 1:  # one frame: the AEAD's own output is the result, no copy
             if first_end:
-                with memoryview(partial) as pview:
+                with memoryview(self._partial) as pview:
                     result = self._dec(_nonce(nonce), pview[2:first_end], None)
             else:
                 p = starts[0]
@@ -755,9 +863,10 @@ class NoiseTransport:
             result = self._decrypt_many(src, starts, first_end, total, nonce)
         self._recv_n = nonce + count
         if first_end:
-            partial.clear()
+            self._plen = 0
         if pos < n:
-            partial += src[pos:]
+            # An incomplete frame: fewer than 2 + its length bytes, so at most 65536.
+            self._hold(src, pos, n)
         return result
 
     def _decrypt_many(
