@@ -741,12 +741,10 @@ class Node:
                     if progress is not None:
                         progress(_transfer_progress(p, total))
 
-                result = await bitswap.fetch(root, on_fetch, idle_timeout)
-                tmp = target.with_name(f".{target.name}.partial")
                 await asyncio.to_thread(_clean_partials, target)
                 try:
-                    await exporter.export(store, root, tmp)
-                    await asyncio.to_thread(os.replace, tmp, target)
+                    # a file is written as its blocks arrive; a directory is exported after
+                    result = await bitswap.get_file(root, target, on_fetch, idle_timeout)
                 except BaseException:
                     await asyncio.to_thread(_clean_partials, target)
                     raise

@@ -238,6 +238,17 @@ class Blockstore:
             self._index_links(cid.multihash, links)
         return True
 
+    def put_sync(
+        self, cid: CID, data: bytes | bytearray | memoryview, *, verify: bool = True
+    ) -> bool:
+        """``put`` on the calling thread (a worker thread that also does other work with the
+        block, so one trip serves both); False when the block was already stored."""
+        return self._write_sync(cid, data, verify)
+
+    def read_sync(self, cid: CID | Multihash) -> bytes:
+        """``get`` on the calling thread (for worker threads); ``BlockNotFound`` if absent."""
+        return self._read_sync(cid)
+
     def _index_links(self, mh: Multihash, links: tuple[dagpb.PBLink, ...]) -> None:
         key = mh_key(mh)
         with self._lock:

@@ -36,6 +36,7 @@ class ProgressTracker:
     bytes_fetched: int = 0
     peers: set[PeerId] = field(default_factory=set)
     _samples: deque[tuple[float, int]] = field(default_factory=deque)
+    _window_bytes: int = 0  # the sum of ``_samples``' sizes, kept as they come and go
 
     def discovered(self, n: int = 1) -> None:
         self.blocks_known += n
@@ -47,14 +48,16 @@ class ProgressTracker:
             self.bytes_fetched += size
             self.peers.add(peer)
             self._samples.append((now, size))
+            self._window_bytes += size
 
     def rate(self, now: float) -> float:
+        # O(1) per call: a snapshot is taken for every block of a transfer
         while self._samples and now - self._samples[0][0] > self.window:
-            self._samples.popleft()
+            self._window_bytes -= self._samples.popleft()[1]
         if not self._samples:
             return 0.0
         span = max(now - self._samples[0][0], min(self.window, max(now - self.started, 1e-3)))
-        return sum(n for _, n in self._samples) / span
+        return self._window_bytes / span
 
     def snapshot(self, now: float, done: bool = False) -> Progress:
         return Progress(

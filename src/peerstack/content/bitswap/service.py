@@ -21,7 +21,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -36,8 +35,9 @@ from peerstack.content.bitswap.ratelimit import UploadLimiter
 from peerstack.content.bitswap.server import Batch, DecisionEngine, ServerConfig
 from peerstack.content.bitswap.session import Actions, Session, SessionConfig
 from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, PinKind
+from peerstack.content.filesink import FileSink, partial_path
 from peerstack.content.importer import DEFAULT_PROFILE, ImportProfile, ImportResult, import_path
-from peerstack.core.cid import CID, DAG_PB, Prefix
+from peerstack.core.cid import CID, DAG_PB, RAW, Prefix
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
@@ -210,8 +210,18 @@ def _for_protocol(msg: Message, protocol: str) -> Message:
     return out
 
 
+@dataclass(slots=True)
+class _Received:
+    """One block of a received message, hashed: who wanted it, and what storing it raised."""
+
+    cid: CID
+    data: bytes | memoryview
+    wanting: list[FetchSession]
+    error: PeerstackError | None = None
+
+
 class _Storing:
-    """One peer's blocks being stored, oldest first, and their bytes."""
+    """One peer's messages whose blocks are being stored, oldest first, and their bytes."""
 
     def __init__(self) -> None:
         self.tasks: dict[asyncio.Task[None], int] = {}
@@ -245,6 +255,8 @@ class FetchSession:
         self._searching = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sizes: dict[CID, int] = {}  # size of every block this session received
+        # get_file's output: raw leaves are written into it by the thread that stores them
+        self.sink: FileSink | None = None
 
     def start(self) -> None:
         now = self.bitswap.now()
@@ -271,9 +283,12 @@ class FetchSession:
         self.core.want([cid], self.bitswap.now())
         self.wake.set()
 
-    def deliver(self, peer: PeerId, cid: CID, data: bytes) -> None:
+    def deliver(self, peer: PeerId, cid: CID, data: bytes | memoryview) -> None:
         if self.core.on_block(peer, cid, len(data), self.bitswap.now()):
-            self.arrivals.put_nowait((cid, data if cid.codec == DAG_PB else None, peer))
+            # a node is kept until the walk expands it: as bytes of its own, not a view that
+            # would pin the whole received message
+            node = bytes(data) if cid.codec == DAG_PB else None
+            self.arrivals.put_nowait((cid, node, peer))
             self.sizes[cid] = len(data)
         self.wake.set()
 
@@ -558,8 +573,8 @@ class Bitswap:
             await self._receive_blocks(peer, msg)
 
     @staticmethod
-    def _hash_blocks(msg: Message) -> list[tuple[CID, bytes]]:
-        out = []
+    def _hash_blocks(msg: Message) -> list[tuple[CID, bytes | memoryview]]:
+        out: list[tuple[CID, bytes | memoryview]] = []
         v0 = Prefix(0, DAG_PB, 0x12, 32)
         for data in msg.blocks:
             out.append((v0.cid_for(data), data))
@@ -568,32 +583,26 @@ class Bitswap:
         return out
 
     async def _receive_blocks(self, peer: PeerId, msg: Message) -> None:
-        blocks = await asyncio.to_thread(self._hash_blocks, msg)
-        ledger = self.engine.ledger(peer)
-        for cid, data in blocks:
-            ledger.blocks_received += 1
-            ledger.bytes_received += len(data)
-            wanting = [s for s in self.sessions if s.core.is_wanted(cid)]
-            if not wanting:
-                if cid in self._recent:
-                    continue  # a duplicate that crossed our cancel
-                raise UnexpectedBlock(f"{peer} sent {cid}, which nobody asked for")
-            # Stored and delivered together or not at all, in a task of the service: when the
-            # peer's connection dies, this task is cancelled, and a cancel between the two left
-            # the block on disk while the fetch never heard of it (and reported it missing).
-            # Stores overlap: each block's write (and fsync) takes a worker thread of its own
-            # while the next message is read and hashed, up to ``max_storing_bytes`` per peer.
-            store = self._spawn(self._store_block(peer, cid, data, wanting))
-            storing = self._storing.setdefault(peer, _Storing())
-            storing.add(store, len(data))
-            store.add_done_callback(functools.partial(self._late_store_done, peer, storing))
-            while storing and storing.nbytes > self.config.max_storing_bytes:
-                # wait() neither raises the store's error (its done callback acts on it) nor
-                # cancels the store when this task is cancelled.
-                await asyncio.wait([storing.oldest()])
+        """Verify, store and deliver a message's blocks, in a task of the service.
+
+        Stored and delivered together or not at all, in a task of the service: when the peer's
+        connection dies, the message's task is cancelled, and a cancel between the two left the
+        block on disk while the fetch never heard of it (and reported it missing). The task's
+        work overlaps with reading the next message, up to ``max_storing_bytes`` per peer; its
+        errors (a bad block) are acted on in ``_late_store_done``.
+        """
+        nbytes = sum(map(len, msg.blocks)) + sum(len(b.data) for b in msg.payload)
+        store = self._spawn(self._store_blocks(peer, msg, list(self.sessions)))
+        storing = self._storing.setdefault(peer, _Storing())
+        storing.add(store, nbytes)
+        store.add_done_callback(functools.partial(self._late_store_done, peer, storing))
+        while storing and storing.nbytes > self.config.max_storing_bytes:
+            # wait() neither raises the store's error (its done callback acts on it) nor
+            # cancels the store when this task is cancelled.
+            await asyncio.wait([storing.oldest()])
 
     def _late_store_done(self, peer: PeerId, storing: _Storing, store: asyncio.Task[None]) -> None:
-        """A block stored after its message was handled: act on a bad one here."""
+        """A message's blocks were stored (maybe after it was handled): act on a bad one."""
         storing.done(store)
         if not storing and self._storing.get(peer) is storing:
             del self._storing[peer]
@@ -603,24 +612,63 @@ class Bitswap:
         if isinstance(exc, PeerError) and not self.is_banned(peer):
             self.penalize(peer, exc)
 
-    async def _store_block(
-        self, peer: PeerId, cid: CID, data: bytes, wanting: list[FetchSession]
-    ) -> None:
-        try:
-            await self.store.put(cid, data, verify=False)  # verified by the caller
-        except PeerError as exc:  # hashes right but is malformed dag-pb
+    def _verify_and_store(self, msg: Message, sessions: list[FetchSession]) -> list[_Received]:
+        """(runs in a worker thread) Hash each block, and store those a session wants; a raw
+        leaf of a get_file goes into its output file on the way. One trip for all of it.
+
+        ``sessions`` were taken on the loop; a session's wants are only looked up here (a
+        lookup in a dict the loop may change at the same time is safe).
+        """
+        out: list[_Received] = []
+        for cid, data in self._hash_blocks(msg):
+            wanting = [s for s in sessions if s.core.is_wanted(cid)]
+            if not wanting:
+                out.append(_Received(cid, data, wanting))
+                continue
+            try:
+                self.store.put_sync(cid, data, verify=False)  # verified: we just hashed it
+            except (PeerError, BlockstoreError) as exc:
+                out.append(_Received(cid, data, wanting, exc))
+                continue
+            if cid.codec == RAW:
+                for session in wanting:
+                    if session.sink is not None:
+                        session.sink.leaf(cid, data)
+            out.append(_Received(cid, data, wanting))
+        return out
+
+    async def _store_blocks(self, peer: PeerId, msg: Message, sessions: list[FetchSession]) -> None:
+        received = await asyncio.to_thread(self._verify_and_store, msg, sessions)
+        ledger = self.engine.ledger(peer)
+        bad: PeerError | None = None
+        added = False
+        for item in received:
+            cid, data, wanting = item.cid, item.data, item.wanting
+            ledger.blocks_received += 1
+            ledger.bytes_received += len(data)
+            if not wanting:
+                if cid in self._recent:
+                    continue  # a duplicate that crossed our cancel
+                bad = bad or UnexpectedBlock(f"{peer} sent {cid}, which nobody asked for")
+                continue
+            if item.error is not None:
+                for session in wanting:  # malformed dag-pb (the peer's fault), or our disk
+                    session.fail(item.error)
+                if isinstance(item.error, PeerError):
+                    bad = bad or item.error
+                continue
+            self._remember(cid)
             for session in wanting:
-                session.fail(exc)
-            raise
-        except BlockstoreError as exc:  # our disk, not the peer's fault (e.g. full)
-            for session in wanting:
-                session.fail(exc)
-            return
-        self._remember(cid)
-        for session in wanting:
-            session.deliver(peer, cid, data)
-        if self.engine.block_added(cid, len(data)):
+                if session.sink is not None and session.sink.error is not None:
+                    session.fail(session.sink.error)  # our output's disk, not the peer's fault
+                else:
+                    session.deliver(peer, cid, data)
+            if self.engine.block_added(cid, len(data)):
+                added = True
+        if added:
             self._work.set()
+        if bad is not None:
+            raise bad
 
     def _remember(self, cid: CID) -> None:
         self._recent[cid] = None
@@ -798,9 +846,14 @@ class Bitswap:
             return await self._fetch(root, progress, idle_timeout)
 
     async def _fetch(
-        self, root: CID, progress: ProgressCallback | None, idle_timeout: float | None
+        self,
+        root: CID,
+        progress: ProgressCallback | None,
+        idle_timeout: float | None,
+        sink: FileSink | None = None,
     ) -> FetchResult:
         session = self.new_session()
+        session.sink = sink
         walk = _Walk(self, session, ProgressTracker(self.now()))
         try:
             await walk.visit([root])
@@ -845,20 +898,33 @@ class Bitswap:
     ) -> FetchResult:
         """Fetch ``root`` and write it (file or directory) to ``dest``.
 
-        The transfer is recorded in the store, so its blocks survive GC and a second call after
-        an interruption fetches only what is missing. The output appears under ``dest`` only
-        once complete (written under a temporary name, then renamed).
+        A file is written as its blocks arrive, each leaf at its offset as soon as it is
+        verified (``FileSink``), so little is left once the last block lands: an fsync (per the
+        store's policy) and a rename. A directory, or a file the sink cannot place, is exported
+        from the store after the fetch. Every block also goes to the store, and the transfer is
+        recorded there, so its blocks survive GC and a second call after an interruption
+        fetches only what is missing. The output appears under ``dest`` only once complete
+        (written under a temporary name, ``.<name>.partial``, then renamed); a failed or
+        cancelled get removes the temporary file.
         """
         target = Path(dest)
         if await asyncio.to_thread(os.path.lexists, target):
             raise UsageError(f"{target} already exists")
         await self.store.begin_transfer(root, str(target))
-        result = await self.fetch(root, progress, idle_timeout)
-        tmp = target.with_name(f".{target.name}.partial")
-        if await asyncio.to_thread(os.path.lexists, tmp):
-            await asyncio.to_thread(_remove, tmp)
-        await exporter.export(self.store, root, tmp)
-        await asyncio.to_thread(os.replace, tmp, target)
+        with self.store.hold(root):
+            sink = await asyncio.to_thread(FileSink.open, target, self.store, root)
+            try:
+                result = await self._fetch(root, progress, idle_timeout, sink)
+                if not await asyncio.to_thread(sink.finish):
+                    await asyncio.to_thread(sink.discard)
+                    tmp = partial_path(target)
+                    await exporter.export(self.store, root, tmp)
+                    await asyncio.to_thread(os.replace, tmp, target)
+            except BaseException:
+                # In a thread, but waited for even when cancelled: the file is closed only
+                # once no worker thread writes into it any more.
+                await asyncio.shield(asyncio.to_thread(sink.discard))
+                raise
         await self.store.end_transfer(root)
         return result
 
@@ -897,7 +963,9 @@ DECODE_INLINE_MAX = 16 * 1024
 
 
 async def _decode(data: bytes) -> Message:
-    if len(data) <= DECODE_INLINE_MAX:
+    # A message of a few blocks is quick to decode whatever its size (its blocks are views, not
+    # copies): only one of many fields (thousands of wants or presences) is worth a trip.
+    if len(data) <= DECODE_INLINE_MAX or m.cheap_to_decode(data):
         return m.decode(data)
     return await asyncio.to_thread(m.decode, data)
 
@@ -906,6 +974,7 @@ async def _decode(data: bytes) -> Message:
 class _PendingNode:
     """A dag-pb node we hold whose children are not looked at yet."""
 
+    cid: CID
     data: bytes
     size: int
     peer: PeerId | None  # who sent it; None when it was in the store
@@ -936,28 +1005,44 @@ class _Walk:
         if data is None:
             self.tracker.block(size, self.bitswap.now(), peer)
         else:
-            self.pending.append(_PendingNode(data, size, peer))
+            self.pending.append(_PendingNode(cid, data, size, peer))
 
     async def visit(self, cids: list[CID]) -> None:
         """Look up all of ``cids`` in the store in one worker-thread trip; want the rest."""
-        fresh = await self.bitswap.in_thread(self._lookup, None, cids)
+        fresh = await self.bitswap.in_thread(self._lookup, None, None, cids)
+        self._check_sink()
         self._found(*fresh)
 
     async def expand(self, node: _PendingNode) -> None:
         """Decode ``node`` and look up its children: one worker-thread trip for both."""
-        found = await self.bitswap.in_thread(self._lookup, node.data, [])
+        found = await self.bitswap.in_thread(self._lookup, node.cid, node.data, [])
+        self._check_sink()
         self.tracker.block(node.size, self.bitswap.now(), node.peer)
         self._found(*found)
 
+    def _check_sink(self) -> None:
+        sink = self.session.sink
+        if sink is not None and sink.error is not None:
+            raise sink.error
+
     def _lookup(
-        self, data: bytes | None, cids: list[CID]
+        self, cid: CID | None, data: bytes | None, cids: list[CID]
     ) -> tuple[list[CID], dict[CID, tuple[int, bytes | None]]]:
-        """(runs in a worker thread) The unseen CIDs among ``cids`` or ``data``'s links, and
-        those of them that are stored. ``seen`` is only read here; the loop awaits this call."""
-        if data is not None:
-            cids = [link.hash for link in dagpb.decode(data).links]
+        """(runs in a worker thread) The unseen CIDs among ``cids`` or the links of node
+        ``cid`` (its bytes ``data``), and those of them that are stored. A get_file's output
+        gets the node's place in the file and the stored leaves under it on the same trip.
+        ``seen`` is only read here; the loop awaits this call."""
+        sink = self.session.sink
+        if cid is not None and data is not None:
+            node = dagpb.decode(data)
+            if sink is not None:
+                sink.node(cid, node)  # places the children before they are looked up
+            cids = [link.hash for link in node.links]
         fresh = list(dict.fromkeys(c for c in cids if c not in self.seen))
-        return fresh, self.bitswap.store.lookup_many_sync(fresh)
+        local = self.bitswap.store.lookup_many_sync(fresh)
+        if sink is not None:
+            sink.from_store(list(local))
+        return fresh, local
 
     def _found(self, fresh: list[CID], local: dict[CID, tuple[int, bytes | None]]) -> None:
         self.seen.update(fresh)
@@ -972,15 +1057,8 @@ class _Walk:
             elif hit[1] is None:
                 self.tracker.block(hit[0], now)
             else:
-                nodes.append(_PendingNode(hit[1], hit[0], None))
+                nodes.append(_PendingNode(cid, hit[1], hit[0], None))
         self.pending.extend(reversed(nodes))  # depth first, in link order
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 class Reprovider:

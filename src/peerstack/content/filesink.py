@@ -1,0 +1,346 @@
+"""Write a UnixFS file into its output as its blocks arrive, each leaf at its own offset.
+
+Exporting a fetched file afterwards reads every block back from the store and writes it again:
+for a 1 GiB file that tail took longer than half the transfer. A ``FileSink`` instead learns
+each block's place in the file from its parent (the parent's ``blocksizes``) and writes a leaf's
+bytes there the moment the leaf is verified, so when the last block lands only an fsync and a
+rename are left. The blocks still go to the blockstore too (for a resume and for serving others).
+
+Thread safety: the placement book is kept under a lock, because leaves are written from the
+worker threads that verified and stored them while the event loop's DAG walk places the
+children of newly expanded nodes. A write in progress is counted, and the file is closed only
+once none is (a descriptor closed under a writer could be reused by another file).
+
+The sink handles the ordinary shape of a file. Anything else makes it *give up* (``abandoned``)
+and the caller exports the file from the store as before, which checks the DAG thoroughly and
+raises its errors: a directory, a symlink, a node that contradicts its parent's sizes, a subtree
+that occurs twice in the file (its node is already expanded when its second place is learned;
+a leaf that occurs twice is fine), a DAG deeper than the exporter allows, too many pending
+places. So the sink is never the last line of defence: the file it completes was written by
+exactly the placements of a consistent tree, and its length is checked against the root's.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from peerstack.content import dagpb, unixfs
+from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, FsyncPolicy
+from peerstack.content.exporter import MAX_DEPTH
+from peerstack.content.unixfs import DataType
+from peerstack.core.cid import CID, DAG_PB, RAW
+from peerstack.errors import DecodeError, PeerstackError
+
+log = logging.getLogger(__name__)
+
+# Places learned and not yet written (a place is a few dozen bytes): a 1 TiB file of 1 MiB
+# leaves needs at most a million at once. Past this the sink gives up and the file is exported.
+MAX_PENDING_PLACES = 1 << 22
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class OutputWriteError(PeerstackError):
+    """The output file could not be written (disk full, I/O error); the fetch stops.
+
+    The verified blocks received so far stay in the blockstore, so a later get resumes.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    offset: int
+    size: int | None  # bytes the parent says this block holds; None for the root
+    depth: int
+
+
+def partial_path(target: Path) -> Path:
+    """Where a file is written until it is complete (the name ``Node.get`` cleans up)."""
+    return target.with_name(f".{target.name}.partial")
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree (a leftover of an interrupted get)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class FileSink:
+    """The output of one get while its blocks arrive. Create with ``FileSink.open`` (blocking:
+    in a worker thread), feed it from worker threads, end with ``finish`` or ``discard``."""
+
+    def __init__(self, target: Path, tmp: Path, fd: int, store: Blockstore, root: CID) -> None:
+        self.target = target
+        self.tmp = tmp
+        self.store = store
+        self.root = root
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0  # writes in progress (the descriptor stays open while any is)
+        self._closed = False
+        self._places: dict[CID, list[_Place]] = {root: [_Place(0, None, 0)]}
+        self._pending = 1
+        self._done: set[CID] = set()  # blocks whose places were all served when they came
+        self.total: int | None = None  # the file's size, from the root
+        self.written = 0  # bytes written at their places
+        self.abandoned = ""  # why the sink gave up ("" while it has not)
+        self.error: OutputWriteError | None = None
+
+    @classmethod
+    def open(cls, target: Path, store: Blockstore, root: CID) -> FileSink:
+        """Create the temporary output next to ``target`` (a leftover of an earlier,
+        interrupted get is removed first: its bytes were never verified)."""
+        tmp = partial_path(target)
+        if os.path.lexists(tmp):
+            remove_path(tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _write_error(tmp, exc) from exc
+        return cls(target, tmp, fd, store, root)
+
+    # -- placements (any thread) ------------------------------------------------------------
+
+    def _give_up(self, why: str) -> None:
+        """(lock held) Stop writing; the caller exports the file from the store instead."""
+        if not self.abandoned:
+            log.debug("writing %s as it arrives stopped (%s): it will be exported", self.root, why)
+            self.abandoned = why
+        self._places.clear()
+        self._pending = 0
+
+    def _place(self, cid: CID, place: _Place, late: list[tuple[CID, _Place]]) -> None:
+        """(lock held) ``cid`` goes at ``place``: remember it, or if the block was already
+        handled, queue it in ``late`` (a leaf, written from the store) or give up (a node)."""
+        if place.depth > MAX_DEPTH:
+            self._give_up("tree too deep")
+            return
+        if cid in self._done:
+            if cid.codec == DAG_PB:
+                self._give_up("a subtree occurs twice")
+            else:
+                late.append((cid, place))
+            return
+        self._pending += 1
+        if self._pending > MAX_PENDING_PLACES:
+            self._give_up("too many pending places")
+            return
+        self._places.setdefault(cid, []).append(place)
+
+    def _take(self, cid: CID) -> list[_Place]:
+        """(lock held) The places of ``cid``, now served; the caller is counted as busy."""
+        places = self._places.pop(cid, [])
+        self._pending -= len(places)
+        if places:
+            self._done.add(cid)
+        return places
+
+    def wants_bytes(self, cid: CID) -> bool:
+        """Whether a block has places still to be written (a cheap check for callers)."""
+        return cid in self._places
+
+    # -- blocks (worker threads) ------------------------------------------------------------
+
+    def leaf(self, cid: CID, data: bytes | bytearray | memoryview) -> None:
+        """A verified raw block: write it at each of its places (nothing if it has none)."""
+        with self._lock:
+            if self._closed or self.abandoned or cid not in self._places:
+                return
+            places = self._take(cid)
+            self._busy += 1
+        try:
+            for place in places:
+                if place.size is not None and place.size != len(data):
+                    why = f"{cid} holds {len(data)} bytes, its parent says {place.size}"
+                    with self._lock:
+                        self._give_up(why)
+                    return
+                if place.size is None:
+                    with self._lock:
+                        self.total = len(data)
+                self._write(data, place.offset)
+        finally:
+            self._release()
+
+    def node(self, cid: CID, node: dagpb.PBNode) -> None:
+        """A verified, decoded dag-pb node: write its inline bytes and place its children."""
+        late: list[tuple[CID, _Place]] = []
+        with self._lock:
+            if self._closed or self.abandoned or cid not in self._places:
+                return
+            places = self._take(cid)
+            self._busy += 1
+        try:
+            self._node(cid, node, places, late)
+            for child, place in late:
+                self._late_leaf(child, place)
+        finally:
+            self._release()
+
+    def _node(
+        self, cid: CID, node: dagpb.PBNode, places: list[_Place], late: list[tuple[CID, _Place]]
+    ) -> None:
+        try:
+            if node.data is None:
+                raise unixfs.MalformedUnixFS("dag-pb node without UnixFS data")
+            data = unixfs.decode(node.data)
+        except DecodeError as exc:
+            with self._lock:
+                self._give_up(f"{cid}: {exc}")
+            return
+        size = data.file_size()
+        if (
+            data.type not in (DataType.FILE, DataType.RAW)
+            or len(data.blocksizes) != len(node.links)
+            or (data.filesize is not None and data.filesize != size)
+        ):
+            with self._lock:
+                self._give_up(f"{cid} is not a consistent file node")
+            return
+        for place in places:
+            if place.size is not None and place.size != size:
+                with self._lock:
+                    self._give_up(f"{cid} holds {size} bytes, its parent says {place.size}")
+                return
+        with self._lock:
+            if self.abandoned or self._closed:
+                return
+            for place in places:
+                if place.size is None:
+                    self.total = size
+                pos = place.offset + len(data.data)
+                for link, child_size in zip(node.links, data.blocksizes, strict=True):
+                    if child_size:  # an empty child holds no bytes: nothing to place
+                        self._place(link.hash, _Place(pos, child_size, place.depth + 1), late)
+                    pos += child_size
+            if self.abandoned:
+                return
+        if data.data:
+            for place in places:
+                self._write(data.data, place.offset)
+
+    def _late_leaf(self, cid: CID, place: _Place) -> None:
+        """A leaf placed after it was written elsewhere in the file: copy it from the store."""
+        try:
+            data = self.store.read_sync(cid)
+        except (BlockNotFound, BlockstoreError) as exc:
+            with self._lock:
+                self._give_up(f"{cid} is not in the store: {exc}")
+            return
+        if place.size != len(data):
+            with self._lock:
+                self._give_up(f"{cid} holds {len(data)} bytes, its parent says {place.size}")
+            return
+        self._write(data, place.offset)
+
+    def from_store(self, cids: list[CID]) -> None:
+        """Blocks a resumed get finds in the store: write those that have places (raw leaves;
+        dag-pb nodes come through ``node`` when the walk expands them)."""
+        for cid in cids:
+            if cid.codec != RAW or not self.wants_bytes(cid):
+                continue
+            try:
+                data = self.store.read_sync(cid)
+            except (BlockNotFound, BlockstoreError) as exc:
+                with self._lock:
+                    self._give_up(f"{cid} vanished from the store: {exc}")
+                return
+            self.leaf(cid, data)
+
+    def _write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        if self.error is not None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as exc:
+            with self._lock:
+                if self.error is None:
+                    self.error = _write_error(self.tmp, exc)
+            return
+        with self._lock:
+            self.written += len(data)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.notify_all()
+
+    def _close(self) -> None:
+        """(blocking) Wait for the writes in progress, then close the file: no more writes."""
+        with self._lock:
+            self._closed = True
+            while self._busy:
+                self._idle.wait()
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    # -- the end (worker thread) ------------------------------------------------------------
+
+    def finish(self) -> bool:
+        """(blocking) The fetch is complete: fsync (per the store's policy) and rename the file
+        into place. False when the sink gave up or the file is not whole: the caller exports."""
+        with self._lock:
+            self._closed = True
+            while self._busy:
+                self._idle.wait()
+            complete = (
+                not self.abandoned
+                and self.error is None
+                and self._pending == 0
+                and self.total is not None
+                and self.written == self.total
+            )
+            if not complete and not self.abandoned and self.error is None:
+                self._give_up(f"{self.written} bytes written of {self.total}")
+        if self.error is not None:
+            self._close()
+            raise self.error
+        if not complete:
+            self._close()
+            return False
+        try:
+            if self.store.fsync is not FsyncPolicy.NEVER:
+                os.fsync(self._fd)
+            self._close()
+            os.replace(self.tmp, self.target)
+            if self.store.fsync is FsyncPolicy.ALWAYS:
+                dfd = os.open(self.target.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            raise _write_error(self.tmp, exc) from exc
+        return True
+
+    def discard(self) -> None:
+        """(blocking) Close and remove the temporary output (the get failed or gave up)."""
+        self._close()
+        if os.path.lexists(self.tmp):
+            remove_path(self.tmp)
+
+
+def _write_error(path: Path, exc: OSError) -> OutputWriteError:
+    if exc.errno in _DISK_FULL:
+        return OutputWriteError(
+            f"disk full while writing {path}; the verified blocks are kept for a resume"
+        )
+    return OutputWriteError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+__all__ = ["FileSink", "OutputWriteError", "partial_path", "remove_path"]
