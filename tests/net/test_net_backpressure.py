@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +12,7 @@ from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
+from peerstack.net.connection import MAX_OUT_BUFFERS, _OutBuffers
 from peerstack.net.tcp import WRITE_HIGH_WATER
 from peerstack.wire import multistream, noise, yamux
 
@@ -66,3 +69,57 @@ async def test_tcp_backpressure_blocks_writer(make_host: MakeHost, eventually: E
     # Bounded: the high-water mark plus at most one encrypted write batch on top.
     assert conn.write_buffer_size <= WRITE_HIGH_WATER + (2 << 20)
     writer.close()
+
+
+async def test_reused_output_buffers_never_overwrite_unsent_bytes(make_host: MakeHost) -> None:
+    """Bulk output is encrypted into reusable buffers the transport sends from. A reader that
+    pauses lets the transport hold several of them; every byte must still arrive intact."""
+    a = await make_host()
+    b = await make_host()
+    block = os.urandom(3 << 20)
+    rounds = 8
+    digest: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def slow_sink(stream: Stream) -> None:
+        h = hashlib.sha256()
+        await asyncio.sleep(0.3)  # the sender fills its socket and transport meanwhile
+        n = 0
+        while piece := await stream.read():
+            h.update(piece)
+            n += len(piece)
+            if n % (4 << 20) < len(piece):
+                await asyncio.sleep(0.05)
+        digest.set_result(h.digest())
+
+    b.set_stream_handler("/slow-sink", slow_sink)
+    stream = await a.new_stream(
+        await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}"), ["/slow-sink"]
+    )
+    expect = hashlib.sha256()
+    for i in range(rounds):
+        # A different byte pattern every round: a stale buffer would show.
+        data = bytes([i]) + block[1:] if i % 2 else block[:-1] + bytes([i])
+        expect.update(data)
+        await stream.write(data)
+    await stream.close()
+    assert await digest == expect.digest()
+
+
+def test_output_buffers_are_reused_only_once_sent() -> None:
+    pool = _OutBuffers()
+    first = pool.take(sent=0)
+    assert first is not None
+    pool.written(first, mark=1000)
+    second = pool.take(sent=999)  # first still partly unsent
+    assert second is not None
+    assert second is not first
+    pool.written(second, mark=2000)
+    assert pool.take(sent=1000) is first  # fully sent: reused
+    pool.give_back(first)
+    held = [pool.take(sent=1000) for _ in range(MAX_OUT_BUFFERS - 1)]
+    assert all(buf is not None for buf in held)
+    for i, buf in enumerate(held):
+        assert buf is not None
+        pool.written(buf, mark=3000 + i)
+    assert pool.take(sent=1000) is None  # all in flight: the caller copies instead
+    assert pool.take(sent=2000) is second

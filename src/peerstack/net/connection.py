@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from peerstack.core.identity import PublicKey
@@ -49,11 +50,106 @@ LARGE_PIECE = 32 * 1024
 #: Plaintext encrypted per call: a whole number of Noise frames within its scratch buffer.
 ENCRYPT_SLICE = 15 * noise.MAX_PLAINTEXT
 
+#: One reusable output buffer: 16 whole Noise frames (a flush slice plus small pieces).
+OUT_BUFFER_SIZE = 16 * (noise.MAX_MESSAGE + 2)
+#: Output buffers one connection keeps, in flight or spare: the transport holds at most its
+#: high-water mark (4 MiB) plus one flush before writers wait, so this covers a bulk stream;
+#: beyond it a flush falls back to a fresh copy per slice.
+MAX_OUT_BUFFERS = 8
+
 StreamCallback = Callable[[YamuxStream], None]
 ClosedCallback = Callable[["Connection"], None]
 
 _DataReceived = yamux.DataReceived
 _SendWindowUpdated = yamux.SendWindowUpdated
+
+
+class _OutBuffers:
+    """Output buffers the TCP transport sends from, each reused once the socket took it all.
+
+    A transport keeps a reference to what it could not send at once (uvloop sends from the
+    caller's memory), so a buffer is only safe to overwrite when every byte written up to its
+    end has left: the transport sends in order, so that is when the bytes written in total
+    minus what the transport still holds reaches the buffer's end mark.
+    """
+
+    __slots__ = ("_busy", "_spare")
+
+    def __init__(self) -> None:
+        self._spare: list[bytearray] = []
+        # (buffer, total bytes written once it was written), oldest first.
+        self._busy: deque[tuple[bytearray, int]] = deque()
+
+    def take(self, sent: int) -> bytearray | None:
+        """A buffer free to fill (``sent``: bytes the socket took so far), or None if the
+        connection already has MAX_OUT_BUFFERS in flight."""
+        busy = self._busy
+        while busy and busy[0][1] <= sent:
+            self._spare.append(busy.popleft()[0])
+        if self._spare:
+            return self._spare.pop()
+        if len(busy) < MAX_OUT_BUFFERS:
+            return bytearray(OUT_BUFFER_SIZE)
+        return None
+
+    def written(self, buf: bytearray, mark: int) -> None:
+        """``buf`` went to the transport; it is free once ``mark`` bytes were sent."""
+        self._busy.append((buf, mark))
+
+    def give_back(self, buf: bytearray) -> None:
+        """``buf`` was taken but not written."""
+        self._spare.append(buf)
+
+
+class _Sealer:
+    """Encrypts one flush into output buffers and writes each buffer once it is full."""
+
+    __slots__ = ("_buf", "_conn", "_fill", "_pool")
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        pool = conn._out_buffers
+        if pool is None:
+            pool = conn._out_buffers = _OutBuffers()
+        self._pool = pool
+        self._buf: bytearray | None = None
+        self._fill = 0
+
+    def put(self, plain: bytes | memoryview) -> None:
+        conn = self._conn
+        need = NoiseTransport.sealed_size(len(plain))
+        buf = self._buf
+        if buf is not None and self._fill + need > OUT_BUFFER_SIZE:
+            self.ship()
+            buf = None
+        if buf is None:
+            transport = conn._tcp.transport
+            unsent = transport.get_write_buffer_size() if transport is not None else 0
+            buf = self._pool.take(conn._wire_written - unsent) if need <= OUT_BUFFER_SIZE else None
+            if buf is None:
+                # Every buffer still in flight (or an oversized piece): a fresh copy.
+                sealed = conn._noise.encrypt(plain)
+                conn._tcp.write(sealed)
+                conn._wire_written += len(sealed)
+                return
+            self._buf = buf
+            self._fill = 0
+        self._fill += conn._noise.encrypt_into(plain, buf, self._fill)
+
+    def ship(self) -> None:
+        """Write the buffer being filled (if any)."""
+        buf = self._buf
+        if buf is None:
+            return
+        self._buf = None
+        fill = self._fill
+        if not fill:
+            self._pool.give_back(buf)
+            return
+        conn = self._conn
+        conn._tcp.write(memoryview(buf)[:fill])
+        conn._wire_written += fill
+        self._pool.written(buf, conn._wire_written)
 
 
 class Connection:
@@ -72,6 +168,7 @@ class Connection:
         "_n_outbound",
         "_noise",
         "_on_closed",
+        "_out_buffers",
         "_outbound",
         "_queued",
         "_remote_peer",
@@ -80,6 +177,7 @@ class Connection:
         "_streams",
         "_tcp",
         "_timer",
+        "_wire_written",
         "bytes_received",
         "bytes_sent",
         "error",
@@ -119,6 +217,10 @@ class Connection:
         self._n_outbound = 0
         self._flush_handle: asyncio.Handle | None = None
         self._queued = 0
+        # Bytes handed to the TCP transport so far, and the reusable output buffers whose
+        # bytes the transport may still be sending (made on the first large flush).
+        self._wire_written = 0
+        self._out_buffers: _OutBuffers | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._close_waiters: list[asyncio.Future[None]] = []
@@ -282,7 +384,9 @@ class Connection:
                 # Straight to the transport (what TcpConnection.write does after its checks;
                 # a closing transport, like a closed connection, takes nothing more).
                 if not transport.is_closing():
-                    transport.write(self._noise.encrypt(frame))
+                    sealed = self._noise.encrypt(frame)
+                    transport.write(sealed)
+                    self._wire_written += len(sealed)
                 return n
         n = session.send_data(stream_id, data)
         if n:
@@ -324,8 +428,8 @@ class Connection:
             self._n_inbound -= 1
         if not self._streams:
             self._idle_since = self._loop.time()
-            # No stream left, so no bulk transfer for now: give back Noise's scratch.
-            self._noise.release_scratch()
+            # No stream left, so no bulk transfer for now: give back the buffers.
+            self._release_buffers()
 
     async def wait_writable(self) -> None:
         """Wait while the TCP transport's buffer is over its high-water mark."""
@@ -469,17 +573,18 @@ class Connection:
         parts = self._session.take_output()
         if not parts or self._tcp.is_closed:
             return
-        encrypt = self._noise.encrypt
-        write = self._tcp.write
-        if len(parts) == 1 and len(parts[0]) <= ENCRYPT_SLICE:
-            write(encrypt(parts[0]))
+        if len(parts) == 1 and len(parts[0]) <= noise.SMALL_FRAME:
+            data = self._noise.encrypt(parts[0])
+            self._tcp.write(data)
+            self._wire_written += len(data)
             return
         # Small pieces (headers, control frames, small payloads) are joined and encrypted
-        # together; a large payload is encrypted where it lies, in slices that fit the Noise
-        # transport's reusable scratch buffer (a fresh multi-MiB buffer per batch costs more
-        # in page faults than the cipher). Its 12-byte header then travels in the Noise frame
-        # of the small pieces before it: 18 bytes more per large payload, one copy less of
-        # every payload byte.
+        # together; a large payload is encrypted where it lies, in slices. Its 12-byte header
+        # then travels in the Noise frame of the small pieces before it: 18 bytes more per
+        # large payload, one copy less of every payload byte. The ciphertext goes into
+        # reusable output buffers (_OutBuffers) that the transport sends from without a
+        # copy: a fresh megabyte per slice cost more in page faults than the cipher.
+        out = _Sealer(self)
         small: list[bytes | memoryview] = []
         small_size = 0
         for item in parts:
@@ -488,19 +593,25 @@ class Connection:
                 small.append(item)
                 small_size += size
                 if small_size >= ENCRYPT_SLICE:
-                    write(encrypt(b"".join(small)))
+                    out.put(b"".join(small))
                     small.clear()
                     small_size = 0
                 continue
             if small:
-                write(encrypt(small[0] if len(small) == 1 else b"".join(small)))
+                out.put(small[0] if len(small) == 1 else b"".join(small))
                 small.clear()
                 small_size = 0
             with memoryview(item) as view:
                 for off in range(0, size, ENCRYPT_SLICE):
-                    write(encrypt(view[off : off + ENCRYPT_SLICE]))
+                    out.put(view[off : off + ENCRYPT_SLICE])
         if small:
-            write(encrypt(small[0] if len(small) == 1 else b"".join(small)))
+            out.put(small[0] if len(small) == 1 else b"".join(small))
+        out.ship()
+
+    def _release_buffers(self) -> None:
+        """Give back Noise's scratch and the spare output buffers (a quiet connection)."""
+        self._noise.release_scratch()
+        self._out_buffers = None
 
     # -- keepalive ---------------------------------------------------------------------------
 
@@ -520,7 +631,7 @@ class Connection:
             return
         # At most one scratch allocation per timer period (tens of seconds) for a busy
         # connection; a connection gone quiet with a stream still open sheds it here.
-        self._noise.release_scratch()
+        self._release_buffers()
         events = self._session.tick(self._loop.time())
         for ev in events:
             self._other_event(ev)
@@ -546,7 +657,9 @@ class Connection:
         out = self._session.data_to_send()
         if out and not self._tcp.is_closed:
             with contextlib.suppress(ConnectionClosed):
-                self._tcp.write(self._noise.encrypt(out))
+                sealed = self._noise.encrypt(out)
+                self._tcp.write(sealed)
+                self._wire_written += len(sealed)
 
     async def close(self) -> None:
         """Send GoAway, close the socket after flushing, reset every stream."""
