@@ -54,3 +54,42 @@ def test_arbitrary_bytes(data: bytes) -> None:
     except DecodeError:
         return
     assert PeerId.from_string(str(pid)) == pid
+
+
+def test_derivation_agrees_with_the_multihash_form() -> None:
+    """``from_public_key``/``matches`` build bytes by hand: they equal the parsed multihash."""
+    from peerstack.core import multihash
+    from peerstack.core.identity import KeyType, PublicKey
+
+    ed = PrivateKey.generate().public_key
+    pid = PeerId.from_public_key(ed)
+    assert pid == PeerId(multihash.Multihash(multihash.IDENTITY, ed.to_protobuf()).to_bytes())
+    assert pid.matches(ed)
+    assert not pid.matches(PrivateKey.generate().public_key)
+    # A key whose protobuf is over 42 bytes is hashed (sha2-256); no need for a valid RSA key
+    # to check the derivation.
+    big = PublicKey(KeyType.RSA, b"\x01" * 300)
+    digest = multihash.digest(big.to_protobuf(), multihash.SHA2_256)
+    assert PeerId.from_public_key(big) == PeerId(digest.to_bytes())
+    assert PeerId.from_public_key(big).matches(big)
+    assert str(PeerId.from_public_key(big)).startswith("Qm")
+
+
+def test_text_parsing_is_memoized_and_bounded() -> None:
+    from peerstack.core import peer_id
+
+    cache = peer_id._parse_text
+    assert cache.cache_info().maxsize == peer_id.PARSE_CACHE_SIZE
+    pid = PeerId.from_string(B58)
+    assert PeerId.from_string(B58) is pid  # the same immutable object
+    assert str(pid) == B58
+    # failures are not cached, and overlong text is refused before the cache
+    before = cache.cache_info().currsize
+    with pytest.raises(DecodeError):
+        PeerId.from_string("1" + "0" * 60)
+    with pytest.raises(DecodeError):
+        PeerId.from_string("1" * (peer_id.MAX_TEXT_LENGTH + 1))
+    assert cache.cache_info().currsize == before
+    for _ in range(3):
+        PeerId.from_string(str(PeerId.from_public_key(PrivateKey.generate().public_key)))
+    assert cache.cache_info().currsize <= peer_id.PARSE_CACHE_SIZE

@@ -233,3 +233,31 @@ async def test_push_with_more_addrs_than_the_peerstore_keeps_stores_the_first(
     await client.close()
     await service._handle_push(server)
     assert set(store.addrs(server.remote_peer)) == set(addrs[:32])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.text(min_size=1, max_size=20), max_size=8),
+    st.lists(st.sampled_from(["/ip4/127.0.0.1/tcp/1", "/ip6/::1/tcp/2", "/dns/a.b/tcp/3"])),
+    st.sampled_from([None, "/ip4/1.2.3.4/tcp/5", f"/ip4/1.2.3.4/tcp/5/p2p/{OTHER}"]),
+)
+def test_cached_message_is_the_encoded_message(
+    protocols: list[str], addrs: list[str], observed: str | None
+) -> None:
+    """The service's cached message (head + observed + tail) is byte for byte the message
+    ``encode_identify`` builds, and follows changes of our addresses and protocols."""
+    from peerstack.protocols.identify import _MessageCache
+
+    cache = _MessageCache(KEY.public_key, "agent/1")
+    mas = [Multiaddr(a) for a in addrs]
+    obs = Multiaddr(observed) if observed is not None else None
+    for protos in (protocols, [*protocols, "/extra/1"], protocols):
+        expected = encode_identify(
+            public_key=KEY.public_key,
+            listen_addrs=mas,
+            protocols=protos,
+            observed_addr=obs,
+            agent_version="agent/1",
+        )
+        assert cache.message(mas, protos, obs) == expected
+        assert cache.message(mas, protos, obs) == expected  # from the cache this time

@@ -11,7 +11,7 @@ demands the deterministic form (fields in order, no unknown fields, no defaults 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -67,23 +67,40 @@ def _decode_key_message(buf: bytes) -> tuple[KeyType, bytes]:
 
 @dataclass(frozen=True)
 class PublicKey:
-    """A public key of any supported type, kept in its libp2p wire form."""
+    """A public key of any supported type, kept in its libp2p wire form.
+
+    The protobuf form and the loaded key object are made once and kept: a connection uses
+    them several times (PeerId derivation, signature checks, peerstore, identify).
+    """
 
     key_type: KeyType
     data: bytes
+    _protobuf: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _loaded: object = field(default=None, init=False, repr=False, compare=False)
 
     def to_protobuf(self) -> bytes:
-        return _encode_key_message(self.key_type, self.data)
+        encoded = self._protobuf
+        if encoded is None:
+            encoded = _encode_key_message(self.key_type, self.data)
+            object.__setattr__(self, "_protobuf", encoded)  # a cache, not a change of value
+        return encoded
 
     @classmethod
     def from_protobuf(cls, buf: bytes) -> PublicKey:
         """Parse and validate a ``PublicKey`` message from a peer (raises ``DecodeError``)."""
         key_type, data = _decode_key_message(buf)
-        key = cls(key_type, data)
+        key = cls(key_type, bytes(data))
         key._load()  # reject keys that do not parse now, not at first use
         return key
 
     def _load(self) -> object:
+        loaded = self._loaded
+        if loaded is None:
+            loaded = self._load_uncached()
+            object.__setattr__(self, "_loaded", loaded)
+        return loaded
+
+    def _load_uncached(self) -> object:
         try:
             if self.key_type is KeyType.ED25519:
                 if len(self.data) != 32:

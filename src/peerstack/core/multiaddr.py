@@ -3,10 +3,17 @@
 Supported protocols: /ip4 /ip6 /tcp /udp /dns /dns4 /dns6 /dnsaddr /p2p, plus the components
 other peers commonly advertise (/quic-v1 /ws /wss /tls /p2p-circuit /webtransport /certhash) so
 that their addresses parse; we only dial /ip4, /ip6 and /dns* with /tcp.
+
+Every connection parses a few addresses (the dialled one, the socket's, identify's listen and
+observed addresses), and peers repeat the same ones, so parsing is memoized: a bounded LRU of
+text and of binary forms (``PARSE_CACHE_SIZE`` entries each; a ``Multiaddr`` is immutable, so
+sharing one is safe). Only successful parses are kept; input is bounded by
+``MAX_MULTIADDR_BYTES`` before it reaches the cache.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +23,11 @@ from peerstack.errors import DecodeError
 
 MAX_MULTIADDR_BYTES = 1024
 MAX_DNS_NAME = 255
+#: Parsed multiaddrs remembered per form (text, bytes): peers control what we parse, so bounded.
+PARSE_CACHE_SIZE = 1024
+# Longest text form we parse (a binary form is at most MAX_MULTIADDR_BYTES; its text, with
+# base58/base64 values, is longer but well under this).
+_MAX_MULTIADDR_TEXT = 4 * MAX_MULTIADDR_BYTES
 
 # name -> (code, size): size is bytes for fixed-width values, -1 for varint-length-prefixed,
 # 0 for components without a value.
@@ -47,10 +59,30 @@ _BY_CODE = {code: (name, size) for name, (code, size) in _PROTOCOLS.items()}
 _ALIASES = {"ipfs": "p2p"}
 
 
+def _ip4_to_bytes(text: str) -> bytes:
+    """Dotted-quad text to 4 bytes, as strict as ``ipaddress.IPv4Address`` (which it falls
+    back to for anything unusual, so the error messages stay the same)."""
+    parts = text.split(".")
+    if len(parts) == 4:
+        octets = []
+        for part in parts:
+            if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()):
+                break
+            if len(part) > 1 and part[0] == "0":
+                break  # ipaddress refuses leading zeros (octal ambiguity)
+            value = int(part)
+            if value > 255:
+                break
+            octets.append(value)
+        else:
+            return bytes(octets)
+    return ipaddress.IPv4Address(text).packed
+
+
 def _value_to_bytes(name: str, text: str) -> bytes:
     try:
         if name == "ip4":
-            return ipaddress.IPv4Address(text).packed
+            return _ip4_to_bytes(text)
         if name == "ip6":
             return ipaddress.IPv6Address(text).packed
         if name in ("tcp", "udp"):
@@ -77,7 +109,7 @@ def _value_to_bytes(name: str, text: str) -> bytes:
 
 def _value_to_text(name: str, raw: bytes) -> str:
     if name == "ip4":
-        return str(ipaddress.IPv4Address(raw))
+        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
     if name == "ip6":
         return str(ipaddress.IPv6Address(raw))
     if name in ("tcp", "udp"):
@@ -110,29 +142,17 @@ class Multiaddr:
     """An immutable multiaddr. Build from text (``Multiaddr("/ip4/1.2.3.4/tcp/1")``) or bytes."""
 
     __slots__ = ("_bytes", "_components")
+    _bytes: bytes
+    _components: tuple[Component, ...]
 
     def __init__(self, text: str) -> None:
-        if not text.startswith("/"):
-            raise DecodeError(f"multiaddr must start with '/': {text!r}")
-        parts = text.strip("/").split("/") if text.strip("/") else []
-        comps: list[Component] = []
-        i = 0
-        while i < len(parts):
-            name = _ALIASES.get(parts[i], parts[i])
-            if name not in _PROTOCOLS:
-                raise DecodeError(f"unknown multiaddr protocol /{parts[i]}")
-            _, size = _PROTOCOLS[name]
-            if size == 0:
-                comps.append(Component(name, None, b""))
-                i += 1
-                continue
-            if i + 1 >= len(parts):
-                raise DecodeError(f"/{name} needs a value")
-            raw = _value_to_bytes(name, parts[i + 1])
-            comps.append(Component(name, _value_to_text(name, raw), raw))
-            i += 2
-        self._components = tuple(comps)
-        self._bytes = b"".join(c.encode() for c in comps)
+        if not isinstance(text, str):
+            raise DecodeError(f"a multiaddr text must be a str, not {type(text).__name__}")
+        if len(text) > _MAX_MULTIADDR_TEXT:
+            raise DecodeError("multiaddr text too long")
+        other = _parse_text(text)
+        self._components = other._components
+        self._bytes = other._bytes
 
     @classmethod
     def from_components(cls, comps: tuple[Component, ...]) -> Multiaddr:
@@ -145,6 +165,12 @@ class Multiaddr:
     def from_bytes(cls, data: bytes) -> Multiaddr:
         if len(data) > MAX_MULTIADDR_BYTES:
             raise DecodeError("multiaddr too long")
+        if type(data) is bytes:
+            return _parse_bytes(data)
+        return cls._from_bytes(bytes(data))
+
+    @classmethod
+    def _from_bytes(cls, data: bytes) -> Multiaddr:
         comps: list[Component] = []
         i = 0
         while i < len(data):
@@ -191,13 +217,28 @@ class Multiaddr:
 
     def decapsulate_p2p(self) -> tuple[Multiaddr, str | None]:
         """Split off a trailing ``/p2p/<id>``; return the rest and the id text (or ``None``)."""
-        if self._components and self._components[-1].name == "p2p":
-            return Multiaddr.from_components(self._components[:-1]), self._components[-1].value
+        comps = self._components
+        if comps and comps[-1].name == "p2p":
+            last = comps[-1]
+            rest = Multiaddr.__new__(Multiaddr)
+            rest._components = comps[:-1]
+            rest._bytes = self._bytes[: len(self._bytes) - len(last.encode())]
+            return rest, last.value
         return self, None
+
+    @property
+    def p2p_bytes(self) -> bytes | None:
+        """The binary PeerId of a trailing ``/p2p/<id>`` (no text conversion), else ``None``."""
+        comps = self._components
+        if comps and comps[-1].name == "p2p":
+            return comps[-1].raw
+        return None
 
     def tcp_target(self) -> tuple[str, int] | None:
         """``(host, port)`` if this is a dialable /ip4|/ip6|/dns*/tcp address, else ``None``."""
-        comps = self.decapsulate_p2p()[0]._components
+        comps = self._components
+        if comps and comps[-1].name == "p2p":
+            comps = comps[:-1]
         if len(comps) != 2 or comps[1].name != "tcp":
             return None
         if comps[0].name not in ("ip4", "ip6", "dns", "dns4", "dns6"):
@@ -222,3 +263,39 @@ class Multiaddr:
 
     def __hash__(self) -> int:
         return hash(self._bytes)
+
+
+def _from_text(text: str) -> Multiaddr:
+    if not text.startswith("/"):
+        raise DecodeError(f"multiaddr must start with '/': {text!r}")
+    parts = text.strip("/").split("/") if text.strip("/") else []
+    comps: list[Component] = []
+    i = 0
+    while i < len(parts):
+        name = _ALIASES.get(parts[i], parts[i])
+        if name not in _PROTOCOLS:
+            raise DecodeError(f"unknown multiaddr protocol /{parts[i]}")
+        _, size = _PROTOCOLS[name]
+        if size == 0:
+            comps.append(Component(name, None, b""))
+            i += 1
+            continue
+        if i + 1 >= len(parts):
+            raise DecodeError(f"/{name} needs a value")
+        value = parts[i + 1]
+        raw = _value_to_bytes(name, value)
+        if name == "p2p" and value.startswith(("1", "Qm")):
+            # Parsed as base58btc, which round-trips exactly: the text is already canonical
+            # (saves a bignum base58 encode per dialled /p2p address).
+            text_value = value
+        else:
+            text_value = _value_to_text(name, raw)
+        comps.append(Component(name, text_value, raw))
+        i += 2
+    return Multiaddr.from_components(tuple(comps))
+
+
+# Memoized parsers (see the module docstring). Exceptions are not cached: bad input is parsed
+# (and refused) every time, but it is bounded in size before it gets here.
+_parse_text = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(_from_text)
+_parse_bytes = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(Multiaddr._from_bytes)

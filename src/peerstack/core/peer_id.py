@@ -8,6 +8,7 @@ supported multibase (``bafz...``, ``k51...``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from peerstack.core import base58, multibase, multihash, varint
@@ -16,6 +17,20 @@ from peerstack.errors import DecodeError
 
 LIBP2P_KEY_CODEC = 0x72
 MAX_INLINE_KEY_LENGTH = 42
+# Longer than any PeerId text form (a sha2-256 id in base32 CID form is ~60 characters).
+MAX_TEXT_LENGTH = 256
+#: Parsed PeerId texts remembered (dialled addresses and DHT records repeat the same ids).
+PARSE_CACHE_SIZE = 4096
+_IDENTITY_PREFIX = bytes([multihash.IDENTITY])
+_SHA256_PREFIX = bytes([multihash.SHA2_256, 32])
+
+
+def _multihash_of_key(key: PublicKey) -> bytes:
+    """The PeerId bytes of ``key``: identity multihash when short enough, else sha2-256."""
+    encoded = key.to_protobuf()
+    if len(encoded) <= MAX_INLINE_KEY_LENGTH:
+        return _IDENTITY_PREFIX + varint.encode(len(encoded)) + encoded
+    return _SHA256_PREFIX + hashlib.sha256(encoded).digest()
 
 
 class PeerId:
@@ -38,19 +53,34 @@ class PeerId:
         self._str: str | None = None
 
     @classmethod
+    def _trusted(cls, mh_bytes: bytes) -> PeerId:
+        """A PeerId from multihash bytes we built ourselves (skips re-parsing them)."""
+        obj = cls.__new__(cls)
+        obj._bytes = mh_bytes
+        obj._hash = hash(mh_bytes)
+        obj._str = None
+        return obj
+
+    @classmethod
     def from_public_key(cls, key: PublicKey) -> PeerId:
-        encoded = key.to_protobuf()
-        if len(encoded) <= MAX_INLINE_KEY_LENGTH:
-            mh = multihash.Multihash(multihash.IDENTITY, encoded)
-        else:
-            mh = multihash.Multihash(multihash.SHA2_256, hashlib.sha256(encoded).digest())
-        return cls(mh.to_bytes())
+        return cls._trusted(_multihash_of_key(key))
 
     @classmethod
     def from_string(cls, text: str) -> PeerId:
         """Parse base58btc (``12D3KooW...``/``Qm...``) or a CIDv1 ``libp2p-key`` string."""
+        if not isinstance(text, str):
+            raise DecodeError(f"a PeerId text must be a str, not {type(text).__name__}")
+        if len(text) > MAX_TEXT_LENGTH:
+            raise DecodeError("PeerId text too long")
+        return _parse_text(text)
+
+    @classmethod
+    def _from_string(cls, text: str) -> PeerId:
         if text.startswith(("1", "Qm")):
-            return cls(base58.decode(text))
+            pid = cls(base58.decode(text))
+            # base58btc round-trips exactly, so the text is the canonical form: keep it.
+            pid._str = text
+            return pid
         raw = multibase.decode(text)
         version, i = varint.decode(raw)
         if version != 1:
@@ -77,7 +107,8 @@ class PeerId:
         return PublicKey.from_protobuf(mh.digest)
 
     def matches(self, key: PublicKey) -> bool:
-        return PeerId.from_public_key(key) == self
+        """Whether ``key`` is this peer's key (compares bytes; no PeerId is built)."""
+        return _multihash_of_key(key) == self._bytes
 
     def __str__(self) -> str:
         if self._str is None:
@@ -99,3 +130,7 @@ class PeerId:
 
     def __lt__(self, other: PeerId) -> bool:
         return self._bytes < other._bytes
+
+
+# A bounded memo of ``from_string`` (PeerIds are immutable; failures are not cached).
+_parse_text = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(PeerId._from_string)

@@ -71,9 +71,7 @@ class DialFailed(DialError):
         self.errors = errors
 
 
-async def negotiate(
-    stream: YamuxStream, ms: multistream.Initiator | multistream.Responder
-) -> str:
+async def negotiate(stream: YamuxStream, ms: multistream.Initiator | multistream.Responder) -> str:
     """Run multistream-select on ``stream``; bytes read past the agreement are pushed back."""
     out = ms.data_to_send()
     if out:
@@ -122,6 +120,9 @@ class BasicHost:
         self._read_buffer = tcp.new_read_buffer()
         self._handlers: dict[str, StreamHandler] = {}
         self._listeners: list[tcp.TcpListener] = []
+        # The listeners' bound addresses, read from their sockets once (they do not change
+        # while listening; identify asks for them on every connection).
+        self._bound_addrs: list[Multiaddr] = []
         self._event_listeners: list[HostListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._trim_task: asyncio.Task[None] | None = None
@@ -136,9 +137,9 @@ class BasicHost:
         self._started = True
         try:
             for addr in self._listen_on:
-                self._listeners.append(
-                    await tcp.listen(addr, self._on_tcp_connection, self._read_buffer)
-                )
+                listener = await tcp.listen(addr, self._on_tcp_connection, self._read_buffer)
+                self._listeners.append(listener)
+                self._bound_addrs.extend(listener.multiaddrs)
         except BaseException:
             await self.close()
             raise
@@ -164,6 +165,7 @@ class BasicHost:
         for listener in self._listeners:
             await listener.close()
         self._listeners.clear()
+        self._bound_addrs.clear()
 
     async def __aenter__(self) -> BasicHost:
         await self.start()
@@ -190,9 +192,9 @@ class BasicHost:
     def listen_addrs(self) -> list[Multiaddr]:
         """The real bound addresses: ephemeral ports resolved, and a wildcard (0.0.0.0, ::)
         listener listed once per interface address."""
-        bound = [a for listener in self._listeners for a in listener.multiaddrs]
+        bound = self._bound_addrs
         if not any(a.components[0].value in ("0.0.0.0", "::") for a in bound):
-            return bound
+            return list(bound)
         interfaces = tcp.interface_addresses()
         out = [e for a in bound for e in tcp.expand_unspecified(a, interfaces)]
         return list(dict.fromkeys(out))

@@ -121,11 +121,15 @@ class Peerstore:
             self.clear_addrs(peer, addrs)
             return
         cleaned: list[Multiaddr] = []
+        peer_bytes = peer.to_bytes()
         for addr in addrs:
-            bare, pid = addr.decapsulate_p2p()
-            if pid is not None and PeerId.from_string(pid) != peer:
+            pid = addr.p2p_bytes
+            if pid is None:
+                cleaned.append(addr)
+                continue
+            if pid != peer_bytes:
                 raise PeerIdMismatch(f"address {addr} names another peer than {peer}")
-            cleaned.append(bare)
+            cleaned.append(addr.decapsulate_p2p()[0])
         # Unique, in the order given, at most the limit: the first addresses are the ones a peer
         # lists as its best (go and js put public and preferred transports first).
         cleaned = list(dict.fromkeys(cleaned))[: self._max_addrs]

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from peerstack import __version__
+from peerstack.core import varint
 from peerstack.core.identity import PublicKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.pb.identify_pb2 import Identify
@@ -130,6 +131,49 @@ def encode_identify(
     return msg.SerializeToString()
 
 
+class _MessageCache:
+    """Our identify message, serialized once per (listen addresses, protocols).
+
+    The observed address is the only per-connection field: the message is kept as the bytes
+    before it (fields 1-3) and after it (5-6), and each answer is ``head + observed + tail``:
+    the same bytes ``encode_identify`` writes, without a protobuf encode per connection.
+    """
+
+    __slots__ = ("_agent_version", "_head", "_key", "_public_key", "_tail")
+
+    def __init__(self, public_key: PublicKey | None, agent_version: str) -> None:
+        self._public_key = public_key
+        self._agent_version = agent_version
+        self._key: tuple[tuple[Multiaddr, ...], tuple[str, ...]] | None = None
+        self._head = b""
+        self._tail = b""
+
+    def message(
+        self,
+        listen_addrs: Sequence[Multiaddr],
+        protocols: Sequence[str],
+        observed_addr: Multiaddr | None,
+    ) -> bytes:
+        key = (tuple(listen_addrs), tuple(protocols))
+        if key != self._key:
+            head = Identify()
+            if self._public_key is not None:
+                head.publicKey = self._public_key.to_protobuf()
+            head.listenAddrs.extend(_strip_p2p(a).to_bytes() for a in key[0])
+            head.protocols.extend(key[1])
+            tail = Identify()
+            tail.protocolVersion = PROTOCOL_VERSION
+            tail.agentVersion = self._agent_version
+            self._head = head.SerializeToString()
+            self._tail = tail.SerializeToString()
+            self._key = key
+        if observed_addr is None:
+            return self._head + self._tail
+        observed = _strip_p2p(observed_addr).to_bytes()
+        # field 4 (observedAddr), wire type 2: tag 0x22, length, bytes
+        return self._head + b"\x22" + varint.encode(len(observed)) + observed + self._tail
+
+
 def decode_identify(messages: Sequence[bytes], peer: PeerId) -> IdentifyInfo:
     """Merge and validate the identify messages ``peer`` sent.
 
@@ -166,13 +210,16 @@ def decode_identify(messages: Sequence[bytes], peer: PeerId) -> IdentifyInfo:
             raise IdentifyKeyMismatch(f"identify public key does not belong to {peer}")
 
     addrs: list[Multiaddr] = []
+    peer_bytes = peer.to_bytes()
     for raw_addr in msg.listenAddrs:
         try:
-            addr, pid = Multiaddr.from_bytes(raw_addr).decapsulate_p2p()
+            full = Multiaddr.from_bytes(raw_addr)
         except DecodeError:
             continue
-        if pid is not None and pid != str(peer):
+        pid = full.p2p_bytes
+        if pid is not None and pid != peer_bytes:
             continue  # an address of some other peer has no place in this peer's list
+        addr = full.decapsulate_p2p()[0] if pid is not None else full
         if addr not in addrs:
             addrs.append(addr)
 
@@ -294,6 +341,7 @@ class IdentifyService:
         self._push_task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._push_limit = asyncio.Semaphore(MAX_PUSH_CONCURRENCY)
+        self._message = _MessageCache(public_key, agent_version)
         self.observed = ObservedAddrs()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -496,13 +544,8 @@ class IdentifyService:
     # -- inbound ------------------------------------------------------------------------------
 
     def _our_message(self, observed: Multiaddr | None) -> bytes:
-        return encode_identify(
-            public_key=self._public_key,
-            listen_addrs=self._host.listen_addrs(),
-            protocols=list(self._protocols()),
-            observed_addr=observed,
-            agent_version=self._agent_version,
-        )
+        # Re-encoded only when our addresses or protocols changed since the last answer.
+        return self._message.message(self._host.listen_addrs(), self._protocols(), observed)
 
     async def _handle_identify(self, stream: Stream) -> None:
         try:
