@@ -99,14 +99,15 @@ async def test_pending_handshakes_limit_and_handshake_timeout(
     await eventually(lambda: server.stats()["pending_inbound"] == 1)
     with pytest.raises(PeerstackError):
         await client.dial(addr_of(server))
-    # ... until the handshake timeout closes it (it got the listener's multistream header).
+    # ... until the handshake timeout closes it. It got nothing: the listener's multistream
+    # header waits for the dialler's (as js-libp2p's does), to leave with the answer.
     received = b""
     try:
         while chunk := await reader.read(1024):
             received += chunk
     except ConnectionResetError:
         pass
-    assert received == b"\x13/multistream/1.0.0\n"
+    assert received == b""
     writer.close()
     assert await client.dial(addr_of(server)) == server.peer_id
 

@@ -195,13 +195,33 @@ async def test_insecure_channels_are_refused(make_host: MakeHost) -> None:
     assert host.connected_peers() == []
 
 
-async def test_dialing_a_plaintext_only_peer_fails() -> None:
+@pytest.mark.parametrize("pipeline", [True, False])
+@pytest.mark.parametrize("ending", ["close", "abort", "stay"])
+async def test_dialing_a_plaintext_only_peer_fails(pipeline: bool, ending: str) -> None:
+    """A peer without /noise answers ``na``: the dial fails with ``NegotiationError``.
+
+    Pipelined, the peer then reads our Noise message 1 as a multistream message and gives up:
+    it closes (FIN), aborts (RST, our bytes unread) or just stops answering; whichever, the
+    ``na`` it wrote first is what the dialler reports.
+    """
+    chokes: list[bool] = []
+
     async def plaintext_only(raw: tcp.TcpConnection) -> None:
         ms = multistream.Responder(["/plaintext/2.0.0", "/secio/1.0.0"])
-        raw.write(ms.data_to_send())
-        while not ms.done and (data := await raw.read_some()):
-            ms.receive_data(data)
-            raw.write(ms.data_to_send())
+        try:
+            while not ms.done and (data := await raw.read_some()):
+                ms.receive_data(data)
+                raw.write(ms.data_to_send())
+        except PeerstackError:
+            chokes.append(True)
+            raw.write(ms.data_to_send())  # the ``na`` answered before the bad message
+            if ending == "close":
+                raw.close()
+            elif ending == "abort":
+                raw.abort()
+            else:
+                await asyncio.sleep(0.5)
+                raw.abort()
 
     tasks: list[asyncio.Task[None]] = []
     listener = await tcp.listen(
@@ -209,13 +229,45 @@ async def test_dialing_a_plaintext_only_peer_fails() -> None:
         lambda raw: tasks.append(asyncio.create_task(plaintext_only(raw))),
     )
     try:
-        async with BasicHost(PrivateKey.generate()) as host:
+        opts = UpgradeOptions(pipeline_security=pipeline, handshake_timeout=5.0)
+        raw = await tcp.dial(listener.multiaddrs[0])
+        with pytest.raises(NegotiationError):
+            await upgrade(raw, PrivateKey.generate(), outbound=True, options=opts)
+        assert raw.is_closed
+        await asyncio.gather(*tasks)
+        # Pipelined, the peer did choke on the Noise bytes: the case this test is about.
+        assert chokes == ([True] if pipeline else [])
+        async with BasicHost(PrivateKey.generate()) as host:  # the default options, via a host
             with pytest.raises(NegotiationError):
                 await host.dial(listener.multiaddrs[0])
             assert host.connected_peers() == []
         await asyncio.gather(*tasks)
     finally:
         await listener.close()
+
+
+async def test_our_listener_answers_na_before_refusing_pipelined_bytes(
+    make_host: MakeHost,
+) -> None:
+    """A dialler that pipelines bytes behind a proposal we refuse (rust's V1Lazy with TLS, say)
+    gets our ``na`` before the connection closes, so it can tell why."""
+    host = await make_host()
+    reader, writer = await asyncio.open_connection(*target_of(host))
+    ms = multistream.Initiator(["/tls/1.0.0"])
+    # Bytes of the next protocol that happen to frame as a message without its newline: our
+    # multistream parser fails on them in the same read that carried the proposal.
+    writer.write(ms.data_to_send() + b"\x05hello")
+
+    async def answers() -> None:
+        while True:
+            data = await reader.read(65536)
+            assert data, "closed without an answer"
+            ms.receive_data(data)
+
+    with pytest.raises(NegotiationError):
+        await answers()
+    writer.close()
+    assert host.connected_peers() == []
 
 
 @pytest.mark.parametrize("early", [True, False])

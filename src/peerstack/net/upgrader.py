@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import ConnectionClosed, HandshakeError, PeerIdMismatch
+from peerstack.errors import ConnectionClosed, HandshakeError, PeerIdMismatch, PeerstackError
 from peerstack.net.connection import Connection
 from peerstack.net.tcp import TcpConnection
 from peerstack.wire import multistream, noise, yamux
@@ -45,11 +45,12 @@ class UpgradeOptions:
     max_inbound_streams: int = 256
     max_outbound_streams: int = 1024
     #: The dialler sends Noise message 1 right behind its ``/noise`` proposal instead of
-    #: waiting for the echo (one round trip less per dial; rust-libp2p's "V1Lazy"). ``/noise``
-    #: is the only security protocol we offer, so a peer without it fails the dial either
-    #: way, but it may then fail as a closed connection (the peer chokes on the Noise bytes
-    #: after its ``na``) rather than as a ``NegotiationError``: off by default for that.
-    pipeline_security: bool = False
+    #: waiting for the echo: one round trip less per dial (rust-libp2p's "V1Lazy"; go's and
+    #: js's listeners keep bytes that follow a proposal for the next protocol). ``/noise`` is
+    #: the only security protocol we offer, so a peer without it fails the dial either way,
+    #: and still with ``NegotiationError``: it answers ``na`` before it reads (and chokes on)
+    #: the Noise bytes, and that ``na`` is read before the close that follows.
+    pipeline_security: bool = True
     #: The Noise static key and signed payload of the last identity used with these options
     #: (one per host): made once, not per connection.
     _credentials: list[noise.NoiseCredentials] = field(
@@ -73,35 +74,45 @@ async def _read(tcp: TcpConnection, stage: str) -> bytes:
     return data
 
 
-async def _select_security(tcp: TcpConnection, outbound: bool, pipelined: bytes = b"") -> bytes:
-    """multistream-select ``/noise`` in the clear; returns bytes that follow the agreement.
+async def _select_security_initiator(tcp: TcpConnection, pipelined: bytes) -> bytes:
+    """The dialler's ``/noise`` selection in the clear; returns the bytes after the echo.
 
-    ``pipelined`` (dialler only) is written right behind the proposal, in the same segment.
+    ``pipelined`` (Noise message 1, or nothing) goes out in the same segment as the header and
+    the proposal. A peer without ``/noise`` answers ``na`` before it reads those bytes (go, js
+    and rust read message by message; so does our listener, see below), and ``na`` to our only
+    proposal raises ``NegotiationError`` as soon as it is read, whatever follows it: a close, a
+    reset, or the peer's complaint about the Noise bytes it took for a proposal.
     """
-    ms: multistream.Initiator | multistream.Responder
-    if outbound:
-        ms = multistream.Initiator([SECURITY_PROTOCOL])
-    else:
-        ms = multistream.Responder([SECURITY_PROTOCOL])
+    ms = multistream.Initiator([SECURITY_PROTOCOL])
     tcp.write(ms.data_to_send() + pipelined)
     while not ms.done:
         ms.receive_data(await _read(tcp, "security negotiation"))
         out = ms.data_to_send()
-        if out:
+        if out:  # only with several proposals (the next one after an ``na``)
             tcp.write(out)
     return ms.unused_data()
 
 
 async def _select_security_responder(tcp: TcpConnection) -> tuple[bytes, bytes]:
-    """The listener's side of ``/noise`` selection: (bytes after the agreement, our echo).
+    """The listener's ``/noise`` selection: (bytes after the agreement, our unsent answer).
 
-    The echo is returned unwritten so that it leaves together with Noise message 2: one
-    segment, one wake-up of the dialler instead of two.
+    Our header waits for the dialler's first bytes (js-libp2p's listener does the same; every
+    dialler sends its header without waiting for ours), so that header, echo and Noise message
+    2 leave in one segment when the dialler pipelined its message 1: one write here and one
+    wake-up of the dialler instead of three. What we answered before a malformed or
+    unexpected message (an ``na``) is still written before the error closes the connection,
+    so that a dialler who pipelined other bytes behind its proposal learns why.
     """
     ms = multistream.Responder([SECURITY_PROTOCOL])
-    tcp.write(ms.data_to_send())  # our header at once: some dialers wait for it
     while True:
-        ms.receive_data(await _read(tcp, "security negotiation"))
+        data = await _read(tcp, "security negotiation")
+        try:
+            ms.receive_data(data)
+        except PeerstackError:
+            out = ms.data_to_send()
+            if out:
+                tcp.write(out)
+            raise
         out = ms.data_to_send()
         if ms.done:
             return ms.unused_data(), out
@@ -116,33 +127,45 @@ async def _noise_handshake(
     expected: PeerId | None,
     leftover: bytes,
     unsent: bytes = b"",
-) -> noise.NoiseHandshake:
-    """Run the handshake; ``unsent`` goes out in front of our first message."""
+) -> bytes:
+    """Run the handshake; ``unsent`` goes out in front of our first message.
+
+    Returns our last handshake message if the handshake completed on our side with it unsent
+    (the dialler's message 3): the caller writes it together with what follows it.
+    """
     if leftover:
         hs.receive_data(leftover)
     out = unsent + hs.data_to_send()
-    if out:
-        tcp.write(out)
     while not hs.complete:
-        hs.receive_data(await _read(tcp, "the noise handshake"))
-        out = hs.data_to_send()
         if out:
             tcp.write(out)
+        hs.receive_data(await _read(tcp, "the noise handshake"))
+        out = hs.data_to_send()
     if expected is not None and hs.remote_peer != expected:  # noise checks too; be certain
         raise PeerIdMismatch(f"expected peer {expected}, met {hs.remote_peer}")
-    return hs
+    return out
 
 
 async def _select_muxer(
-    tcp: TcpConnection, transport: noise.NoiseTransport, outbound: bool, ciphertext: bytes
+    tcp: TcpConnection,
+    transport: noise.NoiseTransport,
+    outbound: bool,
+    ciphertext: bytes,
+    unsent: bytes,
 ) -> bytes:
-    """multistream-select the muxer inside the encrypted channel; returns leftover plaintext."""
+    """multistream-select the muxer inside the encrypted channel; returns leftover plaintext.
+
+    The dialler's proposal rides with ``unsent`` (its Noise message 3); the listener answers
+    header and echo in one frame, once the dialler's header arrived (as for security).
+    """
     ms: multistream.Initiator | multistream.Responder
     if outbound:
         ms = multistream.Initiator([MUXER_PROTOCOL])
+        tcp.write(unsent + transport.encrypt(ms.data_to_send()))
     else:
         ms = multistream.Responder([MUXER_PROTOCOL])
-    tcp.write(transport.encrypt(ms.data_to_send()))
+        if unsent:
+            tcp.write(unsent)
     data = ciphertext
     while not ms.done:
         if not data:
@@ -150,10 +173,12 @@ async def _select_muxer(
         plain = transport.decrypt(data)
         data = b""
         if plain:
-            ms.receive_data(plain)
-            out = ms.data_to_send()
-            if out:
-                tcp.write(transport.encrypt(out))
+            try:
+                ms.receive_data(plain)
+            finally:
+                out = ms.data_to_send()
+                if out:
+                    tcp.write(transport.encrypt(out))
     return ms.unused_data()
 
 
@@ -188,10 +213,10 @@ async def upgrade(
                 unsent = b""
                 if outbound:
                     first = hs.data_to_send() if opts.pipeline_security else b""
-                    rest = await _select_security(tcp, outbound, first)
+                    rest = await _select_security_initiator(tcp, first)
                 else:
                     rest, unsent = await _select_security_responder(tcp)
-                hs = await _noise_handshake(
+                unsent = await _noise_handshake(
                     tcp, hs, expected=expected_peer, leftover=rest, unsent=unsent
                 )
                 transport = hs.transport()
@@ -199,8 +224,10 @@ async def upgrade(
                 early = bool(muxers) and MUXER_PROTOCOL in hs.remote_muxers
                 if early:
                     plaintext = b""
+                    if unsent:
+                        tcp.write(unsent)
                 else:
-                    plaintext = await _select_muxer(tcp, transport, outbound, ciphertext)
+                    plaintext = await _select_muxer(tcp, transport, outbound, ciphertext, unsent)
                     ciphertext = b""
         except TimeoutError:
             raise HandshakeTimeout(
