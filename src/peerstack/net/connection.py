@@ -268,6 +268,11 @@ class Connection:
         return self._remote_peer
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop driving this connection (streams make their futures on it)."""
+        return self._loop
+
+    @property
     def remote_addr(self) -> Multiaddr | None:
         return self._tcp.remote_addr
 
@@ -384,7 +389,7 @@ class Connection:
                 # Straight to the transport (what TcpConnection.write does after its checks;
                 # a closing transport, like a closed connection, takes nothing more).
                 if not transport.is_closing():
-                    sealed = self._noise.encrypt(frame)
+                    sealed = self._noise.seal(frame)
                     transport.write(sealed)
                     self._wire_written += len(sealed)
                 return n
@@ -460,7 +465,22 @@ class Connection:
             self._tcp.set_read_target(noise.recv_buffer())
         if not plain:
             return
-        self._deliver(plain)
+        # Fast path: the middle of a large Data frame (bulk), or one small Data frame (a
+        # request, an answer, a ping): no events, nothing owed to the peer. (_deliver() does
+        # the same for the direct-read path; this one is inline, it runs per message.)
+        sid = self._session.receive_fast(plain, self._loop.time())
+        if sid:
+            self.bytes_received += len(plain)
+            if sid > 0:
+                stream = self._streams.get(sid)
+                if stream is not None:
+                    stream._feed(plain[yamux.HEADER_SIZE :])
+            else:
+                stream = self._streams.get(-sid)
+                if stream is not None:
+                    stream._feed(plain)
+            return
+        self._plaintext_received(plain)
 
     def _direct_received(self, nbytes: int) -> None:
         """The loop read ``nbytes`` into the frame Noise holds (see set_read_target)."""
@@ -478,8 +498,6 @@ class Connection:
         self._deliver(plain)
 
     def _deliver(self, plain: bytes) -> None:
-        # Fast path: the middle of a large Data frame (bulk), or one small Data frame (a
-        # request, an answer, a ping): no events, nothing owed to the peer.
         sid = self._session.receive_fast(plain, self._loop.time())
         if sid:
             self.bytes_received += len(plain)

@@ -138,9 +138,9 @@ class YamuxStream:
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes; ``-1``: what is buffered (large amounts one piece per call)."""
-        if n == 0:
-            return b""
-        while not self._size:
+        if not self._size:
+            if n == 0:
+                return b""
             # Inline wait (no coroutine per read): a future, or None at the end of stream.
             fut = self._new_read_waiter()
             if fut is None:
@@ -149,19 +149,35 @@ class YamuxStream:
                 await fut
             finally:
                 self._read_waiter = None
+            while not self._size:  # woken by EOF, a reset, or a spurious wake-up
+                fut = self._new_read_waiter()
+                if fut is None:
+                    return b""
+                try:
+                    await fut
+                finally:
+                    self._read_waiter = None
+        elif n == 0:
+            return b""
         if self._error is not None:
             raise self._error
-        data = self._take_some(n)
+        chunks = self._chunks
+        first = chunks[0]
+        if len(chunks) == 1 and not self._pos and (n < 0 or n >= len(first)):
+            # The commonest case (one message or one frame buffered, all of it wanted).
+            chunks.popleft()
+            self._size = 0
+            data = first
+        else:
+            data = self._take_some(n)
         self._report_consumed(len(data))
         return data
 
     async def readexactly(self, n: int) -> bytes:
-        if n < 0:
-            raise UsageError("readexactly() needs n >= 0")
-        if n <= self._size and self._error is None:
-            data = self._take(n)
-            self._report_consumed(n)
-            return data
+        if n <= 0:
+            if n < 0:
+                raise UsageError("readexactly() needs n >= 0")
+            return b""
         if not self._size:
             # Wait here rather than in read(): a small message usually arrives whole.
             fut = self._new_read_waiter()
@@ -170,10 +186,18 @@ class YamuxStream:
                     await fut
                 finally:
                     self._read_waiter = None
-            if n <= self._size and self._error is None:
+        if n <= self._size and self._error is None:
+            chunks = self._chunks
+            first = chunks[0]
+            if len(first) == n and not self._pos:
+                # The commonest case: exactly one whole message buffered.
+                chunks.popleft()
+                self._size -= n
+                data = first
+            else:
                 data = self._take(n)
-                self._report_consumed(n)
-                return data
+            self._report_consumed(n)
+            return data
         parts: list[bytes] = []
         got = 0
         while got < n:
@@ -200,22 +224,23 @@ class YamuxStream:
             parts.append(piece)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        error = self._error or self._write_error
-        if error is not None:
-            raise error
-        if self._local_closed:
+        if self._error is None and self._write_error is None and not self._local_closed:
+            if self._writing:
+                # Another task's write on this stream is parked on the window or the socket:
+                # wait for it so that the two messages are not interleaved.
+                await self._wait_turn()
+            elif type(data) is bytes and len(data) <= WRITE_CHUNK and not self._conn.write_paused:
+                # Fast path (no other writer, no backpressure): the whole message usually
+                # fits the window and is queued at once, without the chunking coroutine.
+                sent = self._conn.send(self._id, data)
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
+        else:
+            error = self._error or self._write_error
+            if error is not None:
+                raise error
             raise StreamClosed("write after close()")
-        if self._writing:
-            # Another task's write on this stream is parked on the window or the socket:
-            # wait for it so that the two messages are not interleaved.
-            await self._wait_turn()
-        elif type(data) is bytes and len(data) <= WRITE_CHUNK and not self._conn.write_paused:
-            # Fast path (no other writer, no backpressure): the whole message usually fits
-            # the window and is queued at once, without the chunking coroutine.
-            sent = self._conn.send(self._id, data)
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
         self._writing = True
         try:
             await self._write(data)
@@ -375,20 +400,23 @@ class YamuxStream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _report_consumed(self, n: int) -> None:
+        # Small reads are reported in batches: one session call per CONSUMED_BATCH bytes
+        # rather than per read. The session returns window only at half the window anyway,
+        # and the batch is far below that, so a sender never waits on bytes held back here.
+        total = self._unreported + n
+        if total < CONSUMED_BATCH and not self._preconsumed:
+            self._unreported = total
+            return
         pre = self._preconsumed
         if pre:
             if pre >= n:
                 self._preconsumed = pre - n
                 return
             self._preconsumed = 0
-            n -= pre
-        # Small reads are reported in batches: one session call per CONSUMED_BATCH bytes
-        # rather than per read. The session returns window only at half the window anyway,
-        # and the batch is far below that, so a sender never waits on bytes held back here.
-        total = self._unreported + n
-        if total < CONSUMED_BATCH:
-            self._unreported = total
-            return
+            total -= pre
+            if total < CONSUMED_BATCH:
+                self._unreported = total
+                return
         self._unreported = 0
         self._conn.consumed(self._id, total)
 
@@ -404,7 +432,7 @@ class YamuxStream:
             raise self._error
         if self._eof:
             return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = self._conn.loop.create_future()
         self._read_waiter = fut
         return fut
 
@@ -412,7 +440,7 @@ class YamuxStream:
         error = self._error or self._write_error
         if error is not None:
             raise error
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._conn.loop.create_future()
         self._write_waiter = fut
         try:
             await fut

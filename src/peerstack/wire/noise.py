@@ -674,6 +674,17 @@ class NoiseTransport:
         with memoryview(out) as view:
             return bytes(view[:total])
 
+    def seal(self, data: bytes) -> bytes:
+        """One frame for 1 to MAX_PLAINTEXT bytes: encrypt() without its size dispatch, for
+        the per-message path (a request, an answer, a ping)."""
+        nonce = self._send_n
+        if nonce + 1 >= MAX_NONCE or not 0 < len(data) <= MAX_PLAINTEXT:
+            if nonce + 1 >= MAX_NONCE:
+                raise NoiseError("send nonce exhausted; the connection must be closed")
+            raise UsageError(f"seal() takes 1 to {MAX_PLAINTEXT} bytes, not {len(data)}")
+        self._send_n = nonce + 1
+        return _length.pack(len(data) + TAG_LENGTH) + self._enc(_nonce(nonce), data, None)
+
     def encrypt_into(
         self, data: bytes | bytearray | memoryview, out: bytearray | memoryview, offset: int = 0
     ) -> int:

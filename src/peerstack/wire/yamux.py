@@ -682,16 +682,12 @@ class YamuxSession:
         """
         st = self._streams.get(stream_id)
         size = len(data)
-        if (
-            st is None
-            or self._out
-            or not size
-            or size > st.send_window
-            or size > self._config.max_frame_payload
-            or st.local_fin
-            or self._failed is not None
-            or self._keepalive_failed
-        ):
+        # One test per line on purpose: this runs for every request, answer and ping.
+        if st is None or self._out or st.local_fin or self._failed is not None:
+            return b""
+        if not 0 < size <= st.send_window or size > self._config.max_frame_payload:
+            return b""
+        if self._keepalive_failed:
             return b""
         st.send_window -= size
         return _pack_header(0, 0, 0, stream_id, size) + data
@@ -934,26 +930,24 @@ class YamuxSession:
             st = self._rx_stream
             if n > left or st is None or (n == left and self._rx_fin):
                 return 0
-            self._now = now
-            self._last_recv = now
+            self._now = self._last_recv = now
             st.buffered += n
             left -= n
             self._rx_left = left
             if not left:
                 self._rx_stream = None
             return -st.sid
-        if n <= HEADER_SIZE or self._hdr or data[0] or data[1] or data[2] or data[3]:
+        if n <= HEADER_SIZE or self._hdr:
             return 0
         sid: int
         length: int
-        _, _, _, sid, length = _unpack_header(data)
-        if length != n - HEADER_SIZE:
+        version, ftype, flags, sid, length = _unpack_header(data)
+        if version or ftype or flags or length != n - HEADER_SIZE:
             return 0
         st = self._streams.get(sid)
         if st is None or length > st.credit or st.remote_fin:
             return 0
-        self._now = now
-        self._last_recv = now
+        self._now = self._last_recv = now
         if self._started is None:
             self._started = now
         st.credit -= length
