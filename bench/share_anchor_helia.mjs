@@ -9,23 +9,48 @@
 //           is imported; serves until stdin closes
 //   node share_anchor_helia.mjs leech --js-dir DIR --cid CID --out FILE --peer ADDR [--peer ...]
 //                                    --expect-sha256 HEX [--block-read-concurrency N]
-//        -> one JSON line with the timings
+//                                    [--window-mib W]
+//        -> one JSON line with the timings and the configuration used
 //
-// Each peer is a light helia (createHeliaLight + withLibp2pLight + withBitswap) on a libp2p with
-// TCP on 127.0.0.1, Noise and Yamux and identify only: no DHT, no bootstrap, no delegated HTTP
-// routing, no mDNS, so nothing leaves loopback and the seeders are found only because the
-// leecher dials them (bitswap asks connected peers). Blockstores are in memory (blockstore-core;
-// blockstore-fs is not in that install), so the leecher's only disk write is the output file.
-// The file is imported with @helia/unixfs defaults (CIDv1, raw leaves, 1 MiB chunks, balanced
-// 1024), the profile peerstack uses by default, so both produce the same CID.
+// Each peer is a light helia (createHeliaLight + withLibp2pLight + withBitswap with its default
+// options) on a libp2p with TCP on 127.0.0.1, Noise and Yamux and identify only: no DHT, no
+// bootstrap, no delegated HTTP routing, no mDNS, so nothing leaves loopback and the seeders are
+// found only because the leecher dials them (bitswap asks connected peers). Blockstores are in
+// memory (blockstore-core), so the leecher's only disk write is the output file; a 1 GiB file
+// costs a seeder about 1.2 GB and the leecher about 1.4-1.9 GB of RSS, which the machine has, so
+// an on-disk blockstore is not needed to finish. The file is imported with @helia/unixfs
+// defaults (CIDv1, raw leaves, 1 MiB chunks, balanced 1024), the profile peerstack uses by
+// default, so both produce the same CID.
 //
-// `cat` reads blocks with helia's default blockReadConcurrency (unbounded) unless
-// --block-read-concurrency is given. Unbounded stalls on a 1 GiB file here: the leecher wants all
-// 1024 leaves at once, the seeder answers them as one batch, and the transfer stops with the
-// stream aborted, nothing written. With 32, runs here stopped after the first 32 MiB (32 blocks)
-// and never resumed; with 8 (what the driver passes) they complete. A leecher that gets no data
-// for --stall-seconds (60) exits with code 3 ("stalled"), so the driver records a failure
-// instead of hanging.
+// How the leecher reads, and why (helia 7.1.15, @helia/bitswap 4.0.19, ipfs-unixfs-exporter
+// 16.2.2, it-parallel 3.0.16, libp2p 3.3.11):
+//
+//   * The file is read with `unixfs.cat` in consecutive byte ranges of --window-mib (32 MiB by
+//     default; `offset`/`length` are ordinary cat options), one range after the other, so at
+//     most one window of blocks is wanted at a time. A single `cat` of the whole file does NOT
+//     bound its wants: the exporter walks the root's 1024 links through it-parallel (ordered,
+//     concurrency = blockReadConcurrency), and it-parallel 3.0.16 frees a slot twice (once when
+//     it takes a finished task off its list, again after the consumer resumes from `yield`), so
+//     the in-flight count passes the limit and never meets its `=== concurrency` check again.
+//     Measured here with concurrency 8: 8 wants, then the other 1016 leaves all at once.
+//   * 1016 wants at once make each seeder build one reply of every wanted block (the bitswap
+//     ledger batches all pending wants, about 1 GiB, before it writes a byte), then push it down
+//     one connection. js-libp2p's connection monitor pings every connection each 10 s with a
+//     timeout of at least 5 s; its ping queues behind that data, times out on a loaded machine,
+//     and the monitor aborts the connection ("aborting connection due to ping failure"), the
+//     leecher's inbound bitswap streams time out after 10 s, and the wants sent to those peers
+//     are lost: the transfer stops. That was the 1 GiB stall (4 seeders: after 8 MiB).
+//   * With 4 seeders, helia's bitswap client sends want-block for every block to every
+//     connected peer and cancels only once a copy has arrived, so each seeder sends (nearly) the
+//     whole file: the leecher receives about 4 GiB for a 1 GiB file. That is helia's behaviour,
+//     kept as is; the figures measure it.
+//
+// --block-read-concurrency is still passed to cat (the driver sends 8); with the window it
+// limits nothing beyond the window, for the reason above. --window-mib 0 reads the whole file
+// with one cat, as before (stalls on 1 GiB with several seeders).
+//
+// A leecher that gets no data for --stall-seconds (60) exits with code 3 ("stalled"), so the
+// driver records a failure instead of hanging.
 //
 // Time in the leecher starts just before dialling the seeders and stops when the file written by
 // `unixfs.cat` is closed and its sha256 equals the source's (bitswap checks every block's hash).
@@ -48,7 +73,8 @@ const { values: args, positionals } = parseArgs({
     'expect-sha256': { type: 'string', default: '' },
     timeout: { type: 'string', default: '900' },
     'block-read-concurrency': { type: 'string' },
-    'stall-seconds': { type: 'string', default: '60' }
+    'stall-seconds': { type: 'string', default: '60' },
+    'window-mib': { type: 'string', default: '32' }
   }
 })
 const role = positionals[0]
@@ -130,10 +156,22 @@ async function leech () {
   }, 1000)
   const catOptions = { signal }
   if (args['block-read-concurrency'] != null) catOptions.blockReadConcurrency = Number(args['block-read-concurrency'])
-  for await (const chunk of fs.cat(cid, catOptions)) {
-    bytes += chunk.byteLength
-    lastProgress = performance.now()
-    if (!out.write(chunk)) await once(out, 'drain')
+  // Consecutive byte ranges of one window each (see the header for why), or one cat with 0.
+  const windowBytes = Number(args['window-mib']) * 1024 * 1024
+  const ranges = [{}]
+  if (windowBytes > 0) {
+    const size = Number((await fs.stat(cid, { signal })).size)
+    ranges.length = 0
+    for (let offset = 0; offset < size; offset += windowBytes) {
+      ranges.push({ offset, length: Math.min(windowBytes, size - offset) })
+    }
+  }
+  for (const range of ranges) {
+    for await (const chunk of fs.cat(cid, { ...catOptions, ...range })) {
+      bytes += chunk.byteLength
+      lastProgress = performance.now()
+      if (!out.write(chunk)) await once(out, 'drain')
+    }
   }
   clearInterval(watchdog)
   out.end()
@@ -148,7 +186,10 @@ async function leech () {
     seconds_on_disk: (tDisk - t0) / 1000,
     seconds_verified: (tVerified - t0) / 1000,
     peers: helia.libp2p.getConnections().length,
-    version: version('helia')
+    version: version('helia'),
+    window_mib: Number(args['window-mib']),
+    block_read_concurrency: catOptions.blockReadConcurrency ?? null,
+    blockstore: 'memory'
   }))
   await helia.stop()
 }
