@@ -111,3 +111,23 @@ def test_key_file_ignores_planted_temp_file(tmp_path: Path) -> None:
     assert decoy.read_bytes() == b""
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not path.is_symlink()
+
+
+def test_public_key_parsing_is_memoized_and_bounded() -> None:
+    from peerstack.core import identity
+
+    key = PrivateKey.generate().public_key
+    encoded = key.to_protobuf()
+    first = PublicKey.from_protobuf(encoded)
+    assert PublicKey.from_protobuf(encoded) is first
+    assert PublicKey.from_protobuf(bytearray(encoded)) is first  # type: ignore[arg-type]
+    assert first == key
+    assert first.verify(PrivateKey.generate().sign(b"x"), b"x") is False
+    cache = identity._parse_public_key
+    assert cache.cache_info().maxsize == identity.KEY_CACHE_SIZE
+    before = cache.cache_info().currsize
+    with pytest.raises(DecodeError):  # failures are not kept
+        PublicKey.from_protobuf(b"\x08\x01\x12\x03abc")
+    with pytest.raises(DecodeError):  # nor is anything over the size limit looked at
+        PublicKey.from_protobuf(b"\x08" * (identity.MAX_KEY_MESSAGE + 1))
+    assert cache.cache_info().currsize == before

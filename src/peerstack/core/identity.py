@@ -11,6 +11,7 @@ demands the deterministic form (fields in order, no unknown fields, no defaults 
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from peerstack.errors import DecodeError, UsageError
 
 # A public key message longer than this is not a key we accept (RSA-8192 in DER is ~1.1 KB).
 MAX_KEY_MESSAGE = 2048
+#: Parsed public keys remembered (by their protobuf bytes; keys are immutable).
+KEY_CACHE_SIZE = 1024
 MIN_RSA_BITS = 2048
 
 
@@ -87,7 +90,19 @@ class PublicKey:
 
     @classmethod
     def from_protobuf(cls, buf: bytes) -> PublicKey:
-        """Parse and validate a ``PublicKey`` message from a peer (raises ``DecodeError``)."""
+        """Parse and validate a ``PublicKey`` message from a peer (raises ``DecodeError``).
+
+        Memoized (bounded, see ``KEY_CACHE_SIZE``): one connection brings the same key in the
+        Noise handshake and in identify, and peers come back.
+        """
+        if len(buf) > MAX_KEY_MESSAGE:
+            raise DecodeError("key message too long")
+        if type(buf) is not bytes:
+            buf = bytes(buf)
+        return _parse_public_key(buf)
+
+    @classmethod
+    def _from_protobuf(cls, buf: bytes) -> PublicKey:
         key_type, data = _decode_key_message(buf)
         key = cls(key_type, bytes(data))
         key._load()  # reject keys that do not parse now, not at first use
@@ -137,6 +152,10 @@ class PublicKey:
         except InvalidSignature:
             return False
         return True
+
+
+# A bounded memo of ``PublicKey.from_protobuf`` (failures are not cached).
+_parse_public_key = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(PublicKey._from_protobuf)
 
 
 class PrivateKey:

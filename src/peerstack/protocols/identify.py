@@ -285,16 +285,21 @@ class ObservedAddrs:
     def __init__(self, max_addrs: int = MAX_OBSERVED_ADDRS) -> None:
         self._max = max_addrs
         self._seen: dict[Multiaddr, set[PeerId]] = {}
+        # addr -> len(self._seen[addr]), so that finding the weakest needs no Python call per
+        # address (the table is full most of the time: each dial is seen from a new port).
+        self._counts: dict[Multiaddr, int] = {}
 
     def add(self, addr: Multiaddr, observer: PeerId) -> None:
         peers = self._seen.get(addr)
         if peers is None:
             if len(self._seen) >= self._max:
-                weakest = min(self._seen, key=lambda a: len(self._seen[a]))
+                weakest = min(self._counts, key=self._counts.__getitem__)
                 del self._seen[weakest]
+                del self._counts[weakest]
             peers = self._seen[addr] = set()
         if len(peers) < 1024:
             peers.add(observer)
+            self._counts[addr] = len(peers)
 
     def addrs(self, min_observers: int = 1) -> list[Multiaddr]:
         """Addresses reported by at least ``min_observers`` peers, most reported first."""
@@ -380,10 +385,12 @@ class IdentifyService:
         if isinstance(event, PeerConnected):
             self._start_identify(event.peer)
         elif isinstance(event, PeerDisconnected):
-            gone = PeerstackError(f"{event.peer} disconnected before identify finished")
             for table in (self._pending, self._waiters):
                 fut = table.pop(event.peer, None)
-                if fut is not None:
+                if fut is not None and not fut.done():
+                    # Built only when someone may wait for it (a PeerId's text costs a base58
+                    # encode, and most disconnects find identify long finished).
+                    gone = PeerstackError(f"{event.peer} disconnected before identify finished")
                     _settle(fut, None, gone)
 
     def _start_identify(self, peer: PeerId) -> None:
