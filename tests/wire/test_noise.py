@@ -725,3 +725,16 @@ def test_release_scratch_keeps_a_frame_in_progress() -> None:
     assert b.decrypt(wire[20_000:]) == msg
     b.release_scratch()
     assert b.scratch_size == 0
+
+
+def test_seal_is_one_frame_like_encrypt() -> None:
+    a, b = transports()
+    a2, _ = transports()
+    for msg in (b"x", os.urandom(32), os.urandom(MAX_PLAINTEXT)):
+        sealed = a.seal(msg)
+        assert len(sealed) == NoiseTransport.sealed_size(len(msg))
+        assert b.decrypt(sealed) == msg
+    for bad in (b"", bytes(MAX_PLAINTEXT + 1)):
+        with pytest.raises(UsageError):
+            a2.seal(bad)
+    assert b.decrypt(a.encrypt(b"in step")) == b"in step"
