@@ -211,3 +211,31 @@ async def test_perf_idle_limit_is_per_silence_not_per_transfer(stream_pair: Pair
     await serve  # the client went silent: reset
     with pytest.raises(StreamReset):
         await client.read()
+
+
+async def test_ping_payloads_in_pieces_both_ways(stream_pair: Pair) -> None:
+    """The one-read fast path is the usual case; a payload cut in pieces is still whole."""
+    client, server = stream_pair()
+    serve = asyncio.create_task(handle_ping(server))
+    for cut in (1, 5, 31):
+        payload = bytes(range(cut, cut + 32))
+        await client.write(payload[:cut])
+        await asyncio.sleep(0)  # the server's first read gets the first piece alone
+        await client.write(payload[cut:])
+        assert await client.readexactly(32) == payload
+    await client.close()
+    await serve
+
+    client, server = stream_pair()
+
+    async def stutterer() -> None:
+        while ping := await server.read(32):
+            ping += await server.readexactly(32 - len(ping))
+            await server.write(ping[:7])
+            await asyncio.sleep(0)
+            await server.write(ping[7:])
+
+    task = asyncio.create_task(stutterer())
+    assert len(await ping_stream(client, 3)) == 3
+    await client.close()
+    await task

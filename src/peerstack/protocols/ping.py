@@ -78,17 +78,16 @@ class IdleWatchdog:
             self._handle = None
 
 
-async def _read_ping(stream: Stream) -> bytes:
-    """Read one 32-byte payload; ``b""`` on a clean end of stream between pings."""
-    buf = await stream.read(PING_SIZE)
-    if len(buf) == PING_SIZE or not buf:  # the usual case: one whole payload, or the end
-        return buf
+async def _rest_of_ping(stream: Stream, buf: bytes) -> bytes:
+    """Complete a payload that arrived in pieces (``buf`` is its non-empty start).
+
+    The usual case, one whole 32-byte payload per read, is handled inline by the callers (a
+    coroutine less per ping); this is the rare rest.
+    """
     while len(buf) < PING_SIZE:
         chunk = await stream.read(PING_SIZE - len(buf))
         if not chunk:
-            if buf:
-                raise StreamClosed("stream ended inside a ping payload")
-            return b""
+            raise StreamClosed("stream ended inside a ping payload")
         buf += chunk
     return buf
 
@@ -100,9 +99,11 @@ async def handle_ping(stream: Stream, idle_timeout: float = PING_IDLE_TIMEOUT) -
             watchdog = IdleWatchdog(scope, idle_timeout)
             try:
                 while True:
-                    payload = await _read_ping(stream)
-                    if not payload:
-                        break
+                    payload = await stream.read(PING_SIZE)
+                    if len(payload) != PING_SIZE:
+                        if not payload:  # a clean end between pings
+                            break
+                        payload = await _rest_of_ping(stream, payload)
                     watchdog.touch()
                     await stream.write(payload)
             finally:
@@ -139,7 +140,9 @@ async def ping_stream(stream: Stream, count: int, rtt_timeout: float = PING_TIME
                 watchdog.touch()
                 start = time.perf_counter()
                 await stream.write(payload)
-                answer = await _read_ping(stream)
+                answer = await stream.read(PING_SIZE)
+                if len(answer) != PING_SIZE and answer:
+                    answer = await _rest_of_ping(stream, answer)
                 rtt = time.perf_counter() - start
                 if not answer:
                     raise StreamClosed("peer closed the ping stream")
