@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 
 from peerstack.core.identity import PublicKey
@@ -77,15 +76,16 @@ class _OutBuffers:
 
     def __init__(self) -> None:
         self._spare: list[bytearray] = []
-        # (buffer, total bytes written once it was written), oldest first.
-        self._busy: deque[tuple[bytearray, int]] = deque()
+        # (buffer, total bytes written once it was written), oldest first (a short list:
+        # at most MAX_OUT_BUFFERS).
+        self._busy: list[tuple[bytearray, int]] = []
 
     def take(self, sent: int) -> bytearray | None:
         """A buffer free to fill (``sent``: bytes the socket took so far), or None if the
         connection already has MAX_OUT_BUFFERS in flight."""
         busy = self._busy
         while busy and busy[0][1] <= sent:
-            self._spare.append(busy.popleft()[0])
+            self._spare.append(busy.pop(0)[0])
         if self._spare:
             return self._spare.pop()
         if len(busy) < MAX_OUT_BUFFERS:
@@ -104,16 +104,21 @@ class _OutBuffers:
 class _Sealer:
     """Encrypts one flush into output buffers and writes each buffer once it is full."""
 
-    __slots__ = ("_buf", "_conn", "_fill", "_pool")
+    __slots__ = ("_buf", "_conn", "_fill")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self._buf: bytearray | None = None
+        self._fill = 0
+
+    def _pool(self) -> _OutBuffers:
+        # Made on the first large piece: connections that only ever send small messages
+        # never hold one.
+        conn = self._conn
         pool = conn._out_buffers
         if pool is None:
             pool = conn._out_buffers = _OutBuffers()
-        self._pool = pool
-        self._buf: bytearray | None = None
-        self._fill = 0
+        return pool
 
     def put(self, plain: bytes | memoryview) -> None:
         conn = self._conn
@@ -123,11 +128,16 @@ class _Sealer:
             self.ship()
             buf = None
         if buf is None:
-            transport = conn._tcp.transport
-            unsent = transport.get_write_buffer_size() if transport is not None else 0
-            buf = self._pool.take(conn._wire_written - unsent) if need <= OUT_BUFFER_SIZE else None
+            # Small output (control frames, requests) never makes a connection hold a
+            # megabyte buffer: only a large piece starts one.
+            if need < LARGE_PIECE or need > OUT_BUFFER_SIZE:
+                buf = None
+            else:
+                transport = conn._tcp.transport
+                unsent = transport.get_write_buffer_size() if transport is not None else 0
+                buf = self._pool().take(conn._wire_written - unsent)
             if buf is None:
-                # Every buffer still in flight (or an oversized piece): a fresh copy.
+                # Small, oversized, or every buffer still in flight: a fresh copy.
                 sealed = conn._noise.encrypt(plain)
                 conn._tcp.write(sealed)
                 conn._wire_written += len(sealed)
@@ -144,12 +154,12 @@ class _Sealer:
         self._buf = None
         fill = self._fill
         if not fill:
-            self._pool.give_back(buf)
+            self._pool().give_back(buf)
             return
         conn = self._conn
         conn._tcp.write(memoryview(buf)[:fill])
         conn._wire_written += fill
-        self._pool.written(buf, conn._wire_written)
+        self._pool().written(buf, conn._wire_written)
 
 
 class Connection:
