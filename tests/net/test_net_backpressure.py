@@ -123,3 +123,30 @@ def test_output_buffers_are_reused_only_once_sent() -> None:
         pool.written(buf, mark=3000 + i)
     assert pool.take(sent=1000) is None  # all in flight: the caller copies instead
     assert pool.take(sent=2000) is second
+
+
+async def test_buffers_are_given_back_when_the_streams_are_gone(
+    make_host: MakeHost, eventually: Eventually
+) -> None:
+    a = await make_host()
+    b = await make_host()
+
+    async def sink(stream: Stream) -> None:
+        while await stream.read():
+            pass
+        await stream.close()
+
+    b.set_stream_handler("/sink", sink)
+    peer = await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}")
+    stream = await a.new_stream(peer, ["/sink"])
+    for _ in range(4):
+        await stream.write(os.urandom(1 << 20))
+    await stream.close()
+    assert await stream.read() == b""
+    conn = a.connection(peer)
+    assert conn is not None
+    # The bulk transfer used reusable output buffers and Noise scratch; with no stream left
+    # the connection holds none of them (an idle connection stays a few KB).
+    await eventually(lambda: conn.num_streams == 0)
+    assert conn._out_buffers is None
+    assert conn._noise.scratch_size == 0
