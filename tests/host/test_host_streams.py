@@ -444,3 +444,57 @@ async def test_dialling_our_own_address_is_refused(
     await eventually(lambda: a.stats()["inbound"] == 0)
     assert a.connected_peers() == []
     assert a.stats()["connections"] == 0
+
+
+async def test_handler_changes_reach_inbound_negotiation(make_host: MakeHost) -> None:
+    """The host indexes its handlers once for inbound negotiation (multistream.ProtocolSet)
+    and re-indexes after every change: added, removed and re-added ids are all seen."""
+    server = await make_host()
+    client = await make_host(listen=False)
+    await client.dial(addr_of(server))
+    with pytest.raises(NegotiationError):
+        await client.new_stream(server.peer_id, [ECHO])
+    server.set_stream_handler(ECHO, echo_handler)
+    stream = await client.new_stream(server.peer_id, [ECHO])
+    await stream.write(b"hi")
+    assert await stream.readexactly(2) == b"hi"
+    await stream.close()
+    server.remove_stream_handler(ECHO)
+    with pytest.raises(NegotiationError):
+        await client.new_stream(server.peer_id, [ECHO])
+    server.set_stream_handler(ECHO, echo_handler)
+    stream = await client.new_stream(server.peer_id, ["/test/other/1", ECHO])
+    assert stream.protocol == ECHO
+    await stream.close()
+    # an id that could never be negotiated is refused up front
+    with pytest.raises(UsageError):
+        server.set_stream_handler("/x" * 600, echo_handler)
+
+
+def test_protocol_set() -> None:
+    from peerstack.wire import multistream
+
+    protocols = multistream.ProtocolSet(["/b/1", "/a/1"])
+    assert "/a/1" in protocols
+    assert "/c/1" not in protocols
+    assert len(protocols) == 2
+    assert protocols.listing == ["/a/1", "/b/1"]
+    responder = multistream.Responder(protocols)
+    responder.receive_data(
+        multistream.encode_message(multistream.PROTOCOL_ID)
+        + multistream.encode_message("ls")
+        + multistream.encode_message("/c/1")
+        + multistream.encode_message("/b/1")
+    )
+    assert responder.protocol == "/b/1"
+    assert responder.data_to_send() == (
+        multistream.encode_message(multistream.PROTOCOL_ID)
+        + multistream.encode_ls_response(["/a/1", "/b/1"])
+        + multistream.encode_message("na")
+        + multistream.encode_message("/b/1")
+    )
+    for bad in ("", "a\nb", "/x" * 600):
+        with pytest.raises(UsageError):
+            multistream.ProtocolSet([bad])
+    with pytest.raises(UsageError):
+        multistream.ProtocolSet("/a/1")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -119,6 +119,8 @@ class BasicHost:
         self.peerstore.set_protect(self.connmgr.is_connected)
         self._read_buffer = tcp.new_read_buffer()
         self._handlers: dict[str, StreamHandler] = {}
+        # The handlers' ids as inbound negotiation uses them; rebuilt after a change.
+        self._protocol_set: multistream.ProtocolSet | None = None
         self._listeners: list[tcp.TcpListener] = []
         # The listeners' bound addresses, read from their sockets once (they do not change
         # while listening; identify asks for them on every connection).
@@ -210,10 +212,13 @@ class BasicHost:
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         if not protocol or "\n" in protocol:
             raise UsageError(f"invalid protocol id {protocol!r}")
+        multistream.ProtocolSet([protocol])  # refuses an id we could not negotiate
         self._handlers[protocol] = handler
+        self._protocol_set = None
 
     def remove_stream_handler(self, protocol: str) -> None:
         self._handlers.pop(protocol, None)
+        self._protocol_set = None
 
     def protocols(self) -> list[str]:
         """Protocols we have handlers for (what identify announces)."""
@@ -466,7 +471,9 @@ class BasicHost:
         self._spawn(self._serve_stream(stream))
 
     async def _serve_stream(self, stream: YamuxStream) -> None:
-        supported: Collection[str] = self._handlers.keys()
+        supported = self._protocol_set
+        if supported is None:
+            supported = self._protocol_set = multistream.ProtocolSet(self._handlers)
         try:
             async with asyncio.timeout(self.limits.stream_negotiation_timeout):
                 protocol = await negotiate(stream, multistream.Responder(supported))

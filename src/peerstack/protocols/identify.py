@@ -383,7 +383,7 @@ class IdentifyService:
 
     def _on_event(self, event: HostEvent) -> None:
         if isinstance(event, PeerConnected):
-            self._start_identify(event.peer)
+            self._start_identify(event.peer, inbound=not event.outbound)
         elif isinstance(event, PeerDisconnected):
             for table in (self._pending, self._waiters):
                 fut = table.pop(event.peer, None)
@@ -393,12 +393,25 @@ class IdentifyService:
                     gone = PeerstackError(f"{event.peer} disconnected before identify finished")
                     _settle(fut, None, gone)
 
-    def _start_identify(self, peer: PeerId) -> None:
+    def _start_identify(self, peer: PeerId, *, inbound: bool = False) -> None:
         old = self._pending.get(peer)
         if old is not None and not old.done():
             return  # already running for this peer
-        fut: asyncio.Future[IdentifyInfo] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[IdentifyInfo] = loop.create_future()
         self._pending[peer] = fut
+        if inbound:
+            # Our request starts one loop turn later: the new connection's first turn serves
+            # the streams the dialler opened right behind its last handshake message (its own
+            # identify request above all), so the answer it waits for leaves before our
+            # request instead of after it.
+            loop.call_soon(self._begin_identify, peer, fut)
+        else:
+            self._begin_identify(peer, fut)
+
+    def _begin_identify(self, peer: PeerId, fut: asyncio.Future[IdentifyInfo]) -> None:
+        if self._unsubscribe is None or fut.done() or self._pending.get(peer) is not fut:
+            return  # closed, disconnected or superseded in the meantime
         self._spawn(self._identify_quietly(peer, fut))
 
     # -- what we learnt -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ kept untouched for the next layer (``unused_data``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Sequence
 
 from peerstack.core import varint
@@ -39,6 +40,12 @@ def encode_message(text: str) -> bytes:
     return varint.encode(len(body)) + body
 
 
+_HEADER = encode_message(PROTOCOL_ID)
+_NA_MESSAGE = encode_message(NA)
+# Our own protocol ids, checked and framed once (bounded: hosts propose a handful of ids).
+_OWN_CACHE_SIZE = 512
+
+
 def encode_ls_response(protocols: Sequence[str]) -> bytes:
     """The answer to ``ls``: one message whose body is varint-prefixed ``proto\\n`` entries
     followed by a final ``\\n``."""
@@ -54,6 +61,43 @@ def _check_own_protocol(proto: str) -> None:
         raise UsageError(f"protocol id {proto!r} contains a newline")
     if len(proto.encode()) + 1 > MAX_SEND_LENGTH:
         raise UsageError(f"protocol id {proto[:40]!r}... is too long")
+
+
+@functools.lru_cache(maxsize=_OWN_CACHE_SIZE)
+def _own_message(proto: str) -> bytes:
+    """One of our protocol ids, checked and framed (memoized; refusals are not cached)."""
+    _check_own_protocol(proto)
+    return encode_message(proto)
+
+
+class ProtocolSet:
+    """The protocol ids a ``Responder`` accepts, checked, indexed and listed once.
+
+    A host answers every inbound stream from the same handlers: it keeps one of these and
+    makes a new one when its handlers change, instead of checking and indexing them per stream.
+    """
+
+    __slots__ = ("_ids", "_listing")
+
+    def __init__(self, protocols: Collection[str]) -> None:
+        if isinstance(protocols, str):
+            raise UsageError("pass a collection of protocol ids, not one string")
+        ids = frozenset(protocols)
+        for proto in ids:
+            _check_own_protocol(proto)
+        self._ids = ids
+        self._listing = sorted(ids)
+
+    def __contains__(self, proto: object) -> bool:
+        return proto in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def listing(self) -> list[str]:
+        """The ids in the order ``ls`` lists them."""
+        return list(self._listing)
 
 
 class _MessageReader:
@@ -178,11 +222,11 @@ class Initiator(_Negotiator):
             raise UsageError("at least one protocol must be proposed")
         if len(self._proposals) > MAX_PROPOSALS:
             raise UsageError(f"at most {MAX_PROPOSALS} protocols can be proposed")
-        for proto in self._proposals:
-            _check_own_protocol(proto)
+        framed = [_own_message(proto) for proto in self._proposals]
+        self._framed = framed
         self._index = 0
         # The header and the first proposal travel together: one round trip in the usual case.
-        self._out.append(encode_message(PROTOCOL_ID) + encode_message(self._proposals[0]))
+        self._out.append(_HEADER + framed[0])
 
     @property
     def proposed(self) -> str:
@@ -197,7 +241,7 @@ class Initiator(_Negotiator):
             self._index += 1
             if self._index >= len(self._proposals):
                 raise NegotiationError(f"peer supports none of {', '.join(self._proposals)}")
-            self._out.append(encode_message(self._proposals[self._index]))
+            self._out.append(self._framed[self._index])
         else:
             raise MultistreamError(f"unexpected answer {text[:64]!r} to {current!r}")
 
@@ -205,26 +249,27 @@ class Initiator(_Negotiator):
 class Responder(_Negotiator):
     """The listening side: accepts the first proposal it supports, answers ``na`` otherwise.
 
-    ``supported`` is either a collection of protocol ids or a predicate; with a predicate,
-    ``ls`` is answered with an empty list.
+    ``supported`` is a ``ProtocolSet``, a collection of protocol ids, or a predicate; with a
+    predicate, ``ls`` is answered with an empty list.
     """
 
-    def __init__(self, supported: Collection[str] | Callable[[str], bool]) -> None:
+    def __init__(self, supported: ProtocolSet | Collection[str] | Callable[[str], bool]) -> None:
         super().__init__()
         if isinstance(supported, str):
             raise UsageError("pass a collection of protocol ids, not one string")
         self._listing: list[str]
-        if callable(supported):
-            self._accepts: Callable[[str], bool] = supported
+        if isinstance(supported, ProtocolSet):
+            self._accepts: Callable[[str], bool] = supported._ids.__contains__
+            self._listing = supported._listing
+        elif callable(supported):
+            self._accepts = supported
             self._listing = []
         else:
-            ids = frozenset(supported)
-            for proto in ids:
-                _check_own_protocol(proto)
-            self._accepts = ids.__contains__
-            self._listing = sorted(ids)
+            protocols = ProtocolSet(supported)
+            self._accepts = protocols._ids.__contains__
+            self._listing = protocols._listing
         self._requests = 0
-        self._out.append(encode_message(PROTOCOL_ID))
+        self._out.append(_HEADER)
 
     def _handle(self, text: str) -> None:
         self._requests += 1
@@ -236,4 +281,4 @@ class Responder(_Negotiator):
             self._out.append(encode_message(text))
             self._protocol = text
         else:
-            self._out.append(encode_message(NA))
+            self._out.append(_NA_MESSAGE)
