@@ -1,11 +1,16 @@
 """``Connection``: a secured, multiplexed connection driving NoiseTransport + YamuxSession.
 
 Read path (the event loop's read callback, synchronous): TCP bytes -> ``decrypt`` -> yamux
-``receive_data`` -> events dispatched to ``YamuxStream`` objects.
+``receive_data`` -> events dispatched to ``YamuxStream`` objects. A Noise frame cut by the end
+of a read has its rest read by the socket straight into Noise's partial-frame buffer
+(``TcpConnection.set_read_target``), so bulk reads stay one frame each and copy nothing.
 
 Write path: streams hand data to the session; the session's output is drained, encrypted once
 and written once per loop turn (or at once when a large batch is waiting), so many small frames
-cost one ``transport.write``. The TCP transport's pause/resume drive the writers' waits.
+cost one ``transport.write``. Bulk output is encrypted into a few reusable 1 MiB buffers that
+the transport sends from (``_OutBuffers``), never into a fresh buffer per write: allocator churn
+(pages handed back to the kernel and faulted in again) cost more than the cipher. A small write
+with nothing queued goes out at once. The TCP transport's pause/resume drive the writers' waits.
 
 A peer that breaks Noise or Yamux gets a GoAway (when possible) and the connection closes with
 the typed error in ``error``; other connections are unaffected.
