@@ -29,21 +29,26 @@
 //     default; `offset`/`length` are ordinary cat options), one range after the other, so at
 //     most one window of blocks is wanted at a time. A single `cat` of the whole file does NOT
 //     bound its wants: the exporter walks the root's 1024 links through it-parallel (ordered,
-//     concurrency = blockReadConcurrency), and it-parallel 3.0.16 frees a slot twice (once when
-//     it takes a finished task off its list, again after the consumer resumes from `yield`), so
-//     the in-flight count passes the limit and never meets its `=== concurrency` check again.
-//     Measured here with concurrency 8: 8 wants, then the other 1016 leaves all at once.
+//     concurrency = blockReadConcurrency), and it-parallel 3.0.16 (the newest) frees a slot
+//     twice: taking a finished task off its list lets the source refill the slot, and resolving
+//     the slot promise again after the consumer resumes from `yield` wakes the source once more,
+//     so a 9th task starts; its check is `if (ops.length === concurrency)`, which a count past
+//     the limit never meets again. Measured here with concurrency 8: 8 wants, then the other
+//     1016 leaves all at once; a standalone it-parallel test reaches 190 of 200 tasks in flight
+//     (8 with the check made `while (ops.length >= concurrency)`).
 //   * 1016 wants at once make each seeder build one reply of every wanted block (the bitswap
 //     ledger batches all pending wants, about 1 GiB, before it writes a byte), then push it down
 //     one connection. js-libp2p's connection monitor pings every connection each 10 s with a
 //     timeout of at least 5 s; its ping queues behind that data, times out on a loaded machine,
 //     and the monitor aborts the connection ("aborting connection due to ping failure"), the
-//     leecher's inbound bitswap streams time out after 10 s, and the wants sent to those peers
-//     are lost: the transfer stops. That was the 1 GiB stall (4 seeders: after 8 MiB).
+//     leecher's inbound bitswap streams time out after 10 s, and a seeder whose connection is
+//     gone drops that peer's ledger with its wants. With no routing the leecher never finds the
+//     seeders again: the transfer stops. That was the 1 GiB stall (4 seeders: after 8 MiB; a
+//     run that finished ended with 1 of its 4 connections left).
 //   * With 4 seeders, helia's bitswap client sends want-block for every block to every
 //     connected peer and cancels only once a copy has arrived, so each seeder sends (nearly) the
-//     whole file: the leecher receives about 4 GiB for a 1 GiB file. That is helia's behaviour,
-//     kept as is; the figures measure it.
+//     whole file: measured on 1 GiB, each of the 4 seeders' sockets acked 1.074 GB, so the
+//     leecher received 4 copies. That is helia's behaviour, kept as is; the figures measure it.
 //
 // --block-read-concurrency is still passed to cat (the driver sends 8); with the window it
 // limits nothing beyond the window, for the reason above. --window-mib 0 reads the whole file

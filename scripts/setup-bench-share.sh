@@ -40,13 +40,28 @@ setup_libtorrent() {
     say "libtorrent $version installed in $LT_VENV"
 }
 
+# Every package bench/share_anchor_helia.mjs loads from tests/interop/js/node_modules. Some are
+# helia's own dependencies (not named in that package.json), present because npm hoists them.
+HELIA_ANCHOR_PACKAGES=(helia @helia/libp2p @helia/bitswap @helia/unixfs @libp2p/tcp @libp2p/noise
+    @libp2p/yamux @libp2p/identify blockstore-core datastore-core @multiformats/multiaddr multiformats)
+
+helia_missing() {
+    local pkg
+    for pkg in "${HELIA_ANCHOR_PACKAGES[@]}"; do
+        [ -f "$ROOT/tests/interop/js/node_modules/$pkg/package.json" ] || { echo "$pkg"; return; }
+    done
+}
+
 setup_helia() {
-    if [ -x "$JS_NODE" ] && [ -d "$ROOT/tests/interop/js/node_modules/helia" ]; then
-        say "helia present in tests/interop/js ($("$JS_NODE" --version))"
+    if [ -x "$JS_NODE" ] && [ -z "$(helia_missing)" ]; then
+        say "helia present in tests/interop/js ($("$JS_NODE" --version), helia $(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$ROOT/tests/interop/js/node_modules/helia/package.json"))"
         return
     fi
-    say "helia missing; running scripts/setup-interop.sh"
+    say "helia or one of its packages missing; running scripts/setup-interop.sh"
     bash "$ROOT/scripts/setup-interop.sh"
+    local missing
+    missing="$(helia_missing)"
+    [ -z "$missing" ] || die "tests/interop/js/node_modules/$missing is missing after setup-interop.sh (the helia anchor needs it)"
 }
 
 setup_libtorrent
