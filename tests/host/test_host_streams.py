@@ -498,3 +498,25 @@ def test_protocol_set() -> None:
             multistream.ProtocolSet([bad])
     with pytest.raises(UsageError):
         multistream.ProtocolSet("/a/1")
+
+
+async def test_initiator_that_waits_for_our_header_before_proposing(make_host: MakeHost) -> None:
+    """Our stream responder sends its header once the initiator's arrived (not before), so
+    an initiator that proposes only after reading our header (py-libp2p does) still works."""
+    from peerstack.wire import multistream
+
+    server = await make_host()
+    server.set_stream_handler(ECHO, echo_handler)
+    client = await make_host(listen=False)
+    await client.dial(addr_of(server))
+    conn = client.connection(server.peer_id)
+    assert conn is not None
+    stream = conn.open_stream()
+    header = multistream.encode_message(multistream.PROTOCOL_ID)
+    await stream.write(header)
+    assert await stream.readexactly(len(header)) == header
+    echo = multistream.encode_message(ECHO)
+    await stream.write(echo + b"after")
+    assert await stream.readexactly(len(echo)) == echo
+    assert await stream.readexactly(5) == b"after"
+    await stream.close()

@@ -72,10 +72,15 @@ class DialFailed(DialError):
 
 
 async def negotiate(stream: YamuxStream, ms: multistream.Initiator | multistream.Responder) -> str:
-    """Run multistream-select on ``stream``; bytes read past the agreement are pushed back."""
-    out = ms.data_to_send()
-    if out:
-        await stream.write(out)
+    """Run multistream-select on ``stream``; bytes read past the agreement are pushed back.
+
+    A responder's header waits for the initiator's first bytes (every initiator sends its
+    header unasked), and the answer that completes the negotiation is queued rather than
+    written at once: header, echo and the handler's first reply leave in one segment.
+    """
+    responder = isinstance(ms, multistream.Responder)
+    if not responder:
+        await stream.write(ms.data_to_send())
     while not ms.done:
         data = await stream.read()
         if not data:
@@ -83,7 +88,10 @@ async def negotiate(stream: YamuxStream, ms: multistream.Initiator | multistream
         ms.receive_data(data)
         out = ms.data_to_send()
         if out:
-            await stream.write(out)
+            # Connection.send writes small ``bytes`` to the socket at once and queues other
+            # buffers for its end-of-turn flush: a memoryview of the final answer waits (at
+            # most until the end of this loop turn) for what the handler writes right after.
+            await stream.write(memoryview(out) if responder and ms.done else out)
     stream.unread(ms.unused_data())
     protocol = ms.protocol
     assert protocol is not None
