@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerstack.core.identity import PrivateKey
 from peerstack.core.peer_id import PeerId
@@ -189,3 +191,16 @@ def test_loopback_has_its_own_per_ip_limit() -> None:
         raised.reserve_inbound("127.0.0.1")
     with pytest.raises(ResourceLimitError):
         raised.reserve_inbound("127.0.0.1")
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.text(max_size=20)))
+def test_loopback_check_agrees_with_ipaddress(ip: str) -> None:
+    import ipaddress
+
+    from peerstack.host.connmgr import _is_loopback
+
+    try:
+        expected = ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        expected = False
+    assert _is_loopback(ip) == expected

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def _is_loopback(ip: str) -> bool:
+    # The usual loopback peers without parsing (one call per inbound connection).
+    if ip in ("127.0.0.1", "::1"):
+        return True
     try:
         return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
     except ValueError:
