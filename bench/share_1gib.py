@@ -13,9 +13,9 @@ complete on disk *and* its sha256 equal to the source's ("verified"). MB/s = 10^
 Seeders are started and loaded (import, torrent check) once per scenario, before any timing;
 every run starts a fresh leecher with an empty store. Medians over ``--runs``.
 
-Upload caps: libtorrent has ``upload_rate_limit``. peerstack has no rate-limit knob yet, so its
-capped rows use a bench-side stand-in (``--ps-cap emulate``): the seeder's blockstore reads pass
-through a token bucket at the cap, which bounds what its Bitswap server can send. helia has no
+Upload caps: libtorrent has ``upload_rate_limit``; peerstack's seeders use Bitswap's own
+``upload_rate`` (``--ps-cap knob``, the default; ``--ps-cap emulate`` is the older bench-side
+stand-in: the seeder's blockstore reads pass through a token bucket at the cap). helia has no
 upload cap: its capped cells say so.
 
     python bench/share_1gib.py [--runs 3] [--mib 1024] [--cap-mbps 20] [--only peerstack,...]
@@ -100,9 +100,9 @@ class SeedBlockstore(Blockstore):
 
     The Bitswap server reads every block it sends with ``get``, so the count is what the seeder
     uploaded (Bitswap forgets a peer's ledger when it disconnects, so the ledgers cannot tell).
-    peerstack has no upload rate limit yet: with ``rate`` > 0, reads pass through a token bucket
-    at ``rate`` bytes/s (a burst of 0.1 s), which bounds what the server can send. A stand-in for
-    the missing knob, not a feature.
+    With ``rate`` > 0 (``--ps-cap emulate``), reads pass through a token bucket at ``rate``
+    bytes/s (a burst of 0.1 s), which bounds what the server can send: the stand-in used before
+    Bitswap had ``upload_rate``.
     """
 
     BURST_SECONDS = 0.1
@@ -135,17 +135,22 @@ async def ps_import(src: Path, repo: Path) -> None:
         answer({"cid": str(result.cid), "seconds": time.perf_counter() - t0})
 
 
-async def ps_seed(repo: Path, upload_cap: float) -> None:
-    """Serve ``repo`` over Bitswap; answer ``stats`` lines until stdin closes."""
-    store = SeedBlockstore(repo, upload_cap)
+async def ps_seed(repo: Path, upload_cap: float, how: str) -> None:
+    """Serve ``repo`` over Bitswap; answer ``stats`` lines until stdin closes.
+
+    ``upload_cap`` (bytes/s, 0 = none) is Bitswap's ``upload_rate`` when ``how`` is "knob", the
+    bench-side stand-in when it is "emulate"."""
+    store = SeedBlockstore(repo, upload_cap if how == "emulate" else 0.0)
+    rate = upload_cap if how == "knob" and upload_cap > 0 else None
     host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"])
     await host.start()
     try:
-        async with Bitswap(host, store) as bitswap:
+        async with Bitswap(host, store, upload_rate=rate) as bitswap:
             addr = host.listen_addrs()[0].encapsulate(Multiaddr(f"/p2p/{host.peer_id}"))
             answer({"addr": str(addr)})
             async for _line in stdin_lines():
-                answer({"uploaded": store.bytes_read, "peers": len(bitswap.engine.ledgers)})
+                answer({"uploaded": store.bytes_read, "peers": len(bitswap.engine.ledgers),
+                        "cpu": time.process_time()})
     finally:
         await host.close()
         store.close()
@@ -176,6 +181,8 @@ async def ps_leech(
     try:
         async with Bitswap(host, store) as bitswap:
             t0 = time.perf_counter()
+            cpu0 = time.process_time()
+            loop_cpu0 = time.thread_time()
             for text in peers:
                 bare, pid = Multiaddr(text).decapsulate_p2p()
                 assert pid is not None
@@ -183,6 +190,8 @@ async def ps_leech(
             t_connected = time.perf_counter()
             result = await bitswap.get_file(cid, out, on_progress)
             t_disk = time.perf_counter()
+            cpu = time.process_time() - cpu0
+            loop_cpu = time.thread_time() - loop_cpu0
             digest = await asyncio.to_thread(sha256_file, out)
             t_verified = time.perf_counter()
     finally:
@@ -193,6 +202,8 @@ async def ps_leech(
         "sha256": digest,
         "bytes": await asyncio.to_thread(lambda: out.stat().st_size),
         "blocks": result.blocks,
+        "cpu": cpu,
+        "cpu_loop": loop_cpu,
         "seconds_connect": t_connected - t0,
         "seconds_fetched": (fetched_at[0] if fetched_at else t_disk) - t0,
         "seconds_on_disk": t_disk - t0,
@@ -205,7 +216,12 @@ def child_main(args: argparse.Namespace) -> None:
     if args.role == "ps-import":
         run(ps_import(args.src, args.repo))
     elif args.role == "ps-seed":
-        run(ps_seed(args.repo, args.upload_cap))
+        if args.profile:
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.runcall(run, ps_seed(args.repo, args.upload_cap, args.ps_cap))
+            profiler.dump_stats(args.profile)
+        else:
+            run(ps_seed(args.repo, args.upload_cap, args.ps_cap))
     else:
         out: dict[str, Any] = {}
 
@@ -213,7 +229,7 @@ def child_main(args: argparse.Namespace) -> None:
             out.update(await ps_leech(args.cid, args.repo, args.out, args.peer, args.expect))
 
         if args.profile:
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.thread_time)  # the event loop's own CPU time
             profiler.runcall(run, leech())
             profiler.dump_stats(args.profile)
         else:
@@ -313,6 +329,8 @@ class Driver:
         self.args = args
         self.ws = ws
         self.leech_dir = ws.root / "leech"
+        self._seeders_started = 0
+        self._seed_cpu = 0.0
 
     # -- preparation, once per run of the bench --
 
@@ -353,8 +371,12 @@ class Driver:
 
     def seeder_argv(self, impl: str, cap: int) -> list[str]:
         if impl == "peerstack":
-            return [PYTHON, __file__, "--role", "ps-seed", "--repo", str(self.ws.ps_repo),
-                    "--upload-cap", str(cap)]
+            argv = [PYTHON, __file__, "--role", "ps-seed", "--repo", str(self.ws.ps_repo),
+                    "--upload-cap", str(cap), "--ps-cap", self.args.ps_cap]
+            if self.args.seed_profile:
+                self._seeders_started += 1
+                argv += ["--profile", f"{self.args.seed_profile}.{self._seeders_started}.prof"]
+            return argv
         if impl == "libtorrent":
             return [str(LT_PYTHON), str(LT_SCRIPT), "seed", "--torrent", str(self.ws.torrent),
                     "--dir", str(self.ws.src.parent), "--upload-cap", str(cap)]
@@ -400,9 +422,8 @@ class Driver:
         status(f"{impl} {sc.name}: starting {sc.seeders} seeder(s)")
         seeders: list[Seeder] = []
         try:
-            argv = self.seeder_argv(impl, sc.cap)
             # Seeders load the file (helia imports it, libtorrent checks it): all at once.
-            seeders += [Seeder(argv) for _ in range(sc.seeders)]
+            seeders += [Seeder(self.seeder_argv(impl, sc.cap)) for _ in range(sc.seeders)]
             infos = [json.loads(p.readline(900)) for p in seeders]
             if impl == "helia" and infos[0]["cid"] != self.ws.ps_cid and self.ws.ps_cid:
                 status(f"note: helia's CID {infos[0]['cid']} differs from peerstack's")
@@ -422,7 +443,9 @@ class Driver:
     def _uploaded(self, impl: str, seeders: list[Seeder]) -> list[int]:
         if impl == "helia":
             return []
-        return [int(s.request("stats", timeout=60)["uploaded"]) for s in seeders]
+        stats = [s.request("stats", timeout=60) for s in seeders]
+        self._seed_cpu = sum(float(st.get("cpu", 0.0)) for st in stats)
+        return [int(st["uploaded"]) for st in stats]
 
     def _one_run(
         self, impl: str, sc: Scenario, seeders: list[Seeder], infos: list[dict[str, Any]], *,
@@ -431,11 +454,13 @@ class Driver:
         shutil.rmtree(self.leech_dir, ignore_errors=True)
         self.leech_dir.mkdir(parents=True)
         before = self._uploaded(impl, seeders)
+        cpu_before = self._seed_cpu
         done = subprocess.run(
             self.leecher_argv(impl, sc, infos, run_no), capture_output=True, text=True,
             timeout=self.args.timeout, check=False,
         )
         after = self._uploaded(impl, seeders)
+        seed_cpu = self._seed_cpu - cpu_before
         shutil.rmtree(self.leech_dir, ignore_errors=True)  # 1 GiB out, and the leecher's store
         lines = done.stdout.strip().splitlines()
         if done.returncode != 0 or not lines:
@@ -453,6 +478,14 @@ class Driver:
             f"{k[8:]} {v:.2f} s" for k, v in res.items() if k.startswith("seconds_")
         )
         label = f"run {run_no + 1}" if run_no >= 0 else "profiled run (not counted)"
+        if "cpu" in res:  # peerstack: CPU per MiB moved at both ends (not the sha256 check)
+            mibs = self.ws.size / MIB
+            loop = res.get("cpu_loop", 0.0)
+            extra += (f"; CPU ms/MiB: leecher {res['cpu'] * 1000 / mibs:.2f} (event loop "
+                      f"{loop * 1000 / mibs:.2f}, threads {(res['cpu'] - loop) * 1000 / mibs:.2f})"
+                      f", seeders {seed_cpu * 1000 / mibs:.2f}")
+        if before and after:  # more than 1.00x: blocks sent twice (duplicates)
+            extra += f"; seeders sent {(sum(after) - sum(before)) / self.ws.size:.2f}x the file"
         status(f"{impl} {sc.name} {label}: {mbps:,.1f} MB/s verified ({extra})")
         if run_no < 0:
             return
@@ -506,8 +539,9 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
         f"({args.capped_runs} capped), (min-max); MB/s = 10^6 bytes/s, to file on disk and "
         "sha256-verified",
         f"peerstack: {loop_name()}, CID {ws.ps_cid}; capped rows: "
-        + ("bench-side token bucket on seeder block reads (no rate-limit knob in peerstack)"
-           if args.ps_cap == "emulate" else "not run"),
+        + ("bench-side token bucket on seeder block reads (--ps-cap emulate)"
+           if args.ps_cap == "emulate" else
+           "Bitswap(upload_rate=cap) on each seeder" if args.ps_cap == "knob" else "not run"),
         f"libtorrent: TCP only, torrent {ws.torrent_info}; capped: upload_rate_limit",
         "helia: light helia, TCP + Noise + Yamux, in-memory blockstores, cat blockReadConcurrency "
         + (str(args.helia_concurrency) if args.helia_concurrency > 0 else "default")
@@ -575,8 +609,8 @@ def driver_main(args: argparse.Namespace) -> None:
             for impl in args.only:
                 if skip[impl]:
                     cells[(impl, sc.name)] = Cell(skipped=skip[impl])
-                elif sc.cap and impl == "peerstack" and args.ps_cap != "emulate":
-                    cells[(impl, sc.name)] = Cell(skipped="no upload rate-limit knob")
+                elif sc.cap and impl == "peerstack" and args.ps_cap == "skip":
+                    cells[(impl, sc.name)] = Cell(skipped="--ps-cap skip")
                 else:
                     cells[(impl, sc.name)] = driver.run_cell(impl, sc)
         report(cells, scenarios, args, ws)
@@ -596,7 +630,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="per-seeder upload cap for the capped rows, 0 = no capped rows")
     parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x],
                         default=list(IMPLS), help="comma list of " + ",".join(IMPLS))
-    parser.add_argument("--ps-cap", choices=("emulate", "skip"), default="emulate")
+    parser.add_argument("--ps-cap", choices=("knob", "emulate", "skip"), default="knob",
+                        help="peerstack's capped rows: Bitswap's upload_rate (knob), the older "
+                        "bench-side token bucket on block reads (emulate), or not run (skip)")
     parser.add_argument("--helia-runs", type=int, default=0,
                         help="runs for helia (tens of MB/s: a 1 GiB run takes minutes); 0 = --runs")
     parser.add_argument("--helia-concurrency", type=int, default=8,
@@ -608,6 +644,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--no-setup", dest="setup", action="store_false")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per leecher run, s")
+    parser.add_argument("--seed-profile", type=Path, default=None,
+                        help="run every peerstack seeder under cProfile, stats to PATH.<n>.prof "
+                        "(written when the seeder stops)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="one extra peerstack leecher run per scenario under cProfile "
                         "(not counted), stats to PATH.<n>seed[-capped].prof")
