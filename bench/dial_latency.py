@@ -7,7 +7,10 @@ other and times each from the dialer's side:
 - "dial + identify" ends when our identify exchange with the listener has finished, which is
   when a real node knows the peer's protocols and addresses (goal: p50 <= 2 ms).
 
-After each measurement the connection is closed and the next dial starts from nothing. Anchors
+After each measurement the connection is closed and the next dial starts from nothing. The
+CPU of both ends is reported twice: per process over the timed run (dialer / listener), and
+for both ends in one process (the least of three runs: work, not waiting, so the figure to
+compare across changes on a loaded machine). Anchors
 in the same run: a bare TCP connect (uvloop) to a plain listener in a second process, the CPU
 of a Noise XX handshake in memory (both sides, no sockets), and js-libp2p (and py-libp2p)
 dialling a listener of their own kind through the interop peers' ``dial`` command, with the
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from peerstack.core.identity import PrivateKey
 from peerstack.host.host import BasicHost
+from peerstack.host.interface import PeerDisconnected
 from peerstack.protocols import ping
 from peerstack.protocols.identify import IdentifyService
 from peerstack.wire.noise import NoiseHandshake
@@ -112,6 +116,35 @@ async def peerstack_dials(addr: str, n: int, cpu: CpuMeter) -> tuple[list[float]
         cpu.stop()
         await service.close()
     return dial_ms, ident_ms
+
+
+async def one_process_cpu(n: int, repeat: int = 3) -> float:
+    """CPU ms of one dial + identify + close, both ends in this process (least of ``repeat``)."""
+    listener = BasicHost(
+        PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"], limits=bench_limits()
+    )
+    dialer = BasicHost(PrivateKey.generate(), limits=bench_limits())
+    best = math.inf
+    async with listener, dialer:
+        for host in (listener, dialer):
+            ping.register(host)
+        services = [start_identify(listener), start_identify(dialer)]
+        addr = f"{listener.listen_addrs()[0]}/p2p/{listener.peer_id}"
+        gone = asyncio.Event()
+        listener.add_listener(lambda ev: gone.set() if isinstance(ev, PeerDisconnected) else None)
+        for run_no in range(repeat + 1):
+            start = time.process_time()
+            for _ in range(WARMUP if run_no == 0 else n):
+                gone.clear()
+                peer = await dialer.dial(addr)
+                await services[1].wait_identified(peer)
+                await dialer.disconnect(peer)
+                await gone.wait()  # the listener's side of the close too
+            if run_no:
+                best = min(best, (time.process_time() - start) * 1000 / n)
+        for service in services:
+            await service.close()
+    return best
 
 
 async def tcp_connects(addr: str, n: int) -> list[float]:
@@ -231,6 +264,8 @@ def main() -> None:
             f"goal p50 <= 2 ms: {goal_mark(median(ident_ms), 2.0, higher_is_better=False)}",
         )
     )
+    status(f"peerstack dial + identify, both ends in one process, 3 x {n}")
+    one_process_ms = run(one_process_cpu(n))
     anchors: dict[str, list[float]] = {}
     if not args.no_interop:
         harness, why = load_interop_harness()
@@ -269,6 +304,7 @@ def main() -> None:
             "CPU per dial + identify + close, dialer / listener (ms)",
             f"{fmt(1000 * cpu.own / n, 2)} / {fmt(1000 * cpu.child / n, 2)}",
         ],
+        ["CPU per dial + identify + close, both ends in one process (ms)", fmt(one_process_ms, 2)],
     ]
     ratio_rows += [
         [f"{name} dial / peerstack dial (p50)", fmt_ratio(median(ms), p50_dial)]
