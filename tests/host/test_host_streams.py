@@ -498,6 +498,12 @@ def test_protocol_set() -> None:
             multistream.ProtocolSet([bad])
     with pytest.raises(UsageError):
         multistream.ProtocolSet("/a/1")
+    # our own ids are framed once, in a bounded memo that keeps no refusals
+    before = multistream._own_message.cache_info().currsize
+    with pytest.raises(UsageError):
+        multistream.Initiator(["/bad\n"])
+    assert multistream._own_message.cache_info().currsize == before
+    assert multistream._own_message.cache_info().maxsize == multistream._OWN_CACHE_SIZE
 
 
 async def test_initiator_that_waits_for_our_header_before_proposing(make_host: MakeHost) -> None:
