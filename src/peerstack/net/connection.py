@@ -65,6 +65,7 @@ StreamCallback = Callable[[YamuxStream], None]
 ClosedCallback = Callable[["Connection"], None]
 
 _DataReceived = yamux.DataReceived
+_HEADER_SIZE = yamux.HEADER_SIZE
 _SendWindowUpdated = yamux.SendWindowUpdated
 
 
@@ -283,11 +284,6 @@ class Connection:
         return self._remote_peer
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop driving this connection (streams make their futures on it)."""
-        return self._loop
-
-    @property
     def remote_addr(self) -> Multiaddr | None:
         return self._tcp.remote_addr
 
@@ -489,7 +485,7 @@ class Connection:
             if sid > 0:
                 stream = self._streams.get(sid)
                 if stream is not None:
-                    stream._feed(plain[yamux.HEADER_SIZE :])
+                    stream._feed(plain[_HEADER_SIZE:])
             else:
                 stream = self._streams.get(-sid)
                 if stream is not None:
@@ -519,7 +515,7 @@ class Connection:
             if sid > 0:
                 stream = self._streams.get(sid)
                 if stream is not None:
-                    stream._feed(plain[yamux.HEADER_SIZE :])
+                    stream._feed(plain[_HEADER_SIZE:])
             else:
                 stream = self._streams.get(-sid)
                 if stream is not None:

@@ -179,8 +179,13 @@ class YamuxStream:
                 raise UsageError("readexactly() needs n >= 0")
             return b""
         if not self._size:
-            # Wait here rather than in read(): a small message usually arrives whole.
-            fut = self._new_read_waiter()
+            # Wait here rather than in read(): a small message usually arrives whole. (The
+            # future is made inline in the usual case; _new_read_waiter() sorts out the rest.)
+            if self._read_waiter is None and self._error is None and not self._eof:
+                fut: asyncio.Future[None] | None = self._conn._loop.create_future()
+                self._read_waiter = fut
+            else:
+                fut = self._new_read_waiter()
             if fut is not None:
                 try:
                     await fut
@@ -196,7 +201,11 @@ class YamuxStream:
                 data = first
             else:
                 data = self._take(n)
-            self._report_consumed(n)
+            total = self._unreported + n
+            if total < CONSUMED_BATCH and not self._preconsumed:
+                self._unreported = total  # _report_consumed()'s usual case, inline
+            else:
+                self._report_consumed(n)
             return data
         parts: list[bytes] = []
         got = 0
@@ -224,15 +233,18 @@ class YamuxStream:
             parts.append(piece)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        # The per-message paths below read the connection's fields directly (same package):
+        # a property costs as much as a small function call in Python 3.11.
+        conn = self._conn
         if self._error is None and self._write_error is None and not self._local_closed:
             if self._writing:
                 # Another task's write on this stream is parked on the window or the socket:
                 # wait for it so that the two messages are not interleaved.
                 await self._wait_turn()
-            elif type(data) is bytes and len(data) <= WRITE_CHUNK and not self._conn.write_paused:
+            elif type(data) is bytes and len(data) <= WRITE_CHUNK and not conn._tcp._write_paused:
                 # Fast path (no other writer, no backpressure): the whole message usually
                 # fits the window and is queued at once, without the chunking coroutine.
-                sent = self._conn.send(self._id, data)
+                sent = conn.send(self._id, data)
                 if sent == len(data):
                     return
                 data = memoryview(data)[sent:]
@@ -432,7 +444,7 @@ class YamuxStream:
             raise self._error
         if self._eof:
             return None
-        fut: asyncio.Future[None] = self._conn.loop.create_future()
+        fut: asyncio.Future[None] = self._conn._loop.create_future()
         self._read_waiter = fut
         return fut
 
@@ -440,7 +452,7 @@ class YamuxStream:
         error = self._error or self._write_error
         if error is not None:
             raise error
-        fut = self._conn.loop.create_future()
+        fut = self._conn._loop.create_future()
         self._write_waiter = fut
         try:
             await fut

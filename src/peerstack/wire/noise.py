@@ -597,9 +597,9 @@ class NoiseTransport:
         "_in_scratch",
         "_out_scratch",
         "_partial",
-        "_plen",
         "_recv_n",
         "_send_n",
+        "pending",
     )
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
@@ -611,18 +611,15 @@ class NoiseTransport:
         self._dec_into = recv.decrypt_into
         self._send_n = 0
         self._recv_n = 0
-        # The frame in progress: its first _plen bytes (length prefix included) are held in
-        # _partial (MAX_MESSAGE + 2 bytes once made; empty while never needed or released).
+        # The frame in progress: its first ``pending`` bytes (length prefix included) are held
+        # in _partial (MAX_MESSAGE + 2 bytes once made; empty while never needed or released).
         self._partial = bytearray()
-        self._plen = 0
+        #: Bytes of an incomplete frame held until the rest of it arrives (read it, never set
+        #: it; a plain attribute, not a property, because it is read after every socket read).
+        self.pending = 0
         self._out_scratch = bytearray()
         self._in_scratch = bytearray()
         self._broken = False
-
-    @property
-    def pending(self) -> int:
-        """Bytes of an incomplete frame held until the rest of it arrives."""
-        return self._plen
 
     @property
     def scratch_size(self) -> int:
@@ -641,7 +638,7 @@ class NoiseTransport:
             self._out_scratch = bytearray()
         if self._in_scratch:
             self._in_scratch = bytearray()
-        if self._partial and not self._plen:
+        if self._partial and not self.pending:
             self._partial = bytearray()
 
     # -- sending ----------------------------------------------------------------------------
@@ -738,7 +735,7 @@ class NoiseTransport:
             # Fast path: the input is exactly one whole frame and nothing is held over (a
             # small message, or a read that met a frame boundary): decrypt it in place.
             if (
-                not self._plen
+                not self.pending
                 and (type(data) is not memoryview or (data.format == "B" and data.ndim == 1))
                 and len(data) >= 2 + TAG_LENGTH
                 and ((data[0] << 8) | data[1]) + 2 == len(data)
@@ -768,7 +765,7 @@ class NoiseTransport:
         writable view of exactly the missing bytes; after writing ``n`` bytes at its start,
         call ``recv_done(n)``. Any other call on the receive side invalidates the view.
         """
-        plen = self._plen
+        plen = self.pending
         if plen < 2 or self._broken:
             return None
         buf = self._partial
@@ -782,7 +779,7 @@ class NoiseTransport:
         plaintext once it is complete, else ``b""``."""
         if self._broken:
             raise NoiseError("noise transport failed earlier")
-        plen = self._plen
+        plen = self.pending
         buf = self._partial
         if plen < 2:
             raise UsageError("recv_done() without a frame in progress")
@@ -790,7 +787,7 @@ class NoiseTransport:
         plen += nbytes
         if nbytes < 0 or plen > end:
             raise UsageError(f"recv_done({nbytes}): more than the frame's missing bytes")
-        self._plen = plen
+        self.pending = plen
         if plen < end:
             return b""
         nonce = self._recv_n
@@ -806,7 +803,7 @@ class NoiseTransport:
             self._broken = True
             raise NoiseError("noise frame failed authentication")
         self._recv_n = nonce + 1
-        self._plen = 0
+        self.pending = 0
         return result
 
     def _hold(self, src: memoryview, start: int, stop: int) -> None:
@@ -814,10 +811,10 @@ class NoiseTransport:
         buf = self._partial
         if not buf:
             buf = self._partial = bytearray(MAX_MESSAGE + 2)
-        plen = self._plen
+        plen = self.pending
         size = stop - start
         buf[plen : plen + size] = src[start:stop]
-        self._plen = plen + size
+        self.pending = plen + size
 
     def _decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         src = memoryview(data)
@@ -828,20 +825,20 @@ class NoiseTransport:
         # Length (with its 2-byte prefix) of the frame left over from the previous call, once
         # this call has completed it; it is decrypted first, straight out of ``_partial``.
         first_end = 0
-        if self._plen:
-            if self._plen < 2:
-                pos = min(2 - self._plen, n)
+        if self.pending:
+            if self.pending < 2:
+                pos = min(2 - self.pending, n)
                 self._hold(src, 0, pos)
-                if self._plen < 2:
+                if self.pending < 2:
                     return b""
             buf = self._partial
             end = 2 + ((buf[0] << 8) | buf[1])
             if end < 2 + TAG_LENGTH:
                 raise _ShortFrame
-            take = min(end - self._plen, n - pos)
+            take = min(end - self.pending, n - pos)
             self._hold(src, pos, pos + take)  # only the missing tail of that frame
             pos += take
-            if self._plen < end:
+            if self.pending < end:
                 return b""
             first_end = end
         # Locate the whole frames in the rest of the input.
@@ -874,7 +871,7 @@ class NoiseTransport:
             result = self._decrypt_many(src, starts, first_end, total, nonce)
         self._recv_n = nonce + count
         if first_end:
-            self._plen = 0
+            self.pending = 0
         if pos < n:
             # An incomplete frame: fewer than 2 + its length bytes, so at most 65536.
             self._hold(src, pos, n)
