@@ -4,6 +4,8 @@
 connection (asyncio streams reach about half the speed). A connection starts in *handshake
 mode*, where bytes pile up (bounded) for ``read_some()``; once the upgrade is done the
 connection is ``attach()``ed to a receiver callback that gets every chunk synchronously.
+A receiver that holds part of a frame can have the next read land in its own buffer instead
+(``set_read_target``), so bulk data is never copied out of the shared read buffer.
 
 Write backpressure: the loop calls ``pause_writing()`` when the transport's buffer passes its
 high-water mark; writers ``await drain()`` until ``resume_writing()``. Nothing here buffers
