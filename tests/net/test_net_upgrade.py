@@ -201,8 +201,8 @@ async def test_dialing_a_plaintext_only_peer_fails(pipeline: bool, ending: str) 
     """A peer without /noise answers ``na``: the dial fails with ``NegotiationError``.
 
     Pipelined, the peer then reads our Noise message 1 as a multistream message and gives up:
-    it closes (FIN), aborts (RST, our bytes unread) or just stops answering; whichever, the
-    ``na`` it wrote first is what the dialler reports.
+    it closes (FIN), resets (RST) or just stops answering; whichever, the ``na`` it wrote
+    first is what the dialler reports.
     """
     chokes: list[bool] = []
 
@@ -218,6 +218,10 @@ async def test_dialing_a_plaintext_only_peer_fails(pipeline: bool, ending: str) 
             if ending == "close":
                 raw.close()
             elif ending == "abort":
+                # A hard reset (RST, not FIN) right behind the ``na``.
+                assert raw.transport is not None
+                sock = raw.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 raw.abort()
             else:
                 await asyncio.sleep(0.5)
