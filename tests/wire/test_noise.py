@@ -738,3 +738,15 @@ def test_seal_is_one_frame_like_encrypt() -> None:
         with pytest.raises(UsageError):
             a2.seal(bad)
     assert b.decrypt(a.encrypt(b"in step")) == b"in step"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4000), st.lists(st.integers(1, 3000), min_size=1, max_size=8))
+def test_fuzz_reads_into_the_partial_frame(junk: bytes, cuts: list[int]) -> None:
+    """Garbage read the way net/ reads (into recv_buffer() when named): plaintext never, a
+    NoiseError or nothing yet, and never more held than one frame."""
+    _, b = transports()
+    try:
+        assert _read_like_a_socket(b, junk, cuts) == b""
+    except NoiseError:
+        assert b.recv_buffer() is None
