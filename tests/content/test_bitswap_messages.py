@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerstack.content import _pb
+from peerstack.content import _pb, chunks
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import (
     BlockPayload,
@@ -16,9 +21,10 @@ from peerstack.content.bitswap.messages import (
     WantEntry,
     WantType,
 )
+from peerstack.content.chunks import Chunks, as_bytes
 from peerstack.core import varint
 from peerstack.core.cid import CID, DAG_PB, RAW
-from peerstack.errors import DecodeError, LimitExceeded
+from peerstack.errors import DecodeError, LimitExceeded, PeerError
 
 A = CID.hash_of(b"a")
 B = CID.hash_of(b"b", DAG_PB, 0)
@@ -142,7 +148,8 @@ def test_block_fields_encode_as_protobuf_does(old_form: list[bytes], blocks: lis
         _pb.put_bytes(inner, 2, data)
         _pb.put_bytes(expected, 3, inner)
     msg = Message(
-        blocks=old_form, payload=[BlockPayload(CID.hash_of(b, RAW).prefix(), b) for b in blocks]
+        blocks=list(old_form),
+        payload=[BlockPayload(CID.hash_of(b, RAW).prefix(), b) for b in blocks],
     )
     assert msg.encode() == bytes(expected)
     assert m.decode(msg.encode_framed()[len(varint.encode(len(expected))) :]) == msg
@@ -169,3 +176,103 @@ def test_encode_pieces_is_encode_framed_without_copying_big_blocks(
     for block in blocks:
         if len(block) >= small:
             assert any(piece is block for piece in pieces)
+
+
+# -- a message decoded from the pieces it arrived in -------------------------------------------
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _outcome(fn: object, arg: object) -> Message | type[Exception]:
+    try:
+        return fn(arg)  # type: ignore[operator,no-any-return]
+    except (DecodeError, LimitExceeded):
+        return PeerError
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=6))
+def test_decode_pieces_is_decode_of_the_joined_bytes(data: bytes, cuts: list[int]) -> None:
+    assert _outcome(m.decode_pieces, _cut(data, cuts)) == _outcome(m.decode, data)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.binary(max_size=3000), max_size=3),
+    st.lists(st.binary(max_size=3000), max_size=2),
+    st.lists(st.integers(0, 10_000), max_size=8),
+    st.booleans(),
+)
+def test_decode_pieces_keeps_block_bytes_as_pieces(
+    blocks: list[bytes], old_form: list[bytes], cuts: list[int], wants: bool
+) -> None:
+    msg = Message(
+        wantlist=[WantEntry(A, 3), WantEntry(B, cancel=True)] if wants else [],
+        blocks=list(old_form),
+        payload=[BlockPayload(CID.hash_of(b, RAW).prefix(), b) for b in blocks],
+        presences=[Presence(B, PresenceType.DONT_HAVE)],
+        pending_bytes=7,
+    )
+    data = msg.encode()
+    pieces = _cut(data, cuts)
+    back = m.decode_pieces(pieces)
+    assert back == msg
+    assert [bytes(as_bytes(p.data)) for p in back.payload] == blocks
+    for got in [*back.blocks, *(p.data for p in back.payload)]:
+        assert isinstance(got, (bytes, memoryview, Chunks))
+        if isinstance(got, Chunks):
+            assert len(got.parts) > 1  # spans pieces, never joined
+    assert m.pieces_cheap_to_decode(pieces)
+
+
+def test_many_fields_are_not_cheap_to_decode() -> None:
+    many = Message(presences=[Presence(A, PresenceType.HAVE)] * 100).encode()
+    assert not m.cheap_to_decode(many)
+    assert not m.pieces_cheap_to_decode(_cut(many, [1000, 2000]))
+    wants = Message(wantlist=[WantEntry(CID.hash_of(i.to_bytes(2, "big"))) for i in range(500)])
+    wants_bytes = wants.encode()
+    assert len(wants_bytes) > 16 * 1024  # one field, but a big wantlist
+    assert not m.cheap_to_decode(wants_bytes)
+    assert not m.pieces_cheap_to_decode(_cut(wants_bytes, [5, 9000]))
+    one_block = Message(payload=[BlockPayload(A.prefix(), bytes(500_000))]).encode()
+    assert m.cheap_to_decode(one_block)
+    assert m.pieces_cheap_to_decode(_cut(one_block, [65519, 2 * 65519]))
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 10_000])
+def test_chunk_writes_survive_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int
+) -> None:
+    real_writev, real_pwritev = os.writev, os.pwritev
+
+    def short(buffers: list[memoryview]) -> list[bytes]:  # at most ``step`` bytes per call
+        return [b"".join(bytes(b) for b in buffers)[:step]]
+
+    monkeypatch.setattr(os, "writev", lambda fd, bufs: real_writev(fd, short(bufs)))
+    monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real_pwritev(fd, short(bufs), off))
+    data = Chunks([b"abc", memoryview(b"defgh")[1:], b"", b"ijklmnopq"])
+    assert data.tobytes() == b"abcefghijklmnopq"
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        chunks.write_all(fd, data)
+        chunks.pwrite_all(fd, data, 20)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"abcefghijklmnopq" + bytes(4) + b"abcefghijklmnopq"
+    assert chunks.sha256(data) == hashlib.sha256(data.tobytes()).digest()
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=6))
+def test_decode_pieces_if_cheap_decodes_or_defers(data: bytes, cuts: list[int]) -> None:
+    pieces = _cut(data, cuts)
+    got = _outcome(m.decode_pieces_if_cheap, pieces)
+    if got is None:  # deferred to a worker thread: only when it would be costly
+        assert not m.pieces_cheap_to_decode(pieces)
+    elif got is not PeerError:
+        assert got == m.decode(data)

@@ -290,10 +290,10 @@ async def test_full_disk_fails_the_fetch_cleanly(
     res = await import_bytes(a.store, pattern(300_000), SMALL_CHUNKS)
     await b.host.connect(a.peer)
 
-    def full(fd: int, data: bytes) -> int:
+    def full(fd: int, buffers: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "writev", full)
     with pytest.raises(BlockstoreFull):
         await asyncio.wait_for(b.bitswap.fetch(res.cid), 30)
     monkeypatch.undo()

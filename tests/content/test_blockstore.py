@@ -91,16 +91,16 @@ async def test_fsync_policies_write_the_same(tmp_path: Path, policy: FsyncPolicy
 async def test_full_disk_is_a_clear_error_and_leaves_no_temp(
     store: Blockstore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = os.write
+    real_writev = os.writev
 
-    def full(fd: int, data: bytes) -> int:
+    def full(fd: int, buffers: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "writev", full)
     cid = CID.hash_of(b"data")
     with pytest.raises(BlockstoreFull):
         await store.put(cid, b"data")
-    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "writev", real_writev)
     assert list((store.root / "tmp").iterdir()) == []
     assert not await store.has(cid)
     # the store keeps working once there is room again

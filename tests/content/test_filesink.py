@@ -309,16 +309,16 @@ async def test_a_full_disk_under_the_output_fails_clearly_and_resumes(
     seed, leech = pair
     data = pattern(100_000)
     res = await import_bytes(seed.store, data, SMALL)
-    real_pwrite = os.pwrite
+    real_pwritev = os.pwritev
     writes = [0]
 
-    def full(fd: int, buf: bytes, offset: int) -> int:
+    def full(fd: int, buffers: list[memoryview], offset: int) -> int:
         writes[0] += 1
         if writes[0] > 20:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_pwrite(fd, buf, offset)
+        return real_pwritev(fd, buffers, offset)
 
-    monkeypatch.setattr(os, "pwrite", full)
+    monkeypatch.setattr(os, "pwritev", full)
     out = tmp_path / "out.bin"
     with pytest.raises(OutputWriteError, match="disk full while writing"):
         await asyncio.wait_for(leech.bitswap.get_file(res.cid, out), 30)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peerstack.content import dagpb
+from peerstack.content.chunks import Buffer, as_bytes, write_all
 from peerstack.core.cid import CID, DAG_PB, hash_bytes
 from peerstack.core.multihash import SHA2_256, Multihash
 from peerstack.errors import DecodeError, PeerstackError, UsageError
@@ -195,15 +196,16 @@ class Blockstore:
 
     # -- synchronous core (runs in worker threads) -----------------------------------------
 
-    def _write_sync(self, cid: CID, data: bytes | bytearray | memoryview, verify: bool) -> bool:
+    def _write_sync(self, cid: CID, data: Buffer, verify: bool) -> bool:
         """Store ``data`` under ``cid``; False when it was already there."""
         if len(data) > self.max_block_size:
             raise UsageError(f"block of {len(data)} bytes exceeds {self.max_block_size}")
-        if verify and not cid.verify(data):
+        if verify and not cid.verify(as_bytes(data)):
             raise HashMismatch(f"block does not hash to {cid}")
         links: tuple[dagpb.PBLink, ...] | None = None
         if cid.codec == DAG_PB:
-            links = dagpb.decode(data).links  # refuse malformed dag-pb before it is stored
+            # refuse malformed dag-pb before it is stored
+            links = dagpb.decode(as_bytes(data)).links
         final = self.path_for(cid)
         if final.exists():
             if links is not None:
@@ -213,10 +215,7 @@ class Blockstore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                write_all(fd, data)  # the pieces of a received block in one writev
                 if self.fsync is not FsyncPolicy.NEVER:
                     os.fsync(fd)
             finally:
@@ -238,9 +237,7 @@ class Blockstore:
             self._index_links(cid.multihash, links)
         return True
 
-    def put_sync(
-        self, cid: CID, data: bytes | bytearray | memoryview, *, verify: bool = True
-    ) -> bool:
+    def put_sync(self, cid: CID, data: Buffer, *, verify: bool = True) -> bool:
         """``put`` on the calling thread (a worker thread that also does other work with the
         block, so one trip serves both); False when the block was already stored."""
         return self._write_sync(cid, data, verify)

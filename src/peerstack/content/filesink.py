@@ -32,6 +32,7 @@ from pathlib import Path
 
 from peerstack.content import dagpb, unixfs
 from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, FsyncPolicy
+from peerstack.content.chunks import Buffer, pwrite_all
 from peerstack.content.exporter import MAX_DEPTH
 from peerstack.content.unixfs import DataType
 from peerstack.core.cid import CID, DAG_PB, RAW
@@ -150,7 +151,7 @@ class FileSink:
 
     # -- blocks (worker threads) ------------------------------------------------------------
 
-    def leaf(self, cid: CID, data: bytes | bytearray | memoryview) -> None:
+    def leaf(self, cid: CID, data: Buffer) -> None:
         """A verified raw block: write it at each of its places (nothing if it has none)."""
         with self._lock:
             if self._closed or self.abandoned or cid not in self._places:
@@ -256,15 +257,11 @@ class FileSink:
                 return
             self.leaf(cid, data)
 
-    def _write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+    def _write(self, data: Buffer, offset: int) -> None:
         if self.error is not None:
             return
-        view = memoryview(data)
         try:
-            while view:
-                n = os.pwrite(self._fd, view, offset)
-                view = view[n:]
-                offset += n
+            pwrite_all(self._fd, data, offset)
         except OSError as exc:
             with self._lock:
                 if self.error is None:

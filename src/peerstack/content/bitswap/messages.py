@@ -25,10 +25,13 @@ error (other implementations may want such blocks from others); they are counted
 
 from __future__ import annotations
 
+import bisect
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from peerstack.content import _pb
+from peerstack.content.chunks import Chunks
 from peerstack.core import varint
 from peerstack.core.cid import CID, UnsupportedCid
 from peerstack.errors import DecodeError, LimitExceeded
@@ -62,12 +65,13 @@ class WantEntry:
 class BlockPayload:
     """A block as it travels: the sender's CID prefix and the bytes (not verified yet).
 
-    A decoded block's ``data`` is a view into the received message (no copy of up to 2 MiB
-    on the event loop); it keeps that message's buffer alive while it lives.
+    A decoded block's ``data`` is a view into the received message, or (``decode_pieces``)
+    the pieces it arrived in: no copy of up to 2 MiB on the event loop. It keeps the received
+    buffers alive while it lives.
     """
 
     prefix: bytes
-    data: bytes | memoryview
+    data: bytes | memoryview | Chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,7 @@ class Presence:
 class Message:
     wantlist: list[WantEntry] = field(default_factory=list)
     full: bool = False
-    blocks: list[bytes | memoryview] = field(default_factory=list)  # 1.0.0 form
+    blocks: list[bytes | memoryview | Chunks] = field(default_factory=list)  # 1.0.0 form
     payload: list[BlockPayload] = field(default_factory=list)
     presences: list[Presence] = field(default_factory=list)
     pending_bytes: int = 0
@@ -145,7 +149,8 @@ class Message:
         for data in self.blocks:
             head += _pb.key(2, _pb.LEN)
             head += varint.encode(len(data))
-            out += (head, data)
+            out.append(head)
+            out += _parts_of(data)
             head = bytearray()
         for block in self.payload:
             inner = bytearray()
@@ -155,7 +160,8 @@ class Message:
             head += _pb.key(3, _pb.LEN)
             head += varint.encode(len(inner) + len(block.data))
             head += inner
-            out += (head, block.data)
+            out.append(head)
+            out += _parts_of(block.data)
             head = bytearray()
         for p in self.presences:
             pres = bytearray()
@@ -167,6 +173,10 @@ class Message:
             _pb.put_int(head, 5, self.pending_bytes)
         out.append(head)
         return out
+
+
+def _parts_of(data: bytes | memoryview | Chunks) -> list[bytes | memoryview]:
+    return data.parts if isinstance(data, Chunks) else [data]
 
 
 def _bool(value: int | memoryview, wt: int) -> bool:
@@ -290,3 +300,146 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         elif f == 5:
             msg.pending_bytes = max(0, _pb.to_int32(_pb.as_int(value, wt)))
     return msg
+
+
+# -- a message held as the pieces it arrived in ------------------------------------------------
+
+
+class _Pieces:
+    """Random access into a message held as pieces; only its small parts are ever joined."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        self.pieces = [p for p in pieces if p]
+        self.starts: list[int] = []
+        pos = 0
+        for piece in self.pieces:
+            self.starts.append(pos)
+            pos += len(piece)
+        self.size = pos
+
+    def views(self, start: int, end: int) -> list[memoryview]:
+        out: list[memoryview] = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while start < end:
+            piece, base = self.pieces[i], self.starts[i]
+            stop = min(len(piece), end - base)
+            out.append(memoryview(piece)[start - base : stop])
+            start = base + stop
+            i += 1
+        return out
+
+    def take(self, start: int, end: int) -> bytes:
+        i = bisect.bisect_right(self.starts, start) - 1
+        base = self.starts[i]
+        piece = self.pieces[i]
+        if end - base <= len(piece):  # the usual case: within one piece
+            return piece[start - base : end - base]
+        return b"".join(self.views(start, end))
+
+    def data(self, start: int, end: int) -> bytes | memoryview | Chunks:
+        views = self.views(start, end)
+        if len(views) <= 1:
+            return views[0] if views else b""
+        return Chunks(views)
+
+    def varint(self, off: int, end: int) -> tuple[int, int]:
+        raw = memoryview(self.take(off, min(off + 10, end)))
+        value, n = _pb.read_uvarint64(raw, 0)
+        return value, off + n
+
+    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+        """``(field, wire_type, field_start, value_start, value_end)`` of [start, end); a
+        varint value is at [value_start, value_end). The checks of ``_pb.fields``."""
+        off = start
+        while off < end:
+            first = off
+            tag, off = self.varint(off, end)
+            f, wt = tag >> 3, tag & 7
+            if f == 0 or f > (1 << 29) - 1:
+                raise DecodeError(f"invalid protobuf field number {f}")
+            if wt == _pb.VARINT:
+                _, stop = self.varint(off, end)
+            elif wt == _pb.LEN:
+                length, off = self.varint(off, end)
+                if length > end - off:
+                    raise DecodeError("protobuf length runs past the end")
+                stop = off + length
+            elif wt in (_pb.I64, _pb.I32):
+                stop = off + (8 if wt == _pb.I64 else 4)
+                if stop > end:
+                    raise DecodeError("truncated fixed-width field")
+            else:
+                raise DecodeError(f"unsupported protobuf wire type {wt}")
+            yield f, wt, first, off, stop
+            off = stop
+
+
+def pieces_cheap_to_decode(pieces: Sequence[bytes]) -> bool:
+    """``cheap_to_decode`` for a message held as pieces."""
+    buf = _Pieces(pieces)
+    for count, (f, wt, _first, start, end) in enumerate(buf.fields(0, buf.size)):
+        if count >= _INLINE_FIELDS:
+            return False
+        if f == 1 and wt == _pb.LEN and end - start > _INLINE_WANTLIST:
+            return False
+    return True
+
+
+def decode_pieces_if_cheap(pieces: Sequence[bytes]) -> Message | None:
+    """``decode_pieces``, or None (having done little) when ``pieces_cheap_to_decode`` is
+    False: one pass for the event loop, which hands a None to a worker thread."""
+    return _decode_pieces(pieces, cheap_only=True)
+
+
+def decode_pieces(pieces: Sequence[bytes]) -> Message:
+    """``decode`` of the message ``b"".join(pieces)``, without joining its block bytes.
+
+    Each block's ``data`` is a view into one piece or a ``Chunks`` of views into several. The
+    other fields (wantlist, presences, pending bytes) are copied out and decoded by ``decode``,
+    with all its checks. Raises ``DecodeError`` / ``LimitExceeded`` as ``decode`` does (which one,
+    when a message has several faults, may differ).
+    """
+    msg = _decode_pieces(pieces, cheap_only=False)
+    assert msg is not None  # only cheap_only gives up
+    return msg
+
+
+def _decode_pieces(pieces: Sequence[bytes], cheap_only: bool) -> Message | None:
+    buf = _Pieces(pieces)
+    if buf.size > MAX_MESSAGE_SIZE:
+        raise LimitExceeded(f"message of {buf.size} bytes exceeds {MAX_MESSAGE_SIZE}")
+    rest = bytearray()
+    blocks: list[bytes | memoryview | Chunks] = []
+    payload: list[BlockPayload] = []
+    for count, (f, wt, first, start, end) in enumerate(buf.fields(0, buf.size)):
+        if cheap_only and (
+            count >= _INLINE_FIELDS or (f == 1 and wt == _pb.LEN and end - start > _INLINE_WANTLIST)
+        ):
+            return None
+        if f == 2 and wt == _pb.LEN:
+            _check_block(end - start)
+            blocks.append(buf.data(start, end))
+        elif f == 3 and wt == _pb.LEN:
+            payload.append(_payload_of(buf, start, end))
+        else:
+            rest += buf.take(first, end)
+    msg = decode(bytes(rest))
+    msg.blocks = blocks
+    msg.payload = payload
+    return msg
+
+
+def _payload_of(buf: _Pieces, start: int, end: int) -> BlockPayload:
+    prefix: bytes | None = None
+    data: bytes | memoryview | Chunks = b""  # proto3 leaves an empty bytes field out
+    for f, wt, _first, vstart, vend in buf.fields(start, end):
+        if f in (1, 2) and wt != _pb.LEN:
+            raise DecodeError(f"expected a length-delimited field, got wire type {wt}")
+        if f == 1:
+            prefix = buf.take(vstart, vend)
+        elif f == 2:
+            _check_block(vend - vstart)
+            data = buf.data(vstart, vend)
+    if prefix is None:
+        raise DecodeError("block without a CID prefix")
+    return BlockPayload(prefix, data)

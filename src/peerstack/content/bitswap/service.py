@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from peerstack.content import dagpb, exporter
+from peerstack.content import chunks, dagpb, exporter
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, Presence, PresenceType, WantEntry
 from peerstack.content.bitswap.progress import ProgressCallback, ProgressTracker
@@ -35,17 +35,23 @@ from peerstack.content.bitswap.ratelimit import UploadLimiter
 from peerstack.content.bitswap.server import Batch, DecisionEngine, ServerConfig
 from peerstack.content.bitswap.session import Actions, Session, SessionConfig
 from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, PinKind
+from peerstack.content.chunks import Buffer, Chunks, as_bytes
 from peerstack.content.filesink import FileSink, partial_path
 from peerstack.content.importer import DEFAULT_PROFILE, ImportProfile, ImportResult, import_path
+from peerstack.core import varint
 from peerstack.core.cid import CID, DAG_PB, RAW, Prefix
 from peerstack.core.multiaddr import Multiaddr
+from peerstack.core.multihash import SHA2_256, Multihash
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
     ConnectionClosed,
+    DecodeError,
     DialError,
+    LimitExceeded,
     NegotiationError,
     PeerError,
     PeerstackError,
+    StreamClosed,
     StreamError,
     UsageError,
 )
@@ -55,7 +61,6 @@ from peerstack.host.interface import (
     PeerConnected,
     PeerDisconnected,
     Stream,
-    read_length_prefixed,
 )
 
 log = logging.getLogger(__name__)
@@ -210,12 +215,23 @@ def _for_protocol(msg: Message, protocol: str) -> Message:
     return out
 
 
+def _hashed(prefix: Prefix, data: Buffer) -> tuple[CID, Buffer]:
+    """The CID ``data`` has under the sender's ``prefix``; a block that is not a raw leaf
+    comes back as one buffer (it is parsed as dag-pb and may be kept)."""
+    if isinstance(data, Chunks):
+        if prefix.codec == RAW and prefix.hash_code == SHA2_256:
+            mh = Multihash(SHA2_256, chunks.sha256(data))
+            return CID(prefix.version, prefix.codec, mh), data
+        data = data.tobytes()
+    return prefix.cid_for(data), data
+
+
 @dataclass(slots=True)
 class _Received:
     """One block of a received message, hashed: who wanted it, and what storing it raised."""
 
     cid: CID
-    data: bytes | memoryview
+    data: Buffer
     wanting: list[FetchSession]
     error: PeerstackError | None = None
 
@@ -283,11 +299,11 @@ class FetchSession:
         self.core.want([cid], self.bitswap.now())
         self.wake.set()
 
-    def deliver(self, peer: PeerId, cid: CID, data: bytes | memoryview) -> None:
+    def deliver(self, peer: PeerId, cid: CID, data: Buffer) -> None:
         if self.core.on_block(peer, cid, len(data), self.bitswap.now()):
             # a node is kept until the walk expands it: as bytes of its own, not a view that
             # would pin the whole received message
-            node = bytes(data) if cid.codec == DAG_PB else None
+            node = bytes(as_bytes(data)) if cid.codec == DAG_PB else None
             self.arrivals.put_nowait((cid, node, peer))
             self.sizes[cid] = len(data)
         self.wake.set()
@@ -517,7 +533,7 @@ class Bitswap:
         put: asyncio.Future[None] | None = None
         try:
             while not worker.done():
-                data = await read_length_prefixed(stream, m.MAX_MESSAGE_SIZE)
+                data = await _read_message(stream)
                 if data is None:
                     break
                 msg = await _decode(data)
@@ -573,13 +589,13 @@ class Bitswap:
             await self._receive_blocks(peer, msg)
 
     @staticmethod
-    def _hash_blocks(msg: Message) -> list[tuple[CID, bytes | memoryview]]:
-        out: list[tuple[CID, bytes | memoryview]] = []
-        v0 = Prefix(0, DAG_PB, 0x12, 32)
+    def _hash_blocks(msg: Message) -> list[tuple[CID, Buffer]]:
+        out: list[tuple[CID, Buffer]] = []
+        v0 = Prefix(0, DAG_PB, SHA2_256, 32)
         for data in msg.blocks:
-            out.append((v0.cid_for(data), data))
+            out.append(_hashed(v0, data))
         for block in msg.payload:
-            out.append((Prefix.from_bytes(block.prefix).cid_for(block.data), block.data))
+            out.append(_hashed(Prefix.from_bytes(block.prefix), block.data))
         return out
 
     async def _receive_blocks(self, peer: PeerId, msg: Message) -> None:
@@ -962,9 +978,53 @@ class Bitswap:
 DECODE_INLINE_MAX = 16 * 1024
 
 
-async def _decode(data: bytes) -> Message:
+# A message at least this big is read as the pieces it arrives in, not joined into one buffer.
+READ_PIECES_MIN = 128 * 1024
+
+
+async def _read_message(stream: Stream) -> bytes | list[bytes] | None:
+    """One ``uvarint(len) || message`` off ``stream``: a big one as its pieces (its block
+    bytes are never copied into a fresh buffer); None at a clean end of the stream.
+
+    ``LimitExceeded`` when the length is over ``MAX_MESSAGE_SIZE`` (before reading the body),
+    ``StreamClosed`` when the stream ends inside a message.
+    """
+    prefix = bytearray()
+    while True:
+        b = await stream.read(1)
+        if not b:
+            if prefix:
+                raise StreamClosed("stream ended inside a length prefix")
+            return None
+        prefix += b
+        if b[0] < 0x80:
+            break
+        if len(prefix) >= varint.MAX_VARINT_BYTES:
+            raise DecodeError("length prefix too long")
+    length, _ = varint.decode(prefix)
+    if length > m.MAX_MESSAGE_SIZE:
+        raise LimitExceeded(f"message of {length} bytes exceeds {m.MAX_MESSAGE_SIZE}")
+    if length < READ_PIECES_MIN:
+        return await stream.readexactly(length) if length else b""
+    pieces: list[bytes] = []
+    left = length
+    while left:
+        piece = await stream.read(left)
+        if not piece:
+            raise StreamClosed("stream ended inside a message")
+        pieces.append(piece)
+        left -= len(piece)
+    return pieces
+
+
+async def _decode(data: bytes | list[bytes]) -> Message:
     # A message of a few blocks is quick to decode whatever its size (its blocks are views, not
     # copies): only one of many fields (thousands of wants or presences) is worth a trip.
+    if isinstance(data, list):
+        msg = m.decode_pieces_if_cheap(data)
+        if msg is not None:
+            return msg
+        return await asyncio.to_thread(m.decode_pieces, data)
     if len(data) <= DECODE_INLINE_MAX or m.cheap_to_decode(data):
         return m.decode(data)
     return await asyncio.to_thread(m.decode, data)

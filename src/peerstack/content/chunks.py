@@ -1,0 +1,96 @@
+"""A block's bytes as the pieces they arrived in, and writing such bytes to files.
+
+A 1 MiB block reaches us as a few dozen transport frames. Joining them into one buffer copies the
+block on the event loop into a freshly allocated megabyte, for nothing: hashing can take the
+pieces one by one, and ``os.writev`` / ``os.pwritev`` write them to a file in one call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+# os.writev takes at most IOV_MAX buffers per call (1024 on Linux).
+_IOV_MAX = 1024
+
+
+class Chunks:
+    """Bytes held as a list of pieces, never joined unless ``tobytes`` is asked for."""
+
+    __slots__ = ("nbytes", "parts")
+
+    def __init__(self, parts: Sequence[bytes | memoryview]) -> None:
+        self.parts: list[bytes | memoryview] = [p for p in parts if len(p)]
+        self.nbytes = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Chunks):
+            return self.tobytes() == other.tobytes()
+        if isinstance(other, (bytes, bytearray, memoryview)):
+            return self.tobytes() == bytes(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, compared by value
+
+    def __repr__(self) -> str:
+        return f"Chunks({len(self.parts)} pieces, {self.nbytes} bytes)"
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+Buffer = bytes | bytearray | memoryview | Chunks
+
+
+def as_bytes(data: Buffer) -> bytes | bytearray | memoryview:
+    """``data`` as one buffer (pieces joined)."""
+    return data.tobytes() if isinstance(data, Chunks) else data
+
+
+def sha256(data: Buffer) -> bytes:
+    """The sha2-256 digest of ``data``, piece by piece (hashlib releases the GIL per piece)."""
+    if not isinstance(data, Chunks):
+        return hashlib.sha256(data).digest()
+    h = hashlib.sha256()
+    for part in data.parts:
+        h.update(part)
+    return h.digest()
+
+
+def _views(data: Buffer) -> list[memoryview]:
+    parts = data.parts if isinstance(data, Chunks) else [data]
+    return [memoryview(p) for p in parts if len(p)]
+
+
+def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """What is left of ``views`` once ``n`` bytes of them are written (a short write)."""
+    while views and n >= len(views[0]):
+        n -= len(views[0])
+        views = views[1:]
+    if n:
+        views = [views[0][n:], *views[1:]]
+    return views
+
+
+def write_all(fd: int, data: Buffer) -> None:
+    """Write all of ``data`` at the file's position (pieces in one ``writev`` per 1024)."""
+    views = _views(data)
+    while views:
+        n = os.writev(fd, views[:_IOV_MAX])
+        views = _advance(views, n)
+
+
+def pwrite_all(fd: int, data: Buffer, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` without moving the file's position."""
+    views = _views(data)
+    while views:
+        n = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += n
+        views = _advance(views, n)
+
+
+__all__ = ["Buffer", "Chunks", "as_bytes", "pwrite_all", "sha256", "write_all"]
