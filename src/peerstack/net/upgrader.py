@@ -3,9 +3,15 @@
     multistream-select /noise  ->  Noise XX (libp2p payload)  ->  muxer  ->  YamuxSession
 
 The muxer is chosen by *early muxer negotiation* when both sides announced ``/yamux/1.0.0`` in
-their Noise extensions (go-libp2p does; it then skips the inner negotiation, so we must too),
-and otherwise by multistream-select over the encrypted channel. Only ``/noise`` is offered or
-accepted: never a plaintext channel, never secio.
+their Noise extensions (go-libp2p and js-libp2p >= noise 16.1 do; they then skip the inner
+negotiation, so we must too), and otherwise by multistream-select over the encrypted channel.
+Only ``/noise`` is offered or accepted: never a plaintext channel, never secio.
+
+Round trips and segments, dialler -> listener, with a peer that negotiates early:
+
+    header + /noise + Noise message 1          (pipeline_security: no wait for the echo)
+    <- header + echo + Noise message 2         (the listener's header waits for the dialler's)
+    Noise message 3, then the first frames     (the connection is up on the dialler's side)
 
 The whole sequence runs under one handshake timeout; any failure closes the socket.
 """
