@@ -607,6 +607,17 @@ class Connection:
             self._tcp.write(data)
             self._wire_written += len(data)
             return
+        total = 0
+        for item in parts:
+            total += len(item)
+            if total >= LARGE_PIECE:
+                break
+        else:
+            # A few small pieces (control frames, requests, answers): one join, one write.
+            data = self._noise.encrypt(b"".join(parts))
+            self._tcp.write(data)
+            self._wire_written += len(data)
+            return
         # Small pieces (headers, control frames, small payloads) are joined and encrypted
         # together; a large payload is encrypted where it lies, in slices. Its 12-byte header
         # then travels in the Noise frame of the small pieces before it: 18 bytes more per
