@@ -222,6 +222,28 @@ def test_session_spreads_blocks_and_cancels_others() -> None:
     assert s.in_flight() == 8
 
 
+def test_a_full_window_is_refilled_in_batches() -> None:
+    s = Session(SessionConfig(initial_window=16, max_window=16, refill_fraction=0.25))
+    p = peer()
+    s.add_peer(p, 0.0)
+    s.peers[p].session_peer = True
+    wanted = cids(100)
+    s.want(wanted, 0.0)
+
+    def asked(now: float) -> list[CID]:
+        acts = s.tick(now)
+        return [e.cid for e in acts.messages.get(p, []) if e.want_type == WantType.BLOCK]
+
+    first = asked(0.0)
+    assert first == wanted[:16]  # an empty window fills at once, in order
+    for i, cid in enumerate(first[:3]):
+        s.on_block(p, cid, 10, 0.1 + i)
+        assert asked(0.1 + i) == []  # 13 of 16 still queued at the peer: no message yet
+    s.on_block(p, first[3], 10, 4.0)
+    assert asked(4.0) == wanted[16:20]  # a quarter free: one message with four wants
+    assert len(s.peers[p].in_flight) == 16
+
+
 def test_session_window_grows_and_stalled_peer_is_retried_elsewhere() -> None:
     cfg = SessionConfig(
         initial_window=2, max_window=8, min_stall_timeout=1.0, max_stall_timeout=4.0

@@ -11,6 +11,10 @@ A session decides which peer to ask for which block. The strategy, close to go-b
 * Each peer has a window (blocks in flight). It grows by one for every block the peer delivers
   (doubling per round trip, like TCP slow start) up to ``max_window`` and halves when the peer
   stalls, so fast peers end up carrying more of the transfer than slow ones.
+* A peer's window is refilled in batches: only once a quarter of it is free (``refill_fraction``)
+  does it get new wants, as many as fit. The three quarters still queued at the peer keep it
+  busy meanwhile, and a want message then carries many wants instead of one per block received
+  (each message costs both ends a decode, and the server a trip to look up block sizes).
 * A peer stalls when it has requests outstanding and has sent nothing for its stall timeout
   (a multiple of its observed gap between blocks, bounded both ways). Its requests go back to the
   pool and are retried elsewhere; the peer is skipped for those blocks.
@@ -44,6 +48,7 @@ class SessionConfig:
     provider_search_interval: float = 10.0  # at most one search per CID this often
     retry_interval: float = 5.0  # forget DONT_HAVE / stalls after this, ask everyone again
     max_broadcast: int = 256  # want-haves broadcast per tick (the DAG frontier is enough)
+    refill_fraction: float = 0.25  # a peer gets new wants once this much of its window is free
 
 
 @dataclass(slots=True)
@@ -66,6 +71,10 @@ class PeerState:
 
     def room(self) -> int:
         return int(self.window) - len(self.in_flight)
+
+    def wants_refill(self, cfg: SessionConfig) -> bool:
+        """Enough of the window is free to send this peer a batch of new wants."""
+        return self.room() >= max(1, int(self.window * cfg.refill_fraction))
 
 
 # Where an unassigned want waits (``WantState.place``): in the ready heap (to be handed to a
@@ -355,11 +364,11 @@ class Session:
             self._enqueue(want)
             self._mark_broadcast(want)
 
-    def _pick(self, want: WantState) -> PeerState | None:
+    def _pick(self, want: WantState, refill: set[PeerId]) -> PeerState | None:
         best: PeerState | None = None
         best_key: tuple[int, float] | None = None
         for state in self.peers.values():
-            if state.peer in want.skip or state.room() <= 0:
+            if state.peer in want.skip or state.room() <= 0 or state.peer not in refill:
                 continue
             if want.cid in state.haves:
                 rank = 0
@@ -376,7 +385,13 @@ class Session:
     def _assign(self, now: float) -> None:
         """Hand ready wants, best first, to session peers with room (only a peer that sent a
         block or a HAVE is asked for blocks, so only those peers' room counts)."""
-        room = sum(max(st.room(), 0) for st in self.peers.values() if st.session_peer)
+        # Peers whose window is due for a refill, filled up this tick (see ``refill_fraction``).
+        refill = {
+            st.peer
+            for st in self.peers.values()
+            if st.session_peer and st.wants_refill(self.config)
+        }
+        room = sum(max(self.peers[p].room(), 0) for p in refill)
         # Wants refused by the peers with room but not by every session peer wait for room
         # elsewhere; this bounds how many of them one tick looks at.
         budget = 4 * room + 64
@@ -389,7 +404,7 @@ class Session:
             want.place = _NOWHERE
             self.examined += 1
             budget -= 1
-            state = self._pick(want)
+            state = self._pick(want, refill)
             if state is None:
                 if all(st.peer in want.skip for st in self.peers.values() if st.session_peer):
                     want.place = _PARKED
