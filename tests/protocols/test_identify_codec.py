@@ -261,3 +261,17 @@ def test_cached_message_is_the_encoded_message(
         )
         assert cache.message(mas, protos, obs) == expected
         assert cache.message(mas, protos, obs) == expected  # from the cache this time
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x32\x11" + b"\x00" * 16 + b"\x80",  # agentVersion, not UTF-8 (found by the fuzzer)
+        b"\x2a\x01\x80",  # protocolVersion
+        b"\x1a\x01\x80",  # one protocol id
+    ],
+)
+def test_strings_that_are_not_utf8_are_a_decode_error(raw: bytes) -> None:
+    # identify.proto is proto2, where such a string field comes back as bytes, not str.
+    with pytest.raises(DecodeError, match="UTF-8"):
+        decode_identify([raw], PEER)

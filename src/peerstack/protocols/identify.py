@@ -197,10 +197,16 @@ def decode_identify(messages: Sequence[bytes], peer: PeerId) -> IdentifyInfo:
     if len(msg.protocols) > MAX_PROTOCOLS:
         raise LimitExceeded(f"{len(msg.protocols)} protocols (limit {MAX_PROTOCOLS})")
     for proto in msg.protocols:
+        # identify.proto is proto2: a string field that is not UTF-8 comes back as bytes.
+        if not isinstance(proto, str):
+            raise DecodeError("protocol id is not UTF-8")
         if len(proto.encode()) > MAX_PROTOCOL_LENGTH:
             raise LimitExceeded(f"protocol id of {len(proto.encode())} bytes")
     for name in ("protocolVersion", "agentVersion"):
-        if len(getattr(msg, name).encode()) > MAX_VERSION_LENGTH:
+        value = getattr(msg, name)
+        if not isinstance(value, str):
+            raise DecodeError(f"{name} is not UTF-8")
+        if len(value.encode()) > MAX_VERSION_LENGTH:
             raise LimitExceeded(f"{name} too long")
 
     public_key: PublicKey | None = None
