@@ -244,6 +244,26 @@ def test_a_full_window_is_refilled_in_batches() -> None:
     assert len(s.peers[p].in_flight) == 16
 
 
+def test_session_peers_get_want_block_only_others_want_have() -> None:
+    s = Session(SessionConfig(initial_window=2, discovery_delay=0.0))
+    seeder, stranger = peer(), peer()
+    s.add_peer(seeder, 0.0)
+    s.add_peer(stranger, 0.0)
+    s.peers[seeder].session_peer = True
+    wanted = cids(6)
+    s.want(wanted, 0.0)
+    acts = s.tick(0.0)
+    to_seeder = acts.messages[seeder]
+    assert [e.want_type for e in to_seeder] == [WantType.BLOCK] * 2  # its window, nothing else
+    assert {e.cid for e in acts.messages[stranger]} == set(wanted[2:])  # discovery
+    assert all(e.want_type == WantType.HAVE for e in acts.messages[stranger])
+    assert acts.find_providers == []  # a session peer may still send the rest
+    for cid in wanted[2:]:  # ...until it refuses them
+        s.on_dont_have(seeder, cid, 0.1)
+    s.on_dont_have(stranger, wanted[2], 0.1)
+    assert s.tick(0.2).find_providers == [wanted[2]]
+
+
 def test_session_window_grows_and_stalled_peer_is_retried_elsewhere() -> None:
     cfg = SessionConfig(
         initial_window=2, max_window=8, min_stall_timeout=1.0, max_stall_timeout=4.0

@@ -3,8 +3,10 @@
 A session decides which peer to ask for which block. The strategy, close to go-bitswap's:
 
 * Discovery is cheap first: a want nobody is known to have is broadcast as ``want-have`` (with
-  ``send-dont-have``) to every candidate peer. A peer that answers HAVE, or that sent us any block
-  of this session, becomes a *session peer*.
+  ``send-dont-have``) to every candidate peer that is not a session peer yet. A peer that answers
+  HAVE, or that sent us any block of this session, becomes a *session peer*. Session peers are
+  not asked want-have: they get want-block as their window allows (a HAVE for every block of a
+  big file first cost both ends a message entry and a presence per block, for nothing).
 * Blocks are asked with ``want-block`` from one peer at a time, preferring a peer that said HAVE,
   else any session peer (optimistically: the peer that had the parent usually has the children).
   So many blocks are in flight at once, spread over several peers in parallel.
@@ -291,6 +293,12 @@ class Session:
     def _someone_has(self, cid: CID) -> bool:
         return any(cid in st.haves for st in self.peers.values())
 
+    def _may_get(self, want: WantState) -> bool:
+        """Someone said HAVE, or a session peer has not refused it: no need for providers."""
+        return self._someone_has(want.cid) or any(
+            st.session_peer and st.peer not in want.skip for st in self.peers.values()
+        )
+
     def _head(self, heap: list[tuple[int, CID]], place: int) -> WantState | None:
         """The best live want of ``heap`` (stale entries on top are dropped)."""
         while heap:
@@ -435,7 +443,11 @@ class Session:
             if want.requested_from is not None:
                 continue  # marked again if it is ever unassigned
             self.examined += 1
-            targets = [p for p in self.peers if p not in want.asked_have and p not in want.skip]
+            targets = [
+                p
+                for p, st in self.peers.items()
+                if not st.session_peer and p not in want.asked_have and p not in want.skip
+            ]
             if not targets:
                 continue
             sent += 1
@@ -446,13 +458,14 @@ class Session:
                 self._out.add(peer, WantEntry(want.cid, want.priority, False, WantType.HAVE, True))
 
     def _search_candidate(self) -> WantState | None:
-        """The best unassigned want nobody has said HAVE for: the one to find providers of
-        (the providers of one block of a DAG usually have the rest)."""
+        """The best unassigned want nobody has said HAVE for and every session peer refused:
+        the one to find providers of (the providers of one block of a DAG usually have the
+        rest, so while a session peer may still send it, nobody is searched for)."""
         for want in sorted(
             (w for w in (self._head(self._ready, _READY), self._head(self._parked, _PARKED)) if w),
             key=lambda w: -w.priority,
         ):
-            if not self._someone_has(want.cid):
+            if not self._may_get(want):
                 return want
         return None
 
