@@ -264,6 +264,33 @@ def test_session_peers_get_want_block_only_others_want_have() -> None:
     assert s.tick(0.2).find_providers == [wanted[2]]
 
 
+def test_end_game_moves_queued_requests_to_an_idle_peer() -> None:
+    s = Session(SessionConfig(initial_window=20, max_window=20, endgame_keep=4))
+    fast, slow = peer(), peer()
+    for p in (fast, slow):
+        s.add_peer(p, 0.0)
+        s.peers[p].session_peer = True
+    wanted = cids(40)
+    s.want(wanted, 0.0)
+    s.tick(0.0)
+    on_slow = list(s.peers[slow].in_flight)
+    assert len(on_slow) == 20
+    for i, cid in enumerate(list(s.peers[fast].in_flight)):
+        s.on_block(fast, cid, 10, 0.01 * (i + 1))
+    acts = s.tick(0.5)  # nothing left to hand out; the fast peer idles, the slow one has 20
+    moved = [e.cid for e in acts.messages[fast] if e.want_type == WantType.BLOCK and not e.cancel]
+    assert moved == on_slow[-10:]  # half the difference, the newest requests
+    assert [e.cid for e in acts.messages[slow] if e.cancel] == on_slow[-10:]
+    assert list(s.peers[slow].in_flight) == on_slow[:10]
+    assert all(s.wants[c].requested_from == fast for c in moved)
+    # a moved block the slow peer sent anyway still counts once, and cancels the other ask
+    assert s.on_block(slow, moved[0], 10, 0.6)
+    assert moved[0] not in s.peers[fast].in_flight
+    assert s.tick(0.6).messages[fast] == [WantEntry(moved[0], cancel=True)]
+    # balanced now: no more moves, and never below endgame_keep
+    assert all(not e.cancel for e in s.tick(0.7).messages.get(slow, []))
+
+
 def test_session_window_grows_and_stalled_peer_is_retried_elsewhere() -> None:
     cfg = SessionConfig(
         initial_window=2, max_window=8, min_stall_timeout=1.0, max_stall_timeout=4.0

@@ -17,6 +17,10 @@ A session decides which peer to ask for which block. The strategy, close to go-b
   does it get new wants, as many as fit. The three quarters still queued at the peer keep it
   busy meanwhile, and a want message then carries many wants instead of one per block received
   (each message costs both ends a decode, and the server a trip to look up block sizes).
+* End game: once every want is handed out, a peer with room takes over the newest requests
+  queued at the peer with the most (a cancel there, a want-block here), up to half the
+  difference, so the last blocks do not wait in one peer's deep queue while the others idle.
+  The few oldest requests of a queue stay where they are: the server may be sending them.
 * A peer stalls when it has requests outstanding and has sent nothing for its stall timeout
   (a multiple of its observed gap between blocks, bounded both ways). Its requests go back to the
   pool and are retried elsewhere; the peer is skipped for those blocks.
@@ -51,6 +55,7 @@ class SessionConfig:
     retry_interval: float = 5.0  # forget DONT_HAVE / stalls after this, ask everyone again
     max_broadcast: int = 256  # want-haves broadcast per tick (the DAG frontier is enough)
     refill_fraction: float = 0.25  # a peer gets new wants once this much of its window is free
+    endgame_keep: int = 8  # end game: requests never moved off a peer (it may be sending them)
 
 
 @dataclass(slots=True)
@@ -315,10 +320,44 @@ class Session:
         self._check_stalls(now)
         self._run_timers(now)
         self._assign(now)
+        self._end_game(now)
         self._broadcast(now)
         self._search(now)
         out, self._out = self._out, Actions()
         return out
+
+    def _end_game(self, now: float) -> None:
+        """Nothing left to hand out: move queued requests from the most loaded peer to peers
+        with room. Work per tick is proportional to the peers and the requests moved."""
+        if self._head(self._ready, _READY) is not None:
+            return
+        peers = [st for st in self.peers.values() if st.session_peer]
+        if len(peers) < 2:
+            return
+        for taker in sorted(peers, key=lambda st: len(st.in_flight)):
+            if not taker.wants_refill(self.config):
+                continue
+            giver = max(peers, key=lambda st: len(st.in_flight))
+            n = min(
+                taker.room(),
+                (len(giver.in_flight) - len(taker.in_flight)) // 2,
+                len(giver.in_flight) - self.config.endgame_keep,
+            )
+            if n <= 0:
+                continue
+            if not taker.in_flight:
+                taker.last_heard = now  # its stall clock starts with the first request
+            for cid in list(giver.in_flight)[-n:]:  # the newest: last in the giver's queue
+                want = self.wants.get(cid)
+                if want is None or want.requested_from != giver.peer or taker.peer in want.skip:
+                    continue
+                del giver.in_flight[cid]
+                self._out.add(giver.peer, WantEntry(cid, cancel=True))
+                want.requested_from = taker.peer
+                taker.in_flight[cid] = now
+                self._out.add(
+                    taker.peer, WantEntry(cid, want.priority, False, WantType.BLOCK, True)
+                )
 
     def next_deadline(self) -> float | None:
         """When ``tick`` should run next at the latest (None: only on new input)."""
