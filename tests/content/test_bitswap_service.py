@@ -30,6 +30,7 @@ from peerstack.content.bitswap.service import (
 )
 from peerstack.content.bitswap.session import SessionConfig
 from peerstack.content.blockstore import Blockstore, BlockstoreFull, FsyncPolicy
+from peerstack.content.chunks import Buffer
 from peerstack.content.dagpb import MalformedDagPb
 from peerstack.content.exporter import cat
 from peerstack.content.importer import ImportProfile, import_bytes
@@ -705,7 +706,7 @@ async def test_received_blocks_are_hashed_off_the_event_loop(
     threads: list[bool] = []
     real_hash = Bitswap._hash_blocks
 
-    def hash_spy(msg: Message) -> list[tuple[CID, bytes]]:
+    def hash_spy(msg: Message) -> list[tuple[CID, Buffer]]:
         threads.append(threading.get_ident() == loop_thread)
         return real_hash(msg)
 
