@@ -407,11 +407,12 @@ class IdentifyService:
         fut: asyncio.Future[IdentifyInfo] = loop.create_future()
         self._pending[peer] = fut
         if inbound:
-            # Our request starts one loop turn later: the new connection's first turn serves
+            # Our request starts two loop turns later: the new connection's first turn serves
             # the streams the dialler opened right behind its last handshake message (its own
-            # identify request above all), so the answer it waits for leaves before our
-            # request instead of after it.
-            loop.call_soon(self._begin_identify, peer, fut)
+            # identify request above all) and the next one flushes the answer, so the answer
+            # the dialler waits for leaves alone, ahead of our request, and the dialler reads
+            # it without first serving our request.
+            loop.call_soon(loop.call_soon, self._begin_identify, peer, fut)
         else:
             self._begin_identify(peer, fut)
 
