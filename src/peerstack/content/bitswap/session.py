@@ -17,10 +17,12 @@ A session decides which peer to ask for which block. The strategy, close to go-b
   does it get new wants, as many as fit. The three quarters still queued at the peer keep it
   busy meanwhile, and a want message then carries many wants instead of one per block received
   (each message costs both ends a decode, and the server a trip to look up block sizes).
-* End game: once every want is handed out, a peer with room takes over the newest requests
-  queued at the peer with the most (a cancel there, a want-block here), up to half the
-  difference, so the last blocks do not wait in one peer's deep queue while the others idle.
-  The few oldest requests of a queue stay where they are: the server may be sending them.
+* End game: once every want is handed out, a peer that has nearly run dry (fewer than
+  ``endgame_keep`` requests left) takes over the newest requests queued at the peer with the
+  most (a cancel there, a want-block here), up to half the difference, so the last blocks do
+  not wait in one peer's deep queue while the others idle. The ``endgame_keep`` oldest requests
+  of a queue stay where they are: they may be on their way already (sent by the server, or
+  buffered here while we hash and store), and moving them would fetch them twice.
 * A peer stalls when it has requests outstanding and has sent nothing for its stall timeout
   (a multiple of its observed gap between blocks, bounded both ways). Its requests go back to the
   pool and are retried elsewhere; the peer is skipped for those blocks.
@@ -55,7 +57,7 @@ class SessionConfig:
     retry_interval: float = 5.0  # forget DONT_HAVE / stalls after this, ask everyone again
     max_broadcast: int = 256  # want-haves broadcast per tick (the DAG frontier is enough)
     refill_fraction: float = 0.25  # a peer gets new wants once this much of its window is free
-    endgame_keep: int = 8  # end game: requests never moved off a peer (it may be sending them)
+    endgame_keep: int = 16  # end game: the oldest requests of a peer, never moved (see above)
 
 
 @dataclass(slots=True)
@@ -335,7 +337,9 @@ class Session:
         if len(peers) < 2:
             return
         for taker in sorted(peers, key=lambda st: len(st.in_flight)):
-            if not taker.wants_refill(self.config):
+            if len(taker.in_flight) >= self.config.endgame_keep:
+                break  # sorted: nobody after this one has run dry either
+            if taker.room() <= 0:
                 continue
             giver = max(peers, key=lambda st: len(st.in_flight))
             n = min(
