@@ -4,7 +4,8 @@ Every seeder and leecher is its own process; only 127.0.0.1. In the same run, si
 
 - peerstack: ``BasicHost`` (TCP + Noise + Yamux) + ``Blockstore`` + ``Bitswap``; the seeders serve
   one blockstore imported once (default profile: CIDv1, raw leaves, 1 MiB chunks), the leecher
-  calls ``Bitswap.get_file`` (blocks verified and stored, then the file exported);
+  calls ``Bitswap.get_file`` (each block verified, stored, and written into the output at its
+  offset as it arrives; the output renamed into place when complete);
 - libtorrent 2.x over TCP (``bench/share_anchor_libtorrent.py`` in ``.venv-libtorrent``);
 - helia -> helia over TCP (``bench/share_anchor_helia.mjs`` with Node 22 from tests/interop/js).
 
