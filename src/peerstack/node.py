@@ -66,7 +66,7 @@ from peerstack.errors import DecodeError, DialError, PeerError, PeerstackError, 
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream, StreamHandler
 from peerstack.host.peerstore import Peerstore
-from peerstack.node_dht import NodeDht
+from peerstack.node_dht import NodeDht, attach_identify
 from peerstack.protocols import echo, perf, ping
 from peerstack.protocols.identify import IdentifyInfo, IdentifyService
 from peerstack.repo import Repo
@@ -293,6 +293,8 @@ class Node:
             on_peer_error=self._penalize,
         )
         self._identify = identify
+        if self._kad is not None:
+            attach_identify(self._kad, identify)  # servers admitted from identify, no probe
         identify.start()
         await host.start()
         if self._background and self._reprovider is not None:

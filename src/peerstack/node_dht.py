@@ -7,6 +7,7 @@ string, ``KEY`` for the ``/peerstack/`` namespace, a CID, an IPNS name), refuses
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from peerstack.app_records import decode_value, encode_value, record_key
@@ -18,6 +19,12 @@ from peerstack.dht.messages import PeerInfo
 from peerstack.dht.records import RecordError
 from peerstack.dht.service import KadDHT, LookupStats, ValueNotFound
 from peerstack.errors import DecodeError, PeerstackError, UsageError
+from peerstack.protocols.identify import (
+    IdentifyEvent,
+    IdentifyFailed,
+    IdentifyService,
+    PeerIdentified,
+)
 
 
 class PeerNotFound(PeerstackError):
@@ -73,6 +80,27 @@ def _ipfs_path(value: str) -> str:
     else:
         parse_name(parts[2])
     return value
+
+
+def attach_identify(kad: KadDHT, identify: IdentifyService) -> Callable[[], None]:
+    """Let identify tell ``kad`` which peers are DHT servers; returns the unsubscribe function.
+
+    The DHT stops probing every new connection with a FIND_NODE (a stream and a request per
+    connection): a peer whose identify lists the kad protocol is admitted to the routing table,
+    one whose identify or push does not is left out (or removed), and only a peer whose
+    identify failed is still probed. The DHT itself knows nothing of identify (it also runs on
+    simulated hosts without it): this adapter hands it plain data.
+    """
+
+    def on_identify(event: IdentifyEvent) -> None:
+        if isinstance(event, PeerIdentified):
+            kad.peer_identified(event.peer, event.protocols, event.listen_addrs)
+        elif isinstance(event, IdentifyFailed):
+            kad.identify_failed(event.peer)
+
+    unsubscribe = identify.add_listener(on_identify)
+    kad.use_identify()
+    return unsubscribe
 
 
 class NodeDht:

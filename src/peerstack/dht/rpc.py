@@ -32,6 +32,12 @@ class DhtCounters:
     requests_refused: int = 0
     streams_refused: int = 0
     checks_skipped: int = 0
+    # FIND_NODE probes of newly connected peers (the fallback when identify cannot tell).
+    probes: int = 0
+    # Peers offered to the table because identify listed the kad protocol, and peers dropped
+    # because identify (or a push) no longer listed it.
+    identify_admitted: int = 0
+    identify_removed: int = 0
     # Requests not served because our own store failed (a locked or broken database).
     store_errors: int = 0
     by_type: dict[str, int] = field(default_factory=dict)

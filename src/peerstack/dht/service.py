@@ -11,6 +11,15 @@ persisted times (provider expiry, when our provides were last announced, record 
 the wire needs it (IPNS validity, ``timeReceived``). The monotonic clock restarts with the
 machine: a time stored from it would put republish off until the uptime caught up and keep
 remote providers far past their 48 h.
+
+Who enters the routing table: a peer that answered one of our requests, and, once the node has
+called ``use_identify()``, a peer whose identify (or identify push) lists ``/ipfs/kad/1.0.0``
+(``peer_identified``); a peer whose identify no longer lists it leaves. This is how the libp2p
+kad-dht spec and the go/js implementations learn of servers, and it costs nothing: identify
+runs on every connection anyway. Without identify (the simulated host, or a peer whose identify
+failed: ``identify_failed``) a newly connected peer is probed with a FIND_NODE instead
+(``DhtConfig.probe_on_connect``). The DHT takes plain data here, not identify's types: it must
+stay runnable on hosts without identify.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from peerstack.core.identity import PrivateKey
+from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
 from peerstack.dht.config import DhtConfig, Mode
 from peerstack.dht.distance import kad_key
@@ -106,6 +116,7 @@ class KadDHT:
         self._checking: set[PeerId] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unsubscribe: Callable[[], None] | None = None
+        self._identify_wired = False
         self._started = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -129,7 +140,7 @@ class KadDHT:
             self.routing_table.add(peer, now, addrs)
         if self.config.mode is Mode.SERVER:
             self.host.set_stream_handler(PROTOCOL_ID, self.server.handle_stream)
-        if self.config.probe_on_connect:
+        if self.config.probe_on_connect and not self._identify_wired:
             self._unsubscribe = self.host.add_listener(self._on_host_event)
         if self.config.background:
             self._spawn(self._maintenance_loop())
@@ -259,11 +270,55 @@ class KadDHT:
                 count += 1
         return count
 
-    def _on_host_event(self, event: HostEvent) -> None:
-        if not isinstance(event, PeerConnected) or event.peer in self.routing_table:
+    # -- learning of servers: identify, or a probe without it ------------------------------
+
+    def use_identify(self) -> None:
+        """From now on the node reports identify results: no FIND_NODE probe per connection.
+
+        The caller must then pass every identify result to ``peer_identified`` and every failed
+        identify to ``identify_failed`` (``node_dht.attach_identify`` does both); the probe
+        remains only as the fallback for peers identify could not tell about.
+        """
+        self._identify_wired = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def peer_identified(
+        self, peer: PeerId, protocols: Collection[str], addrs: Sequence[Multiaddr] = ()
+    ) -> None:
+        """Identify (or a push) told us ``peer``'s protocols and listen addresses.
+
+        A peer that lists the kad protocol is a DHT server: it is offered to the table like a
+        peer that answered (the table's diversity limits, replacement cache and check of the
+        oldest peer of a full bucket apply). A peer that does not is a client or has stopped
+        serving: it is not probed, and leaves the table (and its replacement cache) if it was
+        there. Works in client mode too: a client still routes through servers.
+        """
+        if not self._started or peer == self.host.peer_id:
             return
-        if self._reserve_check(event.peer):
-            self._spawn(self._probe_new_peer(event.peer))
+        if PROTOCOL_ID in protocols:
+            self.counters.identify_admitted += 1
+            self._offer(peer, addrs or self.host.peer_addrs(peer))
+        elif self.routing_table.remove(peer):
+            self.counters.identify_removed += 1
+            self.client.forget(peer)
+
+    def identify_failed(self, peer: PeerId) -> None:
+        """Identify could not tell what ``peer`` serves: fall back to probing it."""
+        if self._started and self.config.probe_on_connect:
+            self._probe_if_new(peer)
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        if isinstance(event, PeerConnected):
+            self._probe_if_new(event.peer)
+
+    def _probe_if_new(self, peer: PeerId) -> None:
+        if peer in self.routing_table:
+            return
+        if self._reserve_check(peer):
+            self.counters.probes += 1
+            self._spawn(self._probe_new_peer(peer))
 
     async def _probe_new_peer(self, peer: PeerId) -> None:
         if await self._check_peer(peer):
@@ -273,7 +328,10 @@ class KadDHT:
 
     def _peer_responded(self, peer: PeerId) -> None:
         """``peer`` answered a DHT request: it is a live server, offer it to the table."""
-        outcome = self.routing_table.add(peer, self._now(), self.host.peer_addrs(peer))
+        self._offer(peer, self.host.peer_addrs(peer))
+
+    def _offer(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> None:
+        outcome = self.routing_table.add(peer, self._now(), addrs)
         if outcome.result is AddResult.FULL and outcome.to_check is not None:
             self._maybe_check(outcome.to_check)
 

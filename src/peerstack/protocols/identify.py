@@ -10,6 +10,12 @@ Push is the same message sent the other way, unasked, on its own stream when our
 listen addresses change. A push is a partial update: only the fields present replace what we
 knew.
 
+Other services learn from identify through ``IdentifyService.add_listener``: a
+``PeerIdentified`` event after every successful identify and every push received (the DHT
+admits a peer to its routing table when it lists the kad protocol), and ``IdentifyFailed`` when
+the identify run on a connection ends without an answer while the peer is still connected (so a
+service may fall back to asking the peer itself).
+
 Everything a peer sends is bounded and validated before it reaches the peerstore: the message
 size, the number of addresses and protocols, the length of each protocol id, and the public key,
 which must belong to the PeerId the secure channel authenticated. A peer that breaks these rules
@@ -107,6 +113,33 @@ class IdentifyInfo:
     # Which of the repeated fields were present (a push carries only what changed).
     has_listen_addrs: bool = True
     has_protocols: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentified:
+    """``peer`` identified itself (``push=False``) or pushed an update (``push=True``).
+
+    The fields are what we now know about the peer, the push merged in: a push that carried no
+    protocols leaves ``protocols`` as they were.
+    """
+
+    peer: PeerId
+    protocols: tuple[str, ...]
+    listen_addrs: tuple[Multiaddr, ...]
+    agent_version: str | None
+    push: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyFailed:
+    """The identify run on a connection to ``peer`` ended without an answer (peer still there)."""
+
+    peer: PeerId
+    error: BaseException
+
+
+IdentifyEvent = PeerIdentified | IdentifyFailed
+IdentifyListener = Callable[[IdentifyEvent], None]
 
 
 def encode_identify(
@@ -353,6 +386,9 @@ class IdentifyService:
         self._unsubscribe: Callable[[], None] | None = None
         self._push_limit = asyncio.Semaphore(MAX_PUSH_CONCURRENCY)
         self._message = _MessageCache(public_key, agent_version)
+        self._listeners: list[IdentifyListener] = []
+        # Listener calls that raised (each one logged with its traceback).
+        self.listener_errors = 0
         self.observed = ObservedAddrs()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -420,6 +456,34 @@ class IdentifyService:
         if self._unsubscribe is None or fut.done() or self._pending.get(peer) is not fut:
             return  # closed, disconnected or superseded in the meantime
         self._spawn(self._identify_quietly(peer, fut))
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def add_listener(self, listener: IdentifyListener) -> Callable[[], None]:
+        """Call ``listener`` with every ``PeerIdentified`` / ``IdentifyFailed`` from now on.
+
+        Returns the function that unsubscribes it (calling it twice is harmless). Listeners run
+        synchronously in the identify task: they must not block; one that raises is logged and
+        the others still run.
+        """
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _emit(self, event: IdentifyEvent) -> None:
+        # A copy: a listener may unsubscribe (itself or another) while we iterate.
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                # A subscriber's bug is its own: identify has already stored what it learnt and
+                # must go on for this peer and the next. Logged with the traceback, not hidden.
+                self.listener_errors += 1
+                log.exception("identify listener %r failed on %s", listener, type(event).__name__)
 
     # -- what we learnt -----------------------------------------------------------------------
 
@@ -498,6 +562,10 @@ class IdentifyService:
         except asyncio.CancelledError:
             fut.cancel()
             raise
+        if error is not None and self._listeners and self._pending.get(peer) is fut:
+            # Only while this connection's run is still the current one: after a disconnect
+            # nobody should act on the peer (a fallback would dial it again).
+            self._emit(IdentifyFailed(peer, error))
         _settle(fut, info, error)
         waiter = self._waiters.pop(peer, None)
         if waiter is not None:
@@ -537,6 +605,10 @@ class IdentifyService:
         waiter = self._waiters.pop(peer, None)
         if waiter is not None:
             _settle(waiter, info, None)
+        if self._listeners:
+            self._emit(
+                PeerIdentified(peer, info.protocols, info.listen_addrs, info.agent_version, push)
+            )
 
     def _store(self, info: IdentifyInfo, *, push: bool) -> None:
         """Write ``info`` to the peerstore, each fact on its own.
