@@ -265,8 +265,7 @@ class Node:
         if self.config.echo:
             echo.register(host)
         if self._want_dht:
-            self._kad = self._make_dht(host)
-            await self._kad.start()
+            self._kad = self._make_dht(host)  # started below, once identify and listeners are up
             self._dht = NodeDht(self._kad)
         if self._want_content:
             assert self.repo is not None
@@ -297,6 +296,11 @@ class Node:
             attach_identify(self._kad, identify)  # servers admitted from identify, no probe
         identify.start()
         await host.start()
+        if self._kad is not None:
+            # Its upkeep dials at once: earlier, a peer would meet us without identify (and be
+            # admitted without our addresses). No await between host.start() and the handler
+            # going in, so no inbound stream can meet the kad protocol missing.
+            await self._kad.start()
         if self._background and self._reprovider is not None:
             self._spawn(self._reprovide_loop(self._reprovider))
         if self._background and self._kad is not None and self._bootstrap:
