@@ -7,11 +7,16 @@ the RSS growth divided by N. Then 30% of the nodes are killed abruptly and every
 again from a random survivor.
 
 - peerstack: a full ``Node`` (TCP + Noise + Yamux + identify) per DHT node, ``KadDHT`` on its
-  ``BasicHost``, the /24 diversity limits lifted (every peer is 127.0.0.1) and a permissive
-  ``/bench/`` namespace. The process has 20,000 file descriptors (a hard limit) for N listeners
-  and two per connection, so each host's connection manager trims idle connections above a
-  high-water mark of about (fd budget / N); the DHT reconnects lazily. Killed nodes have their
-  TCP sockets aborted (RST, no Yamux GoAway, no stream resets), then their listeners closed.
+  ``BasicHost`` wired to the node's identify as the node wires its own DHT
+  (``node_dht.attach_identify``: a peer whose identify lists the kad protocol enters the routing
+  table, no FIND_NODE probe per new connection), the /24 diversity limits lifted (every peer
+  is 127.0.0.1) and a permissive ``/bench/`` namespace. The process has 20,000 file
+  descriptors (a hard limit) for N listeners and two per connection, so each host's connection
+  manager trims idle connections above a high-water mark of about (fd budget / N); the DHT
+  reconnects lazily. Killed nodes have their TCP sockets aborted (RST, no Yamux GoAway, no
+  stream resets), then their listeners closed.
+- peerstack-probe (an anchor of our own past; ``--impls peerstack,peerstack-probe``): the same
+  without the identify wiring, so every new connection is probed with a FIND_NODE.
 - bmuller ``kademlia`` 2.2.3 (asyncio, rpcudp over UDP): ``bench/dht_anchor_kademlia.py`` in
   ``.venv-kademlia``. Killed nodes close their UDP socket.
 - py-libp2p 0.8.1's kad-dht at 200 nodes: ``bench/dht_anchor_pylibp2p.py`` in
@@ -64,6 +69,7 @@ from peerstack.host.interface import HostEvent, PeerConnected
 from peerstack.host.limits import Limits
 from peerstack.net import tcp
 from peerstack.node import Node
+from peerstack.node_dht import attach_identify
 
 # Run as a script, this file's folder (not the repository) is on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -201,7 +207,7 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
         dial_timeout=10.0,
     )
     config = Config(listen=("/ip4/127.0.0.1/tcp/0",), limits=limits)
-    res = Result("peerstack", n)
+    res = Result("peerstack-probe" if args.probe_all else "peerstack", n)
     if args.share_read_buffer:
         # An experiment, not the default: BasicHost makes one 1 MiB read buffer per host.
         shared = tcp.new_read_buffer()
@@ -255,6 +261,8 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
                 probe_on_connect=not args.no_probe,
             )
             dht = KadDHT(node.host, cfg, validators=validators)
+            if not args.probe_all:
+                attach_identify(dht, node.identify)  # as Node does for its own DHT
             await dht.start()
             nodes.append(PsNode(node, dht, node.addrs[0]))
         alive = list(nodes)
@@ -362,6 +370,10 @@ async def peerstack_workload(args: argparse.Namespace) -> Result:
         res.extra.update(
             rpcs_sent=rpcs, rpcs_failed=failed, peak_fds=peak["fds"], peak_conns=peak["conns"]
         )
+        res.extra.update(
+            probes=sum(p.dht.counters.probes for p in nodes),
+            identify_admitted=sum(p.dht.counters.identify_admitted for p in nodes),
+        )
         status(f"peerstack n={n}: after kill {res.kill_get_ok}/{res.kill_gets}")
     finally:
         if sampler is not None:
@@ -462,9 +474,11 @@ def driver_main(args: argparse.Namespace) -> None:
     notes: list[str] = []
     for n in sizes:
         for impl in impls:
-            if impl == "peerstack":
+            if impl in ("peerstack", "peerstack-probe"):
                 argv = [PYTHON, str(BENCH_DIR / "dht_nodes.py"), "--worker", "--n", str(n)]
                 argv += ["--bootstrap-concurrency", str(args.bootstrap_concurrency)]
+                if impl == "peerstack-probe":
+                    argv.append("--probe-all")
             elif impl == "kademlia":
                 if not KADEMLIA_PYTHON.exists():
                     failures.append(f"kademlia: {KADEMLIA_PYTHON} missing (scripts/setup-bench.sh)")
@@ -488,7 +502,7 @@ def driver_main(args: argparse.Namespace) -> None:
             results.append(got)
             if got.note:
                 notes.append(f"{impl} at {n}: {got.note}")
-            if impl != "peerstack":
+            if impl != "peerstack":  # peerstack's own extras go with its goals below
                 notes.append(f"{impl} at {n}: {json.dumps(got.extra)}")
             status(f"{impl} n={n}: {json.dumps(got.extra)}")
     headers = [
@@ -501,7 +515,7 @@ def driver_main(args: argparse.Namespace) -> None:
         ps = by.get(("peerstack", n))
         if ps is None:
             continue
-        for anchor in ("kademlia", "pylibp2p"):
+        for anchor in ("peerstack-probe", "kademlia", "pylibp2p"):
             other = by.get((anchor, n))
             if other is None:
                 continue
@@ -569,6 +583,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-probe",
         action="store_true",
         help="worker experiment: DhtConfig(probe_on_connect=False)",
+    )
+    p.add_argument(
+        "--probe-all",
+        action="store_true",
+        help="worker: no identify wiring, every new connection probed (peerstack-probe)",
     )
     p.add_argument(
         "--share-read-buffer",
