@@ -845,3 +845,55 @@ def test_find_peer_goes_on_when_the_target_is_named_without_addresses() -> None:
         assert info.addrs == (where,)
 
     sim(main)
+
+
+def test_identify_results_replace_the_probe_on_connect() -> None:
+    # The DHT takes identify's news as plain data (sim hosts have no identify): once told that
+    # identify is wired, a new connection is not probed; the kad protocol in an identify result
+    # admits a peer, its absence removes it, and only a failed identify falls back to a probe.
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 4)
+        me = KadDHT(net.add_host(), config(), rng=random.Random(9))
+        me.use_identify()
+        await me.start()
+        served = sum(d.counters.requests_served for d in dhts)
+        for d in dhts:
+            await me.host.connect(d.host.peer_id, d.host.listen_addrs())
+        await asyncio.sleep(1.0)
+        assert len(me.routing_table) == 0
+        assert me.counters.probes == 0
+        assert sum(d.counters.requests_served for d in dhts) == served
+
+        a, b, c, d = (x.host.peer_id for x in dhts)
+        me.peer_identified(a, ["/ipfs/id/1.0.0", PROTOCOL_ID], dhts[0].host.listen_addrs())
+        me.peer_identified(b, [PROTOCOL_ID])
+        me.peer_identified(c, ["/ipfs/id/1.0.0"])  # a client: neither admitted nor probed
+        assert set(me.routing_table.peers()) == {a, b}
+        assert me.routing_table.get(b) is not None
+        me.peer_identified(a, ["/ipfs/id/1.0.0"])  # a push: a stopped serving the DHT
+        assert set(me.routing_table.peers()) == {b}
+        assert me.counters.identify_removed == 1
+
+        me.identify_failed(d)  # identify could not tell: d is asked directly
+        await asyncio.sleep(1.0)
+        assert d in me.routing_table
+        assert me.counters.probes == 1
+        assert sum(x.counters.requests_served for x in dhts) == served + 1
+        await me.stop()
+
+    sim(main)
+
+
+def test_without_identify_a_new_connection_is_probed() -> None:
+    async def main(net: SimNetwork) -> None:
+        dhts = await build(net, 3)
+        me = KadDHT(net.add_host(), config(), rng=random.Random(9))
+        await me.start()
+        for d in dhts:
+            await me.host.connect(d.host.peer_id, d.host.listen_addrs())
+        await asyncio.sleep(1.0)
+        assert set(me.routing_table.peers()) == {d.host.peer_id for d in dhts}
+        assert me.counters.probes == 3
+        await me.stop()
+
+    sim(main)
