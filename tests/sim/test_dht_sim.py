@@ -857,8 +857,8 @@ def test_identify_results_replace_the_probe_on_connect() -> None:
         me.use_identify()
         await me.start()
         served = sum(d.counters.requests_served for d in dhts)
-        for d in dhts:
-            await me.host.connect(d.host.peer_id, d.host.listen_addrs())
+        for other in dhts:
+            await me.host.connect(other.host.peer_id, other.host.listen_addrs())
         await asyncio.sleep(1.0)
         assert len(me.routing_table) == 0
         assert me.counters.probes == 0
