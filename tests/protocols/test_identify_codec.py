@@ -275,3 +275,61 @@ def test_strings_that_are_not_utf8_are_a_decode_error(raw: bytes) -> None:
     # identify.proto is proto2, where such a string field comes back as bytes, not str.
     with pytest.raises(DecodeError, match="UTF-8"):
         decode_identify([raw], PEER)
+
+
+async def test_push_events_carry_the_merged_state_and_a_failing_listener_is_logged(
+    stream_pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A push is a partial update: the event shows what we now know (a push without protocols
+    # keeps the ones from before), and a listener that raises is logged, not propagated.
+    from typing import cast
+
+    from peerstack.host.interface import Host
+    from peerstack.host.peerstore import Peerstore
+    from peerstack.protocols.identify import (
+        IDENTIFY_PUSH,
+        IdentifyEvent,
+        IdentifyService,
+        PeerIdentified,
+    )
+
+    service = IdentifyService(cast(Host, object()), Peerstore(), KEY.public_key, lambda: ())
+    seen: list[IdentifyEvent] = []
+
+    def broken(event: IdentifyEvent) -> None:
+        raise ValueError("listener bug")
+
+    service.add_listener(broken)
+    service.add_listener(seen.append)
+
+    async def push(protocols: list[str], addrs: list[Multiaddr]) -> Stream:
+        client, server = stream_pair(IDENTIFY_PUSH)
+        raw = encode_identify(
+            public_key=None, listen_addrs=addrs, protocols=protocols, observed_addr=None
+        )
+        await client.write(varint.encode(len(raw)) + raw)
+        await client.close()
+        await service._handle_push(server)
+        return server
+
+    addr, addr2 = Multiaddr("/ip4/10.0.0.1/tcp/4001"), Multiaddr("/ip4/10.0.0.2/tcp/4001")
+    peer = (await push(["/ipfs/kad/1.0.0", "/ipfs/id/1.0.0"], [addr])).remote_peer
+    assert seen == [
+        PeerIdentified(peer, ("/ipfs/kad/1.0.0", "/ipfs/id/1.0.0"), (addr,), AGENT_VERSION, True)
+    ]
+    assert service.listener_errors == 1
+    assert "identify listener" in caplog.text
+    # A second push from the same peer with new addresses only (each stream pair has a peer
+    # of its own, so this one is decoded and applied as _handle_push does).
+    raw = encode_identify(public_key=None, listen_addrs=[addr2], protocols=[], observed_addr=None)
+    service._apply(decode_identify([raw], peer), push=True)
+    assert seen[-1] == PeerIdentified(
+        peer, ("/ipfs/kad/1.0.0", "/ipfs/id/1.0.0"), (addr2,), AGENT_VERSION, True
+    )
+    # Then one that drops the kad protocol.
+    raw = encode_identify(
+        public_key=None, listen_addrs=[], protocols=["/ipfs/id/1.0.0"], observed_addr=None
+    )
+    service._apply(decode_identify([raw], peer), push=True)
+    assert seen[-1] == PeerIdentified(peer, ("/ipfs/id/1.0.0",), (addr2,), AGENT_VERSION, True)
+    assert service.listener_errors == 3
