@@ -166,11 +166,11 @@ def sha256_file(path: Path) -> str:
 
 
 async def ps_leech(
-    cid_text: str, repo: Path, out: Path, peers: Sequence[str], expect: str
+    cid_text: str, repo: Path, out: Path, peers: Sequence[str], expect: str, *, direct_io: bool
 ) -> dict[str, Any]:
     """Fetch the file from ``peers``; the timings, measured here, as a dict."""
     cid = CID.parse(cid_text)
-    store = Blockstore(repo, FsyncPolicy.NEVER)
+    store = Blockstore(repo, FsyncPolicy.NEVER, direct_io=direct_io)
     host = BasicHost(PrivateKey.generate(), listen_addrs=["/ip4/127.0.0.1/tcp/0"])
     await host.start()
     fetched_at: list[float] = []
@@ -227,7 +227,8 @@ def child_main(args: argparse.Namespace) -> None:
         out: dict[str, Any] = {}
 
         async def leech() -> None:
-            out.update(await ps_leech(args.cid, args.repo, args.out, args.peer, args.expect))
+            out.update(await ps_leech(args.cid, args.repo, args.out, args.peer, args.expect,
+                                      direct_io=args.ps_direct_io == "on"))
 
         if args.profile:
             profiler = cProfile.Profile(time.thread_time)  # the event loop's own CPU time
@@ -391,7 +392,7 @@ class Driver:
         if impl == "peerstack":
             argv = [PYTHON, __file__, "--role", "ps-leech", "--cid", self.ws.ps_cid,
                     "--repo", str(self.leech_dir / "repo"), "--out", str(out),
-                    "--expect", self.ws.sha256]
+                    "--expect", self.ws.sha256, "--ps-direct-io", self.args.ps_direct_io]
             if run_no < 0:  # the extra, uncounted run under cProfile
                 tag = f"{sc.seeders}seed" + ("-capped" if sc.cap else "")
                 argv += ["--profile", f"{self.args.profile}.{tag}.prof"]
@@ -539,7 +540,8 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
         f"{ws.size / MIB:,.0f} MiB file, sha256 {ws.sha256[:16]}...; medians of {args.runs} runs "
         f"({args.capped_runs} capped), (min-max); MB/s = 10^6 bytes/s, to file on disk and "
         "sha256-verified",
-        f"peerstack: {loop_name()}, CID {ws.ps_cid}; capped rows: "
+        f"peerstack: {loop_name()}, CID {ws.ps_cid}, leecher blockstore direct_io "
+        f"{args.ps_direct_io}; capped rows: "
         + ("bench-side token bucket on seeder block reads (--ps-cap emulate)"
            if args.ps_cap == "emulate" else
            "Bitswap(upload_rate=cap) on each seeder" if args.ps_cap == "knob" else "not run"),
@@ -634,6 +636,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ps-cap", choices=("knob", "emulate", "skip"), default="knob",
                         help="peerstack's capped rows: Bitswap's upload_rate (knob), the older "
                         "bench-side token bucket on block reads (emulate), or not run (skip)")
+    parser.add_argument("--ps-direct-io", choices=("on", "off"), default="off",
+                        help="the peerstack leecher's Blockstore(direct_io=...): its copy of each "
+                        "block written past the page cache (the output file is not)")
     parser.add_argument("--helia-runs", type=int, default=0,
                         help="runs for helia (tens of MB/s: a 1 GiB run takes minutes); 0 = --runs")
     parser.add_argument("--helia-concurrency", type=int, default=8,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sqlite3
 from pathlib import Path
@@ -18,6 +19,7 @@ from peerstack.content.blockstore import (
     PinKind,
     mh_key,
 )
+from peerstack.content.chunks import Chunks
 from peerstack.content.dagpb import MalformedDagPb, PBLink, PBNode, encode
 from peerstack.content.importer import import_bytes
 from peerstack.core.cid import CID, DAG_PB, RAW
@@ -238,3 +240,53 @@ async def test_failed_link_forget_is_rolled_back_and_store_keeps_working(store: 
     assert await store.delete(node2)
     assert (await store.gc()).removed == 2  # the two leaves; nothing is pinned
     other.close()
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 64 * 1024 + 1, 1024 * 1024, 1024 * 1024 + 4095])
+async def test_direct_io_writes_the_same_bytes(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    pieces = Chunks([data[i : i + 65519] for i in range(0, size, 65519)])
+    with Blockstore(tmp_path / "d", FsyncPolicy.FILE, direct_io=True) as bs:
+        cid = CID.hash_of(data, RAW)
+        assert bs.put_sync(cid, pieces, verify=True)
+        assert await bs.get(cid) == data
+        small = await bs.put_data(b"small blocks go through the page cache", RAW)
+        assert await bs.get(small) == b"small blocks go through the page cache"
+        assert (await bs.verify()).ok
+        assert list((tmp_path / "d" / "tmp").iterdir()) == []
+
+
+async def test_direct_io_falls_back_where_the_file_system_refuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fcntl = fcntl.fcntl
+
+    def no_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")  # as some file systems answer
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", no_direct)
+    with Blockstore(tmp_path / "d", FsyncPolicy.NEVER, direct_io=True) as bs:
+        data = os.urandom(256 * 1024)
+        cid = await bs.put_data(data, RAW)
+        assert await bs.get(cid) == data
+        assert not bs.direct_io  # it stopped trying
+        assert (await bs.verify()).ok
+
+
+async def test_direct_io_full_disk_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Blockstore(tmp_path / "d", FsyncPolicy.NEVER, direct_io=True) as bs:
+
+        def full(fd: int, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "write", full)
+        data = os.urandom(128 * 1024)
+        with pytest.raises(BlockstoreFull):
+            await bs.put(CID.hash_of(data, RAW), data)
+        monkeypatch.undo()
+        assert list((tmp_path / "d" / "tmp").iterdir()) == []
+        assert await bs.put(CID.hash_of(data, RAW), data)

@@ -24,7 +24,9 @@ import base64
 import contextlib
 import enum
 import errno
+import fcntl
 import logging
+import mmap
 import os
 import secrets
 import sqlite3
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peerstack.content import dagpb
-from peerstack.content.chunks import Buffer, as_bytes, write_all
+from peerstack.content.chunks import Buffer, Chunks, as_bytes, write_all
 from peerstack.core.cid import CID, DAG_PB, hash_bytes
 from peerstack.core.multihash import SHA2_256, Multihash
 from peerstack.errors import DecodeError, PeerstackError, UsageError
@@ -44,6 +46,18 @@ log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 2 * 1024 * 1024
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+# direct_io: O_DIRECT wants the buffer address, the file offset and the length aligned to the
+# device's logical block size (4096 covers the common ones); smaller blocks are not worth it.
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+_DIRECT_ALIGN = 4096
+_DIRECT_MIN = 64 * 1024
+
+
+class _AlignedBuffer(threading.local):
+    """One page-aligned buffer per worker thread, for O_DIRECT writes (allocated on first use)."""
+
+    buf: mmap.mmap | None = None
 
 
 class BlockstoreError(PeerstackError):
@@ -148,10 +162,20 @@ class Blockstore:
         root: str | os.PathLike[str],
         fsync: FsyncPolicy = FsyncPolicy.FILE,
         max_block_size: int = MAX_BLOCK_SIZE,
+        *,
+        direct_io: bool = False,
     ) -> None:
+        """``direct_io``: write blocks of 64 KiB and more past the page cache (O_DIRECT), where
+        the file system allows it (it falls back by itself where not). Blocks of a big download
+        are cold once stored (the user reads the output file), and filling the page cache with a
+        second copy of every byte costs more CPU than the copy into a reused aligned buffer
+        (on the 2-core bench VM: 2.6 ms of kernel time per MiB against 0.14). Reads of such
+        blocks come from the disk."""
         self.root = Path(root)
         self.fsync = fsync
         self.max_block_size = max_block_size
+        self.direct_io = direct_io and bool(_O_DIRECT)
+        self._aligned = _AlignedBuffer()
         self._blocks = self.root / "blocks"
         self._tmp = self.root / "tmp"
         self._blocks.mkdir(parents=True, exist_ok=True)
@@ -215,7 +239,10 @@ class Blockstore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                write_all(fd, data)  # the pieces of a received block in one writev
+                if not (
+                    self.direct_io and len(data) >= _DIRECT_MIN and self._write_direct(fd, data)
+                ):
+                    write_all(fd, data)  # the pieces of a received block in one writev
                 if self.fsync is not FsyncPolicy.NEVER:
                     os.fsync(fd)
             finally:
@@ -245,6 +272,39 @@ class Blockstore:
     def read_sync(self, cid: CID | Multihash) -> bytes:
         """``get`` on the calling thread (for worker threads); ``BlockNotFound`` if absent."""
         return self._read_sync(cid)
+
+    def _write_direct(self, fd: int, data: Buffer) -> bool:
+        """Write ``data`` into the new, empty file ``fd`` past the page cache: the aligned part
+        with O_DIRECT from this thread's aligned buffer, the tail (under 4 KiB) normally.
+        False, having written nothing, when the file system refuses O_DIRECT (then this store
+        stops trying)."""
+        size = len(data)
+        aligned = size - size % _DIRECT_ALIGN
+        buf = self._aligned.buf
+        if buf is None:
+            buf = self._aligned.buf = mmap.mmap(-1, self.max_block_size + _DIRECT_ALIGN)
+        view = memoryview(buf)
+        pos = 0
+        for part in data.parts if isinstance(data, Chunks) else [data]:
+            n = len(part)
+            view[pos : pos + n] = part
+            pos += n
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+            done = os.write(fd, view[:aligned])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.info("%s: no O_DIRECT here (%s); blocks go through the page cache", self.root, exc)
+            self.direct_io = False
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            os.ftruncate(fd, 0)
+            return False
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        while done < size:  # the tail, or the rest of a short write
+            done += os.pwrite(fd, view[done:size], done)
+        return True
 
     def _index_links(self, mh: Multihash, links: tuple[dagpb.PBLink, ...]) -> None:
         key = mh_key(mh)
