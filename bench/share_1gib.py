@@ -409,6 +409,7 @@ class Driver:
                 "--cid", seeders[0]["cid"], "--out", str(out), "--expect-sha256", self.ws.sha256]
         if self.args.helia_concurrency > 0:
             argv += ["--block-read-concurrency", str(self.args.helia_concurrency)]
+        argv += ["--window-mib", str(self.args.helia_window_mib)]
         for s in seeders:
             argv += ["--peer", s["addr"]]
         return argv
@@ -546,7 +547,10 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
            if args.ps_cap == "emulate" else
            "Bitswap(upload_rate=cap) on each seeder" if args.ps_cap == "knob" else "not run"),
         f"libtorrent: TCP only, torrent {ws.torrent_info}; capped: upload_rate_limit",
-        "helia: light helia, TCP + Noise + Yamux, in-memory blockstores, cat blockReadConcurrency "
+        "helia: light helia, TCP + Noise + Yamux, in-memory blockstores, "
+        + (f"cat in consecutive {args.helia_window_mib} MiB ranges" if args.helia_window_mib > 0
+           else "one cat of the whole file")
+        + ", blockReadConcurrency "
         + (str(args.helia_concurrency) if args.helia_concurrency > 0 else "default")
         + (f", {args.helia_runs} run(s)" if args.helia_runs > 0 else ""),
         "on disk, before the sha256 check: " + "; ".join(
@@ -642,9 +646,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--helia-runs", type=int, default=0,
                         help="runs for helia (tens of MB/s: a 1 GiB run takes minutes); 0 = --runs")
     parser.add_argument("--helia-concurrency", type=int, default=8,
-                        help="helia cat's blockReadConcurrency; 0 = helia's default (unbounded, "
-                        "which stalls on 1 GiB: the seeder answers all 1024 wants at once; "
-                        "32 stalled too)")
+                        help="helia cat's blockReadConcurrency (0 = helia's default); it bounds "
+                        "little: it-parallel in helia's exporter lets the wants run past it")
+    parser.add_argument("--helia-window-mib", type=int, default=32,
+                        help="the helia leecher reads the file with cat in consecutive ranges of "
+                        "this many MiB; 0 = one cat of the whole file, which wants every leaf at "
+                        "once and stalls on 1 GiB (see bench/share_anchor_helia.mjs)")
     parser.add_argument("--torrent-format", choices=("v1", "hybrid", "v2"), default="v1")
     parser.add_argument("--workdir", default="/tmp/peerstack-share-bench")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
