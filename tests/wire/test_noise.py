@@ -185,6 +185,30 @@ def test_handshake_in_memory(chunk: int | None) -> None:
     assert ti.decrypt(tr.encrypt(b"world")) == b"world"
 
 
+def test_injected_ephemeral_keys_are_the_ones_sent() -> None:
+    """NoiseHandshake(ephemeral_key=...) uses that key (made at construction otherwise)."""
+    ea, eb = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    init = NoiseHandshake(PrivateKey.generate(), initiator=True, ephemeral_key=ea)
+    resp = NoiseHandshake(PrivateKey.generate(), initiator=False, ephemeral_key=eb)
+    m1 = init.data_to_send()
+    assert m1[2:] == ea.public_key().public_bytes_raw()
+    resp.receive_data(m1)
+    m2 = resp.data_to_send()
+    assert m2[2:34] == eb.public_key().public_bytes_raw()
+    init.receive_data(m2)
+    resp.receive_data(init.data_to_send())
+    assert init.complete
+    assert resp.complete
+    assert init.handshake_hash == resp.handshake_hash
+
+
+def test_each_handshake_has_its_own_ephemeral_key() -> None:
+    key = PrivateKey.generate()
+    first = NoiseHandshake(key, initiator=True).data_to_send()
+    second = NoiseHandshake(key, initiator=True).data_to_send()
+    assert first != second
+
+
 def test_handshake_message_sizes_and_framing() -> None:
     ka, kb = PrivateKey.generate(), PrivateKey.generate()
     init = NoiseHandshake(ka, initiator=True)

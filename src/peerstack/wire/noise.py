@@ -139,7 +139,7 @@ class XXHandshakeState:
     ``NoiseHandshake``.
     """
 
-    __slots__ = ("_e", "_initiator", "_re", "_rs", "_s", "_ss", "_step")
+    __slots__ = ("_e", "_e_pub", "_initiator", "_re", "_rs", "_s", "_s_pub", "_ss", "_step")
 
     def __init__(
         self,
@@ -151,7 +151,14 @@ class XXHandshakeState:
     ) -> None:
         self._initiator = initiator
         self._s = static_key
-        self._e = ephemeral_key
+        # Made now, not when message 1 or 2 is written: a responder is built before message 1
+        # arrives, so the key generation (~70 us) overlaps that wait instead of delaying
+        # message 2. Test vectors inject theirs.
+        self._e: X25519PrivateKey = (
+            ephemeral_key if ephemeral_key is not None else X25519PrivateKey.generate()
+        )
+        self._e_pub = _x25519_public_bytes(self._e)
+        self._s_pub = _x25519_public_bytes(static_key)
         self._re: bytes | None = None
         self._rs: bytes | None = None
         self._step = 0
@@ -178,11 +185,6 @@ class XXHandshakeState:
             # cryptography refuses low-order points (an all-zero shared secret).
             raise NoiseError("peer sent an invalid X25519 public key") from None
 
-    def _ephemeral(self) -> X25519PrivateKey:
-        if self._e is None:
-            self._e = X25519PrivateKey.generate()
-        return self._e
-
     def _check_turn(self, writing: bool) -> None:
         if self._step >= 3:
             raise UsageError("handshake already finished")
@@ -196,21 +198,21 @@ class XXHandshakeState:
         ss = self._ss
         parts: list[bytes] = []
         if self._step == 0:  # -> e
-            e_pub = _x25519_public_bytes(self._ephemeral())
+            e_pub = self._e_pub
             parts.append(e_pub)
             ss.mix_hash(e_pub)
         elif self._step == 1:  # <- e, ee, s, es
             assert self._re is not None
-            e = self._ephemeral()
-            e_pub = _x25519_public_bytes(e)
+            e = self._e
+            e_pub = self._e_pub
             parts.append(e_pub)
             ss.mix_hash(e_pub)
             ss.mix_key(self._dh(e, self._re))
-            parts.append(ss.encrypt_and_hash(_x25519_public_bytes(self._s)))
+            parts.append(ss.encrypt_and_hash(self._s_pub))
             ss.mix_key(self._dh(self._s, self._re))
         else:  # -> s, se
             assert self._re is not None
-            parts.append(ss.encrypt_and_hash(_x25519_public_bytes(self._s)))
+            parts.append(ss.encrypt_and_hash(self._s_pub))
             ss.mix_key(self._dh(self._s, self._re))
         parts.append(ss.encrypt_and_hash(payload))
         self._step += 1
@@ -230,7 +232,7 @@ class XXHandshakeState:
         elif self._step == 1:  # <- e, ee, s, es
             if len(message) < DH_LENGTH + DH_LENGTH + 2 * TAG_LENGTH:
                 raise NoiseError("handshake message 2 too short")
-            e = self._ephemeral()
+            e = self._e
             self._re = message[:DH_LENGTH]
             ss.mix_hash(self._re)
             ss.mix_key(self._dh(e, self._re))
@@ -240,7 +242,6 @@ class XXHandshakeState:
         else:  # -> s, se
             if len(message) < DH_LENGTH + 2 * TAG_LENGTH:
                 raise NoiseError("handshake message 3 too short")
-            assert self._e is not None
             pos = DH_LENGTH + TAG_LENGTH
             self._rs = ss.decrypt_and_hash(message[:pos])
             ss.mix_key(self._dh(self._e, self._rs))
@@ -428,6 +429,7 @@ class NoiseHandshake:
         muxers: Sequence[str] = (),
         static_key: X25519PrivateKey | None = None,
         credentials: NoiseCredentials | None = None,
+        ephemeral_key: X25519PrivateKey | None = None,
     ) -> None:
         if credentials is None:
             credentials = NoiseCredentials(identity, muxers, static_key)
@@ -437,7 +439,11 @@ class NoiseHandshake:
             raise UsageError("pass either static_key or credentials, not both")
         self._initiator = initiator
         self._expected = remote_peer
-        self._hs = XXHandshakeState(initiator=initiator, static_key=credentials.static_key)
+        # The ephemeral key is made here (unless given, for tests): a responder is built
+        # before the peer's message 1 arrives, so that wait hides the key generation.
+        self._hs = XXHandshakeState(
+            initiator=initiator, static_key=credentials.static_key, ephemeral_key=ephemeral_key
+        )
         self._payload = credentials.payload
         self._out: list[bytes] = []
         self._buf = bytearray()
