@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import pytest
 
@@ -26,6 +27,7 @@ from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
 from peerstack.net import tcp
 from peerstack.net.connection import Connection
+from peerstack.net.stream import YamuxStream
 from peerstack.net.upgrader import UpgradeOptions, upgrade
 from peerstack.wire import multistream, noise, yamux
 
@@ -490,5 +492,64 @@ async def test_start_sends_one_rtt_probe() -> None:
     ]
     assert len(queued) == len(pings) * yamux.HEADER_SIZE
     assert len(pings) == 1
+    await out.close()
+    await inb.close()
+
+
+class _CountingTransport:
+    """Forwards to a real transport and records the size of every write."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(len(data))
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("arrives", ["with_the_handshake", "after_start"])
+async def test_probe_ack_and_first_answer_leave_in_one_write(arrives: str) -> None:
+    """A stream opened by the dialler gets its ACK, the listener's RTT probe and the handler's
+    first answer in one segment, whether the stream came in with the handshake's last bytes
+    (handled by start()) or just after start() (its flush still pending)."""
+    out, inb = await _upgrade_pair(UpgradeOptions(), UpgradeOptions())
+    # The dialler's side of a stream, built by hand so we choose when its bytes arrive.
+    sid = out.session.open_stream()
+    out.session.send_data(sid, b"hello")
+    request = out._noise.encrypt(out.session.data_to_send())
+
+    async def answer(stream: Stream) -> None:
+        await stream.write((await stream.read()).upper())
+
+    tasks: list[asyncio.Task[None]] = []
+    inb.on_stream = lambda s: tasks.append(asyncio.ensure_future(answer(s)))
+    counter = _CountingTransport(cast(asyncio.Transport, inb._tcp.transport))
+    inb._tcp.transport = cast(asyncio.Transport, counter)
+    if arrives == "with_the_handshake":
+        out._tcp.write(request)
+        for _ in range(1000):
+            if inb._tcp._pending:
+                break
+            await asyncio.sleep(0.001)
+        assert inb._tcp._pending
+        inb.start()
+    else:
+        inb.start()
+        inb._data_received(request)  # as a read would, before the start flush has run
+    await asyncio.gather(*tasks)
+    for _ in range(1000):
+        if counter.writes:
+            break
+        await asyncio.sleep(0.001)
+    # One Noise frame: RTT probe, window update with ACK, Data header and the 5 bytes.
+    assert counter.writes == [noise.NoiseTransport.sealed_size(3 * yamux.HEADER_SIZE + 5)]
+    out.on_stream = lambda s: None
+    out._streams[sid] = stream = YamuxStream(out, sid, outbound=True)
+    out.start()
+    assert await asyncio.wait_for(stream.readexactly(5), 10) == b"HELLO"
     await out.close()
     await inb.close()

@@ -264,17 +264,22 @@ class Connection:
         pending = self._tcp.attach(
             self._data_received, self._connection_lost, self._direct_received
         )
-        now = self._loop.time()
-        # Starts the keepalive clock; with rtt_interval on, this sends the first RTT probe at
-        # once (window auto-tuning needs the RTT to grow past 256 KiB).
-        self._session.tick(now)
-        self._schedule_flush()
+        # What arrived with the handshake (a listener typically finds the dialler's first
+        # stream here: SYN, multistream proposal, request) is handled before the first flush
+        # is scheduled: the handlers it starts are then queued on the loop ahead of that
+        # flush, so the RTT probe, the stream's ACK and the handler's first answer leave in
+        # one write instead of the probe and ACK going out alone just before the answer.
         if leftover_plaintext:
             self._plaintext_received(leftover_plaintext)
         if leftover_ciphertext or pending:
             self._data_received(leftover_ciphertext + pending)
         if self._closed:
             return
+        # Starts the keepalive clock; with rtt_interval on, this sends the first RTT probe
+        # (window auto-tuning needs the RTT to grow past 256 KiB). Stamped after the leftover
+        # is handled, so the probe's send time is as close to its real departure as it can be.
+        self._session.tick(self._loop.time())
+        self._schedule_flush()
         self._arm_timer()
 
     # -- properties --------------------------------------------------------------------------
@@ -586,6 +591,14 @@ class Connection:
         self._streams[sid] = stream
         self._n_inbound += 1
         self.on_stream(stream)
+        handle = self._flush_handle
+        if handle is not None:
+            # A flush scheduled before this stream arrived (the first RTT probe of a fresh
+            # connection, say) would run ahead of the handler just started, and send the
+            # probe, this stream's ACK and the handler's answer as separate segments: moved
+            # behind the handler's first step, they leave in one write.
+            handle.cancel()
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     # -- the write path ----------------------------------------------------------------------
 
