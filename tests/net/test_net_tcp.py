@@ -3,12 +3,78 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import UsageError
 from peerstack.net import tcp
+
+
+def _sockaddr_via_text(host: str, port: int) -> Multiaddr | None:
+    """The former conversion (ipaddress, then the multiaddr text parser): the reference."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return Multiaddr(f"/{'ip4' if ip.version == 4 else 'ip6'}/{ip}/tcp/{port}")
+
+
+_PORTS = st.integers(min_value=0, max_value=65535)
+
+
+@settings(max_examples=300)
+@given(st.ip_addresses(v=4), _PORTS)
+def test_sockaddr_ip4_matches_the_text_path(ip: ipaddress.IPv4Address, port: int) -> None:
+    got = tcp.sockaddr_to_multiaddr((str(ip), port))
+    want = _sockaddr_via_text(str(ip), port)
+    assert got == want
+    assert got is not None
+    assert want is not None
+    assert str(got) == str(want)
+    assert got.components == want.components
+    assert got.tcp_target() == (str(ip), port)
+
+
+@settings(max_examples=300)
+@given(
+    st.ip_addresses(v=6),
+    _PORTS,
+    st.sampled_from(["compressed", "exploded", "scoped"]),
+)
+def test_sockaddr_ip6_matches_the_text_path(
+    ip: ipaddress.IPv6Address, port: int, form: str
+) -> None:
+    host = ip.exploded if form == "exploded" else str(ip)
+    if form == "scoped":
+        host += "%eth0"
+    got = tcp.sockaddr_to_multiaddr((host, port, 0, 0))
+    want = _sockaddr_via_text(host, port)
+    assert got == want
+    assert got is not None
+    assert want is not None
+    assert str(got) == str(want)
+    assert got.components == want.components
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=60), _PORTS)
+def test_sockaddr_of_any_text_is_none_or_the_text_paths(host: str, port: int) -> None:
+    got = tcp.sockaddr_to_multiaddr((host, port))
+    if got is not None:
+        assert got == _sockaddr_via_text(host, port)
+
+
+def test_sockaddr_out_of_range_or_odd_types_is_none() -> None:
+    assert tcp.sockaddr_to_multiaddr(("127.0.0.1", 65536)) is None
+    assert tcp.sockaddr_to_multiaddr(("127.0.0.1", -1)) is None
+    assert tcp.sockaddr_to_multiaddr(("127.0.0.1", "80")) is None
+    assert tcp.sockaddr_to_multiaddr((b"127.0.0.1", 80)) is None
+    assert tcp.sockaddr_to_multiaddr(("127.0.0.1",)) is None
+    assert tcp.sockaddr_to_multiaddr(("1.2.3.04", 80)) is None  # leading zero: refused
 
 
 def test_sockaddr_to_multiaddr() -> None:
