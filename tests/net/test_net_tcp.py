@@ -202,3 +202,60 @@ async def test_read_target_takes_exactly_one_read() -> None:
         server.close()
     finally:
         await listener.close()
+
+
+async def test_wait_closed_wakes_every_waiter_when_the_connection_ends() -> None:
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
+    try:
+        client = await tcp.dial(listener.multiaddrs[0])
+        server = await accepted.get()
+        waiters = [asyncio.ensure_future(client.wait_closed(grace=30)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiters)
+        client.close()
+        await asyncio.wait_for(asyncio.gather(*waiters), 10)
+        assert client.is_closed
+        await client.wait_closed()  # already closed: returns at once
+        server.close()
+        await server.wait_closed()
+        assert server.is_closed
+    finally:
+        await listener.close()
+
+
+async def test_wait_closed_aborts_after_grace() -> None:
+    """Nobody closes the socket: after ``grace`` wait_closed aborts it."""
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
+    try:
+        client = await tcp.dial(listener.multiaddrs[0])
+        server = await accepted.get()
+        await client.wait_closed(grace=0.05)
+        assert client.is_closed
+        assert await asyncio.wait_for(server.read_some(), 10) == b""
+        server.close()
+        await server.wait_closed()
+    finally:
+        await listener.close()
+
+
+async def test_cancelled_wait_closed_leaves_nothing_behind() -> None:
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
+    try:
+        client = await tcp.dial(listener.multiaddrs[0])
+        server = await accepted.get()
+        waiter = asyncio.ensure_future(client.wait_closed(grace=30))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert not client._close_waiters
+        assert not client.is_closed  # cancelling the wait does not close the connection
+        client.close()
+        await client.wait_closed()
+        server.close()
+        await server.wait_closed()
+    finally:
+        await listener.close()
