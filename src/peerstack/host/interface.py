@@ -117,11 +117,12 @@ class Host(Protocol):
 # Helpers every request/response protocol needs: uvarint-length-prefixed messages.
 
 
-async def read_length_prefixed(stream: Stream, max_size: int) -> bytes | None:
-    """Read one ``uvarint(len) || bytes`` message; ``None`` on a clean end of stream.
+async def read_length_prefix(stream: Stream, max_size: int) -> int | None:
+    """Read the ``uvarint(len)`` in front of a message; ``None`` on a clean end of stream.
 
-    Raises ``LimitExceeded`` when the announced length is over ``max_size`` (before reading the
-    body, so a peer cannot make us buffer it) and ``StreamClosed`` if the stream ends mid-message.
+    Raises ``LimitExceeded`` when the announced length is over ``max_size`` (before any of the
+    body is read, so a peer cannot make us buffer it), ``DecodeError`` for a prefix longer than
+    a uvarint may be and ``StreamClosed`` if the stream ends inside the prefix.
     """
     prefix = bytearray()
     while True:
@@ -138,6 +139,17 @@ async def read_length_prefixed(stream: Stream, max_size: int) -> bytes | None:
     length, _ = varint.decode(prefix)
     if length > max_size:
         raise LimitExceeded(f"message of {length} bytes exceeds the limit of {max_size}")
+    return length
+
+
+async def read_length_prefixed(stream: Stream, max_size: int) -> bytes | None:
+    """Read one ``uvarint(len) || bytes`` message; ``None`` on a clean end of stream.
+
+    Raises as ``read_length_prefix`` does, and ``StreamClosed`` if the stream ends mid-message.
+    """
+    length = await read_length_prefix(stream, max_size)
+    if length is None:
+        return None
     if length == 0:
         return b""
     return await stream.readexactly(length)

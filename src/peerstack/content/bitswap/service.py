@@ -38,16 +38,13 @@ from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreEr
 from peerstack.content.chunks import Buffer, Chunks, as_bytes
 from peerstack.content.filesink import FileSink, partial_path
 from peerstack.content.importer import DEFAULT_PROFILE, ImportProfile, ImportResult, import_path
-from peerstack.core import varint
 from peerstack.core.cid import CID, DAG_PB, RAW, Prefix
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.multihash import SHA2_256, Multihash
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
     ConnectionClosed,
-    DecodeError,
     DialError,
-    LimitExceeded,
     NegotiationError,
     PeerError,
     PeerstackError,
@@ -61,6 +58,7 @@ from peerstack.host.interface import (
     PeerConnected,
     PeerDisconnected,
     Stream,
+    read_length_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -989,21 +987,9 @@ async def _read_message(stream: Stream) -> bytes | list[bytes] | None:
     ``LimitExceeded`` when the length is over ``MAX_MESSAGE_SIZE`` (before reading the body),
     ``StreamClosed`` when the stream ends inside a message.
     """
-    prefix = bytearray()
-    while True:
-        b = await stream.read(1)
-        if not b:
-            if prefix:
-                raise StreamClosed("stream ended inside a length prefix")
-            return None
-        prefix += b
-        if b[0] < 0x80:
-            break
-        if len(prefix) >= varint.MAX_VARINT_BYTES:
-            raise DecodeError("length prefix too long")
-    length, _ = varint.decode(prefix)
-    if length > m.MAX_MESSAGE_SIZE:
-        raise LimitExceeded(f"message of {length} bytes exceeds {m.MAX_MESSAGE_SIZE}")
+    length = await read_length_prefix(stream, m.MAX_MESSAGE_SIZE)
+    if length is None:
+        return None
     if length < READ_PIECES_MIN:
         return await stream.readexactly(length) if length else b""
     pieces: list[bytes] = []
