@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
-from peerstack.errors import DialError, NegotiationError, StreamClosed, StreamReset
+from peerstack.errors import DialError, NegotiationError
 from peerstack.host.interface import (
     HostEvent,
     HostListener,
@@ -21,6 +21,7 @@ from peerstack.host.interface import (
     PeerDisconnected,
     StreamHandler,
 )
+from peerstack.host.memstream import MemStream, stream_pair
 
 
 def pattern(n: int) -> bytes:
@@ -29,91 +30,9 @@ def pattern(n: int) -> bytes:
     return b"".join(blocks)[:n]
 
 
-# -- an in-memory host: real Stream semantics (half-close, reset, backpressure), no sockets ----
+# -- an in-memory host over peerstack.host.memstream pairs (real Stream semantics) ----------
 
 STREAM_BUFFER = 1024 * 1024
-
-
-class MemStream:
-    """One end of an in-memory stream pair."""
-
-    def __init__(self, protocol: str, remote: PeerId) -> None:
-        self._protocol = protocol
-        self._remote = remote
-        self._buf = bytearray()
-        self._eof = False
-        self._reset = False
-        self._write_closed = False
-        self._changed = asyncio.Event()
-        self.other: MemStream | None = None
-
-    @property
-    def protocol(self) -> str:
-        return self._protocol
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self._remote
-
-    @property
-    def remote_addr(self) -> Multiaddr | None:
-        return None
-
-    def _notify(self) -> None:
-        self._changed.set()
-
-    async def _wait(self) -> None:
-        self._changed.clear()
-        await self._changed.wait()
-
-    async def read(self, n: int = -1) -> bytes:
-        while not self._buf and not self._eof and not self._reset:
-            await self._wait()
-        if self._reset:
-            raise StreamReset("stream reset")
-        if not self._buf:
-            return b""
-        take = len(self._buf) if n < 0 else min(n, len(self._buf))
-        out = bytes(self._buf[:take])
-        del self._buf[:take]
-        if self.other is not None:
-            self.other._notify()  # room for the writer
-        return out
-
-    async def readexactly(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            piece = await self.read(n - len(out))
-            if not piece:
-                raise StreamClosed("stream ended early")
-            out += piece
-        return bytes(out)
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        other = self.other
-        assert other is not None
-        while True:
-            if self._reset:
-                raise StreamReset("stream reset")
-            if self._write_closed:
-                raise StreamClosed("write side closed")
-            if len(other._buf) < STREAM_BUFFER:
-                break
-            await self._wait()
-        other._buf += data
-        other._notify()
-
-    async def close(self) -> None:
-        self._write_closed = True
-        if self.other is not None:
-            self.other._eof = True
-            self.other._notify()
-
-    def reset(self) -> None:
-        for end in (self, self.other):
-            if end is not None:
-                end._reset = True
-                end._notify()
 
 
 async def _run(handler: StreamHandler, stream: MemStream) -> None:
@@ -191,8 +110,7 @@ class MemHost:
         proto = next((p for p in protocols if p in other.handlers), None)
         if proto is None:
             raise NegotiationError(f"{peer} speaks none of {list(protocols)}")
-        ours, theirs = MemStream(proto, peer), MemStream(proto, self.peer_id)
-        ours.other, theirs.other = theirs, ours
+        ours, theirs = stream_pair(proto, self.peer_id, peer, capacity=STREAM_BUFFER)
         self.streams.append(ours)
         other.streams.append(theirs)
         task = asyncio.get_running_loop().create_task(_run(other.handlers[proto], theirs))
