@@ -231,6 +231,10 @@ async def upgrade(
                 if early:
                     plaintext = b""
                     if unsent:
+                        # Message 3 goes now, alone, not held for the connection's first
+                        # flush: the listener's ~0.2 ms on it (DH, signature check) then
+                        # overlaps our building of that flush (held back, dial + identify
+                        # p50 got worse; see test_dial_writes_message_3_before_upgrade_returns).
                         tcp.write(unsent)
                 else:
                     plaintext = await _select_muxer(tcp, transport, outbound, ciphertext, unsent)
