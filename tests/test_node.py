@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from peerstack.config import Config
 from peerstack.core import varint
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
@@ -303,3 +304,20 @@ async def test_wait_identified_for_absent_peer_times_out_cleanly() -> None:
         with pytest.raises(TimeoutError):
             await service.wait_identified(PeerId.from_public_key(stranger))
         assert not service._waiters
+
+
+async def test_keepalive_times_come_from_the_config() -> None:
+    cfg = Config(keepalive_interval=0.1, keepalive_timeout=2.0)
+    async with Node(config=cfg) as a, Node() as b:
+        peer = await a.connect(b.addrs[0])
+        conn = a.host.connection(peer)
+        assert conn is not None
+        assert conn.session.config.keepalive_interval == 0.1
+        assert conn.session.config.keepalive_timeout == 2.0
+        # Idle for many keepalive intervals: a's pings are answered, so the connection stays.
+        await asyncio.sleep(0.6)
+        assert a.host.connection(peer) is conn
+        assert not conn.is_closed
+        other = b.host.connection(a.peer_id)
+        assert other is not None
+        assert other.session.config.keepalive_interval == 30.0

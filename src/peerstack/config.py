@@ -7,8 +7,9 @@ without thinking about it is not reachable from the network. Pass ``--listen
 Unknown keys in the file are refused rather than ignored, so a typo does not silently fall back
 to a default.
 
-Sections: ``[node]`` (listen, bootstrap, agent), ``[limits]`` (the host's ``Limits``), ``[dht]``
-(mode, the per-/24 diversity limits), ``[content]`` (what ``add`` announces, the reprovider) and
+Sections: ``[node]`` (listen, bootstrap, agent, the Yamux keepalive), ``[limits]`` (the host's
+``Limits``), ``[dht]`` (mode, the per-/24 diversity limits), ``[content]`` (what ``add``
+announces, the reprovider) and
 ``[services]`` (the measuring protocols perf and echo, off by default: any peer could make a node
 send gigabytes with them) and ``[bitswap]`` (``upload_rate``/``upload_rate_per_peer``: caps on the
 blocks we serve, in bytes per second; absent means no cap).
@@ -47,6 +48,8 @@ PROVIDE_CHOICES = ("roots", "all", "none")
 #: sends a peer as many bytes as it asks for and echo returns what it sends, so on by default
 #: they would let any peer spend our bandwidth.
 OPTIONAL_SERVICES = ("perf", "echo")
+#: ``[node]`` keys for the Yamux keepalive, in seconds.
+KEEPALIVE_KEYS = ("keepalive_interval", "keepalive_timeout")
 #: ``[bitswap]`` keys: the upload caps ``Bitswap`` takes, in bytes per second.
 UPLOAD_RATE_KEYS = ("upload_rate", "upload_rate_per_peer")
 
@@ -81,6 +84,10 @@ class Config:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     bootstrap: tuple[str, ...] = ()
     agent_version: str = DEFAULT_AGENT
+    # Yamux keepalive: a ping after this many seconds without hearing from a peer (0: never),
+    # and the connection is dropped when that ping goes unanswered this long.
+    keepalive_interval: float = 30.0
+    keepalive_timeout: float = 30.0
     limits: Limits = field(default_factory=Limits)
     dht_mode: str = "server"
     dht_diversity: str = "auto"
@@ -94,6 +101,8 @@ class Config:
     def __post_init__(self) -> None:
         _check_addrs("listen", self.listen)
         _check_addrs("bootstrap", self.bootstrap)
+        for name in KEEPALIVE_KEYS:
+            _check_seconds(f"[node] {name}", getattr(self, name))
         _check_choice("[dht] mode", self.dht_mode, DHT_MODES)
         _check_choice("[dht] diversity", self.dht_diversity, DIVERSITY_CHOICES)
         _check_choice("[content] provide", self.provide, PROVIDE_CHOICES)
@@ -133,7 +142,7 @@ class Config:
         content = dict(data.get("content", {}))
         services = dict(data.get("services", {}))
         bitswap = dict(data.get("bitswap", {}))
-        known = {"listen", "bootstrap", "agent_version"}
+        known = {"listen", "bootstrap", "agent_version", *KEEPALIVE_KEYS}
         unknown = set(node) - known
         if unknown:
             raise UsageError(f"unknown [node] key(s): {', '.join(sorted(unknown))}")
@@ -166,6 +175,9 @@ class Config:
             if not isinstance(node["agent_version"], str):
                 raise UsageError("[node] agent_version must be a string")
             kwargs["agent_version"] = node["agent_version"]
+        for key in KEEPALIVE_KEYS:
+            if key in node:
+                kwargs[key] = node[key]
         return cls(limits=Limits(**limits_data), **kwargs)
 
     @classmethod
@@ -192,6 +204,10 @@ class Config:
             f"listen = {strings(self.listen)}",
             f"bootstrap = {strings(self.bootstrap)}",
             f"agent_version = {_toml_str(self.agent_version)}",
+            "# Seconds of silence before a keepalive ping (0: none), and how long it may go",
+            "# unanswered before the connection is dropped.",
+            f"keepalive_interval = {self.keepalive_interval!r}",
+            f"keepalive_timeout = {self.keepalive_timeout!r}",
             "",
             "[limits]",
         ]
@@ -231,6 +247,17 @@ class Config:
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    """A duration: a finite number of seconds, zero or more."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise UsageError(f"{name} must be a number of seconds (0 or more), not {value!r}")
 
 
 def _check_rate(name: str, value: object) -> None:

@@ -70,6 +70,7 @@ from peerstack.node_dht import NodeDht, attach_identify
 from peerstack.protocols import echo, perf, ping
 from peerstack.protocols.identify import IdentifyInfo, IdentifyService
 from peerstack.repo import Repo
+from peerstack.wire.yamux import YamuxConfig
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +254,14 @@ class Node:
             raise
 
     async def _start(self) -> None:
+        cfg = self.config
         host = BasicHost(
-            self._key, listen_addrs=self.config.listen_addrs(), limits=self.config.limits
+            self._key,
+            listen_addrs=cfg.listen_addrs(),
+            limits=cfg.limits,
+            yamux_config=YamuxConfig(
+                keepalive_interval=cfg.keepalive_interval, keepalive_timeout=cfg.keepalive_timeout
+            ),
         )
         self._host = host
         # Handlers go in before the listeners open, so no early peer meets a missing protocol;
