@@ -137,12 +137,17 @@ class FileSink:
             return
         self._places.setdefault(cid, []).append(place)
 
-    def _take(self, cid: CID) -> list[_Place]:
-        """(lock held) The places of ``cid``, now served; the caller is counted as busy."""
-        places = self._places.pop(cid, [])
-        self._pending -= len(places)
-        if places:
-            self._done.add(cid)
+    def _claim(self, cid: CID) -> list[_Place] | None:
+        """The places of ``cid``, now served, with the caller counted as busy (it must call
+        ``_release``); None when there is nothing to write (closed, abandoned, or no places)."""
+        with self._lock:
+            if self._closed or self.abandoned or cid not in self._places:
+                return None
+            places = self._places.pop(cid)
+            self._pending -= len(places)
+            if places:
+                self._done.add(cid)
+            self._busy += 1
         return places
 
     def wants_bytes(self, cid: CID) -> bool:
@@ -153,11 +158,9 @@ class FileSink:
 
     def leaf(self, cid: CID, data: Buffer) -> None:
         """A verified raw block: write it at each of its places (nothing if it has none)."""
-        with self._lock:
-            if self._closed or self.abandoned or cid not in self._places:
-                return
-            places = self._take(cid)
-            self._busy += 1
+        places = self._claim(cid)
+        if places is None:
+            return
         try:
             for place in places:
                 if place.size is not None and place.size != len(data):
@@ -175,11 +178,9 @@ class FileSink:
     def node(self, cid: CID, node: dagpb.PBNode) -> None:
         """A verified, decoded dag-pb node: write its inline bytes and place its children."""
         late: list[tuple[CID, _Place]] = []
-        with self._lock:
-            if self._closed or self.abandoned or cid not in self._places:
-                return
-            places = self._take(cid)
-            self._busy += 1
+        places = self._claim(cid)
+        if places is None:
+            return
         try:
             self._node(cid, node, places, late)
             for child, place in late:
