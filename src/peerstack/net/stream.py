@@ -141,15 +141,9 @@ class YamuxStream:
         if not self._size:
             if n == 0:
                 return b""
-            # Inline wait (no coroutine per read): a future, or None at the end of stream.
-            fut = self._new_read_waiter()
-            if fut is None:
-                return b""
-            try:
-                await fut
-            finally:
-                self._read_waiter = None
-            while not self._size:  # woken by EOF, a reset, or a spurious wake-up
+            # Inline wait (no coroutine per read): a future, or None at the end of stream. The
+            # loop goes on after a wake-up by EOF, a reset, or a spurious one.
+            while not self._size:
                 fut = self._new_read_waiter()
                 if fut is None:
                     return b""
