@@ -412,16 +412,15 @@ async def test_dial_errors_name_their_reason() -> None:
         sock.close()
 
 
-async def _upgrade_pair(
-    dial_opts: UpgradeOptions, listen_opts: UpgradeOptions
-) -> tuple[Connection, Connection]:
-    """Upgrade one loopback TCP connection with ``upgrade`` on both ends."""
-    dial_key, listen_key = PrivateKey.generate(), PrivateKey.generate()
+async def _upgrading_listener(
+    key: PrivateKey, options: UpgradeOptions
+) -> tuple[asyncio.Future[Connection], tcp.TcpListener]:
+    """A loopback listener that upgrades its first inbound connection into the future."""
     inbound: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
 
     async def accept(raw: tcp.TcpConnection) -> None:
         try:
-            inbound.set_result(await upgrade(raw, listen_key, outbound=False, options=listen_opts))
+            inbound.set_result(await upgrade(raw, key, outbound=False, options=options))
         except PeerstackError as exc:
             inbound.set_exception(exc)
 
@@ -430,6 +429,15 @@ async def _upgrade_pair(
         Multiaddr("/ip4/127.0.0.1/tcp/0"),
         lambda raw: tasks.append(asyncio.create_task(accept(raw))),
     )
+    return inbound, listener
+
+
+async def _upgrade_pair(
+    dial_opts: UpgradeOptions, listen_opts: UpgradeOptions
+) -> tuple[Connection, Connection]:
+    """Upgrade one loopback TCP connection with ``upgrade`` on both ends."""
+    dial_key, listen_key = PrivateKey.generate(), PrivateKey.generate()
+    inbound, listener = await _upgrading_listener(listen_key, listen_opts)
     try:
         raw = await tcp.dial(listener.multiaddrs[0])
         expected = PeerId.from_public_key(listen_key.public_key)
@@ -573,20 +581,8 @@ async def _dial_recorded(
     """Upgrade a loopback dial whose socket writes are recorded; the listener's end is a
     future (it completes only once the dialler's Noise message 3 has arrived)."""
     dial_key, listen_key = PrivateKey.generate(), PrivateKey.generate()
-    inbound: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
     opts = UpgradeOptions(early_muxer_negotiation=early)
-
-    async def accept(raw: tcp.TcpConnection) -> None:
-        try:
-            inbound.set_result(await upgrade(raw, listen_key, outbound=False, options=opts))
-        except PeerstackError as exc:
-            inbound.set_exception(exc)
-
-    tasks: list[asyncio.Task[None]] = []
-    listener = await tcp.listen(
-        Multiaddr("/ip4/127.0.0.1/tcp/0"),
-        lambda raw: tasks.append(asyncio.create_task(accept(raw))),
-    )
+    inbound, listener = await _upgrading_listener(listen_key, opts)
     raw = await tcp.dial(listener.multiaddrs[0])
     recorder = _RecordingTransport(cast(asyncio.Transport, raw.transport))
     raw.transport = cast(asyncio.Transport, recorder)
