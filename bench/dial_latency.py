@@ -17,7 +17,15 @@ dialling a listener of their own kind through the interop peers' ``dial`` comman
 command channel's own round trip (a ``peers`` command, no network) subtracted. js's dial
 resolves before its identify runs, so its row compares with our "dial" row.
 
-    python bench/dial_latency.py [--n 200] [--no-interop]
+Placement: by default the OS places the processes (on two vCPUs the two ends mostly run on
+different CPUs). ``--same-cpu`` pins every process of the run to one CPU (this one, before any
+child starts, so every child inherits it: our listener, the plain TCP listener, the js-libp2p
+and py-libp2p peers); the table says which placement was used and that each child was
+checked. On a VM where waking a process on the other vCPU is slow (an IPI to a halted vCPU),
+each segment of the handshake costs that wake-up unpinned; pinned, it does not, but the two
+ends' work no longer overlaps. Run both to see which way it goes.
+
+    python bench/dial_latency.py [--n 200] [--no-interop] [--same-cpu [CPU]]
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,6 +68,68 @@ from bench.common import (
 )
 
 WARMUP = 10
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+
+def pin_to_cpu(cpu: int) -> int:
+    """Pin this process to ``cpu`` (-1: the first CPU it may run on now); returns the CPU.
+
+    Called before any child process or thread starts, so all of them inherit the mask.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if cpu == -1:
+        cpu = allowed[0]
+    if cpu not in allowed:
+        raise SystemExit(f"--same-cpu {cpu}: this process may run on CPUs {allowed} only")
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+def threads_off_cpu(pid: int, cpu: int) -> int:
+    """How many threads of process ``pid`` may run elsewhere than on ``cpu`` (Linux /proc)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return 0  # already gone
+    off = 0
+    for tid in tids:
+        try:
+            if os.sched_getaffinity(tid) != {cpu}:
+                off += 1
+        except OSError:
+            continue  # the thread ended meanwhile
+    return off
+
+
+class Placement:
+    """Where the run's processes ran: pinned to one CPU, or wherever the OS put them.
+
+    ``check(pid)`` records a child and whether all of its threads kept the pin; the table
+    title then says what was used and checked.
+    """
+
+    def __init__(self, cpu: int | None) -> None:
+        self.cpu = cpu
+        self.checked = 0
+        self.strays: list[int] = []
+
+    def check(self, pid: int) -> None:
+        if self.cpu is None:
+            return
+        self.checked += 1
+        if threads_off_cpu(pid, self.cpu):
+            self.strays.append(pid)
+
+    def describe(self) -> str:
+        if self.cpu is None:
+            allowed = sorted(os.sched_getaffinity(0))
+            return f"unpinned (OS placement over CPUs {','.join(map(str, allowed))})"
+        text = f"all processes pinned to CPU {self.cpu} ({self.checked} children checked"
+        if self.strays:
+            text += f"; NOT pinned: pids {self.strays}"
+        return text + ")"
 
 
 def start_identify(host: BasicHost) -> IdentifyService:
@@ -185,7 +256,9 @@ def noise_in_memory(n: int) -> list[float]:
     return out
 
 
-async def interop_dials(kind_name: str, n: int) -> tuple[list[float], float]:
+async def interop_dials(
+    kind_name: str, n: int, placement: Placement
+) -> tuple[list[float], float]:
     """Dial round trips (ms) through a peer's command channel, and that channel's own RTT."""
     harness, why = load_interop_harness()
     if harness is None:
@@ -195,6 +268,8 @@ async def interop_dials(kind_name: str, n: int) -> tuple[list[float], float]:
     try:
         dialer = await harness.start_peer(kind)
         try:
+            for peer in (listener, dialer):
+                placement.check(peer.proc.pid)
             overhead: list[float] = []
             for _ in range(50):
                 t0 = time.perf_counter()
@@ -235,6 +310,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="fresh connections per stack")
     parser.add_argument("--no-interop", action="store_true", help="skip js / py-libp2p")
     parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
+    parser.add_argument(
+        "--same-cpu",
+        type=int,
+        nargs="?",
+        const=-1,
+        default=None,
+        metavar="CPU",
+        help="pin every process of the run to one CPU (default: the first allowed one)",
+    )
     parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "peerstack":
@@ -244,9 +328,13 @@ def main() -> None:
         run(serve_tcp())
         return
     n = args.n
+    placement = Placement(None if args.same_cpu is None else pin_to_cpu(args.same_cpu))
+    status(f"placement: {placement.describe()}")
+    load_before = os.getloadavg()[0]
     rows: list[list[str]] = []
     status(f"plain TCP connect x{n}")
     with ServerProcess([PYTHON, __file__, "--serve", "tcp"]) as server:
+        placement.check(server.proc.pid)
         tcp_ms = run(tcp_connects(server.ready, n))
     rows.append(stats_row("TCP connect only (uvloop)", tcp_ms))
     status(f"Noise XX in memory x{n}")
@@ -254,6 +342,7 @@ def main() -> None:
     rows.append(stats_row("Noise XX handshake CPU, in memory", noise_ms, "both sides"))
     status(f"peerstack dial x{n}")
     with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
+        placement.check(server.proc.pid)
         cpu = CpuMeter(server.proc.pid)
         dial_ms, ident_ms = run(peerstack_dials(server.ready, n, cpu))
     rows.append(stats_row("peerstack dial (TCP+Noise+Yamux)", dial_ms))
@@ -280,7 +369,7 @@ def main() -> None:
                 continue
             status(f"{name} dial x{n}")
             try:
-                raw, overhead = run(interop_dials(kind_name, n))
+                raw, overhead = run(interop_dials(kind_name, n, placement))
             except (RuntimeError, OSError, TimeoutError) as exc:
                 rows.append([f"{name} dial", "0", "-", "-", "-", "-", f"failed: {exc}"])
                 continue
@@ -291,8 +380,10 @@ def main() -> None:
             )
     else:
         rows.append(["js-libp2p dial", "0", "-", "-", "-", "-", "not run (--no-interop)"])
+    load_after = os.getloadavg()[0]
     print_table(
-        f"dial latency, fresh connections, listener in a second process, {loop_name()} (ms)",
+        f"dial latency, fresh connections, listener in a second process, {loop_name()} (ms); "
+        f"{placement.describe()}; load {load_before:.2f} -> {load_after:.2f}",
         ["what", "n", "p50", "p90", "p99", "min", "note"],
         rows,
     )
