@@ -12,7 +12,15 @@ Anchors in the same run: plain TCP ping-pong of 64 bytes between two uvloop proc
 py-libp2p's ping on one stream (its peer's ``ping`` command) when it is installed.
 Goal: >= 25,000 round trips/s for peerstack.
 
-    python bench/ping_roundtrips.py [--runs 3] [--count 20000]
+Placement: waking a process on the other vCPU is slow on some VMs (an inter-processor interrupt
+to a halted guest CPU), and a serial ping-pong pays it twice per round trip. ``--same-cpu``
+pins every process of the run (this one, both peerstack ends, the plain-TCP and py-libp2p
+anchors: children inherit the affinity, and it is checked) to one CPU; the round-trip rate is
+then about 1 / (CPU of both sides per round trip). The default leaves placement to the
+scheduler; ``--placement both`` measures both ways in one run. Every table says which
+placement it used.
+
+    python bench/ping_roundtrips.py [--runs 3] [--count 20000] [--same-cpu [CPU] | --placement both]
 """
 
 from __future__ import annotations
@@ -51,6 +59,59 @@ from bench.common import (
 )
 
 TCP_SIZE = 64
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+
+class Placement:
+    """Where the run's processes may run: the scheduler's choice, or all on one CPU."""
+
+    def __init__(self, cpus: set[int], pinned: bool) -> None:
+        self.cpus = cpus
+        self.pinned = pinned
+        # Children whose affinity was checked, and any that did not match.
+        self.checked: list[str] = []
+        self.mismatched: list[str] = []
+
+    @property
+    def label(self) -> str:
+        cpus = ",".join(str(c) for c in sorted(self.cpus))
+        if self.pinned:
+            return f"same CPU: every process pinned to CPU {cpus}"
+        return f"unpinned: processes free on CPUs {cpus}"
+
+    @property
+    def short(self) -> str:
+        return "same CPU" if self.pinned else "unpinned"
+
+    def apply(self) -> None:
+        """Set this process's affinity; the processes it starts from now on inherit it."""
+        os.sched_setaffinity(0, self.cpus)
+
+    def check(self, name: str, pid: int) -> None:
+        """Record whether every thread of a child runs where this placement says (they
+        inherit the mask unless something changed it)."""
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            return  # already gone
+        strays: set[int] = set()
+        for tid in tids:
+            try:
+                strays |= os.sched_getaffinity(tid) - self.cpus
+            except OSError:
+                continue  # the thread ended meanwhile
+        self.checked.append(name)
+        if strays:
+            self.mismatched.append(f"{name} also on CPUs {sorted(strays)}")
+
+    def note(self) -> str:
+        if self.mismatched:
+            return "placement NOT as asked: " + ", ".join(self.mismatched)
+        if not self.checked:
+            return f"placement: {self.label}"
+        return f"placement: {self.label} (checked: {', '.join(self.checked)})"
 
 
 # -- children ----------------------------------------------------------------------------------
@@ -169,15 +230,17 @@ async def peerstack_client(
     return loop_rates, proto_rates
 
 
-async def py_libp2p_rates(count: int, runs: int) -> list[float]:
+async def py_libp2p_rates(count: int, runs: int, placement: Placement) -> list[float]:
     harness, why = load_interop_harness()
     if harness is None:
         raise RuntimeError(why)
     kind = harness.PeerKind.PY
     listener = await harness.start_peer(kind)
     try:
+        placement.check("py-libp2p listener", listener.proc.pid)
         client = await harness.start_peer(kind)
         try:
+            placement.check("py-libp2p client", client.proc.pid)
             out: list[float] = []
             for _ in range(runs):
                 r = await client.command("ping", addr=listener.addr, count=count)
@@ -190,28 +253,18 @@ async def py_libp2p_rates(count: int, runs: int) -> list[float]:
         await listener.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--count", type=int, default=20_000, help="round trips per run")
-    parser.add_argument("--py-count", type=int, default=2_000, help="round trips per py run")
-    parser.add_argument("--no-interop", action="store_true")
-    parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
-    parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve == "peerstack":
-        run(serve_peerstack())
-        return
-    if args.serve == "tcp":
-        run(serve_tcp())
-        return
+def measure(args: argparse.Namespace, placement: Placement) -> None:
+    """Every stack of the benchmark under one placement; prints its tables."""
+    placement.apply()
     runs, count = args.runs, args.count
-    status(f"plain TCP ping-pong: {runs} x {count}")
+    status(f"[{placement.label}] plain TCP ping-pong: {runs} x {count}")
     with ServerProcess([PYTHON, __file__, "--serve", "tcp"]) as server:
+        placement.check("TCP echo", server.proc.pid)
         tcp_cpu = Cpu(server.proc.pid)
         tcp = run(tcp_client(server.ready, count, runs, tcp_cpu))
-    status(f"peerstack ping: {runs} x {count} (stream loop, then ping_stream)")
+    status(f"[{placement.label}] peerstack ping: {runs} x {count} (stream loop, then ping_stream)")
     with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
+        placement.check("peerstack listener", server.proc.pid)
         ps_cpu = Cpu(server.proc.pid)
         ps_loop, ps_proto = run(peerstack_client(server.ready, count, runs, ps_cpu))
     py: list[float] = []
@@ -222,9 +275,9 @@ def main() -> None:
         if reason:
             py_note = f"not run: {reason}"
         else:
-            status(f"py-libp2p ping: {runs} x {args.py_count}")
+            status(f"[{placement.label}] py-libp2p ping: {runs} x {args.py_count}")
             try:
-                py = run(py_libp2p_rates(args.py_count, runs))
+                py = run(py_libp2p_rates(args.py_count, runs, placement))
                 py_note = f"{args.py_count} per run"
             except (RuntimeError, OSError, TimeoutError) as exc:
                 py_note = f"failed: {exc}"
@@ -243,7 +296,7 @@ def main() -> None:
     goal = f"goal >= 25,000/s: {goal_mark(median(ps_loop), 25_000)}"
     print_table(
         f"ping round trips per second, one stream, two processes, {loop_name()}, "
-        f"median of {runs} x {count}",
+        f"{placement.label}, median of {runs} x {count}",
         ["what", "round trips/s", "runs", "client CPU us/rt", "server CPU us/rt", "note"],
         [
             row("plain TCP ping-pong, 64 B (uvloop)", tcp, cpu=tcp_cpu),
@@ -253,7 +306,7 @@ def main() -> None:
         ],
     )
     print_table(
-        "ping ratios (same run)",
+        f"ping ratios (same run, {placement.short})",
         ["ratio", "value"],
         [
             ["peerstack stream loop / plain TCP", fmt_ratio(median(ps_loop), median(tcp))],
@@ -261,10 +314,60 @@ def main() -> None:
             ["peerstack stream loop / py-libp2p", fmt_ratio(median(ps_loop), median(py))],
         ],
         notes=[
+            placement.note(),
             "CPU us/rt: user + system CPU of each process per round trip (stream loop runs); "
-            "on a loaded machine the round-trip rate also pays for waiting to be scheduled."
+            "on a loaded machine the round-trip rate also pays for waiting to be scheduled.",
+            "Pinned to one CPU, a round trip costs about the CPU of both sides: "
+            "rate ~ 1e6 / (client + server CPU us/rt).",
         ],
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--count", type=int, default=20_000, help="round trips per run")
+    parser.add_argument("--py-count", type=int, default=2_000, help="round trips per py run")
+    parser.add_argument(
+        "--same-cpu",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="CPU",
+        help="pin every process of the run to one CPU (default CPU 0)",
+    )
+    parser.add_argument(
+        "--placement",
+        choices=["unpinned", "same-cpu", "both"],
+        default=None,
+        help="unpinned (the default), same-cpu (as --same-cpu), or both, one after the other",
+    )
+    parser.add_argument("--no-interop", action="store_true")
+    parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
+    parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve == "peerstack":
+        run(serve_peerstack())
+        return
+    if args.serve == "tcp":
+        run(serve_tcp())
+        return
+    allowed = os.sched_getaffinity(0)
+    cpu = 0 if args.same_cpu is None else args.same_cpu
+    if cpu not in allowed:
+        parser.error(f"CPU {cpu} is not one this process may run on ({sorted(allowed)})")
+    mode = args.placement or ("same-cpu" if args.same_cpu is not None else "unpinned")
+    placements: list[Placement] = []
+    if mode in ("unpinned", "both"):
+        placements.append(Placement(set(allowed), pinned=False))
+    if mode in ("same-cpu", "both"):
+        placements.append(Placement({cpu}, pinned=True))
+    try:
+        for placement in placements:
+            measure(args, placement)
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 if __name__ == "__main__":
