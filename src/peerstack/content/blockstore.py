@@ -6,7 +6,16 @@ Layout under ``root``::
                                 shard = the two characters before the last one (go-ds-flatfs
                                 "next-to-last/2"), so keys spread evenly over 1024 folders
     tmp/                        blocks being written; emptied on open
-    store.sqlite                pins, the links of dag-pb blocks (refs), transfers, metadata
+    store.sqlite                pins, the links of dag-pb blocks (refs), transfers, metadata,
+                                and file references (table ``filestore``)
+
+A raw block may also be held by *reference* (kubo's "filestore"): a row saying its bytes are
+``length`` bytes at ``offset`` in a file outside the store, typically the output of a get, which
+writes each leaf once, into that file, instead of once there and once more as a block file. The
+file belongs to the user, who may edit, truncate or delete it: every read of a referenced block
+re-hashes its bytes, and a reference that no longer holds them is dropped (with a warning) and
+the block is absent, never served wrong. Where both exist, the block file is preferred. Deleting
+or collecting a referenced block drops the reference only; the user's file is never touched.
 
 Blocks are keyed by multihash, not CID, as kubo does: the same bytes under CIDv0 and CIDv1 are one
 file. A block is written to ``tmp/``, optionally fsynced, then renamed into place, so a reader never
@@ -35,10 +44,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 from peerstack.content import dagpb
 from peerstack.content.chunks import Buffer, Chunks, as_bytes, write_all
-from peerstack.core.cid import CID, DAG_PB, hash_bytes
+from peerstack.core.cid import CID, DAG_PB, RAW, hash_bytes
 from peerstack.core.multihash import SHA2_256, Multihash
 from peerstack.errors import DecodeError, PeerstackError, UsageError
 
@@ -89,9 +99,29 @@ class PinKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class GCResult:
-    removed: int
+    removed: int  # block files deleted
     freed_bytes: int
-    kept: int
+    kept: int  # block files kept
+    refs_dropped: int = 0  # file references dropped (their files are left alone)
+    refs_kept: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """Where a referenced block's bytes are: ``length`` bytes at ``offset`` in ``path``."""
+
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedRef:
+    """A file reference whose file no longer holds the block's bytes, and why."""
+
+    key: str
+    ref: FileRef
+    why: str
 
 
 @dataclass(slots=True)
@@ -101,10 +131,22 @@ class VerifyReport:
     unreadable: list[str] = field(default_factory=list)  # keys that could not be read
     foreign: list[str] = field(default_factory=list)  # files that are not blocks
     missing_pinned: list[str] = field(default_factory=list)  # pinned roots not stored
+    checked_refs: int = 0
+    damaged_refs: list[DamagedRef] = field(default_factory=list)  # refs that no longer hold
 
     @property
     def ok(self) -> bool:
-        return not (self.damaged or self.unreadable or self.missing_pinned)
+        return not (self.damaged or self.unreadable or self.missing_pinned or self.damaged_refs)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStat:
+    """What the store holds: block files, and blocks referenced in files outside it."""
+
+    blocks: int
+    size: int
+    referenced_blocks: int
+    referenced_size: int
 
 
 _SCHEMA = """
@@ -114,7 +156,17 @@ CREATE TABLE IF NOT EXISTS refs (parent TEXT NOT NULL, child TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS refs_parent ON refs(parent);
 CREATE TABLE IF NOT EXISTS transfers (root TEXT PRIMARY KEY, target TEXT, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS filestore (
+    mh TEXT PRIMARY KEY, path TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS filestore_path ON filestore(path);
 """
+
+# Rows read or keys bound per SQLite statement when walking the file references: the walks
+# (iter_keys, gc, verify, stat) hold at most this many in memory besides what they return.
+_REF_BATCH = 500
+# A reference whose file is gone, has no such bytes any more, or is not a file: dropped.
+_REF_GONE = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def mh_key(mh: Multihash) -> str:
@@ -132,6 +184,49 @@ def key_to_multihash(key: str) -> Multihash:
 
 def _shard(key: str) -> str:
     return key[-3:-1]
+
+
+def _abspath(path: str | os.PathLike[str]) -> str:
+    """How a referenced file's path is stored: absolute, so a later working folder, or a
+    relative name given for the same file, still finds its rows."""
+    return os.path.abspath(os.fspath(path))
+
+
+def _load_ref(ref: FileRef, mh: Multihash) -> tuple[bytes | None, str, bool]:
+    """Read and re-hash a referenced block: (bytes, "", _) when they still hash to ``mh``,
+    else (None, why, gone) where ``gone`` says the reference can never hold again (file gone,
+    too short, other bytes) rather than failing for now (permissions, an I/O error)."""
+    try:
+        fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
+    except _REF_GONE:
+        return None, "the file is gone", True
+    except OSError as exc:
+        return None, f"cannot open the file: {exc.strerror or exc}", False
+    try:
+        parts: list[bytes] = []
+        got = 0
+        while got < ref.length:  # pread of a regular file is short only at its end
+            piece = os.pread(fd, ref.length - got, ref.offset + got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+    except _REF_GONE:
+        return None, "the file is gone", True
+    except OSError as exc:
+        return None, f"cannot read the file: {exc.strerror or exc}", False
+    finally:
+        os.close(fd)
+    if got < ref.length:
+        return None, f"the file ends before byte {ref.offset + ref.length}", True
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    try:
+        good = hash_bytes(data, mh.code) == mh.digest
+    except UsageError as exc:  # a hash we cannot compute here
+        return None, str(exc), False
+    if not good:
+        return None, "the bytes there changed", True
+    return data, "", False
 
 
 @contextlib.contextmanager
@@ -274,6 +369,182 @@ class Blockstore:
         """``get`` on the calling thread (for worker threads); ``BlockNotFound`` if absent."""
         return self._read_sync(cid)
 
+    # -- file references (synchronous: worker threads) -------------------------------------
+
+    def put_ref_sync(
+        self, cid: CID, path: str | os.PathLike[str], offset: int, length: int
+    ) -> None:
+        """Hold raw block ``cid`` as ``length`` bytes at ``offset`` in the file ``path``.
+
+        The caller has just verified those bytes (it hashed them and wrote them there), so
+        nothing is read here; every later read re-hashes them. Nothing is fsynced for the
+        reference either: should the bytes not survive a power loss, the reference is dropped
+        when read and the block fetched again. Replaces an earlier reference of the same
+        block: the newest known place is the likeliest to be intact. Only raw blocks (leaves,
+        which have no links to index) are held this way.
+        """
+        if cid.codec != RAW:
+            raise UsageError(f"only raw blocks can be held by reference, not {cid}")
+        if offset < 0 or not 0 <= length <= self.max_block_size:
+            raise UsageError(f"bad file reference: {length} bytes at {offset}")
+        row = (mh_key(cid.multihash), _abspath(path), offset, length)
+        with self._lock:
+            db = self._conn()
+            try:
+                db.execute("INSERT OR REPLACE INTO filestore VALUES (?, ?, ?, ?)", row)
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    raise BlockstoreFull(f"disk full while referencing {cid}") from exc
+                raise
+
+    def ref_sync(self, cid: CID | Multihash) -> FileRef | None:
+        """Where a referenced block's bytes should be (not checked), None without a ref."""
+        mh = cid.multihash if isinstance(cid, CID) else cid
+        return self._refs_of([mh_key(mh)]).get(mh_key(mh))
+
+    def refs_in_sync(self, path: str | os.PathLike[str]) -> int:
+        """How many blocks are referenced in the file ``path``."""
+        rows = self._exec("SELECT COUNT(*) FROM filestore WHERE path=?", (_abspath(path),))
+        return int(str(rows[0][0]))
+
+    def rename_refs_sync(self, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> int:
+        """The file ``old`` is now called ``new``: move its references (one transaction)."""
+        with self._lock:
+            db = self._conn()
+            with _transaction(db, "renaming file references"):
+                cur = db.execute(
+                    "UPDATE filestore SET path=? WHERE path=?", (_abspath(new), _abspath(old))
+                )
+                return cur.rowcount
+
+    def move_file_sync(self, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> int:
+        """Rename the file ``old`` to ``new`` (``os.replace``) and move its references.
+
+        Both happen under the store's lock, so a concurrent read of one of the references
+        either sees the old row before the rename (and, when the file it then misses, finds the
+        row changed and looks again) or the new row: a reader never drops a reference because
+        it looked in the middle. A crash between the two steps leaves rows naming a file that
+        is gone: they are dropped when read and those blocks are fetched again if needed, which
+        costs a refetch but never serves wrong bytes.
+        """
+        with self._lock:
+            db = self._conn()
+            os.replace(old, new)
+            with _transaction(db, "renaming file references"):
+                cur = db.execute(
+                    "UPDATE filestore SET path=? WHERE path=?", (_abspath(new), _abspath(old))
+                )
+                return cur.rowcount
+
+    def drop_refs_sync(self, path: str | os.PathLike[str]) -> int:
+        """Forget every block referenced in the file ``path`` (the file itself is left)."""
+        with self._lock:
+            cur = self._conn().execute("DELETE FROM filestore WHERE path=?", (_abspath(path),))
+            return cur.rowcount
+
+    def copy_refs_sync(self, path: str | os.PathLike[str]) -> int:
+        """Store a block file of each block referenced in ``path`` (those whose bytes still
+        hold) and drop the references: for a file about to be removed whose verified blocks
+        are still needed. Returns how many blocks were copied."""
+        copied = 0
+        for key, ref in self._iter_refs(_abspath(path)):
+            mh = key_to_multihash(key)
+            data, why, _gone = _load_ref(ref, mh)
+            if data is not None:
+                self._write_sync(CID(1, RAW, mh), data, verify=False)
+                copied += 1
+            else:
+                log.warning("%s: block %s is not copied: %s", ref.path, key, why)
+            self._drop_ref_if(key, ref)
+        return copied
+
+    def _refs_of(self, keys: list[str]) -> dict[str, FileRef]:
+        """The references among ``keys`` (a few statements for any number of keys)."""
+        out: dict[str, FileRef] = {}
+        for i in range(0, len(keys), _REF_BATCH):
+            part = keys[i : i + _REF_BATCH]
+            marks = ",".join("?" * len(part))
+            rows = self._exec(
+                f"SELECT mh, path, offset, length FROM filestore WHERE mh IN ({marks})",
+                tuple(part),
+            )
+            for mh_text, path, offset, length in rows:
+                out[str(mh_text)] = FileRef(str(path), int(str(offset)), int(str(length)))
+        return out
+
+    def _drop_ref_if(self, key: str, ref: FileRef) -> bool:
+        """Drop ``key``'s reference if it is still ``ref``; False when it changed meanwhile
+        (its file was renamed, or the block was referenced anew)."""
+        with self._lock:
+            cur = self._conn().execute(
+                "DELETE FROM filestore WHERE mh=? AND path=? AND offset=? AND length=?",
+                (key, ref.path, ref.offset, ref.length),
+            )
+            return cur.rowcount > 0
+
+    def _read_ref(self, mh: Multihash) -> bytes | None:
+        """A referenced block's bytes, re-hashed; None (and the reference dropped, if it can
+        never hold again) when they are not there any more."""
+        key = mh_key(mh)
+        for _ in range(3):  # a rename between reading the row and the file: look again
+            ref = self._refs_of([key]).get(key)
+            if ref is None:
+                return None
+            data, why, gone = _load_ref(ref, mh)
+            if data is not None:
+                return data
+            if not gone:
+                log.warning("block %s in %s cannot be read now: %s", key, ref.path, why)
+                return None
+            if self._drop_ref_if(key, ref):
+                log.warning(
+                    "block %s is no longer in %s (%d bytes at %d): %s; reference dropped",
+                    key,
+                    ref.path,
+                    ref.length,
+                    ref.offset,
+                    why,
+                )
+                return None
+        return None
+
+    @staticmethod
+    def _plausible(ref: FileRef, sizes: dict[str, int | None]) -> bool:
+        """Whether ``ref``'s file exists and is long enough (a stat per file, kept in
+        ``sizes`` for the caller's batch): the cheap check of has/size, not a read."""
+        if ref.path not in sizes:
+            try:
+                st = os.stat(ref.path)
+                sizes[ref.path] = st.st_size if S_ISREG(st.st_mode) else None
+            except OSError:
+                sizes[ref.path] = None
+        size = sizes[ref.path]
+        return size is not None and size >= ref.offset + ref.length
+
+    def sizes_sync(self, cids: list[CID]) -> dict[CID, int | None]:
+        """The size of each block held (file or reference), None for the others.
+
+        A reference counts when its file exists and is long enough; its bytes are only
+        checked when read, so a block answered here may still turn out absent then.
+        """
+        out: dict[CID, int | None] = {}
+        missing: list[CID] = []
+        for cid in cids:
+            try:
+                out[cid] = self.path_for(cid).stat().st_size
+            except OSError:  # missing, or unreadable: either way no block file to serve
+                out[cid] = None
+                missing.append(cid)
+        if missing:
+            refs = self._refs_of([mh_key(c.multihash) for c in missing])
+            if refs:
+                sizes: dict[str, int | None] = {}
+                for cid in missing:
+                    ref = refs.get(mh_key(cid.multihash))
+                    if ref is not None and self._plausible(ref, sizes):
+                        out[cid] = ref.length
+        return out
+
     def _write_direct(self, fd: int, data: Buffer) -> bool:
         """Write ``data`` into the new, empty file ``fd`` past the page cache: the aligned part
         with O_DIRECT from this thread's aligned buffer, the tail (under 4 KiB) normally.
@@ -326,9 +597,13 @@ class Blockstore:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise BlockNotFound(str(cid)) from None
+            pass
         except OSError as exc:
             raise BlockstoreError(f"cannot read block {cid}: {exc}") from exc
+        data = self._read_ref(cid.multihash if isinstance(cid, CID) else cid)
+        if data is None:
+            raise BlockNotFound(str(cid))
+        return data
 
     def _children_sync(self, cid: CID) -> list[CID]:
         """The CIDs a dag-pb block links to (from the index, or parsed and indexed now)."""
@@ -346,13 +621,52 @@ class Blockstore:
         return [link.hash for link in links]
 
     def iter_keys(self) -> Iterator[str]:
-        """Every stored block key (synchronous; a directory scan)."""
+        """Every block key held, as a file or by reference, once each (synchronous: a
+        directory scan, then the references in batches; they are not re-hashed here)."""
+        yield from self._block_keys()
+        for key, _ref in self._iter_refs():
+            if not self._blocks.joinpath(_shard(key), f"{key}.data").exists():
+                yield key
+
+    def _block_keys(self) -> Iterator[str]:
+        """The keys of the block files."""
         for shard in sorted(self._blocks.iterdir()):
             if not shard.is_dir():
                 continue
             for entry in sorted(shard.iterdir()):
                 if entry.suffix == ".data":
                     yield entry.stem
+
+    def _iter_refs(self, path: str | None = None) -> Iterator[tuple[str, FileRef]]:
+        """Every file reference (of the file ``path`` only, if given), read in batches in key
+        order: rows added or dropped meanwhile may or may not be seen."""
+        after = ""
+        while True:
+            args: tuple[object, ...]
+            if path is None:
+                where, args = "", (after, _REF_BATCH)
+            else:
+                where, args = "path=? AND ", (path, after, _REF_BATCH)
+            rows = self._exec(
+                f"SELECT mh, path, offset, length FROM filestore WHERE {where}mh>? "
+                "ORDER BY mh LIMIT ?",
+                args,
+            )
+            if not rows:
+                return
+            for mh_text, file, offset, length in rows:
+                after = str(mh_text)
+                yield after, FileRef(str(file), int(str(offset)), int(str(length)))
+
+    def stat_sync(self) -> StoreStat:
+        """Block files and their bytes; referenced blocks and theirs (a directory scan)."""
+        blocks = size = 0
+        for key in self._block_keys():
+            with contextlib.suppress(OSError):
+                size += self._blocks.joinpath(_shard(key), f"{key}.data").stat().st_size
+                blocks += 1
+        rows = self._exec("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM filestore")
+        return StoreStat(blocks, size, int(str(rows[0][0])), int(str(rows[0][1])))
 
     # -- async API ------------------------------------------------------------------------
 
@@ -386,16 +700,27 @@ class Blockstore:
         """The block's bytes; ``BlockNotFound`` if absent."""
         return await asyncio.to_thread(self._read_sync, cid)
 
+    def has_sync(self, cid: CID | Multihash) -> bool:
+        """Whether the block is held: a block file, or a reference whose file exists and is
+        long enough (its bytes are re-hashed when read, not here)."""
+        if self.path_for(cid).exists():
+            return True
+        ref = self.ref_sync(cid)
+        return ref is not None and self._plausible(ref, {})
+
     async def has(self, cid: CID) -> bool:
-        return await asyncio.to_thread(self.path_for(cid).exists)
+        return await asyncio.to_thread(self.has_sync, cid)
 
     def lookup_many_sync(self, cids: list[CID]) -> dict[CID, tuple[int, bytes | None]]:
-        """The stored blocks among ``cids``: size of each, and the bytes of dag-pb ones.
+        """The blocks held among ``cids``: size of each, and the bytes of dag-pb ones.
 
         Synchronous, for a worker thread: a DAG walk checks all of a node's children (up to
-        1024) in one trip instead of one trip per child.
+        1024) in one trip instead of one trip per child. A raw block held by reference counts
+        as held when its file exists and is long enough; a caller that then reads it must
+        expect ``BlockNotFound`` if the user changed those bytes.
         """
         out: dict[CID, tuple[int, bytes | None]] = {}
+        raw: list[CID] = []
         for cid in cids:
             if cid.codec == DAG_PB:
                 try:
@@ -404,10 +729,10 @@ class Blockstore:
                     continue
                 out[cid] = (len(data), data)
             else:
-                try:
-                    out[cid] = (self.path_for(cid).stat().st_size, None)
-                except FileNotFoundError:
-                    continue
+                raw.append(cid)
+        for cid, size in self.sizes_sync(raw).items():
+            if size is not None:
+                out[cid] = (size, None)
         return out
 
     async def has_many(self, cids: list[CID]) -> dict[CID, tuple[int, bytes | None]]:
@@ -415,21 +740,21 @@ class Blockstore:
         return await asyncio.to_thread(self.lookup_many_sync, cids)
 
     async def size(self, cid: CID) -> int | None:
-        def work() -> int | None:
-            try:
-                return self.path_for(cid).stat().st_size
-            except FileNotFoundError:
-                return None
-
-        return await asyncio.to_thread(work)
+        return (await asyncio.to_thread(self.sizes_sync, [cid]))[cid]
 
     async def read_stream(self, cid: CID, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
-        """The block's bytes in pieces of at most ``chunk_size``, each read off the loop."""
+        """The block's bytes in pieces of at most ``chunk_size``, each read off the loop.
+
+        A referenced block is read (and re-hashed) whole first: it must be known good before
+        its first piece goes out, and a block is at most ``max_block_size``."""
         path = self.path_for(cid)
         try:
             fh = await asyncio.to_thread(path.open, "rb")
         except FileNotFoundError:
-            raise BlockNotFound(str(cid)) from None
+            data = await asyncio.to_thread(self._read_sync, cid)
+            for start in range(0, len(data), chunk_size):
+                yield data[start : start + chunk_size]
+            return
         try:
             while True:
                 piece = await asyncio.to_thread(fh.read, chunk_size)
@@ -440,12 +765,19 @@ class Blockstore:
             fh.close()
 
     async def delete(self, cid: CID) -> bool:
+        """Delete the block file and drop the reference of ``cid`` (never the referenced
+        file: it is the user's); False when neither was there."""
+
         def work() -> bool:
+            key = mh_key(cid.multihash)
+            with self._lock:
+                cur = self._conn().execute("DELETE FROM filestore WHERE mh=?", (key,))
+                had_ref = cur.rowcount > 0
             try:
                 self.path_for(cid).unlink()
             except FileNotFoundError:
-                return False
-            self._forget_links([mh_key(cid.multihash)])
+                return had_ref
+            self._forget_links([key])
             return True
 
         return await asyncio.to_thread(work)
@@ -564,7 +896,7 @@ class Blockstore:
         live = self._live_keys_sync()
         removed = freed = kept = 0
         dead: list[str] = []
-        for key in list(self.iter_keys()):
+        for key in list(self._block_keys()):
             if key in live:
                 kept += 1
                 continue
@@ -579,10 +911,25 @@ class Blockstore:
             dead.append(key)
         if dead:
             self._forget_links(dead)
-        return GCResult(removed, freed, kept)
+        refs_dropped = refs_kept = 0
+        dead_refs: list[str] = []
+        for key, _ref in self._iter_refs():
+            if key in live:
+                refs_kept += 1
+            else:
+                dead_refs.append(key)
+        for i in range(0, len(dead_refs), _REF_BATCH):  # the files stay: they are the user's
+            part = dead_refs[i : i + _REF_BATCH]
+            with self._lock:
+                db = self._conn()
+                with _transaction(db, "dropping file references"):
+                    cur = db.executemany("DELETE FROM filestore WHERE mh=?", [(k,) for k in part])
+                    refs_dropped += cur.rowcount
+        return GCResult(removed, freed, kept, refs_dropped, refs_kept)
 
     async def gc(self) -> GCResult:
-        """Delete every block not reachable from a pin or a transfer in progress.
+        """Delete every block not reachable from a pin or a transfer in progress (block files
+        are deleted; references are dropped, their files left alone).
 
         The caller must not add unpinned content concurrently (the node holds a GC lock).
         """
@@ -622,12 +969,31 @@ class Blockstore:
                         entry.unlink(missing_ok=True)
         if remove_damaged and report.damaged:
             self._forget_links(report.damaged)
+        for key, ref in self._iter_refs():
+            report.checked_refs += 1
+            try:
+                mh = key_to_multihash(key)
+            except DecodeError:
+                report.damaged_refs.append(DamagedRef(key, ref, "not a block key"))
+                if remove_damaged:
+                    self._drop_ref_if(key, ref)
+                continue
+            held, why, gone = _load_ref(ref, mh)
+            if held is not None:
+                continue
+            if not gone:
+                report.unreadable.append(key)
+                continue
+            report.damaged_refs.append(DamagedRef(key, ref, why))
+            if remove_damaged:
+                self._drop_ref_if(key, ref)
         for c, _k in self._exec("SELECT cid, kind FROM pins"):
             cid = CID.parse(str(c))
-            if not self.path_for(cid).exists():
+            if not self.has_sync(cid):
                 report.missing_pinned.append(str(cid))
         return report
 
     async def verify(self, remove_damaged: bool = False) -> VerifyReport:
-        """Re-hash every block; report (and optionally delete) those whose bytes are damaged."""
+        """Re-hash every block, and the bytes of every file reference; report (and optionally
+        delete the block files, drop the references of) those that are damaged."""
         return await asyncio.to_thread(self._verify_sync, remove_damaged)
