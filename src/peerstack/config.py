@@ -9,7 +9,7 @@ to a default.
 
 Sections: ``[node]`` (listen, bootstrap, agent, the Yamux keepalive), ``[limits]`` (the host's
 ``Limits``), ``[dht]`` (mode, the per-/24 diversity limits), ``[content]`` (what ``add``
-announces, the reprovider) and
+announces, the reprovider, whether ``get`` keeps block copies) and
 ``[services]`` (the measuring protocols perf and echo, off by default: any peer could make a node
 send gigabytes with them) and ``[bitswap]`` (``upload_rate``/``upload_rate_per_peer``: caps on the
 blocks we serve, in bytes per second; absent means no cap).
@@ -50,6 +50,8 @@ PROVIDE_CHOICES = ("roots", "all", "none")
 OPTIONAL_SERVICES = ("perf", "echo")
 #: ``[node]`` keys for the Yamux keepalive, in seconds.
 KEEPALIVE_KEYS = ("keepalive_interval", "keepalive_timeout")
+#: ``[content]`` keys.
+CONTENT_KEYS = ("provide", "reprovide_interval", "get_keeps_copies")
 #: ``[bitswap]`` keys: the upload caps ``Bitswap`` takes, in bytes per second.
 UPLOAD_RATE_KEYS = ("upload_rate", "upload_rate_per_peer")
 
@@ -93,6 +95,12 @@ class Config:
     dht_diversity: str = "auto"
     provide: str = "roots"
     reprovide_interval: float = 12 * 3600.0
+    # False (the default): a downloaded file's leaves are held by reference to the file
+    # itself, so every byte is written once (the store re-hashes them when it reads them, and
+    # drops a reference whose bytes the user changed). True: a block copy of each leaf is
+    # stored too, for a store that must keep serving the content whatever becomes of the
+    # file, at the price of writing every byte twice.
+    get_keeps_copies: bool = False
     perf: bool = False
     echo: bool = False
     upload_rate: float | None = None
@@ -110,6 +118,8 @@ class Config:
             isinstance(self.reprovide_interval, int | float) and self.reprovide_interval > 0
         ):
             raise UsageError("[content] reprovide_interval must be a positive number of seconds")
+        if not isinstance(self.get_keeps_copies, bool):
+            raise UsageError("[content] get_keeps_copies must be true or false")
         for name in OPTIONAL_SERVICES:
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"[services] {name} must be true or false")
@@ -156,7 +166,7 @@ class Config:
         kwargs: dict[str, Any] = {}
         for section, values, keys in (
             ("dht", dht, {"mode": "dht_mode", "diversity": "dht_diversity"}),
-            ("content", content, {k: k for k in ("provide", "reprovide_interval")}),
+            ("content", content, {k: k for k in CONTENT_KEYS}),
             ("services", services, {k: k for k in OPTIONAL_SERVICES}),
             ("bitswap", bitswap, {k: k for k in UPLOAD_RATE_KEYS}),
         ):
@@ -225,6 +235,9 @@ class Config:
             "# What add announces to the DHT: roots, all (every block) or none.",
             f"provide = {_toml_str(self.provide)}",
             f"reprovide_interval = {self.reprovide_interval!r}",
+            "# false: a downloaded file is the storage of its blocks (referenced, re-hashed",
+            "# when read); true: a block copy of each is stored too (every byte written twice).",
+            f"get_keeps_copies = {str(self.get_keeps_copies).lower()}",
             "",
             "[services]",
             "# Measuring protocols: a peer may ask perf for gigabytes. Turn on to benchmark.",

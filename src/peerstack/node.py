@@ -41,6 +41,7 @@ from peerstack.content import exporter
 from peerstack.content.bitswap.progress import Progress
 from peerstack.content.bitswap.service import (
     Bitswap,
+    BitswapConfig,
     BlocksUnavailable,
     FetchResult,
 )
@@ -49,7 +50,6 @@ from peerstack.content.blockstore import (
     GCResult,
     PinKind,
     VerifyReport,
-    key_to_multihash,
 )
 from peerstack.content.dagpb import decode as decode_dagpb
 from peerstack.content.importer import DEFAULT_PROFILE, LEGACY_PROFILE, ImportProfile, import_path
@@ -282,6 +282,7 @@ class Node:
                 host,
                 self._blockstore,
                 routing,
+                BitswapConfig(get_keeps_copies=self.config.get_keeps_copies),
                 upload_rate=self.config.upload_rate,
                 upload_rate_per_peer=self.config.upload_rate_per_peer,
             )
@@ -735,7 +736,10 @@ class Node:
 
         Blocks are verified and stored as they arrive and the transfer is recorded, so an
         interrupted get resumes from the blocks it has. The output is written under a hidden
-        temporary name next to ``dest`` and renamed only when complete. ``find_timeout`` bounds the
+        temporary name next to ``dest`` and renamed only when complete; the leaves in it are
+        held by reference, not copied into the store (``[content] get_keeps_copies``), so a get
+        that fails for a reason a retry may overcome leaves that file for the next get of the
+        same ``dest`` to continue in. ``find_timeout`` bounds the
         search for the root block (``NotFound``), not the transfer. ``idle_timeout`` bounds the
         wait for the next block once the transfer runs (``BlocksUnavailable``: every provider
         is gone; None waits forever).
@@ -840,13 +844,16 @@ class Node:
 
     async def repo_stat(self) -> dict[str, Any]:
         store = self.blockstore
-        blocks, size = await asyncio.to_thread(_block_totals, store)
+        held = await asyncio.to_thread(store.stat_sync)
         pins = await store.pins()
         transfers = await store.transfers()
         return {
             "repo": str(self.repo.path) if self.repo is not None else None,
-            "blocks": blocks,
-            "size": size,
+            "blocks": held.blocks,  # block files in the store
+            "size": held.size,
+            # blocks held by reference in files outside the store (the outputs of gets)
+            "referenced_blocks": held.referenced_blocks,
+            "referenced_size": held.referenced_size,
             "pins": len(pins),
             "transfers": len(transfers),
         }
@@ -978,10 +985,10 @@ def _check_dest(target: Path) -> None:
 
 
 def _partials(target: Path) -> Iterator[Path]:
-    """Leftovers of an interrupted get of ``target`` (ours, and the exporter's temp files)."""
-    parent = target.parent
-    yield from parent.glob(f".{_glob_escape(target.name)}.partial")
-    yield from parent.glob(f"..{_glob_escape(target.name)}.partial.*.part")
+    """Leftovers of an interrupted get of ``target``: the exporter's temporary files. The
+    partial output itself (``.<name>.partial``) is not one: it holds the verified leaves a
+    failed get keeps for the next one (``FileSink`` decides whether to continue in it)."""
+    yield from target.parent.glob(f"..{_glob_escape(target.name)}.partial.*.part")
 
 
 def _glob_escape(name: str) -> str:
@@ -996,13 +1003,3 @@ def _clean_partials(target: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-
-
-def _block_totals(store: Blockstore) -> tuple[int, int]:
-    count = size = 0
-    for key in store.iter_keys():
-        with contextlib.suppress(OSError, DecodeError):
-            path = store.path_for(key_to_multihash(key))
-            size += path.stat().st_size
-            count += 1
-    return count, size

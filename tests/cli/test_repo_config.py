@@ -51,6 +51,7 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         dht_diversity="off",
         provide="all",
         reprovide_interval=600.0,
+        get_keeps_copies=True,
         perf=True,
     )
     path = tmp_path / "config.toml"
@@ -78,6 +79,7 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         "[content]\nprovide = 'everything'\n",
         "[content]\nreprovide_interval = -1\n",
         "[content]\nreprovide_interval = true\n",
+        "[content]\nget_keeps_copies = 'yes'\n",
         "[services]\nperf = 'yes'\n",
         "[services]\ntelnet = true\n",
     ],

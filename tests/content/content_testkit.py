@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+import pytest
+
+from peerstack.content.bitswap.progress import Progress
 from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
@@ -28,6 +32,23 @@ def pattern(n: int) -> bytes:
     """The byte pattern of helia_vectors.mjs: sha256(uint64_be(0)) || sha256(uint64_be(1)) || ..."""
     blocks = (hashlib.sha256(j.to_bytes(8, "big")).digest() for j in range((n + 31) // 32))
     return b"".join(blocks)[:n]
+
+
+async def interrupt_after(
+    blocks: int, start: Callable[[Callable[[Progress], None]], Awaitable[Any]]
+) -> None:
+    """Run ``start(progress)`` (a fetch) and cancel it once ``blocks`` blocks are done."""
+    enough = asyncio.Event()
+
+    def watch(p: Progress) -> None:
+        if p.blocks_done >= blocks:
+            enough.set()
+
+    task = asyncio.ensure_future(start(watch))
+    await asyncio.wait_for(enough.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 # -- an in-memory host over peerstack.host.memstream pairs (real Stream semantics) ----------

@@ -40,7 +40,7 @@ from peerstack.core.multihash import Multihash
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import PeerstackError
 from peerstack.host.interface import Stream, read_length_prefixed, write_length_prefixed
-from tests.content.content_testkit import MemHost, MemNetwork, pattern
+from tests.content.content_testkit import MemHost, MemNetwork, interrupt_after, pattern
 
 SMALL_CHUNKS = ImportProfile(chunk_size=64 * 1024, max_links=16)
 
@@ -409,17 +409,7 @@ async def test_interrupted_get_resumes(nodes: list[Node], tmp_path: Path) -> Non
     res = await import_bytes(a.store, data, SMALL_CHUNKS)
     await b.host.connect(a.peer)
     out = tmp_path / "resumed.bin"
-    halfway = asyncio.Event()
-
-    def watch(p: Progress) -> None:
-        if p.blocks_done >= 10:
-            halfway.set()
-
-    first = asyncio.create_task(b.bitswap.get_file(res.cid, out, watch))
-    await asyncio.wait_for(halfway.wait(), 30)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await interrupt_after(10, lambda watch: b.bitswap.get_file(res.cid, out, watch))
     assert not out.exists()
     assert b.bitswap.sessions == set()
     assert await b.store.transfers() == [(res.cid, str(out))]

@@ -4,7 +4,22 @@ Exporting a fetched file afterwards reads every block back from the store and wr
 for a 1 GiB file that tail took longer than half the transfer. A ``FileSink`` instead learns
 each block's place in the file from its parent (the parent's ``blocksizes``) and writes a leaf's
 bytes there the moment the leaf is verified, so when the last block lands only an fsync and a
-rename are left. The blocks still go to the blockstore too (for a resume and for serving others).
+rename are left.
+
+The file *is* the storage of its leaves: a leaf written at its place is recorded in the
+blockstore as a reference to (the file, its offset, its length) instead of being written a
+second time as a block file (kubo's "filestore"; libtorrent likewise keeps a torrent's pieces
+only in the downloaded file). The store re-hashes a referenced block whenever it reads it, so
+the user may do what they like with the file; a block whose bytes are gone is just absent and
+fetched again if needed. With ``keep_copies`` (the ``get_keeps_copies`` option) no references
+are made and the caller stores every leaf as a block file as well.
+
+The partial file of a get that failed for a reason a retry can overcome (the providers went
+away, the get was cancelled, the output's disk is full) is kept with its references, and the
+next ``FileSink.open`` of the same output continues in it: those leaves are verified (re-hashed
+through their references) and not fetched again. A get whose content can never make the file
+(a malformed DAG) removes it and drops its references; a sink that gave up copies its
+referenced leaves into the store first, because the exporter that takes over needs them.
 
 Thread safety: the placement book is kept under a lock, because leaves are written from the
 worker threads that verified and stored them while the event loop's DAG walk places the
@@ -31,7 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerstack.content import dagpb, unixfs
-from peerstack.content.blockstore import BlockNotFound, Blockstore, BlockstoreError, FsyncPolicy
+from peerstack.content.blockstore import (
+    BlockNotFound,
+    Blockstore,
+    BlockstoreError,
+    FileRef,
+    FsyncPolicy,
+)
 from peerstack.content.chunks import Buffer, pwrite_all
 from peerstack.content.exporter import MAX_DEPTH
 from peerstack.content.unixfs import DataType
@@ -50,7 +71,8 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 class OutputWriteError(PeerstackError):
     """The output file could not be written (disk full, I/O error); the fetch stops.
 
-    The verified blocks received so far stay in the blockstore, so a later get resumes.
+    The verified blocks received so far are kept (in the partial output, referenced by the
+    blockstore, or as block files), so a later get resumes.
     """
 
 
@@ -78,11 +100,21 @@ class FileSink:
     """The output of one get while its blocks arrive. Create with ``FileSink.open`` (blocking:
     in a worker thread), feed it from worker threads, end with ``finish`` or ``discard``."""
 
-    def __init__(self, target: Path, tmp: Path, fd: int, store: Blockstore, root: CID) -> None:
+    def __init__(
+        self,
+        target: Path,
+        tmp: Path,
+        fd: int,
+        store: Blockstore,
+        root: CID,
+        *,
+        keep_copies: bool = False,
+    ) -> None:
         self.target = target
         self.tmp = tmp
         self.store = store
         self.root = root
+        self.keep_copies = keep_copies
         self._fd = fd
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -95,19 +127,29 @@ class FileSink:
         self.written = 0  # bytes written at their places
         self.abandoned = ""  # why the sink gave up ("" while it has not)
         self.error: OutputWriteError | None = None
+        self.reused = 0  # leaves found in place in a reused partial file (not written again)
 
     @classmethod
-    def open(cls, target: Path, store: Blockstore, root: CID) -> FileSink:
-        """Create the temporary output next to ``target`` (a leftover of an earlier,
-        interrupted get is removed first: its bytes were never verified)."""
+    def open(
+        cls, target: Path, store: Blockstore, root: CID, *, keep_copies: bool = False
+    ) -> FileSink:
+        """Open the temporary output next to ``target``.
+
+        A partial file left by an earlier get of ``target`` is continued when the store
+        still references blocks in it (each is re-hashed before it counts; the rest of the
+        file is overwritten as its leaves come). Any other leftover is removed first: nothing
+        says its bytes were ever verified.
+        """
         tmp = partial_path(target)
-        if os.path.lexists(tmp):
+        reuse = os.path.isfile(tmp) and not os.path.islink(tmp) and store.refs_in_sync(tmp) > 0
+        if os.path.lexists(tmp) and not reuse:
             remove_path(tmp)
+        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if reuse else os.O_CREAT | os.O_EXCL)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, flags, 0o644)
         except OSError as exc:
             raise _write_error(tmp, exc) from exc
-        return cls(target, tmp, fd, store, root)
+        return cls(target, tmp, fd, store, root, keep_copies=keep_copies)
 
     # -- placements (any thread) ------------------------------------------------------------
 
@@ -156,22 +198,45 @@ class FileSink:
 
     # -- blocks (worker threads) ------------------------------------------------------------
 
-    def leaf(self, cid: CID, data: Buffer) -> None:
-        """A verified raw block: write it at each of its places (nothing if it has none)."""
+    def leaf(self, cid: CID, data: Buffer) -> bool:
+        """A verified raw block: write it at each of its places (nothing if it has none).
+
+        True when the block is now held by reference to its first place in this file, so the
+        caller need not store a copy; False when it must (the block has no place here, the
+        sink gave up or cannot write, or ``keep_copies``).
+        """
+        return self._leaf(cid, data, None, record=not self.keep_copies)
+
+    def _leaf(self, cid: CID, data: Buffer, in_place: FileRef | None, *, record: bool) -> bool:
+        """``leaf``. ``in_place``: the block's reference when it is in this (reused) file: a
+        place at its offset is counted, not written again. ``record``: reference the block."""
         places = self._claim(cid)
         if places is None:
-            return
+            return False
         try:
             for place in places:
                 if place.size is not None and place.size != len(data):
                     why = f"{cid} holds {len(data)} bytes, its parent says {place.size}"
                     with self._lock:
                         self._give_up(why)
-                    return
+                    return False
                 if place.size is None:
                     with self._lock:
                         self.total = len(data)
-                self._write(data, place.offset)
+                if in_place is not None and in_place.offset == place.offset:
+                    with self._lock:
+                        self.written += len(data)
+                        self.reused += 1
+                    continue
+                if not self._write(data, place.offset):
+                    return False
+            if not (record and places):
+                return False
+            # After the bytes are written, never before: a reference must not name bytes
+            # that are not there yet (a reader would drop it as damaged). One reference is
+            # enough for a leaf that occurs more than once in the file.
+            self.store.put_ref_sync(cid, self.tmp, places[0].offset, len(data))
+            return True
         finally:
             self._release()
 
@@ -244,32 +309,48 @@ class FileSink:
             return
         self._write(data, place.offset)
 
-    def from_store(self, cids: list[CID]) -> None:
+    def from_store(self, cids: list[CID]) -> list[CID]:
         """Blocks a resumed get finds in the store: write those that have places (raw leaves;
-        dag-pb nodes come through ``node`` when the walk expands them)."""
+        dag-pb nodes come through ``node`` when the walk expands them). A leaf already at its
+        place in this (reused) file is re-hashed there and not written again; no new
+        reference is made (the block is held already).
+
+        Returns the leaves that turned out absent when read (a referenced file the user
+        changed, so the store dropped the reference): the caller fetches them instead.
+        """
+        absent: list[CID] = []
+        tmp = os.path.abspath(self.tmp)
         for cid in cids:
             if cid.codec != RAW or not self.wants_bytes(cid):
                 continue
+            ref = self.store.ref_sync(cid)
             try:
-                data = self.store.read_sync(cid)
-            except (BlockNotFound, BlockstoreError) as exc:
+                data = self.store.read_sync(cid)  # re-hashes a referenced block
+            except BlockNotFound:
+                absent.append(cid)
+                continue
+            except BlockstoreError as exc:
                 with self._lock:
-                    self._give_up(f"{cid} vanished from the store: {exc}")
-                return
-            self.leaf(cid, data)
+                    self._give_up(f"{cid} cannot be read from the store: {exc}")
+                return absent
+            in_place = ref if ref is not None and ref.path == tmp else None
+            self._leaf(cid, data, in_place, record=False)
+        return absent
 
-    def _write(self, data: Buffer, offset: int) -> None:
+    def _write(self, data: Buffer, offset: int) -> bool:
+        """Write ``data`` at ``offset``; False (``error`` set) when it could not be."""
         if self.error is not None:
-            return
+            return False
         try:
             pwrite_all(self._fd, data, offset)
         except OSError as exc:
             with self._lock:
                 if self.error is None:
                     self.error = _write_error(self.tmp, exc)
-            return
+            return False
         with self._lock:
             self.written += len(data)
+        return True
 
     def _release(self) -> None:
         with self._lock:
@@ -312,10 +393,17 @@ class FileSink:
             self._close()
             return False
         try:
+            # A reused partial file may be longer than the file (an earlier get of other
+            # content under this name): cut it to the size its root gives.
+            os.ftruncate(self._fd, self.total or 0)
             if self.store.fsync is not FsyncPolicy.NEVER:
                 os.fsync(self._fd)
             self._close()
-            os.replace(self.tmp, self.target)
+            # The rename and the move of the file's references to its final name, as one
+            # step for readers. A crash between the two leaves references to the partial
+            # name: each is dropped when read (its file is gone) and the block fetched again
+            # if ever needed. Costly at worst, never wrong.
+            self.store.move_file_sync(self.tmp, self.target)
             if self.store.fsync is FsyncPolicy.ALWAYS:
                 dfd = os.open(self.target.parent, os.O_RDONLY)
                 try:
@@ -326,11 +414,27 @@ class FileSink:
             raise _write_error(self.tmp, exc) from exc
         return True
 
-    def discard(self) -> None:
-        """(blocking) Close and remove the temporary output (the get failed or gave up)."""
+    def discard(self, *, keep_blocks: bool = True) -> None:
+        """(blocking) Close and remove the temporary output: the sink gave up (the exporter
+        takes over), or the get failed for good (its content can never make the file).
+
+        With ``keep_blocks`` the blocks referenced in the file are copied into the store
+        first (the exporter, or a later fetch, needs them); without, the references are just
+        dropped.
+        """
         self._close()
+        if keep_blocks:
+            self.store.copy_refs_sync(self.tmp)
+        else:
+            self.store.drop_refs_sync(self.tmp)
         if os.path.lexists(self.tmp):
             remove_path(self.tmp)
+
+    def suspend(self) -> None:
+        """(blocking) Close the temporary output and leave it, with the references of the
+        leaves in it, for the next get of the same output to continue (the get failed for a
+        reason a retry can overcome, or was cancelled)."""
+        self._close()
 
 
 def _write_error(path: Path, exc: OSError) -> OutputWriteError:

@@ -44,6 +44,7 @@ from peerstack.core.multihash import SHA2_256, Multihash
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
     ConnectionClosed,
+    DecodeError,
     DialError,
     NegotiationError,
     PeerError,
@@ -126,6 +127,10 @@ class BitswapConfig:
     max_banned: int = 10_000
     # Verified blocks of one peer being written to disk at once (held in memory meanwhile).
     max_storing_bytes: int = 16 * 1024 * 1024
+    # get_file stores a block file of each leaf it writes into its output, as well as the
+    # output. Off: the output is the leaves' storage (the store references them there and
+    # re-hashes them when it reads them), so each byte is written once.
+    get_keeps_copies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,7 +633,8 @@ class Bitswap:
 
     def _verify_and_store(self, msg: Message, sessions: list[FetchSession]) -> list[_Received]:
         """(runs in a worker thread) Hash each block, and store those a session wants; a raw
-        leaf of a get_file goes into its output file on the way. One trip for all of it.
+        leaf of a get_file goes into its output file instead, where the store references it
+        (a block file too only when the sink cannot hold it). One trip for all of it.
 
         ``sessions`` were taken on the loop; a session's wants are only looked up here (a
         lookup in a dict the loop may change at the same time is safe).
@@ -640,14 +646,16 @@ class Bitswap:
                 out.append(_Received(cid, data, wanting))
                 continue
             try:
-                self.store.put_sync(cid, data, verify=False)  # verified: we just hashed it
+                held = False  # by reference, in an output file
+                if cid.codec == RAW:
+                    for session in wanting:  # every sink writes its places
+                        if session.sink is not None and session.sink.leaf(cid, data):
+                            held = True
+                if not held:
+                    self.store.put_sync(cid, data, verify=False)  # verified: we just hashed it
             except (PeerError, BlockstoreError) as exc:
                 out.append(_Received(cid, data, wanting, exc))
                 continue
-            if cid.codec == RAW:
-                for session in wanting:
-                    if session.sink is not None:
-                        session.sink.leaf(cid, data)
             out.append(_Received(cid, data, wanting))
         return out
 
@@ -699,13 +707,7 @@ class Bitswap:
 
     def _block_sizes(self, cids: list[CID]) -> dict[CID, int | None]:
         """The size of each block we have, None for the others (runs in a worker thread)."""
-        out: dict[CID, int | None] = {}
-        for cid in cids:
-            try:
-                out[cid] = self.store.path_for(cid).stat().st_size
-            except OSError:  # missing, or unreadable: either way we cannot serve it
-                out[cid] = None
-        return out
+        return self.store.sizes_sync(cids)  # block files and file references alike
 
     async def _size_wants(self, peer: PeerId, cids: list[CID]) -> None:
         """Look up the sizes of a message's wants in one trip to a worker thread.
@@ -915,29 +917,43 @@ class Bitswap:
         A file is written as its blocks arrive, each leaf at its offset as soon as it is
         verified (``FileSink``), so little is left once the last block lands: an fsync (per the
         store's policy) and a rename. A directory, or a file the sink cannot place, is exported
-        from the store after the fetch. Every block also goes to the store, and the transfer is
-        recorded there, so its blocks survive GC and a second call after an interruption
-        fetches only what is missing. The output appears under ``dest`` only once complete
-        (written under a temporary name, ``.<name>.partial``, then renamed); a failed or
-        cancelled get removes the temporary file.
+        from the store after the fetch. The leaves written into the output are referenced there
+        by the store (no second copy; ``get_keeps_copies`` stores one anyway), the other blocks
+        go to the store, and the transfer is recorded there, so its blocks survive GC and a
+        second call after an interruption fetches only what is missing. The output appears
+        under ``dest`` only once complete (written under a temporary name, ``.<name>.partial``,
+        then renamed). A get that failed for a reason a retry may overcome (no provider, a
+        cancel, a full disk) keeps that file for the next call to continue; one that can never
+        complete (malformed content) removes it.
         """
         target = Path(dest)
         if await asyncio.to_thread(os.path.lexists, target):
             raise UsageError(f"{target} already exists")
         await self.store.begin_transfer(root, str(target))
         with self.store.hold(root):
-            sink = await asyncio.to_thread(FileSink.open, target, self.store, root)
+            sink = await asyncio.to_thread(
+                FileSink.open,
+                target,
+                self.store,
+                root,
+                keep_copies=self.config.get_keeps_copies,
+            )
             try:
                 result = await self._fetch(root, progress, idle_timeout, sink)
                 if not await asyncio.to_thread(sink.finish):
+                    # the exporter takes over: it reads the leaves referenced in the sink's
+                    # file, which discard copies into the store before it removes the file
                     await asyncio.to_thread(sink.discard)
                     tmp = partial_path(target)
                     await exporter.export(self.store, root, tmp)
                     await asyncio.to_thread(os.replace, tmp, target)
-            except BaseException:
+            except BaseException as exc:
                 # In a thread, but waited for even when cancelled: the file is closed only
                 # once no worker thread writes into it any more.
-                await asyncio.shield(asyncio.to_thread(sink.discard))
+                end: Callable[[], None] = sink.suspend  # kept for the next get to continue
+                if isinstance(exc, DecodeError | UsageError):  # this content never completes
+                    end = functools.partial(sink.discard, keep_blocks=False)
+                await asyncio.shield(asyncio.to_thread(end))
                 raise
         await self.store.end_transfer(root)
         return result
@@ -1087,7 +1103,8 @@ class _Walk:
         fresh = list(dict.fromkeys(c for c in cids if c not in self.seen))
         local = self.bitswap.store.lookup_many_sync(fresh)
         if sink is not None:
-            sink.from_store(list(local))
+            for absent in sink.from_store(list(local)):
+                del local[absent]  # a referenced file changed: fetch the block instead
         return fresh, local
 
     def _found(self, fresh: list[CID], local: dict[CID, tuple[int, bytes | None]]) -> None:
