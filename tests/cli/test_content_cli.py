@@ -164,6 +164,23 @@ def test_one_shot_get_and_cat_with_bootstrap(daemons: list[Daemon], tmp_path: Pa
     assert again["fetched_bytes"] == 0
     assert sha256(tmp_path / "again.bin") == want
 
+    # The leaves live in out.bin itself (no block copies): repo stat counts them apart,
+    # verify re-hashes them there and names the file, gc drops the references, not the file.
+    client = ["--repo", str(tmp_path / "client")]
+    stats = ok_json("repo", "stat", *client)
+    assert (stats["referenced_blocks"], stats["referenced_size"]) == (3, 3_000_000)
+    assert stats["blocks"] == 1  # the root
+    assert "referenced 3 blocks" in peerstack("repo", "stat", *client).stdout
+    with (tmp_path / "out.bin").open("r+b") as fh:
+        fh.write(b"\x00" if fh.read(1) != b"\x00" else b"\x01")
+    proc = peerstack("repo", "verify", *client)
+    assert proc.returncode == 1
+    assert f"in {tmp_path / 'out.bin'}: the bytes there changed" in proc.stdout
+    report = json.loads(peerstack("repo", "verify", "--json", *client).stdout)
+    assert [r["offset"] for r in report["damaged_refs"]] == [0]
+    assert ok_json("repo", "gc", *client)["refs_dropped"] == 3
+    assert (tmp_path / "out.bin").stat().st_size == 3_000_000
+
 
 def test_one_shot_repo_verbs_gc_and_verify(tmp_path: Path) -> None:
     repo = ["--repo", str(tmp_path / "r")]

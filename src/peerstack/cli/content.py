@@ -226,7 +226,9 @@ def repo_group() -> None:
 @repo_option
 @_json_option
 def repo_gc_command(repo: Path | None, as_json: bool) -> None:
-    """Delete blocks no pin (and no transfer in progress) needs."""
+    """Delete blocks no pin (and no transfer in progress) needs.
+
+    Blocks held by reference in downloaded files lose their reference; the files stay."""
     res = call(repo, (), "repo.gc", {})
     if as_json:
         print_json(res)
@@ -234,14 +236,24 @@ def repo_gc_command(repo: Path | None, as_json: bool) -> None:
     click.echo(
         f"removed {res['removed']} blocks ({format_size(res['freed_bytes'])}), kept {res['kept']}"
     )
+    if res["refs_dropped"] or res["refs_kept"]:
+        click.echo(
+            f"dropped {res['refs_dropped']} file references (the files stay), "
+            f"kept {res['refs_kept']}"
+        )
 
 
 @repo_group.command("verify")
-@click.option("--remove-damaged", is_flag=True, help="Delete blocks whose bytes are damaged.")
+@click.option(
+    "--remove-damaged",
+    is_flag=True,
+    help="Delete blocks whose bytes are damaged, drop file references that no longer hold.",
+)
 @repo_option
 @_json_option
 def repo_verify_command(repo: Path | None, remove_damaged: bool, as_json: bool) -> None:
-    """Re-hash every block; exit 1 if any is damaged or a pinned root is missing."""
+    """Re-hash every block (and the bytes of every file reference); exit 1 if any is damaged
+    or a pinned root is missing."""
     res = call(repo, (), "repo.verify", {"remove_damaged": remove_damaged})
     if as_json:
         print_json(res)
@@ -254,8 +266,15 @@ def repo_verify_command(repo: Path | None, remove_damaged: bool, as_json: bool) 
             click.echo(f"pinned root missing: {cid}")
         for path in res["foreign"]:
             click.echo(f"not a block: {path}")
+        for ref in res["damaged_refs"]:
+            click.echo(
+                f"damaged reference {ref['key']}: {ref['length']} bytes at {ref['offset']} "
+                f"in {ref['path']}: {ref['why']}"
+            )
         status = "ok" if res["ok"] else "DAMAGED"
-        click.echo(f"verified {res['checked']} blocks: {status}")
+        click.echo(
+            f"verified {res['checked']} blocks and {res['checked_refs']} file references: {status}"
+        )
     if not res["ok"]:
         sys.stdout.flush()
         sys.exit(1)
@@ -265,7 +284,7 @@ def repo_verify_command(repo: Path | None, remove_damaged: bool, as_json: bool) 
 @repo_option
 @_json_option
 def repo_stat_command(repo: Path | None, as_json: bool) -> None:
-    """Blocks, bytes and pins in the repo."""
+    """Blocks, bytes and pins in the repo (blocks stored, and referenced in files)."""
     res = call(repo, (), "repo.stat", {})
     if as_json:
         print_json(res)
@@ -273,5 +292,9 @@ def repo_stat_command(repo: Path | None, as_json: bool) -> None:
     click.echo(f"repo      {res['repo']}")
     click.echo(f"blocks    {res['blocks']}")
     click.echo(f"size      {format_size(res['size'])}")
+    click.echo(
+        f"referenced {res['referenced_blocks']} blocks, "
+        f"{format_size(res['referenced_size'])} (in downloaded files, not copied)"
+    )
     click.echo(f"pins      {res['pins']}")
     click.echo(f"transfers {res['transfers']} in progress")

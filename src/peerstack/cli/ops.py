@@ -186,7 +186,13 @@ async def pin_ls(node: Node, args: Mapping[str, Any], emit: Emit) -> Json:
 
 async def repo_gc(node: Node, args: Mapping[str, Any], emit: Emit) -> Json:
     res = await node.repo_gc()
-    return {"removed": res.removed, "freed_bytes": res.freed_bytes, "kept": res.kept}
+    return {
+        "removed": res.removed,
+        "freed_bytes": res.freed_bytes,
+        "kept": res.kept,
+        "refs_dropped": res.refs_dropped,  # their files are left alone
+        "refs_kept": res.refs_kept,
+    }
 
 
 async def repo_verify(node: Node, args: Mapping[str, Any], emit: Emit) -> Json:
@@ -198,6 +204,17 @@ async def repo_verify(node: Node, args: Mapping[str, Any], emit: Emit) -> Json:
         "unreadable": rep.unreadable,
         "foreign": rep.foreign,
         "missing_pinned": rep.missing_pinned,
+        "checked_refs": rep.checked_refs,
+        "damaged_refs": [
+            {
+                "key": d.key,
+                "path": d.ref.path,
+                "offset": d.ref.offset,
+                "length": d.ref.length,
+                "why": d.why,
+            }
+            for d in rep.damaged_refs
+        ],
     }
 
 
