@@ -5,7 +5,11 @@ other and times each from the dialer's side:
 
 - "dial" ends when ``BasicHost.dial`` returns (the connection is secured and multiplexed);
 - "dial + identify" ends when our identify exchange with the listener has finished, which is
-  when a real node knows the peer's protocols and addresses (goal: p50 <= 2 ms).
+  when a real node knows the peer's protocols and addresses (goal: p50 <= 2 ms);
+- "first contact": the same from a new dialler host (a new identity) each time. The rows
+  above redial one listener from one host, a returning peer: from the second dial on each end
+  remembers the other's handshake signature (``noise.VerifiedSignatures``) and skips its
+  verification; here both ends verify, as with a peer never met before.
 
 After each measurement the connection is closed and the next dial starts from nothing. The
 CPU of both ends is reported twice: per process over the timed run (dialer / listener), and
@@ -189,6 +193,31 @@ async def peerstack_dials(addr: str, n: int, cpu: CpuMeter) -> tuple[list[float]
     return dial_ms, ident_ms
 
 
+async def first_contact_dials(addr: str, n: int) -> list[float]:
+    """Dial + identify ms, each from a new dialler host (new identity and Noise static key).
+
+    Neither end has met the other's static key before, so both verify a signature they have
+    not seen (the rows above redial one listener from one host: from the second dial on,
+    both remember the other's signature, as with any returning peer). Starting and closing
+    the host are not timed.
+    """
+    out: list[float] = []
+    for i in range(n + WARMUP):
+        host = BasicHost(PrivateKey.generate(), limits=bench_limits())
+        async with host:
+            ping.register(host)
+            service = start_identify(host)
+            t0 = time.perf_counter()
+            peer = await host.dial(addr)
+            await service.wait_identified(peer)
+            t1 = time.perf_counter()
+            await host.disconnect(peer)
+            await service.close()
+        if i >= WARMUP:
+            out.append((t1 - t0) * 1000)
+    return out
+
+
 async def one_process_cpu(n: int, repeat: int = 3) -> float:
     """CPU ms of one dial + identify + close, both ends in this process (least of ``repeat``)."""
     listener = BasicHost(
@@ -256,9 +285,7 @@ def noise_in_memory(n: int) -> list[float]:
     return out
 
 
-async def interop_dials(
-    kind_name: str, n: int, placement: Placement
-) -> tuple[list[float], float]:
+async def interop_dials(kind_name: str, n: int, placement: Placement) -> tuple[list[float], float]:
     """Dial round trips (ms) through a peer's command channel, and that channel's own RTT."""
     harness, why = load_interop_harness()
     if harness is None:
@@ -345,12 +372,21 @@ def main() -> None:
         placement.check(server.proc.pid)
         cpu = CpuMeter(server.proc.pid)
         dial_ms, ident_ms = run(peerstack_dials(server.ready, n, cpu))
+        status(f"peerstack dial + identify, a new dialler host each time x{n}")
+        first_ms = run(first_contact_dials(server.ready, n))
     rows.append(stats_row("peerstack dial (TCP+Noise+Yamux)", dial_ms))
     rows.append(
         stats_row(
             "peerstack dial + identify",
             ident_ms,
             f"goal p50 <= 2 ms: {goal_mark(median(ident_ms), 2.0, higher_is_better=False)}",
+        )
+    )
+    rows.append(
+        stats_row(
+            "  the same, first contact",
+            first_ms,
+            "new dialler identity each time",
         )
     )
     status(f"peerstack dial + identify, both ends in one process, 3 x {n}")

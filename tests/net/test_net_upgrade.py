@@ -433,10 +433,13 @@ async def _upgrading_listener(
 
 
 async def _upgrade_pair(
-    dial_opts: UpgradeOptions, listen_opts: UpgradeOptions
+    dial_opts: UpgradeOptions,
+    listen_opts: UpgradeOptions,
+    keys: tuple[PrivateKey, PrivateKey] | None = None,
 ) -> tuple[Connection, Connection]:
-    """Upgrade one loopback TCP connection with ``upgrade`` on both ends."""
-    dial_key, listen_key = PrivateKey.generate(), PrivateKey.generate()
+    """Upgrade one loopback TCP connection with ``upgrade`` on both ends (``keys``: the
+    dialler's and the listener's identities, fresh ones by default)."""
+    dial_key, listen_key = keys or (PrivateKey.generate(), PrivateKey.generate())
     inbound, listener = await _upgrading_listener(listen_key, listen_opts)
     try:
         raw = await tcp.dial(listener.multiaddrs[0])
@@ -485,6 +488,33 @@ async def test_noise_credentials_are_made_once_per_options() -> None:
     a, b = await _upgrade_pair(opts, UpgradeOptions())
     c, d = await _upgrade_pair(opts, UpgradeOptions())
     for conn in (a, b, c, d):
+        await conn.close()
+
+
+async def test_returning_peers_signatures_are_verified_once_and_keys_made_ahead() -> None:
+    """Options shared by the upgrades of a host: the second connection between the same two
+    hosts finds both signatures remembered, and each handshake leaves the next one's
+    ephemeral key made (that a key serves once is tested in tests/wire/test_noise.py)."""
+    dial_opts, listen_opts = UpgradeOptions(), UpgradeOptions()
+    keys = (PrivateKey.generate(), PrivateKey.generate())
+    dial_opts.prepare(keys[0])
+    assert dial_opts.ephemeral_keys.ready
+    conns: list[Connection] = []
+    for round_no in range(3):
+        out, inb = await _upgrade_pair(dial_opts, listen_opts, keys)
+        conns += [out, inb]
+        assert out.remote_peer == PeerId.from_public_key(keys[1].public_key)
+        assert inb.remote_peer == PeerId.from_public_key(keys[0].public_key)
+        assert len(dial_opts.verified_signatures) == len(listen_opts.verified_signatures) == 1
+        # Each side refilled its supply while it waited for the other's next message.
+        assert dial_opts.ephemeral_keys.ready, round_no
+        assert listen_opts.ephemeral_keys.ready, round_no
+    # A peer with another identity is verified (and remembered) on its own.
+    stranger_opts = UpgradeOptions()
+    out, inb = await _upgrade_pair(stranger_opts, listen_opts, (PrivateKey.generate(), keys[1]))
+    conns += [out, inb]
+    assert len(listen_opts.verified_signatures) == 2
+    for conn in conns:
         await conn.close()
 
 

@@ -28,9 +28,12 @@ from peerstack.wire.noise import (
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
     TAG_LENGTH,
+    EphemeralKeys,
     HandshakePayload,
+    NoiseCredentials,
     NoiseHandshake,
     NoiseTransport,
+    VerifiedSignatures,
     XXHandshakeState,
     encode_payload,
 )
@@ -207,6 +210,147 @@ def test_each_handshake_has_its_own_ephemeral_key() -> None:
     first = NoiseHandshake(key, initiator=True).data_to_send()
     second = NoiseHandshake(key, initiator=True).data_to_send()
     assert first != second
+
+
+def test_ephemeral_keys_made_ahead_serve_one_handshake_each() -> None:
+    keys = EphemeralKeys()
+    key = PrivateKey.generate()
+    assert not keys.ready
+    keys.refill()
+    assert keys.ready
+    spare = keys._spare
+    assert spare is not None
+    keys.refill()  # one spare at most: a second refill keeps the first
+    assert keys._spare is spare
+    first = NoiseHandshake(key, initiator=True, ephemeral_keys=keys).data_to_send()
+    assert first[2:] == spare[1] == spare[0].public_key().public_bytes_raw()
+    assert not keys.ready  # handed out and forgotten
+    # Without a spare a fresh key is made; either way no two handshakes share one.
+    sent = {first[2:]}
+    for refill in (False, True, False, True):
+        if refill:
+            keys.refill()
+        msg = NoiseHandshake(key, initiator=True, ephemeral_keys=keys).data_to_send()
+        assert msg[2:] not in sent
+        sent.add(msg[2:])
+    with pytest.raises(UsageError):
+        NoiseHandshake(
+            key, initiator=True, ephemeral_keys=keys, ephemeral_key=X25519PrivateKey.generate()
+        )
+
+
+def test_handshake_with_keys_made_ahead_on_both_sides() -> None:
+    ka, kb = PrivateKey.generate(), PrivateKey.generate()
+    supply_a, supply_b = EphemeralKeys(), EphemeralKeys()
+    hashes = set()
+    for _ in range(3):
+        supply_a.refill()
+        supply_b.refill()
+        init = NoiseHandshake(ka, initiator=True, ephemeral_keys=supply_a)
+        resp = NoiseHandshake(kb, initiator=False, ephemeral_keys=supply_b)
+        shuttle(init, resp)
+        assert init.complete
+        assert resp.complete
+        assert init.handshake_hash == resp.handshake_hash
+        hashes.add(init.handshake_hash)
+        ti, tr = init.transport(), resp.transport()
+        assert tr.decrypt(ti.encrypt(b"ahead")) == b"ahead"
+    assert len(hashes) == 3
+
+
+def test_a_spare_key_made_before_fork_is_not_used_by_the_child() -> None:
+    keys = EphemeralKeys()
+    keys.refill()
+    spare = keys._spare
+    assert spare is not None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the key take() gives it, then leave at once
+        try:
+            os.write(write_end, keys.take()[1])
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        child_key = os.read(read_end, 64)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert len(child_key) == 32
+    assert child_key != spare[1]
+    assert keys.take() == spare  # the parent still uses its own spare
+
+
+def _cached_pair(
+    ka: PrivateKey, kb: PrivateKey, seen_a: VerifiedSignatures, seen_b: VerifiedSignatures
+) -> tuple[NoiseHandshake, NoiseHandshake]:
+    init = NoiseHandshake(ka, initiator=True, credentials=NoiseCredentials(ka), verified=seen_a)
+    resp = NoiseHandshake(kb, initiator=False, credentials=NoiseCredentials(kb), verified=seen_b)
+    return init, resp
+
+
+def test_verified_signatures_are_remembered_per_static_key() -> None:
+    ka, kb = PrivateKey.generate(), PrivateKey.generate()
+    creds_a, creds_b = NoiseCredentials(ka), NoiseCredentials(kb)
+    seen_a, seen_b = VerifiedSignatures(), VerifiedSignatures()
+    for _ in range(3):  # the same static keys each time: one entry per side
+        init = NoiseHandshake(ka, initiator=True, credentials=creds_a, verified=seen_a)
+        resp = NoiseHandshake(kb, initiator=False, credentials=creds_b, verified=seen_b)
+        shuttle(init, resp)
+        assert init.complete
+        assert resp.complete
+        assert init.remote_peer == PeerId.from_public_key(kb.public_key)
+        assert resp.remote_peer == PeerId.from_public_key(ka.public_key)
+        assert len(seen_a) == len(seen_b) == 1
+    # New static keys (a restarted peer) are verified and remembered too.
+    init, resp = _cached_pair(ka, kb, seen_a, seen_b)
+    shuttle(init, resp)
+    assert len(seen_a) == len(seen_b) == 2
+
+
+def test_a_remembered_signature_does_not_cover_another_static_key() -> None:
+    """A valid signature seen before, replayed with another static key, is still refused."""
+    ka, kb = PrivateKey.generate(), PrivateKey.generate()
+    creds_b = NoiseCredentials(kb)
+    seen_a = VerifiedSignatures()
+    init = NoiseHandshake(ka, initiator=True, verified=seen_a)
+    shuttle(init, NoiseHandshake(kb, initiator=False, credentials=creds_b))
+    assert len(seen_a) == 1
+    # Another static key presented with kb's remembered payload (key and signature).
+    forged = NoiseHandshake(kb, initiator=False, static_key=X25519PrivateKey.generate())
+    _with_payload(forged, creds_b.payload)
+    init = NoiseHandshake(ka, initiator=True, verified=seen_a)
+    with pytest.raises(HandshakeError):
+        shuttle(init, forged)
+    # The remembered static key with a signature that does not verify is refused as well.
+    sig = HandshakePayload.decode(creds_b.payload).identity_sig
+    bad_sig = bytes([sig[0] ^ 1]) + sig[1:]
+    liar = NoiseHandshake(kb, initiator=False, credentials=creds_b)
+    _with_payload(liar, encode_payload(kb.public_key.to_protobuf(), bad_sig))
+    init = NoiseHandshake(ka, initiator=True, verified=seen_a)
+    with pytest.raises(HandshakeError):
+        shuttle(init, liar)
+    assert len(seen_a) == 1  # failures are never remembered
+
+
+def test_verified_signatures_are_bounded() -> None:
+    key = PrivateKey.generate()
+    seen = VerifiedSignatures(max_entries=2)
+    statics = [X25519PrivateKey.generate().public_key().public_bytes_raw() for _ in range(3)]
+    sigs = [key.sign(SIGNATURE_PREFIX + s) for s in statics]
+    raw_key = key.public_key.to_protobuf()
+    for static, sig in zip(statics, sigs, strict=True):
+        assert seen.verify(key.public_key, raw_key, static, sig)
+    assert len(seen) == 2
+    assert seen._entry(raw_key, statics[0], sigs[0]) not in seen._seen  # the oldest went
+    assert not seen.verify(key.public_key, raw_key, statics[0], sigs[1])
+    off = VerifiedSignatures(max_entries=0)
+    assert off.verify(key.public_key, raw_key, statics[0], sigs[0])
+    assert len(off) == 0
+    with pytest.raises(UsageError):
+        seen.verify(key.public_key, raw_key, statics[0][:31], sigs[0])
+    with pytest.raises(UsageError):
+        VerifiedSignatures(max_entries=-1)
 
 
 def test_handshake_message_sizes_and_framing() -> None:

@@ -145,6 +145,7 @@ class BasicHost:
         if self._started:
             raise UsageError("host already started")
         self._started = True
+        self._upgrade.prepare(self._key)
         try:
             for addr in self._listen_on:
                 listener = await tcp.listen(addr, self._on_tcp_connection, self._read_buffer)

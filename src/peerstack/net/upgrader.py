@@ -62,6 +62,26 @@ class UpgradeOptions:
     _credentials: list[noise.NoiseCredentials] = field(
         default_factory=list, init=False, repr=False, compare=False
     )
+    #: The next handshake's ephemeral key, made while the previous one waited for its peer
+    #: (see _noise_handshake).
+    ephemeral_keys: noise.EphemeralKeys = field(
+        default_factory=noise.EphemeralKeys, init=False, repr=False, compare=False
+    )
+    #: Handshake signatures already verified: a returning peer's is not checked again.
+    verified_signatures: noise.VerifiedSignatures = field(
+        default_factory=noise.VerifiedSignatures, init=False, repr=False, compare=False
+    )
+
+    @property
+    def noise_muxers(self) -> list[str]:
+        """The muxers announced in our Noise extensions (early muxer negotiation)."""
+        return [MUXER_PROTOCOL] if self.early_muxer_negotiation else []
+
+    def prepare(self, identity: PrivateKey) -> None:
+        """Make the credentials and the first ephemeral key now (a host calls this when it
+        starts), so that its first handshake does not wait for a signature and a key."""
+        self.noise_credentials(identity, self.noise_muxers)
+        self.ephemeral_keys.refill()
 
     def noise_credentials(self, identity: PrivateKey, muxers: list[str]) -> noise.NoiseCredentials:
         """The cached credentials for ``identity`` and ``muxers`` (made on first use)."""
@@ -80,7 +100,9 @@ async def _read(tcp: TcpConnection, stage: str) -> bytes:
     return data
 
 
-async def _select_security_initiator(tcp: TcpConnection, pipelined: bytes) -> bytes:
+async def _select_security_initiator(
+    tcp: TcpConnection, pipelined: bytes, keys: noise.EphemeralKeys
+) -> bytes:
     """The dialler's ``/noise`` selection in the clear; returns the bytes after the echo.
 
     ``pipelined`` (Noise message 1, or nothing) goes out in the same segment as the header and
@@ -91,6 +113,8 @@ async def _select_security_initiator(tcp: TcpConnection, pipelined: bytes) -> by
     """
     ms = multistream.Initiator([SECURITY_PROTOCOL])
     tcp.write(ms.data_to_send() + pipelined)
+    if pipelined:
+        keys.refill()  # the answer is a round trip and the listener's message 2 away
     while not ms.done:
         ms.receive_data(await _read(tcp, "security negotiation"))
         out = ms.data_to_send()
@@ -132,6 +156,7 @@ async def _noise_handshake(
     *,
     expected: PeerId | None,
     leftover: bytes,
+    keys: noise.EphemeralKeys,
     unsent: bytes = b"",
 ) -> bytes:
     """Run the handshake; ``unsent`` goes out in front of our first message.
@@ -145,6 +170,10 @@ async def _noise_handshake(
     while not hs.complete:
         if out:
             tcp.write(out)
+            # The next handshake's ephemeral key is made now, while the peer works on what
+            # we sent (a round trip and its DH and signature work at the least), instead of
+            # delaying our own next message. Each key still serves one handshake only.
+            keys.refill()
         hs.receive_data(await _read(tcp, "the noise handshake"))
         out = hs.data_to_send()
     if expected is not None and hs.remote_peer != expected:  # noise checks too; be certain
@@ -203,27 +232,30 @@ async def upgrade(
     and the wire layers' ``PeerError`` subclasses for malformed input.
     """
     opts = options if options is not None else UpgradeOptions()
+    keys = opts.ephemeral_keys
     loop = asyncio.get_running_loop()
     try:
         try:
             async with asyncio.timeout(opts.handshake_timeout):
-                muxers = [MUXER_PROTOCOL] if opts.early_muxer_negotiation else []
+                muxers = opts.noise_muxers
                 hs = noise.NoiseHandshake(
                     identity,
                     initiator=outbound,
                     remote_peer=expected_peer,
                     muxers=muxers,
                     credentials=opts.noise_credentials(identity, muxers),
+                    ephemeral_keys=keys,
+                    verified=opts.verified_signatures,
                 )
                 # Noise message 1 rides behind the proposal (see pipeline_security).
                 unsent = b""
                 if outbound:
                     first = hs.data_to_send() if opts.pipeline_security else b""
-                    rest = await _select_security_initiator(tcp, first)
+                    rest = await _select_security_initiator(tcp, first, keys)
                 else:
                     rest, unsent = await _select_security_responder(tcp)
                 unsent = await _noise_handshake(
-                    tcp, hs, expected=expected_peer, leftover=rest, unsent=unsent
+                    tcp, hs, expected=expected_peer, leftover=rest, keys=keys, unsent=unsent
                 )
                 transport = hs.transport()
                 ciphertext = hs.unused_data()

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -148,17 +150,28 @@ class XXHandshakeState:
         static_key: X25519PrivateKey,
         prologue: bytes = b"",
         ephemeral_key: X25519PrivateKey | None = None,
+        static_public: bytes | None = None,
+        ephemeral_public: bytes | None = None,
     ) -> None:
+        """``static_public`` / ``ephemeral_public``: the keys' public bytes when the caller
+        already has them (they must belong to the keys given; the public half of a generated
+        ephemeral key is always computed here)."""
         self._initiator = initiator
         self._s = static_key
         # Made now, not when message 1 or 2 is written: a responder is built before message 1
-        # arrives, so the key generation (~70 us) overlaps that wait instead of delaying
-        # message 2. Test vectors inject theirs.
-        self._e: X25519PrivateKey = (
-            ephemeral_key if ephemeral_key is not None else X25519PrivateKey.generate()
+        # arrives, so the key generation (~45 us) overlaps that wait instead of delaying
+        # message 2. Test vectors inject theirs; NoiseHandshake takes one made ahead.
+        if ephemeral_key is None:
+            ephemeral_key, ephemeral_public = X25519PrivateKey.generate(), None
+        self._e: X25519PrivateKey = ephemeral_key
+        self._e_pub = (
+            ephemeral_public
+            if ephemeral_public is not None
+            else _x25519_public_bytes(ephemeral_key)
         )
-        self._e_pub = _x25519_public_bytes(self._e)
-        self._s_pub = _x25519_public_bytes(static_key)
+        self._s_pub = (
+            static_public if static_public is not None else _x25519_public_bytes(static_key)
+        )
         self._re: bytes | None = None
         self._rs: bytes | None = None
         self._step = 0
@@ -386,7 +399,7 @@ class NoiseCredentials:
     the static key: every handshake mixes in fresh ephemeral keys (``ee``).
     """
 
-    __slots__ = ("identity", "muxers", "payload", "static_key")
+    __slots__ = ("identity", "muxers", "payload", "static_key", "static_public")
 
     def __init__(
         self,
@@ -401,15 +414,107 @@ class NoiseCredentials:
         self.identity = identity
         self.muxers = tuple(muxers)
         self.static_key = static_key if static_key is not None else X25519PrivateKey.generate()
-        static_pub = _x25519_public_bytes(self.static_key)
+        self.static_public = _x25519_public_bytes(self.static_key)
         self.payload = encode_payload(
             identity.public_key.to_protobuf(),
-            identity.sign(SIGNATURE_PREFIX + static_pub),
+            identity.sign(SIGNATURE_PREFIX + self.static_public),
             list(self.muxers),
         )
         # Message 2 (the larger one that carries a payload) must fit in one Noise message.
         if 2 * DH_LENGTH + 2 * TAG_LENGTH + len(self.payload) > MAX_MESSAGE:
             raise UsageError("handshake payload too large for one Noise message")
+
+
+class VerifiedSignatures:
+    """The handshake signatures this host has verified, so that a returning peer's is not
+    verified again (bounded, least recently used first out).
+
+    A peer's signature covers its Noise static key, and go, js and rust keep one static key
+    per process (as we do, see ``NoiseCredentials``): every connection from the same peer
+    process brings the same (identity key, static key, signature). Ed25519 verification is
+    deterministic, so the memo of a triple that verified gives the same answer as verifying it
+    again (~120 us on each side of a dial): nothing is accepted that a fresh check would
+    refuse. Only successes are kept. Possession of the static key is still proved in every
+    handshake by the DH it takes part in (``es``/``se``), and the PeerId is still derived
+    from the key and checked against the one expected.
+    """
+
+    __slots__ = ("_max", "_seen")
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        if max_entries < 0:
+            raise UsageError("max_entries must be >= 0")
+        self._max = max_entries
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    @staticmethod
+    def _entry(identity_key: bytes, static_key: bytes, signature: bytes) -> bytes:
+        # The static key is always DH_LENGTH bytes, so a length prefix on the identity key
+        # makes the concatenation unambiguous.
+        if len(static_key) != DH_LENGTH or len(identity_key) > 0xFFFF:
+            raise UsageError("not a Noise static key, or an identity key over 64 KiB")
+        return _length.pack(len(identity_key)) + identity_key + static_key + signature
+
+    def verify(
+        self, key: PublicKey, identity_key: bytes, static_key: bytes, signature: bytes
+    ) -> bool:
+        """Whether ``signature`` by ``key`` (whose protobuf form is ``identity_key``) covers
+        ``static_key``: remembered if it verified before, else checked (and remembered when
+        valid)."""
+        entry = self._entry(identity_key, static_key, signature)
+        seen = self._seen
+        if entry in seen:
+            seen.move_to_end(entry)
+            return True
+        if not key.verify(signature, SIGNATURE_PREFIX + static_key):
+            return False
+        if self._max:
+            seen[entry] = None
+            if len(seen) > self._max:
+                seen.popitem(last=False)
+        return True
+
+
+class EphemeralKeys:
+    """One ephemeral X25519 key made ahead of the handshake that will use it.
+
+    ``take()`` hands out the key made ahead (or a fresh one when none is ready) and forgets
+    it, so no key ever serves two handshakes; ``refill()`` makes the next one. A handshake
+    still costs one key generation (~45 us), but the caller chooses when: the upgrader refills
+    right after sending a handshake message, while the peer works on it and this side would
+    only wait, instead of before message 1 (dialler) or between message 1 and message 2
+    (listener), where the peer waits for it. One supply per host; a spare made before a
+    ``fork()`` is never used in the child (the parent may use it too).
+    """
+
+    __slots__ = ("_pid", "_spare")
+
+    def __init__(self) -> None:
+        self._spare: tuple[X25519PrivateKey, bytes] | None = None
+        self._pid = 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether a key made ahead is waiting."""
+        return self._spare is not None
+
+    def refill(self) -> None:
+        """Make the next key unless one is already waiting."""
+        if self._spare is None:
+            key = X25519PrivateKey.generate()
+            self._spare = (key, _x25519_public_bytes(key))
+            self._pid = os.getpid()
+
+    def take(self) -> tuple[X25519PrivateKey, bytes]:
+        """A key nobody else was given, and its public bytes."""
+        spare, self._spare = self._spare, None
+        if spare is not None and self._pid == os.getpid():
+            return spare
+        key = X25519PrivateKey.generate()
+        return key, _x25519_public_bytes(key)
 
 
 class NoiseHandshake:
@@ -430,6 +535,8 @@ class NoiseHandshake:
         static_key: X25519PrivateKey | None = None,
         credentials: NoiseCredentials | None = None,
         ephemeral_key: X25519PrivateKey | None = None,
+        ephemeral_keys: EphemeralKeys | None = None,
+        verified: VerifiedSignatures | None = None,
     ) -> None:
         if credentials is None:
             credentials = NoiseCredentials(identity, muxers, static_key)
@@ -439,12 +546,23 @@ class NoiseHandshake:
             raise UsageError("pass either static_key or credentials, not both")
         self._initiator = initiator
         self._expected = remote_peer
-        # The ephemeral key is made here (unless given, for tests): a responder is built
-        # before the peer's message 1 arrives, so that wait hides the key generation.
+        # The ephemeral key comes from the supply (made ahead), is given (tests), or is made
+        # here: a responder is built before the peer's message 1 arrives, so that wait can
+        # hide the key generation.
+        ephemeral_public: bytes | None = None
+        if ephemeral_keys is not None:
+            if ephemeral_key is not None:
+                raise UsageError("pass either ephemeral_key or ephemeral_keys, not both")
+            ephemeral_key, ephemeral_public = ephemeral_keys.take()
         self._hs = XXHandshakeState(
-            initiator=initiator, static_key=credentials.static_key, ephemeral_key=ephemeral_key
+            initiator=initiator,
+            static_key=credentials.static_key,
+            ephemeral_key=ephemeral_key,
+            static_public=credentials.static_public,
+            ephemeral_public=ephemeral_public,
         )
         self._payload = credentials.payload
+        self._verified = verified
         self._out: list[bytes] = []
         self._buf = bytearray()
         self._unused = b""
@@ -513,7 +631,12 @@ class NoiseHandshake:
         key = PublicKey.from_protobuf(payload.identity_key)
         remote_static = self._hs.remote_static
         assert remote_static is not None
-        if not key.verify(payload.identity_sig, SIGNATURE_PREFIX + remote_static):
+        verified = self._verified
+        if verified is not None:
+            valid = verified.verify(key, payload.identity_key, remote_static, payload.identity_sig)
+        else:
+            valid = key.verify(payload.identity_sig, SIGNATURE_PREFIX + remote_static)
+        if not valid:
             raise HandshakeError("invalid signature of the noise static key")
         peer = PeerId.from_public_key(key)
         if self._expected is not None and peer != self._expected:
