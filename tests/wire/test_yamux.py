@@ -1173,3 +1173,32 @@ def test_frame_data_now_matches_send_data() -> None:
     q.take("server")
     frame_bytes = q.client.frame_data_now(qsid, b"hello")
     assert q.server.receive_data(frame_bytes, 0.0) == [DataReceived(qsid, b"hello")]
+
+
+def test_fast_paths_stop_when_the_session_fails() -> None:
+    """After a protocol error or a keepalive timeout neither fast path takes anything; the
+    general calls then report the failure as before. frame_data_now honours the configured
+    largest frame."""
+    config = YamuxConfig(keepalive_interval=10.0, keepalive_timeout=5.0, rtt_interval=0)
+    for failure in ("protocol", "keepalive"):
+        p = Pair(client_config=config)
+        sid = p.client.open_stream()
+        p.flush()
+        assert p.client.frame_data_now(sid, b"ok") != b""
+        p.client.data_to_send()
+        if failure == "protocol":
+            with pytest.raises(MuxerError):
+                p.client.receive_data(frame(7, 0, 0, 0), 1.0)  # unknown frame type
+        else:
+            p.client.tick(10.0)  # keepalive ping sent
+            assert p.client.tick(15.0) == [KeepaliveTimeout()]
+        p.client.data_to_send()
+        assert p.client.frame_data_now(sid, b"late") == b""
+        assert p.client.receive_fast(frame(TYPE_DATA, 0, sid, 1, b"a"), 16.0) == 0
+        with pytest.raises(SessionClosedError):
+            p.client.send_data(sid, b"late")
+    small = Pair(client_config=YamuxConfig(max_frame_payload=4))
+    sid = small.client.open_stream()
+    small.flush()
+    assert small.client.frame_data_now(sid, b"12345") == b""
+    assert small.client.frame_data_now(sid, b"1234") != b""
