@@ -11,6 +11,8 @@ import pytest
 from peerstack.errors import StreamClosed, StreamReset, UsageError
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
+from peerstack.net.stream import DIRECT_WRITE_LIMIT, YamuxStream
+from peerstack.protocols import ping
 
 # The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
 MakeHost = Callable[..., Awaitable[BasicHost]]
@@ -221,3 +223,149 @@ async def test_mixed_reads_across_frames_return_the_bytes_in_order(make_host: Ma
         off += size
     await stream.close()
     assert await got == payload
+
+
+async def _stream_to(a: BasicHost, b: BasicHost, protocol: str) -> YamuxStream:
+    stream = await a.new_stream(await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}"), [protocol])
+    assert isinstance(stream, YamuxStream)
+    return stream
+
+
+async def test_data_handler_takes_messages_then_hands_over_to_read(make_host: MakeHost) -> None:
+    """A data handler gets each payload as it arrives (and the window goes back, so far more
+    than a window passes through it); when it declines, that payload and everything after
+    it is read in order; EOF still ends a read waiting under the handler."""
+    a = await make_host()
+    b = await make_host()
+    taken: list[bytes] = []
+    result: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def serve(stream: Stream) -> None:
+        assert isinstance(stream, YamuxStream)
+
+        def handler(data: bytes) -> bool:
+            if data.startswith(b"stop"):
+                return False
+            taken.append(data)
+            return True
+
+        stream.set_data_handler(handler)
+        first = await stream.read()  # woken by the declined payload, not by the taken ones
+        rest = b""
+        stream.set_data_handler(lambda data: False)  # declines at once: all goes to read()
+        while piece := await stream.read():
+            rest += piece
+        result.set_result((first, rest))
+
+    b.set_stream_handler("/handler", serve)
+    stream = await _stream_to(a, b, "/handler")
+    message = os.urandom(1000)
+    for _ in range(600):  # 600 KB: more than twice the initial window
+        await stream.write(message)
+    await stream.write(b"stop here")
+    await stream.write(b"and the rest")
+    await stream.close()
+    first, rest = await asyncio.wait_for(result, 10)
+    assert b"".join(taken) == message * 600
+    assert (first + rest).startswith(b"stop here")
+    assert first + rest == b"stop hereand the rest"
+
+
+async def test_reset_and_eof_reach_a_reader_waiting_under_a_data_handler(
+    make_host: MakeHost,
+) -> None:
+    a = await make_host()
+    b = await make_host()
+    ended: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    async def serve(stream: Stream) -> None:
+        assert isinstance(stream, YamuxStream)
+        stream.set_data_handler(lambda data: True)
+        try:
+            ended.set_result(await stream.read())
+        except StreamReset as exc:
+            ended.set_result(exc)
+
+    b.set_stream_handler("/handler", serve)
+    stream = await _stream_to(a, b, "/handler")
+    await stream.write(b"swallowed")
+    await stream.close()
+    assert await asyncio.wait_for(ended, 10) == b""  # the handler took the data, EOF woke read
+
+    ended = asyncio.get_running_loop().create_future()
+    stream = await _stream_to(a, b, "/handler")
+    await stream.write(b"swallowed")
+    stream.reset()
+    assert isinstance(await asyncio.wait_for(ended, 10), StreamReset)
+
+
+async def test_try_write_sends_now_or_takes_nothing(make_host: MakeHost) -> None:
+    a = await make_host()
+    b = await make_host()
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    hold = asyncio.Event()
+
+    async def collect(stream: Stream) -> None:
+        await hold.wait()
+        data = b""
+        while piece := await stream.read():
+            data += piece
+        got.set_result(data)
+
+    b.set_stream_handler("/collect", collect)
+    stream = await _stream_to(a, b, "/collect")
+    await asyncio.sleep(0.05)  # the stream's opening (SYN, negotiation) has left
+    assert stream.try_write(b"first;")
+    assert not stream.try_write(b"")  # nothing to send
+    assert not stream.try_write(b"x" * (DIRECT_WRITE_LIMIT + 1))  # too large for one step
+    # A write parked on the window (the reader holds back) is in progress: try_write must not
+    # overtake it, and takes nothing.
+    big = os.urandom(600_000)
+    writer = asyncio.create_task(stream.write(big))
+    await asyncio.sleep(0.05)
+    assert not writer.done()
+    assert not stream.try_write(b"overtaking")
+    hold.set()
+    await asyncio.wait_for(writer, 10)
+    assert stream.try_write(b";last")
+    await stream.close()
+    assert not stream.try_write(b"after close")
+    assert await asyncio.wait_for(got, 10) == b"first;" + big + b";last"
+    stream.reset()
+    assert not stream.try_write(b"after reset")
+
+
+async def test_ping_server_echoes_inline_and_through_its_reading_loop(make_host: MakeHost) -> None:
+    """The ping server on a real stream: whole pings are echoed by its data handler, pings in
+    pieces, pings back to back and a flood beyond the window (the echo stalls on the window
+    and the reading loop takes over) all come back intact and in order."""
+    a = await make_host()
+    b = await make_host()
+    ping.register(b)
+    stream = await _stream_to(a, b, ping.PING)
+    rtts = await ping.ping_stream(stream, 200)
+    assert len(rtts) == 200
+    server_conn = b.connection(a.peer_id)
+    assert server_conn is not None
+    (served,) = server_conn.streams()
+    assert served._on_data is not None  # the echo is served by the data handler
+    # one ping in two pieces, each its own frame
+    payload = os.urandom(32)
+    await stream.write(payload[:10])
+    await asyncio.sleep(0.01)
+    await stream.write(payload[10:])
+    assert await stream.readexactly(32) == payload
+    # three pings in one frame
+    payload = os.urandom(96)
+    await stream.write(payload)
+    assert await stream.readexactly(96) == payload
+    # a flood of 1 MiB of pings, written before any echo is read
+    flood = os.urandom(32 * 32768)
+    writer = asyncio.create_task(stream.write(flood))
+    echoed = await asyncio.wait_for(stream.readexactly(len(flood)), 20)
+    await writer
+    assert echoed == flood
+    # and the handler is back in service afterwards
+    assert len(await ping.ping_stream(stream, 50)) == 50
+    await stream.close()
+    assert await asyncio.wait_for(stream.read(), 10) == b""

@@ -43,10 +43,6 @@ log = logging.getLogger(__name__)
 #: Queued outgoing bytes that trigger an immediate flush rather than one at the end of the turn.
 FLUSH_THRESHOLD = 256 * 1024
 
-#: Largest write sent at once when nothing else is queued (see ``send``); larger ones are
-#: coalesced and flushed at the end of the loop turn.
-DIRECT_WRITE_LIMIT = 16 * 1024
-
 #: A queued piece at least this large is encrypted where it lies rather than joined with
 #: its neighbours (see ``_flush``).
 LARGE_PIECE = 32 * 1024
@@ -382,34 +378,38 @@ class Connection:
         self._schedule_flush()
         return stream
 
+    def send_now(self, stream_id: int, data: bytes) -> bool:
+        """Frame, seal and write a small message at once, or return False having taken nothing.
+
+        For the request/response pattern: no call_soon hop, no extra loop turn. It goes out
+        only when nothing is queued (a SYN, other streams' data, a burst keep coalescing into
+        one encrypted write per turn, see send()), the socket keeps up, and the whole of
+        ``data`` (1 to DIRECT_WRITE_LIMIT bytes) fits the stream's window; otherwise the
+        caller uses send(), which queues or raises as usual.
+        """
+        transport = self._tcp.transport
+        if self._closed or transport is None or transport.get_write_buffer_size():
+            return False
+        if transport.is_closing():
+            return False
+        frame = self._session.frame_data_now(stream_id, data)  # b"" if anything is queued
+        if not frame:
+            return False
+        sealed = self._noise.seal(frame)
+        transport.write(sealed)
+        self.bytes_sent += len(data)
+        self._wire_written += len(sealed)
+        return True
+
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
-        """Queue ``data`` on a stream as far as its send window allows; returns bytes taken."""
+        """Queue ``data`` on a stream as far as its send window allows; returns bytes taken.
+
+        The bytes leave at the end of this loop turn (at once past FLUSH_THRESHOLD), encrypted
+        together with whatever else was queued meanwhile.
+        """
         if self._closed:
             raise self.error_for_streams()
-        session = self._session
-        # A small write with nothing else queued and the socket keeping up goes out at once:
-        # no call_soon hop, no extra loop turn, for the request/response pattern. Anything
-        # queued already (a SYN, other streams' data, a burst) keeps coalescing into one
-        # encrypted write per turn, as does every large write.
-        transport = self._tcp.transport
-        if (
-            type(data) is bytes
-            and len(data) <= DIRECT_WRITE_LIMIT
-            and transport is not None
-            and not transport.get_write_buffer_size()
-        ):
-            frame = session.frame_data_now(stream_id, data)  # b"" if anything is queued
-            if frame:
-                n = len(data)
-                self.bytes_sent += n
-                # Straight to the transport (what TcpConnection.write does after its checks;
-                # a closing transport, like a closed connection, takes nothing more).
-                if not transport.is_closing():
-                    sealed = self._noise.seal(frame)
-                    transport.write(sealed)
-                    self._wire_written += len(sealed)
-                return n
-        n = session.send_data(stream_id, data)
+        n = self._session.send_data(stream_id, data)
         if n:
             self.bytes_sent += n
             self._queued += n
@@ -481,22 +481,17 @@ class Connection:
             self._tcp.set_read_target(noise.recv_buffer())
         if not plain:
             return
-        # Fast path: the middle of a large Data frame (bulk), or one small Data frame (a
-        # request, an answer, a ping): no events, nothing owed to the peer. (_deliver() does
-        # the same for the direct-read path; this one is inline, it runs per message.)
+        # Fast path: one small Data frame (a request, an answer, a ping): no events, nothing
+        # owed to the peer, the payload straight to its stream (inline: this runs per
+        # message). Anything else, the middle of a bulk frame included, goes to _deliver().
         sid = self._session.receive_fast(plain, self._loop.time())
-        if sid:
+        if sid > 0:
             self.bytes_received += len(plain)
-            if sid > 0:
-                stream = self._streams.get(sid)
-                if stream is not None:
-                    stream._feed(plain[_HEADER_SIZE:])
-            else:
-                stream = self._streams.get(-sid)
-                if stream is not None:
-                    stream._feed(plain)
+            stream = self._streams.get(sid)
+            if stream is not None:
+                stream._feed(plain[_HEADER_SIZE:])
             return
-        self._plaintext_received(plain)
+        self._deliver(plain, sid)
 
     def _direct_received(self, nbytes: int) -> None:
         """The loop read ``nbytes`` into the frame Noise holds (see set_read_target)."""
@@ -511,22 +506,23 @@ class Connection:
         if not plain:
             self._tcp.set_read_target(noise.recv_buffer())
             return
-        self._deliver(plain)
+        self._deliver(plain, self._session.receive_fast(plain, self._loop.time()))
 
-    def _deliver(self, plain: bytes) -> None:
-        sid = self._session.receive_fast(plain, self._loop.time())
-        if sid:
-            self.bytes_received += len(plain)
-            if sid > 0:
-                stream = self._streams.get(sid)
-                if stream is not None:
-                    stream._feed(plain[_HEADER_SIZE:])
-            else:
-                stream = self._streams.get(-sid)
-                if stream is not None:
-                    stream._feed(plain)
+    def _deliver(self, plain: bytes, sid: int) -> None:
+        """Hand on ``plain`` once receive_fast() said ``sid`` about it (0: not taken)."""
+        if not sid:
+            self._plaintext_received(plain)
             return
-        self._plaintext_received(plain)
+        self.bytes_received += len(plain)
+        if sid > 0:
+            stream = self._streams.get(sid)
+            if stream is not None:
+                stream._feed(plain[_HEADER_SIZE:])
+        else:
+            # The middle of a large Data frame: all of it is payload.
+            stream = self._streams.get(-sid)
+            if stream is not None:
+                stream._feed(plain)
 
     def _plaintext_received(self, plain: bytes) -> None:
         self.bytes_received += len(plain)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from peerstack.core.multiaddr import Multiaddr
@@ -40,6 +41,10 @@ CONSUMED_BATCH = 16 * 1024
 #: read() with no size joins buffered pieces up to this many bytes; beyond, one piece per call.
 JOIN_LIMIT = 64 * 1024
 
+#: Largest write tried as one frame sealed and written at once (Connection.send_now); larger
+#: ones, and any write that finds output queued, are queued and flushed once per loop turn.
+DIRECT_WRITE_LIMIT = 16 * 1024
+
 
 class StreamConnectionClosed(StreamReset, ConnectionClosed):
     """The connection under the stream closed or failed; the stream is gone both ways."""
@@ -51,10 +56,12 @@ class YamuxStream:
     __slots__ = (
         "_chunks",
         "_conn",
+        "_direct",
         "_eof",
         "_error",
         "_id",
         "_local_closed",
+        "_on_data",
         "_pos",
         "_preconsumed",
         "_protocol",
@@ -85,7 +92,12 @@ class YamuxStream:
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
         self._writing = False
+        # True while a small write may go straight out: no error, write side open, no other
+        # write in progress (one test instead of four on every write; see _update_direct).
+        self._direct = True
         self._turn_waiters: deque[asyncio.Future[None]] | None = None
+        # set_data_handler(): data taken synchronously as it arrives (None: buffered for read).
+        self._on_data: Callable[[bytes], bool] | None = None
 
     # -- the Stream interface --------------------------------------------------------------
 
@@ -142,15 +154,23 @@ class YamuxStream:
             if n == 0:
                 return b""
             # Inline wait (no coroutine per read): a future, or None at the end of stream. The
-            # loop goes on after a wake-up by EOF, a reset, or a spurious one.
-            while not self._size:
+            # loop goes on after a wake-up by EOF, a reset, or a spurious one. The usual
+            # first wait makes its future here; _new_read_waiter() sorts out the rest.
+            if self._read_waiter is None and self._error is None and not self._eof:
+                fut: asyncio.Future[None] | None = self._conn._loop.create_future()
+                self._read_waiter = fut
+            else:
                 fut = self._new_read_waiter()
+            while True:
                 if fut is None:
                     return b""
                 try:
                     await fut
                 finally:
                     self._read_waiter = None
+                if self._size:
+                    break
+                fut = self._new_read_waiter()
         elif n == 0:
             return b""
         if self._error is not None:
@@ -164,7 +184,11 @@ class YamuxStream:
             data = first
         else:
             data = self._take_some(n)
-        self._report_consumed(len(data))
+        total = self._unreported + len(data)
+        if total < CONSUMED_BATCH and not self._preconsumed:
+            self._unreported = total  # _report_consumed()'s usual case, inline
+        else:
+            self._report_consumed(len(data))
         return data
 
     async def readexactly(self, n: int) -> bytes:
@@ -227,6 +251,19 @@ class YamuxStream:
             parts.append(piece)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        # A small message on a writable stream with nothing queued goes out at once, framed,
+        # sealed and written in one step (Connection.send_now); this runs per request, answer
+        # and ping, so it is one test and one call.
+        if (
+            self._direct
+            and type(data) is bytes
+            and len(data) <= DIRECT_WRITE_LIMIT
+            and self._conn.send_now(self._id, data)
+        ):
+            return
+        await self._write_general(data)
+
+    async def _write_general(self, data: bytes | bytearray | memoryview) -> None:
         # The per-message paths below read the connection's fields directly (same package):
         # a property costs as much as a small function call in Python 3.11.
         conn = self._conn
@@ -236,8 +273,8 @@ class YamuxStream:
                 # wait for it so that the two messages are not interleaved.
                 await self._wait_turn()
             elif type(data) is bytes and len(data) <= WRITE_CHUNK and not conn._tcp._write_paused:
-                # Fast path (no other writer, no backpressure): the whole message usually
-                # fits the window and is queued at once, without the chunking coroutine.
+                # No other writer, no backpressure: the whole message usually fits the window
+                # and is queued at once, without the chunking coroutine.
                 sent = conn.send(self._id, data)
                 if sent == len(data):
                     return
@@ -248,11 +285,22 @@ class YamuxStream:
                 raise error
             raise StreamClosed("write after close()")
         self._writing = True
+        self._direct = False
         try:
             await self._write(data)
         finally:
             self._writing = False
+            self._update_direct()
             self._pass_turn()
+
+    def _update_direct(self) -> None:
+        """Recompute ``_direct`` after a change of the write side's state."""
+        self._direct = (
+            self._error is None
+            and self._write_error is None
+            and not self._local_closed
+            and not self._writing
+        )
 
     async def _wait_turn(self) -> None:
         if self._turn_waiters is None:
@@ -318,6 +366,7 @@ class YamuxStream:
         if self._local_closed or self._error is not None:
             return
         self._local_closed = True
+        self._direct = False
         self._conn.close_stream(self)
         # A write of another task parked on the window must not outlive the stream: woken,
         # it finds the write side closed and raises StreamClosed.
@@ -328,6 +377,38 @@ class YamuxStream:
             return
         self._fail(StreamReset("stream reset locally"))
         self._conn.reset_stream(self)
+
+    def try_write(self, data: bytes) -> bool:
+        """Send a small message now if it can go without waiting, else take nothing.
+
+        True when ``data`` (1 to DIRECT_WRITE_LIMIT bytes) was framed, sealed and written at
+        once; False when anything stands in the way (another write in progress, output
+        queued, the window or the socket full, the stream closed or reset): then nothing was
+        taken and the caller uses write(). Never raises for the stream's state; for code
+        that must not wait, such as a data handler (see set_data_handler).
+        """
+        return (
+            self._direct
+            and type(data) is bytes
+            and 0 < len(data) <= DIRECT_WRITE_LIMIT
+            and self._conn.send_now(self._id, data)
+        )
+
+    def set_data_handler(self, handler: Callable[[bytes], bool] | None) -> None:
+        """Have data that arrives while nothing is buffered go to ``handler`` at once.
+
+        ``handler(data)`` runs inside the connection's receive callback, for the payload of
+        each Data frame, in order. Returning True means it took the bytes (the window goes
+        back as for a read); returning False removes the handler and the bytes are buffered
+        for read() as usual, so a handler can hand over to a reading task at any point, and
+        data never overtakes data already buffered. It must not block or raise. EOF and
+        resets still reach a task waiting in read(), which is how such a task learns that
+        the stream ended. ``None`` removes the handler.
+
+        For a protocol that answers small messages as they come (ping's echo): no task
+        wake-up, no future, no read per message.
+        """
+        self._on_data = handler
 
     def unread(self, data: bytes) -> None:
         """Push ``data`` back in front of the buffer (bytes read past a negotiation)."""
@@ -459,11 +540,24 @@ class YamuxStream:
     # Called by the connection --------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if self._on_data is not None and self._handled(data):
+            return
         self._chunks.append(data)
         self._size += len(data)
         fut = self._read_waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def _handled(self, data: bytes) -> bool:
+        """Offer ``data`` to the data handler (set); True if it took the bytes."""
+        handler = self._on_data
+        if handler is None or self._size or self._error is not None:
+            return False
+        if not handler(data):
+            self._on_data = None
+            return False
+        self._report_consumed(len(data))
+        return True
 
     def _feed_eof(self) -> None:
         self._eof = True
@@ -482,6 +576,7 @@ class YamuxStream:
         if self._write_error is not None or self._error is not None:
             return
         self._write_error = error
+        self._direct = False
         fut = self._write_waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -495,6 +590,7 @@ class YamuxStream:
         if self._error is not None:
             return
         self._error = error
+        self._direct = False
         self._chunks.clear()
         self._size = 0
         self._pos = 0

@@ -4,6 +4,11 @@ The client may send many pings on one stream, one at a time. The server echoes e
 payload as soon as it is complete and holds at most 32 bytes per stream; a stream idle for
 ``PING_IDLE_TIMEOUT`` seconds is reset so a silent peer cannot pin it forever.
 
+On a stream that offers a data handler (``YamuxStream.set_data_handler`` and ``try_write``)
+the server echoes whole pings from the receive callback itself: no task wake-up, future or
+read per ping. Anything else (a ping cut in pieces, a full window or socket) hands over to the
+reading loop, which serves it the ordinary way and then offers the handler again.
+
 js kad-dht pings a peer before it adds it to its routing table, so this protocol must be served
 for DHT traffic from js peers to reach us.
 """
@@ -15,8 +20,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import PeerError, PeerstackError, StreamClosed, UsageError
@@ -39,6 +44,15 @@ class LatencyRecorder(Protocol):
     """The part of a peerstore ping writes RTTs to."""
 
     def record_latency(self, peer: PeerId, rtt: float) -> None: ...
+
+
+@runtime_checkable
+class InlineStream(Protocol):
+    """A stream that can hand data to a synchronous handler (``YamuxStream`` does)."""
+
+    def set_data_handler(self, handler: Callable[[bytes], bool] | None) -> None: ...
+
+    def try_write(self, data: bytes) -> bool: ...
 
 
 class IdleWatchdog:
@@ -92,13 +106,33 @@ async def _rest_of_ping(stream: Stream, buf: bytes) -> bytes:
     return buf
 
 
+def _inline_echo(stream: InlineStream, watchdog: IdleWatchdog) -> Callable[[bytes], bool]:
+    """The data handler that echoes whole pings as they arrive (see the module docstring)."""
+    try_write = stream.try_write
+    touch = watchdog.touch
+
+    def echo(data: bytes) -> bool:
+        # Whole pings only (one, or several sent back to back), and only when the answer can
+        # go at once; anything else goes to the reading loop, nothing lost or reordered.
+        if len(data) % PING_SIZE or not try_write(data):
+            return False
+        touch()
+        return True
+
+    return echo
+
+
 async def handle_ping(stream: Stream, idle_timeout: float = PING_IDLE_TIMEOUT) -> None:
     """Serve pings on ``stream`` until the client closes it."""
     try:
         async with asyncio.timeout(None) as scope:
             watchdog = IdleWatchdog(scope, idle_timeout)
+            inline = stream if isinstance(stream, InlineStream) else None
+            echo = _inline_echo(inline, watchdog) if inline is not None else None
             try:
                 while True:
+                    if inline is not None:
+                        inline.set_data_handler(echo)
                     payload = await stream.read(PING_SIZE)
                     if len(payload) != PING_SIZE:
                         if not payload:  # a clean end between pings
@@ -107,6 +141,8 @@ async def handle_ping(stream: Stream, idle_timeout: float = PING_IDLE_TIMEOUT) -
                     watchdog.touch()
                     await stream.write(payload)
             finally:
+                if inline is not None:
+                    inline.set_data_handler(None)
                 watchdog.cancel()
     except (PeerstackError, OSError, TimeoutError) as exc:
         log.debug("ping stream from %s ended: %s", stream.remote_peer, exc)
