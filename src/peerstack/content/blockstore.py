@@ -482,9 +482,19 @@ class Blockstore:
             )
             return cur.rowcount > 0
 
-    def _read_ref(self, mh: Multihash) -> bytes | None:
-        """A referenced block's bytes, re-hashed; None (and the reference dropped, if it can
-        never hold again) when they are not there any more."""
+    def read_ref_sync(self, cid: CID | Multihash) -> tuple[bytes, FileRef]:
+        """A referenced block's bytes (re-hashed) and where they were, even when a block file
+        of it exists too; ``BlockNotFound`` when there is no reference or it no longer holds
+        (then it is dropped)."""
+        mh = cid.multihash if isinstance(cid, CID) else cid
+        found = self._read_ref(mh)
+        if found is None:
+            raise BlockNotFound(str(cid))
+        return found
+
+    def _read_ref(self, mh: Multihash) -> tuple[bytes, FileRef] | None:
+        """A referenced block's bytes, re-hashed, and the reference; None (and the reference
+        dropped, if it can never hold again) when they are not there any more."""
         key = mh_key(mh)
         for _ in range(3):  # a rename between reading the row and the file: look again
             ref = self._refs_of([key]).get(key)
@@ -492,7 +502,7 @@ class Blockstore:
                 return None
             data, why, gone = _load_ref(ref, mh)
             if data is not None:
-                return data
+                return data, ref
             if not gone:
                 log.warning("block %s in %s cannot be read now: %s", key, ref.path, why)
                 return None
@@ -600,10 +610,10 @@ class Blockstore:
             pass
         except OSError as exc:
             raise BlockstoreError(f"cannot read block {cid}: {exc}") from exc
-        data = self._read_ref(cid.multihash if isinstance(cid, CID) else cid)
-        if data is None:
+        found = self._read_ref(cid.multihash if isinstance(cid, CID) else cid)
+        if found is None:
             raise BlockNotFound(str(cid))
-        return data
+        return found[0]
 
     def _children_sync(self, cid: CID) -> list[CID]:
         """The CIDs a dag-pb block links to (from the index, or parsed and indexed now)."""

@@ -37,6 +37,7 @@ exactly the placements of a consistent tree, and its length is checked against t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -323,9 +324,17 @@ class FileSink:
         for cid in cids:
             if cid.codec != RAW or not self.wants_bytes(cid):
                 continue
+            in_place: FileRef | None = None
             ref = self.store.ref_sync(cid)
             try:
-                data = self.store.read_sync(cid)  # re-hashes a referenced block
+                if ref is not None and ref.path == tmp:
+                    # the bytes in this very file are what counts, even if a block file
+                    # exists too: re-hashed there, or written again from the block file
+                    with contextlib.suppress(BlockNotFound):
+                        data, in_place = self.store.read_ref_sync(cid)
+                if in_place is None or in_place.path != tmp:
+                    in_place = None
+                    data = self.store.read_sync(cid)  # re-hashes a referenced block
             except BlockNotFound:
                 absent.append(cid)
                 continue
@@ -333,7 +342,6 @@ class FileSink:
                 with self._lock:
                     self._give_up(f"{cid} cannot be read from the store: {exc}")
                 return absent
-            in_place = ref if ref is not None and ref.path == tmp else None
             self._leaf(cid, data, in_place, record=False)
         return absent
 
