@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -97,13 +98,12 @@ GOAL_CAPPED_SPEEDUP = 3.6
 
 
 class SeedBlockstore(Blockstore):
-    """A seeder's blockstore: counts the bytes its ``get`` hands out, optionally capped.
+    """A seeder's blockstore, its ``get`` optionally capped.
 
-    The Bitswap server reads every block it sends with ``get``, so the count is what the seeder
-    uploaded (Bitswap forgets a peer's ledger when it disconnects, so the ledgers cannot tell).
     With ``rate`` > 0 (``--ps-cap emulate``), reads pass through a token bucket at ``rate``
     bytes/s (a burst of 0.1 s), which bounds what the server can send: the stand-in used before
-    Bitswap had ``upload_rate``.
+    Bitswap had ``upload_rate``. (What a seeder uploaded is Bitswap's own total,
+    ``engine.bytes_sent``, whichever way the server reads its blocks.)
     """
 
     BURST_SECONDS = 0.1
@@ -111,13 +111,11 @@ class SeedBlockstore(Blockstore):
     def __init__(self, root: Path, rate: float) -> None:
         super().__init__(root, FsyncPolicy.NEVER)
         self.rate = rate
-        self.bytes_read = 0
         self._next = 0.0  # loop time at which the bucket is full again
         self._bucket_lock = asyncio.Lock()
 
     async def get(self, cid: CID) -> bytes:
         data = await super().get(cid)
-        self.bytes_read += len(data)
         if self.rate <= 0:
             return data
         async with self._bucket_lock:
@@ -150,11 +148,22 @@ async def ps_seed(repo: Path, upload_cap: float, how: str) -> None:
             addr = host.listen_addrs()[0].encapsulate(Multiaddr(f"/p2p/{host.peer_id}"))
             answer({"addr": str(addr)})
             async for _line in stdin_lines():
-                answer({"uploaded": store.bytes_read, "peers": len(bitswap.engine.ledgers),
-                        "cpu": time.process_time()})
+                answer({"uploaded": bitswap.engine.bytes_sent,
+                        "peers": len(bitswap.engine.ledgers), "cpu": time.process_time(),
+                        **_rusage()})
     finally:
         await host.close()
         store.close()
+
+
+def _rusage() -> dict[str, int]:
+    """This process's page faults and context switches so far (all its threads).
+
+    On a shared machine CPU time swings with the load; these counts barely do, and they show
+    thread hand-offs (a context switch each way) and freshly mapped buffers (a fault per page).
+    """
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"faults": ru.ru_minflt + ru.ru_majflt, "switches": ru.ru_nvcsw + ru.ru_nivcsw}
 
 
 def sha256_file(path: Path) -> str:
@@ -184,6 +193,7 @@ async def ps_leech(
             t0 = time.perf_counter()
             cpu0 = time.process_time()
             loop_cpu0 = time.thread_time()
+            usage0 = _rusage()
             for text in peers:
                 bare, pid = Multiaddr(text).decapsulate_p2p()
                 assert pid is not None
@@ -193,6 +203,7 @@ async def ps_leech(
             t_disk = time.perf_counter()
             cpu = time.process_time() - cpu0
             loop_cpu = time.thread_time() - loop_cpu0
+            usage = {k: v - usage0[k] for k, v in _rusage().items()}
             digest = await asyncio.to_thread(sha256_file, out)
             t_verified = time.perf_counter()
     finally:
@@ -205,6 +216,7 @@ async def ps_leech(
         "blocks": result.blocks,
         "cpu": cpu,
         "cpu_loop": loop_cpu,
+        **usage,
         "seconds_connect": t_connected - t0,
         "seconds_fetched": (fetched_at[0] if fetched_at else t_disk) - t0,
         "seconds_on_disk": t_disk - t0,
@@ -333,6 +345,7 @@ class Driver:
         self.leech_dir = ws.root / "leech"
         self._seeders_started = 0
         self._seed_cpu = 0.0
+        self._seed_usage = {"faults": 0, "switches": 0}
 
     # -- preparation, once per run of the bench --
 
@@ -448,6 +461,7 @@ class Driver:
             return []
         stats = [s.request("stats", timeout=60) for s in seeders]
         self._seed_cpu = sum(float(st.get("cpu", 0.0)) for st in stats)
+        self._seed_usage = {k: sum(int(st.get(k, 0)) for st in stats) for k in self._seed_usage}
         return [int(st["uploaded"]) for st in stats]
 
     def _one_run(
@@ -458,12 +472,14 @@ class Driver:
         self.leech_dir.mkdir(parents=True)
         before = self._uploaded(impl, seeders)
         cpu_before = self._seed_cpu
+        usage_before = dict(self._seed_usage)
         done = subprocess.run(
             self.leecher_argv(impl, sc, infos, run_no), capture_output=True, text=True,
             timeout=self.args.timeout, check=False,
         )
         after = self._uploaded(impl, seeders)
         seed_cpu = self._seed_cpu - cpu_before
+        seed_usage = {k: v - usage_before[k] for k, v in self._seed_usage.items()}
         shutil.rmtree(self.leech_dir, ignore_errors=True)  # 1 GiB out, and the leecher's store
         lines = done.stdout.strip().splitlines()
         if done.returncode != 0 or not lines:
@@ -486,7 +502,11 @@ class Driver:
             loop = res.get("cpu_loop", 0.0)
             extra += (f"; CPU ms/MiB: leecher {res['cpu'] * 1000 / mibs:.2f} (event loop "
                       f"{loop * 1000 / mibs:.2f}, threads {(res['cpu'] - loop) * 1000 / mibs:.2f})"
-                      f", seeders {seed_cpu * 1000 / mibs:.2f}")
+                      f", seeders {seed_cpu * 1000 / mibs:.2f}; per MiB, page faults: leecher "
+                      f"{res.get('faults', 0) / mibs:.1f}, seeders "
+                      f"{seed_usage['faults'] / mibs:.1f}; context switches: leecher "
+                      f"{res.get('switches', 0) / mibs:.1f}, seeders "
+                      f"{seed_usage['switches'] / mibs:.1f}")
         if before and after:  # more than 1.00x: blocks sent twice (duplicates)
             extra += f"; seeders sent {(sum(after) - sum(before)) / self.ws.size:.2f}x the file"
         status(f"{impl} {sc.name} {label}: {mbps:,.1f} MB/s verified ({extra})")

@@ -140,6 +140,23 @@ def test_engine_limits_bytes_in_flight_per_peer() -> None:
     assert eng.next_batch() is not None
 
 
+def test_engine_counts_bytes_sent_past_a_disconnect() -> None:
+    size = 1000
+    blocks = cids(3, "sent")
+    eng = DecisionEngine(Sizes({c: size for c in blocks}), ServerConfig(target_message_bytes=size))
+    p = peer()
+    eng.receive(p, Message([WantEntry(c) for c in blocks]))
+    first, second = eng.next_batch(), eng.next_batch()
+    assert first is not None
+    assert second is not None
+    eng.batch_done(first, size)
+    assert eng.bytes_sent == eng.ledgers[p].bytes_sent == size
+    eng.peer_disconnected(p)  # its ledger goes; the total stays, and a late batch counts
+    eng.batch_done(second, size)
+    assert p not in eng.ledgers
+    assert eng.bytes_sent == 2 * size
+
+
 def test_engine_wantlist_cap_and_flood() -> None:
     eng = DecisionEngine(Sizes({}), ServerConfig(max_wantlist=10, flood_limit=20))
     p = peer()

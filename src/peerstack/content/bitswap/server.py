@@ -128,6 +128,9 @@ class DecisionEngine:
         self._tasks: dict[PeerId, _Queue] = {}
         self._ready: deque[PeerId] = deque()  # round-robin order of peers with tasks
         self.tasks_examined = 0  # tasks taken off a peer's queue: the cost of serving
+        # Block bytes written to all peers so far. A ledger goes with its peer's connection;
+        # this total stays, so an upload can be counted across disconnects.
+        self.bytes_sent = 0
 
     def ledger(self, peer: PeerId) -> Ledger:
         led = self.ledgers.get(peer)
@@ -276,6 +279,7 @@ class DecisionEngine:
 
     def batch_done(self, batch: Batch, sent_bytes: int) -> None:
         """The service wrote (or gave up on) ``batch``; ``sent_bytes`` of blocks went out."""
+        self.bytes_sent += sent_bytes
         led = self.ledgers.get(batch.peer)
         if led is None:
             return
