@@ -206,3 +206,23 @@ async def test_copying_references_makes_block_files(store: Blockstore, tmp_path:
     path.unlink()
     assert await store.get(cid) == data
     assert store.stat_sync().blocks == 1
+
+
+async def test_many_references_walk_in_batches(store: Blockstore, tmp_path: Path) -> None:
+    """More references than one batch of the walks (iter_keys, stat, verify, gc)."""
+    count = 1234
+    blocks = [i.to_bytes(8, "big") for i in range(count)]
+    path = tmp_path / "many.bin"
+    path.write_bytes(b"".join(blocks))
+    cids = [CID.hash_of(b, RAW) for b in blocks]
+    for i, cid in enumerate(cids):
+        store.put_ref_sync(cid, path, 8 * i, 8)
+    assert sorted(store.iter_keys()) == sorted(cid_key(store, c) for c in cids)
+    assert store.stat_sync().referenced_blocks == count
+    assert (await store.verify()).checked_refs == count
+    for cid in cids[:3]:
+        await store.pin(cid, PinKind.DIRECT)
+    result = await store.gc()
+    assert (result.refs_dropped, result.refs_kept) == (count - 3, 3)
+    assert store.refs_in_sync(path) == 3
+    assert path.stat().st_size == 8 * count

@@ -926,16 +926,23 @@ class Blockstore:
         for key, _ref in self._iter_refs():
             if key in live:
                 refs_kept += 1
-            else:
-                dead_refs.append(key)
-        for i in range(0, len(dead_refs), _REF_BATCH):  # the files stay: they are the user's
-            part = dead_refs[i : i + _REF_BATCH]
-            with self._lock:
-                db = self._conn()
-                with _transaction(db, "dropping file references"):
-                    cur = db.executemany("DELETE FROM filestore WHERE mh=?", [(k,) for k in part])
-                    refs_dropped += cur.rowcount
+                continue
+            dead_refs.append(key)
+            if len(dead_refs) >= _REF_BATCH:
+                refs_dropped += self._drop_refs(dead_refs)
+                dead_refs = []
+        refs_dropped += self._drop_refs(dead_refs)  # the files stay: they are the user's
         return GCResult(removed, freed, kept, refs_dropped, refs_kept)
+
+    def _drop_refs(self, keys: list[str]) -> int:
+        """Drop the references of ``keys`` (one transaction); how many there were."""
+        if not keys:
+            return 0
+        with self._lock:
+            db = self._conn()
+            with _transaction(db, "dropping file references"):
+                cur = db.executemany("DELETE FROM filestore WHERE mh=?", [(k,) for k in keys])
+                return cur.rowcount
 
     async def gc(self) -> GCResult:
         """Delete every block not reachable from a pin or a transfer in progress (block files
