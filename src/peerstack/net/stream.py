@@ -540,24 +540,18 @@ class YamuxStream:
     # Called by the connection --------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        if self._on_data is not None and self._handled(data):
-            return
+        handler = self._on_data
+        if handler is not None and not self._size and self._error is None:
+            # set_data_handler(): offered first while nothing is buffered.
+            if handler(data):
+                self._report_consumed(len(data))
+                return
+            self._on_data = None
         self._chunks.append(data)
         self._size += len(data)
         fut = self._read_waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
-
-    def _handled(self, data: bytes) -> bool:
-        """Offer ``data`` to the data handler (set); True if it took the bytes."""
-        handler = self._on_data
-        if handler is None or self._size or self._error is not None:
-            return False
-        if not handler(data):
-            self._on_data = None
-            return False
-        self._report_consumed(len(data))
-        return True
 
     def _feed_eof(self) -> None:
         self._eof = True
