@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
@@ -309,6 +310,23 @@ def _settle(
         fut.exception()
 
 
+_Outcome = asyncio.Future[IdentifyInfo]
+
+
+_second = operator.itemgetter(1)
+
+
+async def _close_stream(stream: Stream) -> None:
+    """Half-close an identify stream whose answer we have; a stream already gone is fine."""
+    try:
+        await stream.close()
+    except PeerstackError:
+        pass  # reset or closed by the peer or the connection: nothing left to close
+    except BaseException:
+        stream.reset()
+        raise
+
+
 def _strip_p2p(addr: Multiaddr) -> Multiaddr:
     return addr.decapsulate_p2p()[0]
 
@@ -332,7 +350,9 @@ class ObservedAddrs:
         peers = self._seen.get(addr)
         if peers is None:
             if len(self._seen) >= self._max:
-                weakest = min(self._counts, key=self._counts.__getitem__)
+                # Over (address, count) pairs: no Multiaddr hash per entry (the table is
+                # full on every dial, each dial seen from a new port).
+                weakest = min(self._counts.items(), key=_second)[0]
                 del self._seen[weakest]
                 del self._counts[weakest]
             peers = self._seen[addr] = set()
@@ -381,6 +401,11 @@ class IdentifyService:
         # peer disconnects), and callers waiting for a peer that has not connected yet.
         self._pending: dict[PeerId, asyncio.Future[IdentifyInfo]] = {}
         self._waiters: dict[PeerId, asyncio.Future[IdentifyInfo]] = {}
+        # The wait_identified() callers of each of those futures, each on a future of its own
+        # that is settled together with the shared one (see _resolve): a cancelled caller
+        # cancels only its own, and the caller wakes in the next loop turn, not two turns
+        # later as behind asyncio.shield (whose inner callback is a turn of its own).
+        self._callers: dict[_Outcome, list[_Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._push_task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -415,8 +440,20 @@ class IdentifyService:
                 await task
         for fut in [*self._pending.values(), *self._waiters.values()]:
             fut.cancel()
+        for callers in self._callers.values():
+            for caller in callers:
+                caller.cancel()
         self._pending.clear()
         self._waiters.clear()
+        self._callers.clear()
+
+    def _resolve(
+        self, fut: _Outcome, info: IdentifyInfo | None, error: BaseException | None
+    ) -> None:
+        """Settle ``fut`` and the futures of the callers waiting on it."""
+        _settle(fut, info, error)
+        for caller in self._callers.pop(fut, ()):
+            _settle(caller, info, error)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -433,7 +470,7 @@ class IdentifyService:
                     # Built only when someone may wait for it (a PeerId's text costs a base58
                     # encode, and most disconnects find identify long finished).
                     gone = PeerstackError(f"{event.peer} disconnected before identify finished")
-                    _settle(fut, None, gone)
+                    self._resolve(fut, None, gone)
 
     def _start_identify(self, peer: PeerId, *, inbound: bool = False) -> None:
         old = self._pending.get(peer)
@@ -502,24 +539,38 @@ class IdentifyService:
         Gives up after the service's identify timeout; raises the error identify ended with.
         """
         fut = self._pending.get(peer)
-        if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
-            return self._infos.get(peer) or fut.result()  # pushes may have updated it since
+        if fut is not None and fut.done():
+            if not fut.cancelled() and fut.exception() is None:
+                return self._infos.get(peer) or fut.result()  # pushes may have updated it
+            return fut.result()  # raises what the run ended with
+        loop = asyncio.get_running_loop()
         if fut is None:
             known = self._infos.get(peer)
             if known is not None:
                 return known
             fut = self._waiters.get(peer)
             if fut is None:
-                fut = self._waiters[peer] = asyncio.get_running_loop().create_future()
+                fut = self._waiters[peer] = loop.create_future()
+        mine: _Outcome = loop.create_future()
+        self._callers.setdefault(fut, []).append(mine)
         try:
             async with asyncio.timeout(self._timeout):
-                return await asyncio.shield(fut)
-        except TimeoutError:
-            # Forget a waiter for a peer that never showed up, so they cannot pile up.
-            if self._waiters.get(peer) is fut and not fut.done():
+                return await mine
+        finally:
+            if not mine.done():
+                mine.cancel()
+            others = self._callers.get(fut)
+            if others is not None:
+                if mine in others:
+                    others.remove(mine)
+                if not others:
+                    del self._callers[fut]
+                    others = None
+            if others is None and self._waiters.get(peer) is fut and not fut.done():
+                # Nobody waits any more for a peer that has not shown up (timed out or
+                # cancelled): forget the waiter, so that they cannot pile up.
                 del self._waiters[peer]
                 fut.cancel()
-            raise
 
     # -- outbound identify --------------------------------------------------------------------
 
@@ -529,6 +580,14 @@ class IdentifyService:
         Raises a ``PeerError`` subclass when the peer's answer breaks the rules; the connection
         stays open, only the stream is reset.
         """
+        info, stream = await self._ask(peer)
+        await _close_stream(stream)
+        return info
+
+    async def _ask(self, peer: PeerId) -> tuple[IdentifyInfo, Stream]:
+        """identify() up to the stored result; the caller closes the stream (after telling
+        whoever waits for the result: closing sends a FIN, and that write need not come
+        first)."""
         stream = await self._host.new_stream(peer, [IDENTIFY])
         try:
             async with asyncio.timeout(self._timeout):
@@ -540,16 +599,15 @@ class IdentifyService:
         except BaseException:
             stream.reset()
             raise
-        with contextlib.suppress(PeerstackError):
-            await stream.close()
         self._apply(info, push=False)
-        return info
+        return info, stream
 
     async def _identify_quietly(self, peer: PeerId, fut: asyncio.Future[IdentifyInfo]) -> None:
         info: IdentifyInfo | None = None
         error: BaseException | None = None
+        stream: Stream | None = None
         try:
-            info = await self.identify(peer)
+            info, stream = await self._ask(peer)
         except NegotiationError as exc:
             log.debug("%s does not speak identify", peer)
             error = exc
@@ -566,10 +624,12 @@ class IdentifyService:
             # Only while this connection's run is still the current one: after a disconnect
             # nobody should act on the peer (a fallback would dial it again).
             self._emit(IdentifyFailed(peer, error))
-        _settle(fut, info, error)
+        self._resolve(fut, info, error)
         waiter = self._waiters.pop(peer, None)
         if waiter is not None:
-            _settle(waiter, info, error)
+            self._resolve(waiter, info, error)
+        if stream is not None:
+            await _close_stream(stream)
 
     def _record_error(self, peer: PeerId, exc: PeerError) -> None:
         self._errors[peer] = exc
@@ -604,7 +664,7 @@ class IdentifyService:
 
         waiter = self._waiters.pop(peer, None)
         if waiter is not None:
-            _settle(waiter, info, None)
+            self._resolve(waiter, info, None)
         if self._listeners:
             self._emit(
                 PeerIdentified(peer, info.protocols, info.listen_addrs, info.agent_version, push)
