@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -107,6 +108,39 @@ def test_event_loop_policy() -> None:
         assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
     finally:
         loop.close()
+
+
+async def _nodelay_on_both_ends() -> tuple[int, int]:
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
+    try:
+        client = await tcp.dial(listener.multiaddrs[0])
+        server = await accepted.get()
+        flags = []
+        for conn in (client, server):
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            flags.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            conn.close()
+        return flags[0], flags[1]
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["production", "asyncio"])
+def test_connections_have_nodelay_from_the_event_loop(loop_kind: str) -> None:
+    """TcpConnection does not set TCP_NODELAY itself: both loops set it on every TCP
+    transport (small handshake and request segments must not wait for Nagle)."""
+    if loop_kind == "asyncio":
+        loop = asyncio.DefaultEventLoopPolicy().new_event_loop()
+    else:
+        loop = tcp.best_event_loop_policy().new_event_loop()
+    try:
+        client_flag, server_flag = loop.run_until_complete(_nodelay_on_both_ends())
+    finally:
+        loop.close()
+    assert client_flag
+    assert server_flag
 
 
 async def test_handshake_mode_reads_and_attach() -> None:

@@ -219,10 +219,9 @@ class TcpConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they implement it.
         self.transport = cast(asyncio.Transport, transport)
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY here: uvloop and asyncio set it on every TCP transport they make, and
+        # doing it again cost a socket wrapper and a syscall (~7 us) per connection and side,
+        # on the dial's critical path (tests/net/test_net_tcp.py checks it is on).
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = self.transport.get_extra_info("peername")
         self._peername = peer if isinstance(peer, tuple) else None
