@@ -266,7 +266,10 @@ class Blockstore:
         second copy of every byte costs more CPU than the copy into a reused aligned buffer
         (on the 2-core bench VM: 2.6 ms of kernel time per MiB against 0.14). But each such
         write waits for the disk, and reads of such blocks come from it: in the 1 GiB share
-        bench the saved CPU did not turn into a faster transfer, so it is off by default."""
+        bench the saved CPU did not turn into a faster transfer, so it is off by default.
+        Since a get's leaves are referenced in its output rather than copied (``put_ref_sync``)
+        it only concerns the blocks still written as files: a get's dag-pb nodes, what a fetch
+        without an output file stores, and everything with ``get_keeps_copies``."""
         self.root = Path(root)
         self.fsync = fsync
         self.max_block_size = max_block_size
