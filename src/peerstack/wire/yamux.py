@@ -932,8 +932,23 @@ class YamuxSession:
         returns 0 having consumed nothing.
         """
         n = len(data)
-        if self._rx_left or n <= HEADER_SIZE or self._hdr or self._halted:
-            return self._receive_fast_rest(data, n, now)
+        left = self._rx_left
+        if left:
+            # The middle of a large Data frame (bulk: one call per Noise frame).
+            st = self._rx_stream
+            if n > left or not n or st is None or (n == left and self._rx_fin):
+                return 0
+            if self._failed is not None:
+                return 0
+            self._now = self._last_recv = now
+            st.buffered += n
+            left -= n
+            self._rx_left = left
+            if not left:
+                self._rx_stream = None
+            return -st.sid
+        if n <= HEADER_SIZE or self._hdr or self._halted:
+            return 0
         # One whole flagless Data frame (checked cheapest first: this runs per message).
         head: int
         sid: int
@@ -950,22 +965,6 @@ class YamuxSession:
         st.credit -= length
         st.buffered += length
         return sid
-
-    def _receive_fast_rest(self, data: bytes, n: int, now: float) -> int:
-        """receive_fast() for the middle of a Data payload in flight; 0 for anything else."""
-        left = self._rx_left
-        if not left or not n or self._failed is not None:
-            return 0
-        st = self._rx_stream
-        if n > left or st is None or (n == left and self._rx_fin):
-            return 0
-        self._now = self._last_recv = now
-        st.buffered += n
-        left -= n
-        self._rx_left = left
-        if not left:
-            self._rx_stream = None
-        return -st.sid
 
     def _payload(
         self,
