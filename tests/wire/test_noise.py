@@ -293,6 +293,7 @@ def test_verified_signatures_are_remembered_per_static_key() -> None:
     ka, kb = PrivateKey.generate(), PrivateKey.generate()
     creds_a, creds_b = NoiseCredentials(ka), NoiseCredentials(kb)
     seen_a, seen_b = VerifiedSignatures(), VerifiedSignatures()
+    peers_seen: set[int] = set()
     for _ in range(3):  # the same static keys each time: one entry per side
         init = NoiseHandshake(ka, initiator=True, credentials=creds_a, verified=seen_a)
         resp = NoiseHandshake(kb, initiator=False, credentials=creds_b, verified=seen_b)
@@ -302,10 +303,21 @@ def test_verified_signatures_are_remembered_per_static_key() -> None:
         assert init.remote_peer == PeerId.from_public_key(kb.public_key)
         assert resp.remote_peer == PeerId.from_public_key(ka.public_key)
         assert len(seen_a) == len(seen_b) == 1
+        peers_seen.add(id(resp.remote_peer))
+    assert len(peers_seen) == 1  # one PeerId object for the returning peer
     # New static keys (a restarted peer) are verified and remembered too.
     init, resp = _cached_pair(ka, kb, seen_a, seen_b)
     shuttle(init, resp)
     assert len(seen_a) == len(seen_b) == 2
+
+
+def test_the_expected_peer_id_object_is_the_one_handed_back() -> None:
+    ka, kb = PrivateKey.generate(), PrivateKey.generate()
+    expected = PeerId.from_public_key(kb.public_key)
+    for seen in (None, VerifiedSignatures()):
+        init = NoiseHandshake(ka, initiator=True, remote_peer=expected, verified=seen)
+        shuttle(init, NoiseHandshake(kb, initiator=False))
+        assert init.remote_peer is expected
 
 
 def test_a_remembered_signature_does_not_cover_another_static_key() -> None:
@@ -339,13 +351,17 @@ def test_verified_signatures_are_bounded() -> None:
     statics = [X25519PrivateKey.generate().public_key().public_bytes_raw() for _ in range(3)]
     sigs = [key.sign(SIGNATURE_PREFIX + s) for s in statics]
     raw_key = key.public_key.to_protobuf()
+    peer = PeerId.from_public_key(key.public_key)
     for static, sig in zip(statics, sigs, strict=True):
-        assert seen.verify(key.public_key, raw_key, static, sig)
+        assert seen.verify(key.public_key, raw_key, static, sig) == peer
     assert len(seen) == 2
     assert seen._entry(raw_key, statics[0], sigs[0]) not in seen._seen  # the oldest went
-    assert not seen.verify(key.public_key, raw_key, statics[0], sigs[1])
+    assert seen.verify(key.public_key, raw_key, statics[0], sigs[1]) is None
+    # A remembered triple hands out the same PeerId object (its text is made once).
+    first = seen.verify(key.public_key, raw_key, statics[2], sigs[2])
+    assert first is seen.verify(key.public_key, raw_key, statics[2], sigs[2])
     off = VerifiedSignatures(max_entries=0)
-    assert off.verify(key.public_key, raw_key, statics[0], sigs[0])
+    assert off.verify(key.public_key, raw_key, statics[0], sigs[0]) == peer
     assert len(off) == 0
     with pytest.raises(UsageError):
         seen.verify(key.public_key, raw_key, statics[0][:31], sigs[0])

@@ -435,8 +435,12 @@ class VerifiedSignatures:
     deterministic, so the memo of a triple that verified gives the same answer as verifying it
     again (~120 us on each side of a dial): nothing is accepted that a fresh check would
     refuse. Only successes are kept. Possession of the static key is still proved in every
-    handshake by the DH it takes part in (``es``/``se``), and the PeerId is still derived
-    from the key and checked against the one expected.
+    handshake by the DH it takes part in (``es``/``se``), and the PeerId is still checked
+    against the one expected.
+
+    The PeerId derived from the key is kept with the triple and handed out again: every
+    connection from that peer then carries the same PeerId object, whose text (a base58
+    encode, ~40 us, wanted in log and error messages) is made once, not per connection.
     """
 
     __slots__ = ("_max", "_seen")
@@ -445,7 +449,7 @@ class VerifiedSignatures:
         if max_entries < 0:
             raise UsageError("max_entries must be >= 0")
         self._max = max_entries
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen: OrderedDict[bytes, PeerId] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -460,22 +464,24 @@ class VerifiedSignatures:
 
     def verify(
         self, key: PublicKey, identity_key: bytes, static_key: bytes, signature: bytes
-    ) -> bool:
-        """Whether ``signature`` by ``key`` (whose protobuf form is ``identity_key``) covers
-        ``static_key``: remembered if it verified before, else checked (and remembered when
-        valid)."""
+    ) -> PeerId | None:
+        """The PeerId of ``key`` (whose protobuf form is ``identity_key``) if ``signature``
+        by it covers ``static_key``, else None: remembered if it verified before, else checked
+        (and remembered when valid)."""
         entry = self._entry(identity_key, static_key, signature)
         seen = self._seen
-        if entry in seen:
+        peer = seen.get(entry)
+        if peer is not None:
             seen.move_to_end(entry)
-            return True
+            return peer
         if not key.verify(signature, SIGNATURE_PREFIX + static_key):
-            return False
+            return None
+        peer = PeerId.from_public_key(key)
         if self._max:
-            seen[entry] = None
+            seen[entry] = peer
             if len(seen) > self._max:
                 seen.popitem(last=False)
-        return True
+        return peer
 
 
 class EphemeralKeys:
@@ -632,15 +638,20 @@ class NoiseHandshake:
         remote_static = self._hs.remote_static
         assert remote_static is not None
         verified = self._verified
+        peer: PeerId | None
         if verified is not None:
-            valid = verified.verify(key, payload.identity_key, remote_static, payload.identity_sig)
+            peer = verified.verify(key, payload.identity_key, remote_static, payload.identity_sig)
+        elif key.verify(payload.identity_sig, SIGNATURE_PREFIX + remote_static):
+            peer = PeerId.from_public_key(key)
         else:
-            valid = key.verify(payload.identity_sig, SIGNATURE_PREFIX + remote_static)
-        if not valid:
+            peer = None
+        if peer is None:
             raise HandshakeError("invalid signature of the noise static key")
-        peer = PeerId.from_public_key(key)
-        if self._expected is not None and peer != self._expected:
-            raise PeerIdMismatch(f"expected peer {self._expected}, met {peer}")
+        expected = self._expected
+        if expected is not None:
+            if peer != expected:
+                raise PeerIdMismatch(f"expected peer {expected}, met {peer}")
+            peer = expected  # the caller's own object (equal; its text may be made already)
         self._remote_key = key
         self._remote_peer = peer
         self._remote_muxers = payload.muxers
