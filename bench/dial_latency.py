@@ -29,7 +29,7 @@ checked. On a VM where waking a process on the other vCPU is slow (an IPI to a h
 each segment of the handshake costs that wake-up unpinned; pinned, it does not, but the two
 ends' work no longer overlaps. Run both to see which way it goes.
 
-    python bench/dial_latency.py [--n 200] [--no-interop] [--same-cpu [CPU]]
+    python bench/dial_latency.py [--n 200] [--no-interop] [--same-cpu [CPU]] [--gap-ms MS]
 """
 
 from __future__ import annotations
@@ -168,8 +168,15 @@ async def serve_tcp() -> None:
 # -- measurements (milliseconds) -----------------------------------------------------------------
 
 
-async def peerstack_dials(addr: str, n: int, cpu: CpuMeter) -> tuple[list[float], list[float]]:
-    """(dial ms, dial + identify ms) for ``n`` fresh connections; ``cpu`` spans the measured."""
+async def peerstack_dials(
+    addr: str, n: int, cpu: CpuMeter, gap: float = 0.0
+) -> tuple[list[float], list[float]]:
+    """(dial ms, dial + identify ms) for ``n`` fresh connections; ``cpu`` spans the measured.
+
+    ``gap`` seconds of idling after each close (not timed): 0 dials back to back, while the
+    listener may still be tidying up the previous connection; with a gap each dial starts on
+    an idle pair of processes (and idle vCPUs), as an occasional dial does.
+    """
     dial_ms: list[float] = []
     ident_ms: list[float] = []
     host = BasicHost(PrivateKey.generate(), limits=bench_limits())
@@ -188,6 +195,8 @@ async def peerstack_dials(addr: str, n: int, cpu: CpuMeter) -> tuple[list[float]
             if i >= WARMUP:
                 dial_ms.append((t1 - t0) * 1000)
                 ident_ms.append((t2 - t0) * 1000)
+            if gap:
+                await asyncio.sleep(gap)
         cpu.stop()
         await service.close()
     return dial_ms, ident_ms
@@ -346,6 +355,12 @@ def main() -> None:
         metavar="CPU",
         help="pin every process of the run to one CPU (default: the first allowed one)",
     )
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="idle this long after each peerstack dial's close (default 0: back to back)",
+    )
     parser.add_argument("--serve", choices=["peerstack", "tcp"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "peerstack":
@@ -371,7 +386,7 @@ def main() -> None:
     with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
         placement.check(server.proc.pid)
         cpu = CpuMeter(server.proc.pid)
-        dial_ms, ident_ms = run(peerstack_dials(server.ready, n, cpu))
+        dial_ms, ident_ms = run(peerstack_dials(server.ready, n, cpu, args.gap_ms / 1000))
         status(f"peerstack dial + identify, a new dialler host each time x{n}")
         first_ms = run(first_contact_dials(server.ready, n))
     rows.append(stats_row("peerstack dial (TCP+Noise+Yamux)", dial_ms))
@@ -419,7 +434,9 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     print_table(
         f"dial latency, fresh connections, listener in a second process, {loop_name()} (ms); "
-        f"{placement.describe()}; load {load_before:.2f} -> {load_after:.2f}",
+        f"{placement.describe()}; "
+        + (f"{args.gap_ms:g} ms idle between dials; " if args.gap_ms else "")
+        + f"load {load_before:.2f} -> {load_after:.2f}",
         ["what", "n", "p50", "p90", "p99", "min", "note"],
         rows,
     )
