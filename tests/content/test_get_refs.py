@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from peerstack.content import dagpb
 from peerstack.content.bitswap.service import Bitswap, BitswapConfig, BlocksUnavailable
 from peerstack.content.blockstore import BlockNotFound, Blockstore, FsyncPolicy
 from peerstack.content.dagpb import MalformedDagPb
-from peerstack.content.filesink import partial_path
+from peerstack.content.filesink import FileSink, partial_path
 from peerstack.content.importer import ImportProfile, import_bytes
 from peerstack.content.unixfs import DataType, UnixFSData
 from peerstack.core.cid import CID, DAG_PB, RAW
@@ -293,3 +294,33 @@ async def test_node_get_honours_get_keeps_copies(tmp_path: Path, keep_copies: bo
             assert (stat["blocks"], stat["referenced_blocks"]) == (1, 4)
             assert stat["referenced_size"] == len(data)
         assert (await getter.repo_verify()).ok
+
+
+async def test_a_duplicate_leaf_is_not_stored_as_a_block_file(tmp_path: Path) -> None:
+    """A leaf that comes twice (a duplicate from the network, verified before the first copy
+    was delivered) is held by the first copy's reference: the sink says so, no copy."""
+    with (
+        Blockstore(tmp_path / "src", FsyncPolicy.NEVER) as src,
+        Blockstore(tmp_path / "dst", FsyncPolicy.NEVER) as dst,
+    ):
+        data = pattern(3000)
+        root = (await import_bytes(src, data, SMALL)).cid
+        leaves = await _leaves(src, root)
+        sink = FileSink.open(tmp_path / "out.bin", dst, root)
+        sink.node(root, dagpb.decode(src.read_sync(root)))
+        first = src.read_sync(leaves[0])
+        assert sink.leaf(leaves[0], first)
+        assert sink.leaf(leaves[0], first)  # again: held already
+        assert not sink.leaf(CID.hash_of(b"not in this file"), b"not in this file")
+        # two copies at once, on two threads: one writes, the other waits for its outcome
+        second = src.read_sync(leaves[1])
+        with ThreadPoolExecutor(2) as pool:
+            both = list(pool.map(lambda _: sink.leaf(leaves[1], second), range(2)))
+        assert both == [True, True]
+        assert not dst.path_for(leaves[1]).exists()
+        for leaf in leaves[2:]:
+            assert sink.leaf(leaf, src.read_sync(leaf))
+        assert sink.finish()
+        assert not sink.leaf(leaves[0], first)  # finished: the caller stores what it got
+        assert dst.stat_sync().referenced_blocks == len(leaves)
+        assert (tmp_path / "out.bin").read_bytes() == data

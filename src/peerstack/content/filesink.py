@@ -124,6 +124,8 @@ class FileSink:
         self._places: dict[CID, list[_Place]] = {root: [_Place(0, None, 0)]}
         self._pending = 1
         self._done: set[CID] = set()  # blocks whose places were all served when they came
+        self._held: set[CID] = set()  # leaves this sink referenced in its file
+        self._writing: set[CID] = set()  # leaves being written at their places now
         self.total: int | None = None  # the file's size, from the root
         self.written = 0  # bytes written at their places
         self.abandoned = ""  # why the sink gave up ("" while it has not)
@@ -180,9 +182,10 @@ class FileSink:
             return
         self._places.setdefault(cid, []).append(place)
 
-    def _claim(self, cid: CID) -> list[_Place] | None:
+    def _claim(self, cid: CID, *, leaf: bool = False) -> list[_Place] | None:
         """The places of ``cid``, now served, with the caller counted as busy (it must call
-        ``_release``); None when there is nothing to write (closed, abandoned, or no places)."""
+        ``_release``); None when there is nothing to write (closed, abandoned, or no places).
+        A ``leaf`` is also marked as being written until ``_release(cid)``."""
         with self._lock:
             if self._closed or self.abandoned or cid not in self._places:
                 return None
@@ -190,6 +193,8 @@ class FileSink:
             self._pending -= len(places)
             if places:
                 self._done.add(cid)
+            if leaf:
+                self._writing.add(cid)
             self._busy += 1
         return places
 
@@ -211,9 +216,15 @@ class FileSink:
     def _leaf(self, cid: CID, data: Buffer, in_place: FileRef | None, *, record: bool) -> bool:
         """``leaf``. ``in_place``: the block's reference when it is in this (reused) file: a
         place at its offset is counted, not written again. ``record``: reference the block."""
-        places = self._claim(cid)
+        places = self._claim(cid, leaf=True)
         if places is None:
-            return False
+            # A second copy of a leaf (a duplicate from the network, verified on a worker
+            # thread before the first was delivered): held if the first copy's reference is
+            # (waiting for that copy's outcome if it is being written), else the caller stores.
+            with self._lock:
+                while cid in self._writing:
+                    self._idle.wait()
+                return record and cid in self._held and not self._closed
         try:
             for place in places:
                 if place.size is not None and place.size != len(data):
@@ -237,9 +248,11 @@ class FileSink:
             # that are not there yet (a reader would drop it as damaged). One reference is
             # enough for a leaf that occurs more than once in the file.
             self.store.put_ref_sync(cid, self.tmp, places[0].offset, len(data))
+            with self._lock:
+                self._held.add(cid)
             return True
         finally:
-            self._release()
+            self._release(cid)
 
     def node(self, cid: CID, node: dagpb.PBNode) -> None:
         """A verified, decoded dag-pb node: write its inline bytes and place its children."""
@@ -360,10 +373,13 @@ class FileSink:
             self.written += len(data)
         return True
 
-    def _release(self) -> None:
+    def _release(self, leaf: CID | None = None) -> None:
         with self._lock:
             self._busy -= 1
-            if not self._busy:
+            if leaf is not None:
+                self._writing.discard(leaf)
+                self._idle.notify_all()  # a duplicate of it may wait for its outcome
+            elif not self._busy:
                 self._idle.notify_all()
 
     def _close(self) -> None:
