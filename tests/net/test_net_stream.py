@@ -12,7 +12,7 @@ from peerstack.errors import StreamClosed, StreamReset, UsageError
 from peerstack.host.host import BasicHost
 from peerstack.host.interface import Stream
 from peerstack.net.stream import DIRECT_WRITE_LIMIT, YamuxStream
-from peerstack.protocols import ping
+from peerstack.protocols import perf, ping
 
 # The make_host fixture (conftest.py): start a host on 127.0.0.1, closed at teardown.
 MakeHost = Callable[..., Awaitable[BasicHost]]
@@ -369,3 +369,28 @@ async def test_ping_server_echoes_inline_and_through_its_reading_loop(make_host:
     assert len(await ping.ping_stream(stream, 50)) == 50
     await stream.close()
     assert await asyncio.wait_for(stream.read(), 10) == b""
+
+
+async def test_perf_over_real_streams_drops_through_the_data_handler(make_host: MakeHost) -> None:
+    """perf on real streams, where both the server's upload and the client's download go
+    through the data handler: exact sizes both ways (more than a window each), and a server
+    that answers more than asked is still caught."""
+    a = await make_host()
+    b = await make_host()
+    perf.register(b)
+    peer = await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}")
+    for upload, download in ((0, 5), (3 << 20, 1), (700_000, 2 << 20)):
+        result = await perf.perf(a, peer, upload, download)
+        assert (result.upload_bytes, result.download_bytes) == (upload, download)
+
+    async def generous(stream: Stream) -> None:
+        wanted = int.from_bytes(await stream.readexactly(8), "big")
+        while await stream.read():
+            pass
+        await stream.write(bytes(wanted + 10))
+        await stream.close()
+
+    b.set_stream_handler("/generous", generous)
+    stream = await a.new_stream(peer, ["/generous"])
+    with pytest.raises(perf.PerfShortRead):
+        await perf.perf_stream(stream, 1000, 300_000)

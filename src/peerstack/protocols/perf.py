@@ -4,7 +4,10 @@ The client sends a big-endian u64 N (how many bytes it wants back), uploads its 
 its write side; the server reads everything up to the end, then sends N bytes and closes.
 
 Both sides move data in 1 MiB writes from one preallocated zero buffer, so the cost per byte is
-the transport's, not ours. The server never holds more than one read's worth of data.
+the transport's, not ours. The bytes each side only counts (the server's upload, the client's
+download) are dropped as they arrive, through the stream's data handler where it has one (no
+read and no task wake-up per frame), else by reading; neither side holds more than one read's
+worth of data.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import LimitExceeded, PeerError, PeerstackError, UsageError
 from peerstack.host.interface import Host, Stream
-from peerstack.protocols.ping import IdleWatchdog
+from peerstack.protocols.ping import IdleWatchdog, InlineStream
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,51 @@ async def _send_zeros(stream: Stream, n: int) -> None:
         n -= step
 
 
+class _Sink:
+    """Counts and drops what a stream delivers: as its data handler where the stream has one,
+    and through read() for the rest (what arrived before, or what the handler declined)."""
+
+    __slots__ = ("first", "limit", "on_data", "received")
+
+    def __init__(self, on_data: Callable[[], None], limit: int) -> None:
+        self.received = 0
+        self.limit = limit  # more than this is declined, so that the reader sees it
+        self.first: float | None = None  # when the first byte arrived
+        self.on_data = on_data
+
+    def __call__(self, data: bytes) -> bool:
+        received = self.received + len(data)
+        if received > self.limit:
+            return False
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.received = received
+        self.on_data()
+        return True
+
+    async def drain(self, stream: Stream) -> int:
+        """Everything up to the end of the stream (past ``limit``: stops there); the count."""
+        inline = stream if isinstance(stream, InlineStream) else None
+        if inline is not None:
+            inline.set_data_handler(self)
+        try:
+            while chunk := await stream.read(CHUNK):
+                if self.first is None:
+                    self.first = time.perf_counter()
+                self.received += len(chunk)
+                self.on_data()
+                if self.received > self.limit:
+                    break
+        finally:
+            if inline is not None:
+                inline.set_data_handler(None)
+        return self.received
+
+
+def _nothing() -> None:
+    pass
+
+
 async def handle_perf(
     stream: Stream, max_serve: int = DEFAULT_MAX_SERVE, idle_timeout: float = IDLE_TIMEOUT
 ) -> None:
@@ -84,8 +132,7 @@ async def handle_perf(
         async with asyncio.timeout(None) as scope:
             watchdog = IdleWatchdog(scope, idle_timeout)
             try:
-                while await stream.read(CHUNK):
-                    watchdog.touch()
+                await _Sink(watchdog.touch, MAX_U64).drain(stream)
             finally:
                 watchdog.cancel()
         await _send_zeros(stream, wanted)
@@ -103,22 +150,14 @@ async def perf_stream(stream: Stream, upload: int, download: int) -> PerfResult:
     await stream.write(struct.pack(">Q", download))
     await _send_zeros(stream, upload)
     await stream.close()
-    received = 0
-    first: float | None = None
-    while True:
-        chunk = await stream.read(CHUNK)
-        if not chunk:
-            break
-        if first is None:
-            first = time.perf_counter()
-        received += len(chunk)
-        if received > download:
-            raise PerfShortRead(f"peer sent more than the {download} bytes asked for")
+    sink = _Sink(_nothing, download)
+    received = await sink.drain(stream)
+    if received > download:
+        raise PerfShortRead(f"peer sent more than the {download} bytes asked for")
     end = time.perf_counter()
     if received != download:
         raise PerfShortRead(f"peer sent {received} bytes, {download} asked for")
-    if first is None:
-        first = end
+    first = sink.first if sink.first is not None else end
     return PerfResult(upload, received, first - start, end - first)
 
 
