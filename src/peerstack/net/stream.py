@@ -544,7 +544,11 @@ class YamuxStream:
         if handler is not None and not self._size and self._error is None:
             # set_data_handler(): offered first while nothing is buffered.
             if handler(data):
-                self._report_consumed(len(data))
+                total = self._unreported + len(data)
+                if total < CONSUMED_BATCH and not self._preconsumed:
+                    self._unreported = total  # _report_consumed()'s usual case, inline
+                else:
+                    self._report_consumed(len(data))
                 return
             self._on_data = None
         self._chunks.append(data)
