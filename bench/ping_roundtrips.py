@@ -256,6 +256,7 @@ async def py_libp2p_rates(count: int, runs: int, placement: Placement) -> list[f
 def measure(args: argparse.Namespace, placement: Placement) -> None:
     """Every stack of the benchmark under one placement; prints its tables."""
     placement.apply()
+    load_before = os.getloadavg()[0]
     runs, count = args.runs, args.count
     status(f"[{placement.label}] plain TCP ping-pong: {runs} x {count}")
     with ServerProcess([PYTHON, __file__, "--serve", "tcp"]) as server:
@@ -293,10 +294,12 @@ def measure(args: argparse.Namespace, placement: Placement) -> None:
             note,
         ]
 
+    load_after = os.getloadavg()[0]
     goal = f"goal >= 25,000/s: {goal_mark(median(ps_loop), 25_000)}"
     print_table(
         f"ping round trips per second, one stream, two processes, {loop_name()}, "
-        f"{placement.label}, median of {runs} x {count}",
+        f"{placement.label}, median of {runs} x {count}, "
+        f"load {load_before:.2f} -> {load_after:.2f}",
         ["what", "round trips/s", "runs", "client CPU us/rt", "server CPU us/rt", "note"],
         [
             row("plain TCP ping-pong, 64 B (uvloop)", tcp, cpu=tcp_cpu),
