@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import struct
 import sys
 import time
@@ -366,6 +367,7 @@ def main() -> None:
         return
 
     only = set(args.only.split(","))
+    load_before = os.getloadavg()[0]
     size = args.mib * MIB
     js_size = args.js_mib * MIB
     py_size = args.py_mib * MIB
@@ -417,6 +419,7 @@ def main() -> None:
         timeout = 60.0 + 2 * n / (5 * MB)
         attempt(name, _interop_thunk(kind_name, n, runs, timeout))
 
+    load_after = os.getloadavg()[0]
     labels = {
         "tcp": "plain TCP (uvloop), perf-shaped",
         "noiseperf": "Noise frames only, perf-shaped, no muxer",
@@ -453,7 +456,7 @@ def main() -> None:
         )
     print_table(
         f"perf /perf/1.0.0, one stream, two processes, loopback, {loop_name()}, "
-        f"median of {runs} (MB/s = 10^6 bytes/s)",
+        f"median of {runs} (MB/s = 10^6 bytes/s), load {load_before:.2f} -> {load_after:.2f}",
         [
             "stack",
             "each way",
