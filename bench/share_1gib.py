@@ -159,7 +159,7 @@ async def ps_seed(repo: Path, upload_cap: float, how: str) -> None:
             async for _line in stdin_lines():
                 answer({"uploaded": bitswap.engine.bytes_sent,
                         "peers": len(bitswap.engine.ledgers), "cpu": time.process_time(),
-                        **_rusage()})
+                        "cpu_loop": time.thread_time(), **_rusage()})
     finally:
         await host.close()
         store.close()
@@ -354,6 +354,7 @@ class Driver:
         self.leech_dir = ws.root / "leech"
         self._seeders_started = 0
         self._seed_cpu = 0.0
+        self._seed_cpu_loop = 0.0  # of _seed_cpu, the seeders' event loops
         self._seed_usage = {"faults": 0, "switches": 0}
 
     # -- preparation, once per run of the bench --
@@ -470,6 +471,7 @@ class Driver:
             return []
         stats = [s.request("stats", timeout=60) for s in seeders]
         self._seed_cpu = sum(float(st.get("cpu", 0.0)) for st in stats)
+        self._seed_cpu_loop = sum(float(st.get("cpu_loop", 0.0)) for st in stats)
         self._seed_usage = {k: sum(int(st.get(k, 0)) for st in stats) for k in self._seed_usage}
         return [int(st["uploaded"]) for st in stats]
 
@@ -480,7 +482,7 @@ class Driver:
         shutil.rmtree(self.leech_dir, ignore_errors=True)
         self.leech_dir.mkdir(parents=True)
         before = self._uploaded(impl, seeders)
-        cpu_before = self._seed_cpu
+        cpu_before, loop_before = self._seed_cpu, self._seed_cpu_loop
         usage_before = dict(self._seed_usage)
         done = subprocess.run(
             self.leecher_argv(impl, sc, infos, run_no), capture_output=True, text=True,
@@ -488,6 +490,7 @@ class Driver:
         )
         after = self._uploaded(impl, seeders)
         seed_cpu = self._seed_cpu - cpu_before
+        seed_loop = self._seed_cpu_loop - loop_before
         seed_usage = {k: v - usage_before[k] for k, v in self._seed_usage.items()}
         shutil.rmtree(self.leech_dir, ignore_errors=True)  # 1 GiB out, and the leecher's store
         lines = done.stdout.strip().splitlines()
@@ -511,7 +514,9 @@ class Driver:
             loop = res.get("cpu_loop", 0.0)
             extra += (f"; CPU ms/MiB: leecher {res['cpu'] * 1000 / mibs:.2f} (event loop "
                       f"{loop * 1000 / mibs:.2f}, threads {(res['cpu'] - loop) * 1000 / mibs:.2f})"
-                      f", seeders {seed_cpu * 1000 / mibs:.2f}; per MiB, page faults: leecher "
+                      f", seeders {seed_cpu * 1000 / mibs:.2f} (event loop "
+                      f"{seed_loop * 1000 / mibs:.2f}, threads "
+                      f"{(seed_cpu - seed_loop) * 1000 / mibs:.2f}); per MiB, page faults: leecher "
                       f"{res.get('faults', 0) / mibs:.1f}, seeders "
                       f"{seed_usage['faults'] / mibs:.1f}; context switches: leecher "
                       f"{res.get('switches', 0) / mibs:.1f}, seeders "
