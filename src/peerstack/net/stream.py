@@ -1,7 +1,10 @@
 """``YamuxStream``: one Yamux stream as an awaitable ``peerstack.host.interface.Stream``.
 
-The connection feeds it (``_feed``, ``_feed_eof``, ``_on_reset``, ``_wake_writer``) from the
-event loop's read callback; the application reads and writes through coroutines.
+The connection feeds it (``_feed``, ``_feed_eof``, ``_fail``, ``_wake_writer``) from the
+event loop's read callback; the application reads and writes through coroutines. Two
+synchronous extras serve protocols that answer small messages as they come (ping's echo):
+``set_data_handler`` (data taken in the read callback itself, handed back to read() the moment
+the handler declines) and ``try_write`` (send now or take nothing).
 
 Memory: the read buffer holds at most the receive window the session granted (the session
 refuses a peer that overruns it), and ``consumed()`` returns window only as the application
