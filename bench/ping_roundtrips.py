@@ -7,6 +7,10 @@ two ways on the same kind of stream:
 - "ping_stream()": ``peerstack.protocols.ping.ping_stream``, the protocol client as services use
   it (fresh random payload, a timeout and a comparison per ping).
 
+Both talk to peerstack's ping server (``handle_ping``), which echoes whole pings from the
+stream's data handler, in the receive callback (no task wake-up per ping), as the plain-TCP
+anchor's echo does from its ``data_received``.
+
 Anchors in the same run: plain TCP ping-pong of 64 bytes between two uvloop processes (a
 ``Protocol`` on each side, one outstanding, the client awaiting a future per round trip), and
 py-libp2p's ping on one stream (its peer's ``ping`` command) when it is installed.
