@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -394,3 +395,54 @@ async def test_perf_over_real_streams_drops_through_the_data_handler(make_host: 
     stream = await a.new_stream(peer, ["/generous"])
     with pytest.raises(perf.PerfShortRead):
         await perf.perf_stream(stream, 1000, 300_000)
+
+
+async def test_data_handler_and_reads_interleave_without_loss_or_reordering(
+    make_host: MakeHost,
+) -> None:
+    """Random writes (sizes across frame and window bounds) against a reader that installs a
+    data handler, declines at random and reads in random sizes: the bytes taken by the handler
+    and those read, in the order they came, are exactly the bytes written."""
+    a = await make_host()
+    b = await make_host()
+    results: dict[int, asyncio.Future[bytes]] = {}
+
+    async def serve(stream: Stream) -> None:
+        assert isinstance(stream, YamuxStream)
+        seed = (await stream.readexactly(1))[0]
+        rng = random.Random(seed)
+        got = bytearray()
+
+        def handler(data: bytes) -> bool:
+            if rng.random() < 0.3:
+                return False  # decline: this payload and what follows go to read()
+            got.extend(data)
+            return True
+
+        while True:
+            if rng.random() < 0.7:
+                stream.set_data_handler(handler)
+            piece = await stream.read(rng.choice([-1, 1, 100, 5000, 70_000]))
+            if not piece:
+                break
+            got.extend(piece)
+            if rng.random() < 0.2:
+                await asyncio.sleep(0)
+        results[seed].set_result(bytes(got))
+
+    b.set_stream_handler("/mix", serve)
+    peer = await a.dial(f"{b.listen_addrs()[0]}/p2p/{b.peer_id}")
+    for seed in range(12):
+        rng = random.Random(1000 + seed)
+        results[seed] = asyncio.get_running_loop().create_future()
+        stream = await a.new_stream(peer, ["/mix"])
+        await stream.write(bytes([seed]))
+        sent = bytearray()
+        for _ in range(rng.randint(1, 40)):
+            piece = os.urandom(rng.choice([1, 32, 1000, 16 * 1024, 16 * 1024 + 1, 100_000]))
+            sent += piece
+            await stream.write(piece)
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)
+        await stream.close()
+        assert await asyncio.wait_for(results[seed], 20) == bytes(sent)
