@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from peerstack.content.blockstore import BlockNotFound, Blockstore, FsyncPolicy, PinKind
+from peerstack.content.blockstore import (
+    _REF_WRITE_BATCH,
+    BlockNotFound,
+    Blockstore,
+    FsyncPolicy,
+    PinKind,
+)
 from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.errors import UsageError
 from tests.content.content_testkit import pattern
@@ -226,3 +232,68 @@ async def test_many_references_walk_in_batches(store: Blockstore, tmp_path: Path
     assert (result.refs_dropped, result.refs_kept) == (count - 3, 3)
     assert store.refs_in_sync(path) == 3
     assert path.stat().st_size == 8 * count
+
+
+def _rows_on_disk(root: Path) -> int:
+    """File references in the database as another connection sees it (not the store's)."""
+    db = sqlite3.connect(root / "store.sqlite")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM filestore").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_new_references_are_written_in_batches_and_seen_at_once(tmp_path: Path) -> None:
+    """References wait in memory for a batch (one transaction), yet every reader of the store
+    sees them at once, and a close or flush_refs_sync writes what is left."""
+    root = tmp_path / "repo"
+    count = _REF_WRITE_BATCH + 3
+    blocks = [i.to_bytes(8, "big") for i in range(count)]
+    path = tmp_path / "many.bin"
+    path.write_bytes(b"".join(blocks))
+    cids = [CID.hash_of(b, RAW) for b in blocks]
+    with Blockstore(root, FsyncPolicy.NEVER) as store:
+        for i, cid in enumerate(cids[: _REF_WRITE_BATCH - 1]):
+            store.put_ref_sync(cid, path, 8 * i, 8)
+        assert _rows_on_disk(root) == 0  # all still waiting
+        store.put_ref_sync(cids[_REF_WRITE_BATCH - 1], path, 8 * (_REF_WRITE_BATCH - 1), 8)
+        assert _rows_on_disk(root) == _REF_WRITE_BATCH  # a full batch went in one go
+        store.put_ref_sync(cids[-3], path, 8 * (count - 3), 8)
+        assert _rows_on_disk(root) == _REF_WRITE_BATCH
+        # readers of every kind see the waiting one (each writes the batch first)
+        assert store.read_sync(cids[-3]) == blocks[-3]
+        assert _rows_on_disk(root) == _REF_WRITE_BATCH + 1
+        store.put_ref_sync(cids[-2], path, 8 * (count - 2), 8)
+        assert store.sizes_sync([cids[-2]]) == {cids[-2]: 8}
+        store.put_ref_sync(cids[-1], path, 8 * (count - 1), 8)
+        store.flush_refs_sync()
+        assert _rows_on_disk(root) == count
+        # a waiting reference replaced by a newer place of the same block: the newest wins
+        store.put_ref_sync(cids[0], path, 8 * 5, 8)  # wrong bytes there: dropped when read
+        store.put_ref_sync(cids[0], path, 0, 8)
+    assert _rows_on_disk(root) == count  # close wrote the last one
+    with Blockstore(root, FsyncPolicy.NEVER) as store:
+        assert store.refs_in_sync(path) == count
+        assert store.read_sync(cids[0]) == blocks[0]
+        assert store.stat_sync().referenced_blocks == count
+
+
+async def test_a_waiting_reference_is_seen_by_moves_and_drops(tmp_path: Path) -> None:
+    """Renaming or forgetting a file's references covers those not written yet."""
+    data = pattern(700)
+    with Blockstore(tmp_path / "repo", FsyncPolicy.NEVER) as store:
+        path, cid, offset = _file_with_block(tmp_path, data)
+        store.put_ref_sync(cid, path, offset, len(data))
+        moved = tmp_path / "moved.bin"
+        assert store.move_file_sync(path, moved) == 1
+        ref = store.ref_sync(cid)
+        assert ref is not None
+        assert Path(ref.path) == moved
+        assert store.read_sync(cid) == data
+        other = CID.hash_of(b"z" * 10, RAW)
+        moved.write_bytes(moved.read_bytes() + b"z" * 10)
+        store.put_ref_sync(other, moved, moved.stat().st_size - 10, 10)
+        assert store.drop_refs_sync(moved) == 2
+        assert store.ref_sync(other) is None
+        with pytest.raises(BlockNotFound):
+            store.read_sync(other)

@@ -459,6 +459,10 @@ class FileSink:
         leaves in it, for the next get of the same output to continue (the get failed for a
         reason a retry can overcome, or was cancelled)."""
         self._close()
+        try:
+            self.store.flush_refs_sync()
+        except BlockstoreError as exc:  # those leaves are fetched again; the get's own error counts
+            log.warning("references of leaves in %s not saved: %r", self.tmp, exc)
 
 
 def _write_error(path: Path, exc: OSError) -> OutputWriteError:
