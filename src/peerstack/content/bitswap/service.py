@@ -23,6 +23,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,6 +128,8 @@ class BitswapConfig:
     max_banned: int = 10_000
     # Verified blocks of one peer being written to disk at once (held in memory meanwhile).
     max_storing_bytes: int = 16 * 1024 * 1024
+    # Worker threads that hash and store received blocks (a message's blocks per trip).
+    store_threads: int = 4
     # get_file stores a block file of each leaf it writes into its output, as well as the
     # output. Off: the output is the leaves' storage (the store references them there and
     # re-hashes them when it reads them), so each byte is written once.
@@ -240,25 +243,35 @@ class _Received:
 
 
 class _Storing:
-    """One peer's messages whose blocks are being stored, oldest first, and their bytes."""
+    """One peer's messages whose blocks are being verified and stored in worker threads, and
+    their bytes; ``wait_for_room`` is how the peer's reader waits while they are too many."""
 
     def __init__(self) -> None:
-        self.tasks: dict[asyncio.Task[None], int] = {}
+        self.count = 0
         self.nbytes = 0
+        self._waiters: list[asyncio.Future[None]] = []
 
     def __bool__(self) -> bool:
-        return bool(self.tasks)
+        return self.count > 0
 
-    def add(self, task: asyncio.Task[None], nbytes: int) -> None:
-        if not task.done():
-            self.tasks[task] = nbytes
-            self.nbytes += nbytes
+    def add(self, nbytes: int) -> None:
+        self.count += 1
+        self.nbytes += nbytes
 
-    def done(self, task: asyncio.Task[None]) -> None:
-        self.nbytes -= self.tasks.pop(task, 0)
+    def done(self, nbytes: int) -> None:
+        self.count -= 1
+        self.nbytes -= nbytes
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:  # each checks again whether there is room now
+            if not waiter.done():
+                waiter.set_result(None)
 
-    def oldest(self) -> asyncio.Task[None]:
-        return next(iter(self.tasks))
+    async def wait_for_room(self, limit: int) -> None:
+        loop = asyncio.get_running_loop()
+        while self.count and self.nbytes > limit:
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
 
 
 class FetchSession:
@@ -400,6 +413,9 @@ class Bitswap:
         self._unsubscribe: Callable[[], None] | None = None
         self._inbound: dict[PeerId, set[Stream]] = {}
         self._storing: dict[PeerId, _Storing] = {}
+        # Received messages are hashed and stored here, each completion handed to the loop by
+        # one call_soon_threadsafe: no task, no asyncio future per message (see _receive_blocks).
+        self._store_pool: ThreadPoolExecutor | None = None
         self.penalties: dict[PeerId, int] = {}
         # connected peers that refused the Bitswap protocols (until they disconnect)
         self.no_bitswap: set[PeerId] = set()
@@ -410,6 +426,9 @@ class Bitswap:
         for proto in PROTOCOLS:
             self.host.set_stream_handler(proto, self._handle_stream)
         self._unsubscribe = self.host.add_listener(self._on_host_event)
+        self._store_pool = ThreadPoolExecutor(
+            max_workers=max(1, self.config.store_threads), thread_name_prefix="bitswap-store"
+        )
         loop = asyncio.get_running_loop()
         self._workers = [
             loop.create_task(self._serve_loop()) for _ in range(self.config.server_workers)
@@ -429,6 +448,11 @@ class Bitswap:
         for outcome in outcomes[: len(self._workers)]:
             if isinstance(outcome, Exception):
                 log.error("bitswap server worker failed", exc_info=outcome)
+        pool, self._store_pool = self._store_pool, None
+        if pool is not None:
+            # Stores in progress finish (a file being written stays consistent); queued ones
+            # are dropped (their blocks were never delivered, so nothing counts on them).
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         for session in list(self.sessions):
             session.fail(FetchError("bitswap stopped"))
         for out in self._outbound.values():
@@ -529,47 +553,26 @@ class Bitswap:
             stream.reset()
             return
         streams.add(stream)
-        # Reading the next message overlaps with processing the previous one (hashing and
-        # storing blocks); the queue is short, so a peer still cannot make us buffer much.
-        queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=2)
-        worker = asyncio.get_running_loop().create_task(self._process(peer, queue))
-        put: asyncio.Future[None] | None = None
+        # Each message is handled before the next is read: a message's blocks are hashed and
+        # stored in the background (handle_message returns at once unless the peer has more
+        # than max_storing_bytes of them in flight, when not reading is the backpressure), and
+        # a wantlist's size lookup is one short thread trip.
         try:
-            while not worker.done():
+            while True:
                 data = await _read_message(stream)
                 if data is None:
                     break
-                msg = await _decode(data)
-                put = asyncio.ensure_future(queue.put(msg))
-                await asyncio.wait([put, worker], return_when=asyncio.FIRST_COMPLETED)
-                if not put.done():
-                    put.cancel()
-            if not worker.done():
-                await queue.put(None)
-            await worker
+                await self.handle_message(peer, await _decode(data))
+                if self.is_banned(peer):
+                    break
         except PeerError as exc:
             self.penalize(peer, exc)
         except (StreamError, ConnectionClosed) as exc:
             log.debug("bitswap stream from %s ended: %r", peer, exc)
         finally:
-            if put is not None and not put.done():
-                put.cancel()  # cancelled mid-wait: a put on a full queue would wait forever
-            if not worker.done():
-                worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
             streams.discard(stream)
             if not streams and self._inbound.get(peer) is streams:
                 del self._inbound[peer]
-
-    async def _process(self, peer: PeerId, queue: asyncio.Queue[Message | None]) -> None:
-        try:
-            while (msg := await queue.get()) is not None:
-                await self.handle_message(peer, msg)
-                if self.is_banned(peer):
-                    return
-        except PeerError as exc:
-            self.penalize(peer, exc)  # resets the stream, which ends the reader too
 
     async def handle_message(self, peer: PeerId, msg: Message) -> None:
         """Process one decoded message from ``peer``; raises ``PeerError`` for misbehaviour."""
@@ -602,34 +605,46 @@ class Bitswap:
         return out
 
     async def _receive_blocks(self, peer: PeerId, msg: Message) -> None:
-        """Verify, store and deliver a message's blocks, in a task of the service.
+        """Verify, store and deliver a message's blocks: in a worker thread, in the background.
 
-        Stored and delivered together or not at all, in a task of the service: when the peer's
-        connection dies, the message's task is cancelled, and a cancel between the two left the
-        block on disk while the fetch never heard of it (and reported it missing). The task's
-        work overlaps with reading the next message, up to ``max_storing_bytes`` per peer; its
-        errors (a bad block) are acted on in ``_late_store_done``.
+        The thread hashes and stores them (``_verify_and_store``), and its completion delivers
+        them on the loop (``_stored``): stored and delivered together, whatever happens to the
+        peer's stream or this call meanwhile (a cancel between the two once left a block on
+        disk that the fetch never heard of). The work overlaps with reading the next message,
+        up to ``max_storing_bytes`` per peer; a bad block is acted on when it is found.
         """
+        pool = self._store_pool
+        if pool is None:
+            raise FetchError("bitswap is not running")
         nbytes = sum(map(len, msg.blocks)) + sum(len(b.data) for b in msg.payload)
-        store = self._spawn(self._store_blocks(peer, msg, list(self.sessions)))
-        storing = self._storing.setdefault(peer, _Storing())
-        storing.add(store, nbytes)
-        store.add_done_callback(functools.partial(self._late_store_done, peer, storing))
-        while storing and storing.nbytes > self.config.max_storing_bytes:
-            # wait() neither raises the store's error (its done callback acts on it) nor
-            # cancels the store when this task is cancelled.
-            await asyncio.wait([storing.oldest()])
+        storing = self._storing.get(peer)
+        if storing is None:
+            storing = self._storing[peer] = _Storing()
+        storing.add(nbytes)
+        loop = asyncio.get_running_loop()
+        done = functools.partial(self._stored, peer, storing, nbytes)
+        work = pool.submit(self._verify_and_store, msg, list(self.sessions))
+        work.add_done_callback(lambda w: loop.call_soon_threadsafe(done, w))
+        if storing.nbytes > self.config.max_storing_bytes:
+            await storing.wait_for_room(self.config.max_storing_bytes)
 
-    def _late_store_done(self, peer: PeerId, storing: _Storing, store: asyncio.Task[None]) -> None:
-        """A message's blocks were stored (maybe after it was handled): act on a bad one."""
-        storing.done(store)
+    def _stored(
+        self, peer: PeerId, storing: _Storing, nbytes: int, work: Future[list[_Received]]
+    ) -> None:
+        """(on the loop) A message's blocks were hashed and stored: deliver them, and cut the
+        peer off if one was bad."""
+        storing.done(nbytes)
         if not storing and self._storing.get(peer) is storing:
             del self._storing[peer]
-        if store.cancelled():
+        if work.cancelled() or self._store_pool is None:
+            return  # the service stopped
+        exc = work.exception()
+        if exc is not None:  # a bug: blocks and peers errors are in the results
+            log.error("storing blocks from %s failed", peer, exc_info=exc)
             return
-        exc = store.exception()
-        if isinstance(exc, PeerError) and not self.is_banned(peer):
-            self.penalize(peer, exc)
+        bad = self._deliver_received(peer, work.result())
+        if bad is not None and not self.is_banned(peer):
+            self.penalize(peer, bad)
 
     def _verify_and_store(self, msg: Message, sessions: list[FetchSession]) -> list[_Received]:
         """(runs in a worker thread) Hash each block, and store those a session wants; a raw
@@ -659,8 +674,9 @@ class Bitswap:
             out.append(_Received(cid, data, wanting))
         return out
 
-    async def _store_blocks(self, peer: PeerId, msg: Message, sessions: list[FetchSession]) -> None:
-        received = await asyncio.to_thread(self._verify_and_store, msg, sessions)
+    def _deliver_received(self, peer: PeerId, received: list[_Received]) -> PeerError | None:
+        """Hand a message's verified blocks to the sessions that want them; the first offence
+        among them (a block nobody asked for, malformed dag-pb), if any."""
         ledger = self.engine.ledger(peer)
         bad: PeerError | None = None
         added = False
@@ -689,8 +705,7 @@ class Bitswap:
                 added = True
         if added:
             self._work.set()
-        if bad is not None:
-            raise bad
+        return bad
 
     def _remember(self, cid: CID) -> None:
         self._recent[cid] = None
