@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
     PYTHON,
     CpuMeter,
+    Placement,
     ServerProcess,
     bench_limits,
     ensure_interop,
@@ -72,68 +73,6 @@ from bench.common import (
 )
 
 WARMUP = 10
-
-
-# -- placement ---------------------------------------------------------------------------------
-
-
-def pin_to_cpu(cpu: int) -> int:
-    """Pin this process to ``cpu`` (-1: the first CPU it may run on now); returns the CPU.
-
-    Called before any child process or thread starts, so all of them inherit the mask.
-    """
-    allowed = sorted(os.sched_getaffinity(0))
-    if cpu == -1:
-        cpu = allowed[0]
-    if cpu not in allowed:
-        raise SystemExit(f"--same-cpu {cpu}: this process may run on CPUs {allowed} only")
-    os.sched_setaffinity(0, {cpu})
-    return cpu
-
-
-def threads_off_cpu(pid: int, cpu: int) -> int:
-    """How many threads of process ``pid`` may run elsewhere than on ``cpu`` (Linux /proc)."""
-    try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return 0  # already gone
-    off = 0
-    for tid in tids:
-        try:
-            if os.sched_getaffinity(tid) != {cpu}:
-                off += 1
-        except OSError:
-            continue  # the thread ended meanwhile
-    return off
-
-
-class Placement:
-    """Where the run's processes ran: pinned to one CPU, or wherever the OS put them.
-
-    ``check(pid)`` records a child and whether all of its threads kept the pin; the table
-    title then says what was used and checked.
-    """
-
-    def __init__(self, cpu: int | None) -> None:
-        self.cpu = cpu
-        self.checked = 0
-        self.strays: list[int] = []
-
-    def check(self, pid: int) -> None:
-        if self.cpu is None:
-            return
-        self.checked += 1
-        if threads_off_cpu(pid, self.cpu):
-            self.strays.append(pid)
-
-    def describe(self) -> str:
-        if self.cpu is None:
-            allowed = sorted(os.sched_getaffinity(0))
-            return f"unpinned (OS placement over CPUs {','.join(map(str, allowed))})"
-        text = f"all processes pinned to CPU {self.cpu} ({self.checked} children checked"
-        if self.strays:
-            text += f"; NOT pinned: pids {self.strays}"
-        return text + ")"
 
 
 def start_identify(host: BasicHost) -> IdentifyService:
@@ -305,7 +244,7 @@ async def interop_dials(kind_name: str, n: int, placement: Placement) -> tuple[l
         dialer = await harness.start_peer(kind)
         try:
             for peer in (listener, dialer):
-                placement.check(peer.proc.pid)
+                placement.check(f"{kind_name} peer", peer.proc.pid)
             overhead: list[float] = []
             for _ in range(50):
                 t0 = time.perf_counter()
@@ -370,13 +309,21 @@ def main() -> None:
         run(serve_tcp())
         return
     n = args.n
-    placement = Placement(None if args.same_cpu is None else pin_to_cpu(args.same_cpu))
-    status(f"placement: {placement.describe()}")
+    allowed = os.sched_getaffinity(0)
+    if args.same_cpu is None:
+        placement = Placement(set(allowed), pinned=False)
+    else:
+        cpu = min(allowed) if args.same_cpu == -1 else args.same_cpu
+        if cpu not in allowed:
+            parser.error(f"CPU {cpu} is not one this process may run on ({sorted(allowed)})")
+        placement = Placement({cpu}, pinned=True)
+        placement.apply()  # before any child starts: they inherit the mask
+    status(placement.note())
     load_before = os.getloadavg()[0]
     rows: list[list[str]] = []
     status(f"plain TCP connect x{n}")
     with ServerProcess([PYTHON, __file__, "--serve", "tcp"]) as server:
-        placement.check(server.proc.pid)
+        placement.check("TCP listener", server.proc.pid)
         tcp_ms = run(tcp_connects(server.ready, n))
     rows.append(stats_row("TCP connect only (uvloop)", tcp_ms))
     status(f"Noise XX in memory x{n}")
@@ -384,7 +331,7 @@ def main() -> None:
     rows.append(stats_row("Noise XX handshake CPU, in memory", noise_ms, "both sides"))
     status(f"peerstack dial x{n}")
     with ServerProcess([PYTHON, __file__, "--serve", "peerstack"]) as server:
-        placement.check(server.proc.pid)
+        placement.check("peerstack listener", server.proc.pid)
         cpu = CpuMeter(server.proc.pid)
         dial_ms, ident_ms = run(peerstack_dials(server.ready, n, cpu, args.gap_ms / 1000))
         status(f"peerstack dial + identify, a new dialler host each time x{n}")
@@ -434,7 +381,7 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     print_table(
         f"dial latency, fresh connections, listener in a second process, {loop_name()} (ms); "
-        f"{placement.describe()}; "
+        f"{placement.label}; "
         + (f"{args.gap_ms:g} ms idle between dials; " if args.gap_ms else "")
         + f"load {load_before:.2f} -> {load_after:.2f}",
         ["what", "n", "p50", "p90", "p99", "min", "note"],
@@ -458,7 +405,10 @@ def main() -> None:
         "dial latency ratios (same run)",
         ["ratio", "value"],
         ratio_rows,
-        notes=["an anchor / peerstack ratio above 1x means peerstack dials faster"],
+        notes=[
+            "an anchor / peerstack ratio above 1x means peerstack dials faster",
+            placement.note(),
+        ],
     )
 
 

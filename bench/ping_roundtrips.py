@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
     PYTHON,
     CpuMeter,
+    Placement,
     ServerProcess,
     ensure_interop,
     fmt,
@@ -63,59 +64,6 @@ from bench.common import (
 )
 
 TCP_SIZE = 64
-
-
-# -- placement ---------------------------------------------------------------------------------
-
-
-class Placement:
-    """Where the run's processes may run: the scheduler's choice, or all on one CPU."""
-
-    def __init__(self, cpus: set[int], pinned: bool) -> None:
-        self.cpus = cpus
-        self.pinned = pinned
-        # Children whose affinity was checked, and any that did not match.
-        self.checked: list[str] = []
-        self.mismatched: list[str] = []
-
-    @property
-    def label(self) -> str:
-        cpus = ",".join(str(c) for c in sorted(self.cpus))
-        if self.pinned:
-            return f"same CPU: every process pinned to CPU {cpus}"
-        return f"unpinned: processes free on CPUs {cpus}"
-
-    @property
-    def short(self) -> str:
-        return "same CPU" if self.pinned else "unpinned"
-
-    def apply(self) -> None:
-        """Set this process's affinity; the processes it starts from now on inherit it."""
-        os.sched_setaffinity(0, self.cpus)
-
-    def check(self, name: str, pid: int) -> None:
-        """Record whether every thread of a child runs where this placement says (they
-        inherit the mask unless something changed it)."""
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            return  # already gone
-        strays: set[int] = set()
-        for tid in tids:
-            try:
-                strays |= os.sched_getaffinity(tid) - self.cpus
-            except OSError:
-                continue  # the thread ended meanwhile
-        self.checked.append(name)
-        if strays:
-            self.mismatched.append(f"{name} also on CPUs {sorted(strays)}")
-
-    def note(self) -> str:
-        if self.mismatched:
-            return "placement NOT as asked: " + ", ".join(self.mismatched)
-        if not self.checked:
-            return f"placement: {self.label}"
-        return f"placement: {self.label} (checked: {', '.join(self.checked)})"
 
 
 # -- children ----------------------------------------------------------------------------------
