@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peerstack.content import dagpb, exporter
+from peerstack.content import chunks, dagpb, exporter, filesink
 from peerstack.content.bitswap.service import Bitswap
 from peerstack.content.blockstore import Blockstore, FsyncPolicy
 from peerstack.content.filesink import FileSink, OutputWriteError, partial_path
@@ -338,3 +338,51 @@ async def test_a_full_disk_under_the_output_fails_clearly_and_resumes(
     assert out.read_bytes() == data
     assert result.fetched_bytes < result.bytes  # the verified blocks were kept
     assert not partial_path(out).exists()
+
+
+BIG = ImportProfile(chunk_size=256 * 1024, max_links=8)
+
+
+async def test_a_big_output_is_allocated_on_disk_once_its_size_is_known(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT)
+    try:
+        supported = chunks.reserve(fd, 1 << 20)
+    finally:
+        os.close(fd)
+    data = pattern(3 * 1024 * 1024 + 5)
+    store, root = await _import(tmp_path, data, BIG)
+    with store:
+        nodes, leaves = await _dag(store, root)
+        out = tmp_path / "out.bin"
+        sink = FileSink.open(out, store, root)
+        sink.node(root, dagpb.decode(store.read_sync(root)))
+        st = os.stat(partial_path(out))
+        if supported:  # the whole file has its blocks before any leaf came
+            assert st.st_size == len(data)
+            assert st.st_blocks * 512 >= len(data)
+        else:
+            assert st.st_size == 0
+        _feed(sink, store, nodes[1:], list(reversed(leaves)))
+        assert sink.finish()
+        assert out.read_bytes() == data
+
+
+async def test_a_disk_too_full_for_the_output_fails_at_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, size: int) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(filesink, "reserve", full)
+    data = pattern(2 * 1024 * 1024)
+    store, root = await _import(tmp_path, data, BIG)
+    with store:
+        out = tmp_path / "out.bin"
+        sink = FileSink.open(out, store, root)
+        sink.node(root, dagpb.decode(store.read_sync(root)))
+        assert isinstance(sink.error, OutputWriteError)
+        assert "disk full" in str(sink.error)
+        with pytest.raises(OutputWriteError, match="disk full"):
+            sink.finish()
+        sink.suspend()

