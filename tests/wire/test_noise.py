@@ -25,6 +25,7 @@ from peerstack.errors import (
 from peerstack.wire.noise import (
     MAX_MESSAGE,
     MAX_MUXERS,
+    MAX_NONCE,
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
     TAG_LENGTH,
@@ -934,3 +935,32 @@ def test_fuzz_reads_into_the_partial_frame(junk: bytes, cuts: list[int]) -> None
         assert _read_like_a_socket(b, junk, cuts) == b""
     except NoiseError:
         assert b.recv_buffer() is None
+
+
+
+def _receive(b: NoiseTransport, wire: bytes, how: str) -> bytes:
+    """Feed one frame as a whole, in two pieces, or its rest read into recv_buffer()."""
+    if how == "whole":
+        return b.decrypt(wire)
+    assert b.decrypt(wire[:5]) == b""
+    if how == "pieces":
+        return b.decrypt(memoryview(wire)[5:])
+    view = b.recv_buffer()
+    assert view is not None
+    view[:] = wire[5:]
+    return b.recv_done(len(wire) - 5)
+
+
+@pytest.mark.parametrize("how", ["whole", "pieces", "direct"])
+def test_last_nonce_is_refused_on_every_path(how: str) -> None:
+    """Nonce 2**64 - 1 is reserved: seal(), encrypt() and each receive path use nonce
+    2**64 - 2 and then refuse (the receive side before it even authenticates a frame)."""
+    a, b = transports()
+    a._send_n = b._recv_n = MAX_NONCE - 2
+    assert _receive(b, a.seal(b"last"), how) == b"last"
+    with pytest.raises(NoiseError, match="send nonce exhausted"):
+        a.seal(b"more")
+    with pytest.raises(NoiseError, match="send nonce exhausted"):
+        a.encrypt(b"more")
+    with pytest.raises(NoiseError, match="receive nonce exhausted"):
+        _receive(b, b"\x00\x14" + bytes(20), how)

@@ -57,6 +57,9 @@ DH_LENGTH = 32
 HASH_LENGTH = 32
 # Noise reserves nonce 2**64 - 1; a CipherState must never reach it.
 MAX_NONCE = 2**64 - 1
+# The last nonce a transport may use is MAX_NONCE - 2 (so ``nonce + 1 >= MAX_NONCE`` refuses):
+# the per-message paths compare with this constant instead of adding 1 first.
+_LAST_NONCE = MAX_NONCE - 1
 
 # Bounds on what we keep from a peer's handshake payload extensions.
 MAX_MUXERS = 32
@@ -815,12 +818,14 @@ class NoiseTransport:
         """One frame for 1 to MAX_PLAINTEXT bytes: encrypt() without its size dispatch, for
         the per-message path (a request, an answer, a ping)."""
         nonce = self._send_n
-        if nonce + 1 >= MAX_NONCE or not 0 < len(data) <= MAX_PLAINTEXT:
-            if nonce + 1 >= MAX_NONCE:
+        if nonce >= _LAST_NONCE or not 0 < len(data) <= MAX_PLAINTEXT:
+            if nonce >= _LAST_NONCE:
                 raise NoiseError("send nonce exhausted; the connection must be closed")
             raise UsageError(f"seal() takes 1 to {MAX_PLAINTEXT} bytes, not {len(data)}")
         self._send_n = nonce + 1
-        return _length.pack(len(data) + TAG_LENGTH) + self._enc(_nonce(nonce), data, None)
+        # The frame's length is the ciphertext's (plaintext + tag): one len() call, no sum.
+        sealed = self._enc(_nonce(nonce), data, None)
+        return _length.pack(len(sealed)) + sealed
 
     def encrypt_into(
         self, data: bytes | bytearray | memoryview, out: bytearray | memoryview, offset: int = 0
@@ -866,22 +871,24 @@ class NoiseTransport:
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """Feed ciphertext; return the plaintext of all frames completed so far (maybe ``b""``).
 
-        Raises ``NoiseError`` when a frame fails authentication or is too short to be one; the
+        ``data``: bytes, a bytearray or a memoryview of integer items (a 1-D byte view, as
+        TcpConnection passes, is taken as is; another is read byte for byte). Raises
+        ``NoiseError`` when a frame fails authentication or is too short to be one; the
         transport is unusable afterwards.
         """
         if self._broken:
             raise NoiseError("noise transport failed earlier")
         try:
             # Fast path: the input is exactly one whole frame and nothing is held over (a
-            # small message, or a read that met a frame boundary): decrypt it in place.
-            if (
-                not self.pending
-                and (type(data) is not memoryview or (data.format == "B" and data.ndim == 1))
-                and len(data) >= 2 + TAG_LENGTH
-                and ((data[0] << 8) | data[1]) + 2 == len(data)
-            ):
+            # small message, or a read that met a frame boundary): decrypt it in place. It
+            # reads the length prefix by item, so it is meant for bytes, a bytearray or a 1-D
+            # byte view (what TcpConnection passes). A view of wider integer items fails the
+            # test for every valid frame (its first item reads at least 256 times too large)
+            # and is cast by _decrypt(); a signed byte view passes only when its prefix reads
+            # as unsigned bytes do. 18: the length prefix and a tag.
+            if not self.pending and 18 <= len(data) == ((data[0] << 8) | data[1]) + 2:
                 nonce = self._recv_n
-                if nonce + 1 >= MAX_NONCE:
+                if nonce >= _LAST_NONCE:
                     raise NoiseError("receive nonce exhausted; the connection must be closed")
                 result = self._dec(_nonce(nonce), data[2:], None)
                 self._recv_n = nonce + 1
