@@ -20,6 +20,7 @@ from peerstack.content import dagpb
 from peerstack.content.bitswap import messages as m
 from peerstack.content.bitswap.messages import Message, WantEntry, WantType
 from peerstack.content.bitswap.progress import Progress
+from peerstack.content.bitswap.server import ServerConfig
 from peerstack.content.bitswap.service import (
     PROTOCOL_1_0,
     PROTOCOL_1_2,
@@ -28,7 +29,7 @@ from peerstack.content.bitswap.service import (
     Provider,
     Reprovider,
 )
-from peerstack.content.bitswap.session import SessionConfig
+from peerstack.content.bitswap.session import Actions, Session, SessionConfig
 from peerstack.content.blockstore import Blockstore, BlockstoreFull, FsyncPolicy
 from peerstack.content.chunks import Buffer
 from peerstack.content.dagpb import MalformedDagPb
@@ -710,3 +711,34 @@ async def test_received_blocks_are_hashed_off_the_event_loop(
     assert await read_all(b.store, res.cid) == data
     assert len(threads) >= 2
     assert not any(threads)
+
+
+async def test_a_fetch_ticks_its_session_at_refills_not_per_block(
+    net: MemNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From one peer, the session acts (sends wants) only when that peer's window is due for
+    a refill: the blocks in between, one message each, must not each wake and tick it."""
+    one_per_message = BitswapConfig(server=ServerConfig(target_message_bytes=1))
+    async with AsyncExitStack() as stack:
+        peers = []
+        for name in ("a", "b"):
+            host = net.add_host()
+            store = stack.enter_context(Blockstore(tmp_path / name, FsyncPolicy.NEVER))
+            bs = await stack.enter_async_context(Bitswap(host, store, config=one_per_message))
+            peers.append(Node(host, store, bs))
+        a, b = peers
+        await b.host.connect(a.host.peer_id)
+        data = pattern(400 * 1024)
+        res = await import_bytes(a.store, data, ImportProfile(chunk_size=1024, max_links=1024))
+        ticks = [0]
+        real_tick = Session.tick
+
+        def counting_tick(self: Session, now: float) -> Actions:
+            ticks[0] += 1
+            return real_tick(self, now)
+
+        monkeypatch.setattr(Session, "tick", counting_tick)
+        result = await asyncio.wait_for(b.bitswap.fetch(res.cid), 30)
+        assert result.blocks == 401
+        assert await read_all(b.store, res.cid) == data
+        assert 0 < ticks[0] < result.blocks // 3
