@@ -61,7 +61,7 @@ async def feed(pieces: list[bytes], encrypted: bool) -> None:
     conn.on_stream = streams.append
     conn.start()
     for piece in pieces:
-        conn._data_received(peer_side.encrypt(piece) if encrypted and piece else piece)
+        conn._feed_reads(peer_side.encrypt(piece) if encrypted and piece else piece)
     if conn.is_closed:
         assert isinstance(conn.error, PeerError | ConnectionClosed)
         for stream in streams:

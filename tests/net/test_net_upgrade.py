@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import pytest
@@ -16,6 +16,7 @@ from peerstack.core.identity import PrivateKey
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
 from peerstack.errors import (
+    ConnectionClosed,
     DialError,
     MuxerError,
     NegotiationError,
@@ -122,20 +123,33 @@ class RawPeer:
         return frames
 
 
-async def test_upgrade_without_host() -> None:
-    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+UpgradedPair = tuple[tcp.TcpConnection, tcp.TcpConnection, Connection, Connection]
+
+
+@contextlib.asynccontextmanager
+async def upgraded_pair(key_a: PrivateKey, key_b: PrivateKey) -> AsyncIterator[UpgradedPair]:
+    """Two TCP connections on loopback (a dials b, naming b's PeerId), upgraded without
+    hosts and not started: (raw_a, raw_b, conn_a, conn_b)."""
     accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
     listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
     try:
         raw_a = await tcp.dial(listener.multiaddrs[0])
         raw_b = await accepted.get()
-        assert raw_b.remote_addr == raw_a.local_addr
         conn_a, conn_b = await asyncio.gather(
             upgrade(
                 raw_a, key_a, outbound=True, expected_peer=PeerId.from_public_key(key_b.public_key)
             ),
             upgrade(raw_b, key_b, outbound=False),
         )
+        yield raw_a, raw_b, conn_a, conn_b
+    finally:
+        await listener.close()
+
+
+async def test_upgrade_without_host() -> None:
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    async with upgraded_pair(key_a, key_b) as (raw_a, raw_b, conn_a, conn_b):
+        assert raw_b.remote_addr == raw_a.local_addr
         inbound: asyncio.Queue[object] = asyncio.Queue()
         conn_b.on_stream = inbound.put_nowait
         conn_a.start()
@@ -151,8 +165,6 @@ async def test_upgrade_without_host() -> None:
         await conn_a.close()
         await conn_b.wait_closed()
         assert conn_b.is_closed
-    finally:
-        await listener.close()
 
 
 @pytest.mark.parametrize("early", [True, False])
@@ -577,7 +589,7 @@ async def test_probe_ack_and_first_answer_leave_in_one_write(arrives: str) -> No
         inb.start()
     else:
         inb.start()
-        inb._data_received(request)  # as a read would, before the start flush has run
+        inb._feed_reads(request)  # as a read would, before the start flush has run
     await asyncio.gather(*tasks)
     for _ in range(1000):
         if counter.writes:
@@ -647,3 +659,51 @@ async def test_dial_writes_message_3_before_upgrade_returns(early: bool) -> None
         assert inb.error is None  # a clean close (GoAway), not a broken handshake
     finally:
         await listener.close()
+
+
+async def _upgraded_pair_exchange() -> None:
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    async with upgraded_pair(key_a, key_b) as (raw_a, raw_b, conn_a, conn_b):
+        inbound: asyncio.Queue[YamuxStream] = asyncio.Queue()
+        conn_b.on_stream = inbound.put_nowait
+        conn_a.start()
+        conn_b.start()
+        # The loop now reads for the Connection itself, with no hop through the TcpConnection.
+        for raw, conn in ((raw_a, conn_a), (raw_b, conn_b)):
+            assert raw.transport is not None
+            assert raw.transport.get_protocol() is conn
+        bulk = os.urandom(3 * 1024 * 1024 + 12345)  # frames cut by reads, read into place
+        stream = conn_a.open_stream()
+        writing = asyncio.ensure_future(stream.write(bulk))  # more than the stream's window
+        peer = await inbound.get()
+        assert await peer.readexactly(len(bulk)) == bulk
+        await writing
+        for size in (1, 32, 5000, noise.MAX_PLAINTEXT + 1):
+            msg = os.urandom(size)
+            await peer.write(msg)
+            assert await stream.readexactly(size) == msg
+        await stream.close()
+        assert await peer.read_until_eof(10) == b""
+        # The end of the TCP connection still reaches both sides.
+        await conn_a.close()
+        await conn_b.wait_closed()
+        assert conn_b.is_closed
+        assert raw_b.is_closed
+        # b's stream was still open for writing, so the GoAway alone did not close b: the
+        # TCP close (connection_lost, forwarded by the Connection) did.
+        assert isinstance(conn_b.error, ConnectionClosed)
+
+
+@pytest.mark.parametrize("loop_kind", ["production", "asyncio"])
+def test_upgraded_connection_is_the_transports_protocol(loop_kind: str) -> None:
+    """After start() the event loop calls the Connection's get_buffer/buffer_updated directly
+    (uvloop and asyncio transports both take the new protocol): bulk data, small messages and
+    the close all arrive intact."""
+    if loop_kind == "asyncio":
+        loop = asyncio.DefaultEventLoopPolicy().new_event_loop()
+    else:
+        loop = tcp.best_event_loop_policy().new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(_upgraded_pair_exchange(), 30))
+    finally:
+        loop.close()

@@ -937,7 +937,6 @@ def test_fuzz_reads_into_the_partial_frame(junk: bytes, cuts: list[int]) -> None
         assert b.recv_buffer() is None
 
 
-
 def _receive(b: NoiseTransport, wire: bytes, how: str) -> bytes:
     """Feed one frame as a whole, in two pieces, or its rest read into recv_buffer()."""
     if how == "whole":

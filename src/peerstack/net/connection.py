@@ -1,9 +1,12 @@
 """``Connection``: a secured, multiplexed connection driving NoiseTransport + YamuxSession.
 
-Read path (the event loop's read callback, synchronous): TCP bytes -> ``decrypt`` -> yamux
-``receive_data`` -> events dispatched to ``YamuxStream`` objects. A Noise frame cut by the end
-of a read has its rest read by the socket straight into Noise's partial-frame buffer
-(``TcpConnection.set_read_target``), so bulk reads stay one frame each and copy nothing.
+Read path (the event loop's read callback, synchronous): once upgraded, the Connection is the
+transport's protocol itself (``TcpConnection.hand_over``), so the loop calls its
+``buffer_updated`` with no hop through the TcpConnection: TCP bytes -> ``decrypt`` -> yamux
+``receive_fast``/``receive_data`` -> the payload or events dispatched to ``YamuxStream``
+objects. A Noise frame cut by the end of a read has its rest read by the socket straight into
+Noise's partial-frame buffer (``get_buffer`` names it), so bulk reads stay one frame each and
+copy nothing.
 
 Write path: streams hand data to the session; the session's output is drained, encrypted once
 and written once per loop turn (or at once when a large batch is waiting), so many small frames
@@ -34,7 +37,7 @@ from peerstack.errors import (
     StreamReset,
 )
 from peerstack.net.stream import StreamConnectionClosed, YamuxStream
-from peerstack.net.tcp import TcpConnection
+from peerstack.net.tcp import TcpConnection, UpgradedProtocol
 from peerstack.wire import noise, yamux
 from peerstack.wire.noise import NoiseTransport
 
@@ -166,8 +169,8 @@ class _Sealer:
         self._pool().written(buf, conn._wire_written)
 
 
-class Connection:
-    """One upgraded connection to a peer."""
+class Connection(UpgradedProtocol):
+    """One upgraded connection to a peer (and, once started, its TCP transport's protocol)."""
 
     # Slots: a node holds thousands of idle connections, and a __dict__ per object costs more
     # than the slots themselves.
@@ -189,8 +192,9 @@ class Connection:
         "_session",
         "_started",
         "_streams",
-        "_tcp",
+        "_target",
         "_timer",
+        "_view",
         "_wire_written",
         "bytes_received",
         "bytes_sent",
@@ -217,8 +221,12 @@ class Connection:
         leftover_plaintext: bytes = b"",
         leftover_ciphertext: bytes = b"",
     ) -> None:
+        super().__init__(tcp)
         self._loop = asyncio.get_running_loop()
-        self._tcp = tcp
+        # The loop's read buffer (shared by the host's connections) and, while Noise holds
+        # part of a frame, where the next read goes instead: the rest of that frame.
+        self._view = tcp.read_buffer
+        self._target: memoryview | None = None
         self._noise = noise
         self._session = session
         self._remote_peer = remote_peer
@@ -260,9 +268,7 @@ class Connection:
         self._started = True
         leftover_plaintext, leftover_ciphertext = self._leftover
         self._leftover = (b"", b"")
-        pending = self._tcp.attach(
-            self._data_received, self._connection_lost, self._direct_received
-        )
+        pending = self._tcp.hand_over(self, self._connection_lost)
         # What arrived with the handshake (a listener typically finds the dialler's first
         # stream here: SYN, multistream proposal, request) is handled before the first flush
         # is scheduled: the handlers it starts are then queued on the loop ahead of that
@@ -271,7 +277,7 @@ class Connection:
         if leftover_plaintext:
             self._plaintext_received(leftover_plaintext)
         if leftover_ciphertext or pending:
-            self._data_received(leftover_ciphertext + pending)
+            self._feed_reads(leftover_ciphertext + pending)
         if self._closed:
             return
         # Starts the keepalive clock; with rtt_interval on, this sends the first RTT probe
@@ -471,18 +477,30 @@ class Connection:
 
     # -- the read path -----------------------------------------------------------------------
 
-    def _data_received(self, data: bytes | memoryview) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the loop reads next: the rest of a frame Noise holds, else the shared buffer."""
+        target = self._target
+        return target if target is not None else self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """The loop read ``nbytes`` into what get_buffer() gave: runs once per read."""
+        if self._target is not None:
+            self._target = None
+            self._direct_received(nbytes)
+            return
         if self._closed:
             return
         noise = self._noise
         try:
-            plain = noise.decrypt(data)
+            # Noise copies what it keeps (a partial frame) and decrypts into fresh bytes,
+            # so the shared buffer is free for the next read of any connection.
+            plain = noise.decrypt(self._view[:nbytes])
         except PeerError as exc:
             self._fail(exc)
             return
         if noise.pending:
             # A frame cut by the end of the read: its rest is read straight into place.
-            self._tcp.set_read_target(noise.recv_buffer())
+            self._target = noise.recv_buffer()
         if not plain:
             return
         # Fast path: one small Data frame (a request, an answer, a ping): no events, nothing
@@ -497,8 +515,22 @@ class Connection:
             return
         self._deliver(plain, sid)
 
+    def _feed_reads(self, data: bytes) -> None:
+        """Handle ``data`` as if the loop had read it (bytes that came with the handshake).
+
+        Copied into get_buffer() piece by piece, as a read would land, so it takes exactly
+        the per-read path (and a frame cut at its end has its rest read into place).
+        """
+        pos = 0
+        while pos < len(data) and not self._closed:
+            buf = self.get_buffer(-1)
+            n = min(len(buf), len(data) - pos)
+            buf[:n] = data[pos : pos + n]
+            pos += n
+            self.buffer_updated(n)
+
     def _direct_received(self, nbytes: int) -> None:
-        """The loop read ``nbytes`` into the frame Noise holds (see set_read_target)."""
+        """The loop read ``nbytes`` into the frame Noise holds (the view get_buffer() gave)."""
         if self._closed:
             return
         noise = self._noise
@@ -508,7 +540,7 @@ class Connection:
             self._fail(exc)
             return
         if not plain:
-            self._tcp.set_read_target(noise.recv_buffer())
+            self._target = noise.recv_buffer()
             return
         self._deliver(plain, self._session.receive_fast(plain, self._loop.time()))
 
