@@ -742,3 +742,23 @@ async def test_a_fetch_ticks_its_session_at_refills_not_per_block(
         assert result.blocks == 401
         assert await read_all(b.store, res.cid) == data
         assert 0 < ticks[0] < result.blocks // 3
+
+
+async def test_blocks_that_arrive_after_stop_are_dropped_quietly(
+    net: MemNetwork, tmp_path: Path
+) -> None:
+    """A stopped service takes no blocks (its store pool is gone): a late message is not
+    an error of the stream handling it, and nothing reaches the store."""
+    host, peer = net.add_host(), net.add_host().peer_id
+    with Blockstore(tmp_path / "n", FsyncPolicy.NEVER) as store:
+        bs = Bitswap(host, store)
+        async with bs:
+            session = bs.new_session()
+            data = pattern(1000)
+            cid = CID.hash_of(data, RAW)
+            session.want(cid)
+        msg = Message(payload=[m.BlockPayload(cid.prefix(), data)])
+        await bs.handle_message(peer, msg)
+        assert bs._storing == {}
+        assert not await store.has(cid)
+        assert isinstance(session.error, PeerstackError)  # the stop failed the session

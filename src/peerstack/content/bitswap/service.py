@@ -642,8 +642,9 @@ class Bitswap:
         up to ``max_storing_bytes`` per peer; a bad block is acted on when it is found.
         """
         pool = self._store_pool
-        if pool is None:
-            raise FetchError("bitswap is not running")
+        if pool is None:  # stopped: no session takes blocks any more
+            log.debug("bitswap stopped: blocks from %s dropped", peer)
+            return
         nbytes = sum(map(len, msg.blocks)) + sum(len(b.data) for b in msg.payload)
         storing = self._storing.get(peer)
         if storing is None:
