@@ -36,7 +36,7 @@ from peerstack.errors import (
     ResourceLimitError,
     StreamReset,
 )
-from peerstack.net.stream import StreamConnectionClosed, YamuxStream
+from peerstack.net.stream import LazyConnectionClosed, StreamConnectionClosed, YamuxStream
 from peerstack.net.tcp import TcpConnection, UpgradedProtocol
 from peerstack.wire import noise, yamux
 from peerstack.wire.noise import NoiseTransport
@@ -470,9 +470,15 @@ class Connection(UpgradedProtocol):
             raise self.error_for_streams() from None
 
     def error_for_streams(self) -> StreamConnectionClosed:
-        reason = f": {self.error}" if self.error is not None else ""
-        err = StreamConnectionClosed(f"connection to {self._remote_peer} closed{reason}")
-        err.__cause__ = self.error
+        """The error a stream of this closed connection raises (its text made when read)."""
+        error = self.error
+        if error is None:
+            err = StreamConnectionClosed.later("connection to {} closed", self._remote_peer)
+        else:
+            err = StreamConnectionClosed.later(
+                "connection to {} closed: {}", self._remote_peer, error
+            )
+        err.__cause__ = error
         return err
 
     # -- the read path -----------------------------------------------------------------------
@@ -610,7 +616,7 @@ class Connection(UpgradedProtocol):
             if not self._streams:
                 self._loop.call_soon(self._close_now, None)
         elif isinstance(ev, yamux.KeepaliveTimeout):
-            self._fail(ConnectionClosed(f"keepalive timeout to {self._remote_peer}"))
+            self._fail(LazyConnectionClosed.later("keepalive timeout to {}", self._remote_peer))
         # StreamAccepted needs nothing: data may flow before the ACK.
 
     def _inbound_stream(self, sid: int) -> None:
@@ -795,9 +801,13 @@ class Connection(UpgradedProtocol):
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return
-        err = ConnectionClosed(f"connection to {self._remote_peer} lost: {exc}") if exc else None
-        # A TCP close without GoAway: the streams still open end abruptly.
-        self._close_now(err or ConnectionClosed(f"{self._remote_peer} closed the connection"))
+        # A TCP close without GoAway: the streams still open end abruptly. The texts are made
+        # when read (see LazyMessage): most closes are never reported.
+        if exc is not None:
+            err = LazyConnectionClosed.later("connection to {} lost: {}", self._remote_peer, exc)
+        else:
+            err = LazyConnectionClosed.later("{} closed the connection", self._remote_peer)
+        self._close_now(err)
 
     def __repr__(self) -> str:
         direction = "out" if self._outbound else "in"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from peerstack.core.multiaddr import Multiaddr
 from peerstack.core.peer_id import PeerId
@@ -49,8 +49,43 @@ JOIN_LIMIT = 64 * 1024
 DIRECT_WRITE_LIMIT = 16 * 1024
 
 
-class StreamConnectionClosed(StreamReset, ConnectionClosed):
+class LazyMessage:
+    """Mixin for an exception whose text is made when it is read, not when it is made.
+
+    A connection's errors name the peer, and a PeerId met for the first time makes its
+    base58 text on first use (~40 us). Most of these errors are never shown (the streams'
+    error when a connection closes, the TCP close after a GoAway), so ``later()`` keeps the
+    template and its values and ``str()``/``repr()`` format them.
+    """
+
+    _template = ""
+    _values: tuple[object, ...] = ()
+
+    @classmethod
+    def later(cls, template: str, *values: object) -> Self:
+        """The error with the text ``template.format(*values)``, made on first read."""
+        err = cls()
+        err._template = template
+        err._values = values
+        return err
+
+    def __str__(self) -> str:
+        if not self._template:
+            return super().__str__()
+        return self._template.format(*self._values)
+
+    def __repr__(self) -> str:
+        if not self._template:
+            return super().__repr__()
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class StreamConnectionClosed(LazyMessage, StreamReset, ConnectionClosed):
     """The connection under the stream closed or failed; the stream is gone both ways."""
+
+
+class LazyConnectionClosed(LazyMessage, ConnectionClosed):
+    """ConnectionClosed whose text (naming the peer) is made when read."""
 
 
 class YamuxStream:
