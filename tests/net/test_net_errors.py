@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from peerstack.core.identity import PrivateKey
 from peerstack.errors import ConnectionClosed, StreamReset
-from peerstack.net.stream import LazyConnectionClosed, StreamConnectionClosed, YamuxStream
-from tests.net.test_net_upgrade import upgraded_pair
+from peerstack.net.stream import LazyConnectionClosed, StreamConnectionClosed
+from tests.net.test_net_upgrade import start_pair, upgraded_pair
 
 
 class Counted:
@@ -45,10 +43,7 @@ async def test_a_close_makes_no_peer_text() -> None:
     name the peer, but the PeerId's base58 text is made only once they are read."""
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     async with upgraded_pair(key_a, key_b) as (_, raw_b, conn_a, conn_b):
-        inbound: asyncio.Queue[YamuxStream] = asyncio.Queue()
-        conn_b.on_stream = inbound.put_nowait
-        conn_a.start()
-        conn_b.start()
+        inbound = start_pair(conn_a, conn_b)
         stream = conn_a.open_stream()
         await stream.write(b"hello")
         peer_stream = await inbound.get()

@@ -146,20 +146,26 @@ async def upgraded_pair(key_a: PrivateKey, key_b: PrivateKey) -> AsyncIterator[U
         await listener.close()
 
 
+def start_pair(conn_a: Connection, conn_b: Connection) -> asyncio.Queue[YamuxStream]:
+    """Start both connections; b's inbound streams arrive on the queue returned."""
+    inbound: asyncio.Queue[YamuxStream] = asyncio.Queue()
+    conn_b.on_stream = inbound.put_nowait
+    conn_a.start()
+    conn_b.start()
+    return inbound
+
+
 async def test_upgrade_without_host() -> None:
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     async with upgraded_pair(key_a, key_b) as (raw_a, raw_b, conn_a, conn_b):
         assert raw_b.remote_addr == raw_a.local_addr
-        inbound: asyncio.Queue[object] = asyncio.Queue()
-        conn_b.on_stream = inbound.put_nowait
-        conn_a.start()
-        conn_b.start()
+        inbound = start_pair(conn_a, conn_b)
         stream = conn_a.open_stream()
         await stream.write(b"raw stream")
         await stream.close()
         peer_stream = await inbound.get()
         assert peer_stream.__class__.__name__ == "YamuxStream"
-        assert await peer_stream.read_until_eof(100) == b"raw stream"  # type: ignore[attr-defined]
+        assert await peer_stream.read_until_eof(100) == b"raw stream"
         assert conn_b.remote_peer == PeerId.from_public_key(key_a.public_key)
         assert conn_a.stats()["bytes_sent"] == 10
         await conn_a.close()
@@ -664,10 +670,7 @@ async def test_dial_writes_message_3_before_upgrade_returns(early: bool) -> None
 async def _upgraded_pair_exchange() -> None:
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     async with upgraded_pair(key_a, key_b) as (raw_a, raw_b, conn_a, conn_b):
-        inbound: asyncio.Queue[YamuxStream] = asyncio.Queue()
-        conn_b.on_stream = inbound.put_nowait
-        conn_a.start()
-        conn_b.start()
+        inbound = start_pair(conn_a, conn_b)
         # The loop now reads for the Connection itself, with no hop through the TcpConnection.
         for raw, conn in ((raw_a, conn_a), (raw_b, conn_b)):
             assert raw.transport is not None
