@@ -710,3 +710,53 @@ def test_upgraded_connection_is_the_transports_protocol(loop_kind: str) -> None:
         loop.run_until_complete(asyncio.wait_for(_upgraded_pair_exchange(), 30))
     finally:
         loop.close()
+
+
+async def test_pong_is_written_after_the_tasks_its_read_woke() -> None:
+    """One read brings a ping and the message a reader waits for; the reader wakes a waiter
+    of its own (identify's reader and wait_identified() do this). Both run before the pong
+    is written, so the waiter is not held up by an encrypted write of its own for the pong,
+    and the pong still goes out (the peer measures its RTT)."""
+    out, inb = await _upgrade_pair(UpgradeOptions(), UpgradeOptions())
+    inbound: asyncio.Queue[YamuxStream] = asyncio.Queue()
+    inb.on_stream = inbound.put_nowait
+    out.on_stream = lambda s: None
+    rtts: list[float] = []
+    inb.on_rtt = rtts.append
+    out.start()
+    inb.start()
+    stream = out.open_stream()
+    await stream.write(b"hi")
+    peer = await inbound.get()
+    assert await peer.readexactly(2) == b"hi"
+    await asyncio.sleep(0.05)  # the start probes and their pongs are done with
+    rtts.clear()
+    counter = _CountingTransport(cast(asyncio.Transport, out._tcp.transport))
+    out._tcp.transport = cast(asyncio.Transport, counter)
+    seen: dict[str, int] = {}
+    told: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def reader() -> None:
+        assert await stream.readexactly(3) == b"msg"
+        seen["reader"] = len(counter.writes)
+        told.set_result(None)
+
+    async def waiter() -> None:
+        await told
+        seen["waiter"] = len(counter.writes)
+
+    tasks = [asyncio.ensure_future(reader()), asyncio.ensure_future(waiter())]
+    await asyncio.sleep(0)  # both wait now
+    # A ping and the message in one flush, so in one read on the other side.
+    inb.session.ping(asyncio.get_running_loop().time())
+    inb.send(stream.stream_id, b"msg")
+    await asyncio.gather(*tasks)
+    assert seen == {"reader": 0, "waiter": 0}
+    for _ in range(1000):
+        if rtts:
+            break
+        await asyncio.sleep(0.001)
+    assert rtts  # the pong went out after them
+    assert counter.writes
+    await out.close()
+    await inb.close()

@@ -590,9 +590,10 @@ class Connection(UpgradedProtocol):
                     stream._wake_writer()
             else:
                 self._other_event(ev)
-        # Answers the session owes (ACKs, pongs, window updates) go out this turn.
+        # Answers the session owes (a pong, say) go out this turn, but behind what this read
+        # woke: see _flush_after_wakeups.
         if self._flush_handle is None and not self._closed and session.has_output:
-            self._flush_handle = self._loop.call_soon(self._flush)
+            self._flush_handle = self._loop.call_soon(self._flush_after_wakeups)
 
     def _other_event(self, ev: yamux.Event) -> None:
         if isinstance(ev, yamux.StreamOpened):
@@ -639,6 +640,16 @@ class Connection(UpgradedProtocol):
             self._flush_handle = self._loop.call_soon(self._flush)
 
     # -- the write path ----------------------------------------------------------------------
+
+    def _flush_after_wakeups(self) -> None:
+        """Schedule the flush again, so it runs after the callbacks queued meanwhile.
+
+        A read that both owes the peer an answer and completes a message wakes a task (say
+        identify's reader), which wakes its own waiters in turn: flushing in between made the
+        pong its own encrypted write ahead of the waiters, on the path of a dial's identify.
+        One hop later, the pong leaves with whatever those waiters send (or closes with).
+        """
+        self._flush_handle = self._loop.call_soon(self._flush)
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None and not self._closed:
