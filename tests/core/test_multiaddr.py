@@ -143,3 +143,55 @@ def test_p2p_helpers() -> None:
     assert ma.p2p_bytes == PeerId.from_string(PID).to_bytes()
     cid_form = Multiaddr(f"/ip4/127.0.0.1/tcp/1/p2p/{PeerId.from_string(PID).to_cid_string()}")
     assert str(cid_form) == str(ma)  # canonical base58 text whatever form came in
+
+
+_ip6_raw = st.one_of(
+    st.binary(min_size=16, max_size=16),
+    # zero runs of every length and place, and the IPv4-mapped / -compatible forms
+    st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x1234]), min_size=8, max_size=8).map(
+        lambda hx: b"".join(h.to_bytes(2, "big") for h in hx)
+    ),
+    st.binary(min_size=4, max_size=4).map(lambda v4: bytes(10) + b"\xff\xff" + v4),
+    st.binary(min_size=4, max_size=4).map(lambda v4: bytes(12) + v4),
+)
+_component_spec = st.one_of(
+    st.tuples(st.just("ip4"), st.binary(min_size=4, max_size=4)),
+    st.tuples(st.just("ip6"), _ip6_raw),
+    st.tuples(st.sampled_from(["tcp", "udp"]), st.binary(min_size=2, max_size=2)),
+    st.tuples(
+        st.sampled_from(["dns", "dns4", "dnsaddr"]),
+        st.text(alphabet="abcxyz.-", min_size=1, max_size=200).map(str.encode),
+    ),
+    st.tuples(st.sampled_from(["quic-v1", "p2p-circuit", "ws", "tls"]), st.just(b"")),
+)
+
+
+@given(st.lists(_component_spec, max_size=5))
+def test_binary_parse_agrees_with_the_components(specs: list[tuple[str, bytes]]) -> None:
+    """from_bytes (inline fast cases, inet_ntop for ip6) gives the components the general
+    converters give, keeps the input as the binary form, and round-trips through text."""
+    import ipaddress
+
+    from peerstack.core.multiaddr import Component, _value_to_text
+
+    expected = []
+    for name, raw in specs:
+        if name in ("quic-v1", "p2p-circuit", "ws", "tls"):
+            expected.append(Component(name, None, b""))
+        else:
+            expected.append(Component(name, _value_to_text(name, raw), raw))
+            if name == "ip6":  # the same text ipaddress writes, mapped forms included
+                assert expected[-1].value == str(ipaddress.IPv6Address(raw))
+    data = Multiaddr.from_components(tuple(expected)).to_bytes()
+    ma = Multiaddr.from_bytes(data)
+    assert ma.components == tuple(expected)
+    assert ma.to_bytes() == data
+    assert hash(ma) == hash(Multiaddr.from_bytes(bytearray(data)))  # type: ignore[arg-type]
+    assert Multiaddr(str(ma)) == ma if specs else True
+
+
+def test_non_minimal_varints_are_refused() -> None:
+    """The binary form is kept as given, so it must be the canonical one."""
+    for data in (b"\x84\x00" + bytes(4), b"\x35\x80\x00"):  # ip4's code, a dns length
+        with pytest.raises(DecodeError):
+            Multiaddr.from_bytes(data)

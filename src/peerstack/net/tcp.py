@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-from peerstack.core.multiaddr import Component, Multiaddr
+from peerstack.core.multiaddr import Multiaddr
 from peerstack.errors import ConnectionClosed, DialError, UsageError
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def best_event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
 
 
 # Binary multiaddr codes (one-byte varints) for building socket addresses without text.
+_IP4_CODE = b"\x04"
 _IP6_CODE = b"\x29"
 _TCP_CODE = b"\x06"
 
@@ -79,9 +80,9 @@ def sockaddr_to_multiaddr(sockaddr: tuple[object, ...] | None) -> Multiaddr | No
     """``('127.0.0.1', 4001)`` or ``('::1', 4001, 0, 0)`` -> ``/ip4|ip6/<host>/tcp/<port>``.
 
     Runs once per connection per side, so it skips text parsing: ``inet_pton`` gives the
-    address bytes and the multiaddr is built from them (an IPv4 one from its components,
-    an IPv6 one from its binary form, which also gives the canonical IPv6 text). The result
-    is the one ``Multiaddr(f"/ip4|ip6/{ipaddress.ip_address(host)}/tcp/{port}")`` gives.
+    address bytes and the multiaddr is parsed from its binary form (memoized, and fast for
+    these shapes; it also gives the canonical IPv6 text). The result is the one
+    ``Multiaddr(f"/ip4|ip6/{ipaddress.ip_address(host)}/tcp/{port}")`` gives.
     """
     if not sockaddr or len(sockaddr) < 2:
         return None
@@ -96,8 +97,7 @@ def sockaddr_to_multiaddr(sockaddr: tuple[object, ...] | None) -> Multiaddr | No
         raw = socket.inet_pton(socket.AF_INET, host)
     except (OSError, ValueError):  # not an address (ValueError: a NUL in the text)
         return None
-    ip = Component("ip4", f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}", raw)
-    return Multiaddr.from_components((ip, Component("tcp", str(port), port_bytes)))
+    return Multiaddr.from_bytes(_IP4_CODE + raw + _TCP_CODE + port_bytes)
 
 
 _SIOCGIFADDR = 0x8915  # Linux ioctl: the IPv4 address of an interface
