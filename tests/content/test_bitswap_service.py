@@ -9,7 +9,9 @@ import gc
 import itertools
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from peerstack.content.bitswap.service import (
     BitswapConfig,
     Provider,
     Reprovider,
+    _Storing,
 )
 from peerstack.content.bitswap.session import Actions, Session, SessionConfig
 from peerstack.content.blockstore import Blockstore, BlockstoreFull, FsyncPolicy
@@ -762,3 +765,39 @@ async def test_blocks_that_arrive_after_stop_are_dropped_quietly(
         assert bs._storing == {}
         assert not await store.has(cid)
         assert isinstance(session.error, PeerstackError)  # the stop failed the session
+
+
+async def test_a_peer_s_stores_run_in_order_one_at_a_time() -> None:
+    """A peer's messages are stored by one worker thread at a time, in the order they came
+    (the thread that finishes one takes the next); another peer's run beside them."""
+    pool = ThreadPoolExecutor(max_workers=4)
+    try:
+        peers = [_Storing(), _Storing()]
+        order: list[list[int]] = [[], []]
+        active = [0, 0]
+        most = [0, 0]
+        lock = threading.Lock()
+        finished = threading.Barrier(3)
+
+        def job(p: int, i: int) -> Callable[[], None]:
+            def run() -> None:
+                with lock:
+                    active[p] += 1
+                    most[p] = max(most[p], active[p])
+                time.sleep(0.0002)  # long enough for the next submission to find it busy
+                with lock:
+                    order[p].append(i)
+                    active[p] -= 1
+                if i == 59:
+                    finished.wait(10)
+
+            return run
+
+        for i in range(60):
+            for p in (0, 1):
+                peers[p].run(pool, job(p, i))
+        await asyncio.to_thread(finished.wait, 10)
+        assert order == [list(range(60)), list(range(60))]
+        assert most == [1, 1]
+    finally:
+        pool.shutdown(wait=True)

@@ -21,9 +21,10 @@ import contextlib
 import functools
 import logging
 import os
-from collections import OrderedDict
+import threading
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -244,12 +245,21 @@ class _Received:
 
 class _Storing:
     """One peer's messages whose blocks are being verified and stored in worker threads, and
-    their bytes; ``wait_for_room`` is how the peer's reader waits while they are too many."""
+    their bytes; ``wait_for_room`` is how the peer's reader waits while they are too many.
+
+    A peer's messages run one after the other on one worker thread at a time (``run``): the
+    thread that stored a message takes the peer's next one itself, so a steady stream from one
+    peer keeps one thread busy instead of waking an idle one per message (a futex hand-off
+    each way); different peers still use different threads.
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self.nbytes = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._lock = threading.Lock()  # _jobs and _running, shared with the worker thread
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._running = False
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -261,6 +271,16 @@ class _Storing:
     def done(self, nbytes: int) -> None:
         self.count -= 1
         self.nbytes -= nbytes
+        self._wake()
+
+    def abandon(self) -> None:
+        """The service stopped: what is queued is dropped and nobody waits for room."""
+        with self._lock:
+            self._jobs.clear()
+        self.count = self.nbytes = 0
+        self._wake()
+
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:  # each checks again whether there is room now
             if not waiter.done():
@@ -272,6 +292,25 @@ class _Storing:
             waiter = loop.create_future()
             self._waiters.append(waiter)
             await waiter
+
+    def run(self, pool: ThreadPoolExecutor, job: Callable[[], None]) -> None:
+        """Run ``job`` in a worker thread after the peer's jobs before it."""
+        with self._lock:
+            self._jobs.append(job)
+            if self._running:
+                return  # the thread running the peer's jobs takes it next
+            self._running = True
+        pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        """(worker thread) The peer's jobs, in order, until none is left."""
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._running = False
+                    return
+                job = self._jobs.popleft()
+            job()
 
 
 class FetchSession:
@@ -481,6 +520,9 @@ class Bitswap:
             # Stores in progress finish (a file being written stays consistent); queued ones
             # are dropped (their blocks were never delivered, so nothing counts on them).
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        for storing in self._storing.values():
+            storing.abandon()
+        self._storing.clear()
         for session in list(self.sessions):
             session.fail(FetchError("bitswap stopped"))
         for out in self._outbound.values():
@@ -652,26 +694,36 @@ class Bitswap:
         storing.add(nbytes)
         loop = asyncio.get_running_loop()
         done = functools.partial(self._stored, peer, storing, nbytes)
-        work = pool.submit(self._verify_and_store, msg, list(self.sessions))
-        work.add_done_callback(lambda w: loop.call_soon_threadsafe(done, w))
+        sessions = list(self.sessions)
+
+        def job() -> None:  # in a worker thread; the outcome goes back to the loop
+            received: list[_Received] | None = None  # None: dropped (stopped) or failed
+            if self._store_pool is not None:
+                try:
+                    received = self._verify_and_store(msg, sessions)
+                except Exception:  # a bug (a peer's faults are in the results), not hidden
+                    log.exception("storing blocks from %s failed", peer)
+            loop.call_soon_threadsafe(done, received)
+
+        storing.run(pool, job)
         if storing.nbytes > self.config.max_storing_bytes:
             await storing.wait_for_room(self.config.max_storing_bytes)
 
     def _stored(
-        self, peer: PeerId, storing: _Storing, nbytes: int, work: Future[list[_Received]]
+        self,
+        peer: PeerId,
+        storing: _Storing,
+        nbytes: int,
+        received: list[_Received] | None,
     ) -> None:
-        """(on the loop) A message's blocks were hashed and stored: deliver them, and cut the
-        peer off if one was bad."""
+        """(on the loop) A message's blocks were hashed and stored (``received``): deliver
+        them, and cut the peer off if one was bad. None: dropped by a stop, or failed."""
         storing.done(nbytes)
         if not storing and self._storing.get(peer) is storing:
             del self._storing[peer]
-        if work.cancelled() or self._store_pool is None:
+        if received is None or self._store_pool is None:
             return  # the service stopped
-        exc = work.exception()
-        if exc is not None:  # a bug: blocks and peers errors are in the results
-            log.error("storing blocks from %s failed", peer, exc_info=exc)
-            return
-        bad = self._deliver_received(peer, work.result())
+        bad = self._deliver_received(peer, received)
         if bad is not None and not self.is_banned(peer):
             self.penalize(peer, bad)
 
