@@ -801,3 +801,77 @@ async def test_a_peer_s_stores_run_in_order_one_at_a_time() -> None:
         assert most == [1, 1]
     finally:
         pool.shutdown(wait=True)
+
+
+class _ColdStore(Blockstore):
+    """A store whose blocks are never in the page cache: every read takes ``get``."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, FsyncPolicy.NEVER)
+        self.gets = 0
+
+    def read_cached(self, cid: CID) -> bytes | None:
+        return None
+
+    async def get(self, cid: CID) -> bytes:
+        self.gets += 1
+        return await super().get(cid)
+
+
+@pytest.mark.parametrize("cold", [False, True])
+async def test_blocks_are_served_from_the_page_cache_or_from_get(
+    net: MemNetwork, tmp_path: Path, cold: bool
+) -> None:
+    cold_store = _ColdStore(tmp_path / "seed") if cold else None
+    seed_store = cold_store or Blockstore(tmp_path / "seed")
+    with seed_store, Blockstore(tmp_path / "leech", FsyncPolicy.NEVER) as leech_store:
+        seed_host, leech_host = net.add_host(), net.add_host()
+        seed, leech = Bitswap(seed_host, seed_store), Bitswap(leech_host, leech_store)
+        async with seed, leech:
+            data = pattern(3 * 256 * 1024 + 5)
+            res = await import_bytes(seed_store, data, SMALL_CHUNKS)
+            await leech_host.connect(seed_host.peer_id)
+            result = await asyncio.wait_for(leech.fetch(res.cid), 30)
+        assert await read_all(leech_store, res.cid) == data
+        assert seed.engine.bytes_sent == result.fetched_bytes == result.bytes
+        if cold_store is not None:
+            assert cold_store.gets == result.blocks
+
+
+def _evict(path: Path) -> bool:
+    """Drop ``path`` from the page cache; False where the file system keeps it anyway."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT here")
+async def test_read_cached_reads_only_what_the_page_cache_holds(
+    store: Blockstore, tmp_path: Path
+) -> None:
+    data = pattern(300_000)
+    cid = CID.hash_of(data, RAW)
+    await store.put(cid, data)
+    got = store.read_cached(cid)
+    assert got == data
+    assert type(got) is bytes
+    assert store.read_cached(CID.hash_of(b"nope")) is None  # missing: get() says why
+    if _evict(store.path_for(cid)):
+        assert store.read_cached(cid) is None  # would wait for the disk: not read
+        assert await store.get(cid) == data
+        assert store.read_cached(cid) == data  # cached again by that read
+    # a block held by reference is re-hashed when read: never read here
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 10 + data[:1000])
+    ref = CID.hash_of(data[:1000], RAW)
+    store.put_ref_sync(ref, outside, 10, 1000)
+    assert await store.get(ref) == data[:1000]
+    assert store.read_cached(ref) is None

@@ -290,3 +290,42 @@ async def test_direct_io_full_disk_is_a_clear_error(
         monkeypatch.undo()
         assert list((tmp_path / "d" / "tmp").iterdir()) == []
         assert await bs.put(CID.hash_of(data, RAW), data)
+
+
+def _evict(path: Path) -> bool:
+    """Drop ``path`` from the page cache; False where the file system keeps it anyway."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT here")
+async def test_read_cached_reads_only_what_the_page_cache_holds(
+    store: Blockstore, tmp_path: Path
+) -> None:
+    data = pattern(300_000)
+    cid = CID.hash_of(data, RAW)
+    await store.put(cid, data)
+    got = store.read_cached(cid)
+    assert got == data
+    assert type(got) is bytes
+    assert store.read_cached(CID.hash_of(b"nope")) is None  # missing: get() says why
+    if _evict(store.path_for(cid)):
+        assert store.read_cached(cid) is None  # would wait for the disk: not read
+        assert await store.get(cid) == data
+        assert store.read_cached(cid) == data  # cached again by that read
+    # a block held by reference is re-hashed when read: never read here
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 10 + data[:1000])
+    ref = CID.hash_of(data[:1000], RAW)
+    store.put_ref_sync(ref, outside, 10, 1000)
+    assert await store.get(ref) == data[:1000]
+    assert store.read_cached(ref) is None

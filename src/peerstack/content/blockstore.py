@@ -62,6 +62,8 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _DIRECT_ALIGN = 4096
 _DIRECT_MIN = 64 * 1024
+# preadv2 flag: fail with EAGAIN instead of waiting for the disk (Linux 4.14+; None elsewhere).
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 class _AlignedBuffer(threading.local):
@@ -656,6 +658,38 @@ class Blockstore:
         if found is None:
             raise BlockNotFound(str(cid))
         return found[0]
+
+    def read_cached(self, cid: CID) -> bytes | None:
+        """The bytes of ``cid``'s block file when the page cache holds all of them, else None.
+
+        Meant for the event loop: a read that would wait for the disk is refused
+        (``RWF_NOWAIT``), not made, so the cost is a memory copy. None also for a block held by
+        reference (its bytes are re-hashed when read), a missing or unreadable block file, and
+        where the OS has no ``RWF_NOWAIT``: the caller then takes the usual way, ``get``.
+        """
+        if _RWF_NOWAIT is None:
+            return None
+        try:
+            fd = os.open(self.path_for(cid), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size > self.max_block_size:
+                return None
+            buf = self._aligned.buf
+            if buf is None:
+                buf = self._aligned.buf = mmap.mmap(-1, self.max_block_size + _DIRECT_ALIGN)
+            # Into this thread's page-aligned buffer, then one copy out into ``bytes`` (which
+            # the transport sends without copying; a bytes object cannot be read into). Into a
+            # bytearray the read took twice as long here as into this mmap (134 / 69 us a MiB).
+            with memoryview(buf) as whole, whole[:size] as view:
+                got = os.preadv(fd, [view], 0, _RWF_NOWAIT)
+                return bytes(view) if got == size else None
+        except OSError:  # EAGAIN: not all cached; anything else, ``get`` reports it
+            return None
+        finally:
+            os.close(fd)
 
     def _children_sync(self, cid: CID) -> list[CID]:
         """The CIDs a dag-pb block links to (from the index, or parsed and indexed now)."""
