@@ -963,3 +963,33 @@ def test_last_nonce_is_refused_on_every_path(how: str) -> None:
         a.encrypt(b"more")
     with pytest.raises(NoiseError, match="receive nonce exhausted"):
         _receive(b, b"\x00\x14" + bytes(20), how)
+
+
+def test_decrypt_takes_the_first_nbytes_of_a_read_buffer() -> None:
+    """decrypt(buffer, nbytes), as a reader passes its buffer after a read: a whole frame,
+    two frames, a frame cut in two, each only from the first nbytes of a larger buffer."""
+    a, b = transports()
+    buf = bytearray(70_000)
+    view = memoryview(buf)
+    bulk = os.urandom(3000)
+    one = a.encrypt(b"one")
+    two = a.encrypt(b"two") + a.encrypt(b"three")
+    cut = a.encrypt(bulk)
+    cases = [(one, [len(one)], b"one"), (two, [len(two)], b"twothree")]
+    cases.append((cut, [100, len(cut) - 100], bulk))
+    for wire, pieces, plain in cases:
+        got = b""
+        pos = 0
+        for size in pieces:
+            buf[:size] = wire[pos : pos + size]
+            buf[size : size + 40] = os.urandom(40)  # what lies past nbytes is never read
+            got += b.decrypt(view, size)
+            pos += size
+        assert got == plain
+    assert b.pending == 0
+    # nbytes past the input: our mistake, refused without touching the transport
+    frame = a.encrypt(b"next")
+    for short in (frame[:-1], bytearray(frame[:-1])):
+        with pytest.raises(UsageError):
+            b.decrypt(short, len(frame))
+    assert b.decrypt(memoryview(frame), len(frame)) == b"next"

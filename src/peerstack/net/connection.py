@@ -500,7 +500,7 @@ class Connection(UpgradedProtocol):
         try:
             # Noise copies what it keeps (a partial frame) and decrypts into fresh bytes,
             # so the shared buffer is free for the next read of any connection.
-            plain = noise.decrypt(self._view[:nbytes])
+            plain = noise.decrypt(self._view, nbytes)
         except PeerError as exc:
             self._fail(exc)
             return

@@ -868,16 +868,20 @@ class NoiseTransport:
 
     # -- receiving --------------------------------------------------------------------------
 
-    def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+    def decrypt(self, data: bytes | bytearray | memoryview, nbytes: int = -1) -> bytes:
         """Feed ciphertext; return the plaintext of all frames completed so far (maybe ``b""``).
 
         ``data``: bytes, a bytearray or a memoryview of integer items (a 1-D byte view, as
-        TcpConnection passes, is taken as is; another is read byte for byte). Raises
+        TcpConnection passes, is taken as is; another is read byte for byte). ``nbytes``:
+        only its first ``nbytes`` bytes are input (a reader's buffer after a read: the whole
+        frame read is decrypted out of it without a slice of its own). Raises
         ``NoiseError`` when a frame fails authentication or is too short to be one; the
         transport is unusable afterwards.
         """
         if self._broken:
             raise NoiseError("noise transport failed earlier")
+        if nbytes < 0:
+            nbytes = len(data)
         try:
             # Fast path: the input is exactly one whole frame and nothing is held over (a
             # small message, or a read that met a frame boundary): decrypt it in place. It
@@ -886,18 +890,26 @@ class NoiseTransport:
             # test for every valid frame (its first item reads at least 256 times too large)
             # and is cast by _decrypt(); a signed byte view passes only when its prefix reads
             # as unsigned bytes do. 18: the length prefix and a tag.
-            if not self.pending and 18 <= len(data) == ((data[0] << 8) | data[1]) + 2:
+            if not self.pending and 18 <= nbytes == ((data[0] << 8) | data[1]) + 2:
                 nonce = self._recv_n
                 if nonce >= _LAST_NONCE:
                     raise NoiseError("receive nonce exhausted; the connection must be closed")
-                result = self._dec(_nonce(nonce), data[2:], None)
+                result = self._dec(_nonce(nonce), data[2:nbytes], None)
                 self._recv_n = nonce + 1
                 return result
+            if nbytes != len(data):
+                if nbytes > len(data):
+                    raise UsageError(f"decrypt(): nbytes={nbytes} > {len(data)} bytes given")
+                data = data[:nbytes]
             return self._decrypt(data)
         except InvalidTag:
             reason = "noise frame failed authentication"
         except _ShortFrame:
             reason = "noise frame shorter than its tag"
+        if nbytes > len(data):
+            # The fast path read past the input: our caller's mistake, not the peer's, and
+            # nothing was consumed (checked here, off the path of every frame that is fine).
+            raise UsageError(f"decrypt(): nbytes={nbytes} > {len(data)} bytes given")
         # Raised outside the except blocks on purpose: the original traceback (and with it the
         # memoryviews on the caller's buffer) is dropped, so the caller can still resize that
         # buffer while handling our error.
