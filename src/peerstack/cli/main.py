@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import click
 
 from peerstack import __version__
+from peerstack.allocator import tune_for_bulk_transfers
 from peerstack.cli.content import (
     add_command,
     cat_command,
@@ -58,6 +59,8 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``peerstack`` script."""
+    # A node moves megabyte buffers: keep freed ones for reuse (see peerstack.allocator).
+    tune_for_bulk_transfers()
     try:
         rv = cli.main(
             args=list(argv) if argv is not None else None,
