@@ -38,6 +38,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from peerstack.allocator import tune_for_bulk_transfers
 from peerstack.content.bitswap.progress import Progress
 from peerstack.content.bitswap.service import Bitswap
 from peerstack.content.blockstore import Blockstore, FsyncPolicy
@@ -235,6 +237,8 @@ async def ps_leech(
 
 def child_main(args: argparse.Namespace) -> None:
     """The ``--role`` entry points (run in their own processes by the driver)."""
+    if args.ps_malloc == "tuned":
+        tune_for_bulk_transfers()  # as the peerstack command does at start
     if args.role == "ps-import":
         run(ps_import(args.src, args.repo))
     elif args.role == "ps-seed":
@@ -397,7 +401,8 @@ class Driver:
     def seeder_argv(self, impl: str, cap: int) -> list[str]:
         if impl == "peerstack":
             argv = [PYTHON, __file__, "--role", "ps-seed", "--repo", str(self.ws.ps_repo),
-                    "--upload-cap", str(cap), "--ps-cap", self.args.ps_cap]
+                    "--upload-cap", str(cap), "--ps-cap", self.args.ps_cap,
+                    "--ps-malloc", self.args.ps_malloc]
             if self.args.seed_profile:
                 self._seeders_started += 1
                 argv += ["--profile", f"{self.args.seed_profile}.{self._seeders_started}.prof"]
@@ -415,7 +420,8 @@ class Driver:
         if impl == "peerstack":
             argv = [PYTHON, __file__, "--role", "ps-leech", "--cid", self.ws.ps_cid,
                     "--repo", str(self.leech_dir / "repo"), "--out", str(out),
-                    "--expect", self.ws.sha256, "--ps-direct-io", self.args.ps_direct_io]
+                    "--expect", self.ws.sha256, "--ps-direct-io", self.args.ps_direct_io,
+                    "--ps-malloc", self.args.ps_malloc]
             if run_no < 0:  # the extra, uncounted run under cProfile
                 tag = f"{sc.seeders}seed" + ("-capped" if sc.cap else "")
                 argv += ["--profile", f"{self.args.profile}.{tag}.prof"]
@@ -481,6 +487,9 @@ class Driver:
     ) -> None:
         shutil.rmtree(self.leech_dir, ignore_errors=True)
         self.leech_dir.mkdir(parents=True)
+        # Untimed: the previous run's gigabyte (or the import's) is written back before this
+        # run starts, so no run pays for another's write-back.
+        os.sync()
         before = self._uploaded(impl, seeders)
         cpu_before, loop_before = self._seed_cpu, self._seed_cpu_loop
         usage_before = dict(self._seed_usage)
@@ -576,7 +585,7 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
         f"({args.capped_runs} capped), (min-max); MB/s = 10^6 bytes/s, to file on disk and "
         "sha256-verified",
         f"peerstack: {loop_name()}, CID {ws.ps_cid}, leecher blockstore direct_io "
-        f"{args.ps_direct_io}; capped rows: "
+        f"{args.ps_direct_io}, malloc {args.ps_malloc}; capped rows: "
         + ("bench-side token bucket on seeder block reads (--ps-cap emulate)"
            if args.ps_cap == "emulate" else
            "Bitswap(upload_rate=cap) on each seeder" if args.ps_cap == "knob" else "not run"),
@@ -623,7 +632,9 @@ def driver_main(args: argparse.Namespace) -> None:
     if args.setup and SETUP.exists() and (not LT_PYTHON.exists() or not NODE.exists()):
         status("running scripts/setup-bench-share.sh")
         subprocess.run(["bash", str(SETUP)], check=False, timeout=1800)
-    root = Path(args.workdir)
+    # Each run its own folder by default: two people running the bench at once must not
+    # delete each other's files.
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="peerstack-share-bench-"))
     size = args.mib * MIB
     free = shutil.disk_usage(root.parent if not root.exists() else root).free
     need = 4 * size  # source, peerstack's seed repo, leecher store + output
@@ -636,11 +647,11 @@ def driver_main(args: argparse.Namespace) -> None:
         status(f"writing the {args.mib} MiB source file")
         ws.create_source()
         cap = int(args.cap_mbps * MB)
-        scenarios = [Scenario("1 -> 1", 1, 0), Scenario(f"{args.seeders} -> 1", args.seeders, 0)]
+        counts = [1] if args.seeders == 1 else [1, args.seeders]
+        scenarios = [Scenario(f"{n} -> 1", n, 0) for n in counts]
         if cap:
-            scenarios += [Scenario(f"1 -> 1 capped {args.cap_mbps:g} MB/s", 1, cap),
-                          Scenario(f"{args.seeders} -> 1 capped {args.cap_mbps:g} MB/s",
-                                   args.seeders, cap)]
+            scenarios += [Scenario(f"{n} -> 1 capped {args.cap_mbps:g} MB/s", n, cap)
+                          for n in counts]
         prepare = {"peerstack": Driver.prepare_peerstack, "libtorrent": Driver.prepare_libtorrent,
                    "helia": Driver.prepare_helia}
         driver = Driver(args, ws)
@@ -674,6 +685,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ps-cap", choices=("knob", "emulate", "skip"), default="knob",
                         help="peerstack's capped rows: Bitswap's upload_rate (knob), the older "
                         "bench-side token bucket on block reads (emulate), or not run (skip)")
+    parser.add_argument("--ps-malloc", choices=("tuned", "default"), default="tuned",
+                        help="peerstack's processes tune glibc malloc as the peerstack command "
+                        "does (peerstack.allocator), or keep its defaults")
     parser.add_argument("--ps-direct-io", choices=("on", "off"), default="off",
                         help="the peerstack leecher's Blockstore(direct_io=...): its copy of each "
                         "block written past the page cache (the output file is not)")
@@ -687,7 +701,9 @@ def main(argv: list[str] | None = None) -> None:
                         "this many MiB; 0 = one cat of the whole file, which wants every leaf at "
                         "once and stalls on 1 GiB (see bench/share_anchor_helia.mjs)")
     parser.add_argument("--torrent-format", choices=("v1", "hybrid", "v2"), default="v1")
-    parser.add_argument("--workdir", default="/tmp/peerstack-share-bench")
+    parser.add_argument("--workdir", default=None,
+                        help="work folder, emptied first and removed after (default: a new one "
+                        "under the temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--no-setup", dest="setup", action="store_false")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per leecher run, s")
