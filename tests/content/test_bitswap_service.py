@@ -803,6 +803,50 @@ async def test_a_peer_s_stores_run_in_order_one_at_a_time() -> None:
         pool.shutdown(wait=True)
 
 
+def test_a_peer_s_stores_take_a_second_lane_when_asked() -> None:
+    """With ``lanes=2`` two of a peer's messages are stored at once (a second thread joins
+    the first), never more than two, and every job runs once."""
+    pool = ThreadPoolExecutor(max_workers=4)
+    try:
+        storing = _Storing()
+        started: list[int] = []
+        active = 0
+        most = 0
+        lock = threading.Lock()
+        both = threading.Barrier(2)  # the first two jobs wait for each other: both running
+        all_done = threading.Event()
+
+        def job(i: int) -> Callable[[], None]:
+            def run() -> None:
+                nonlocal active, most
+                with lock:
+                    started.append(i)
+                    active += 1
+                    most = max(most, active)
+                if i < 2:
+                    both.wait(10)  # raises BrokenBarrierError (the test fails) if alone
+                time.sleep(0.0002)
+                with lock:
+                    active -= 1
+                    if len(started) == 40 and not active:
+                        all_done.set()
+
+            return run
+
+        for i in range(40):
+            storing.run(pool, job(i), lanes=2)
+        assert all_done.wait(10)
+        assert sorted(started) == list(range(40))
+        assert started[:2] in ([0, 1], [1, 0])
+        assert most == 2
+        deadline = time.monotonic() + 10
+        while storing._running and time.monotonic() < deadline:
+            time.sleep(0.001)  # the last job's thread returns just after it ran
+        assert storing._running == 0  # both threads went back to the pool
+    finally:
+        pool.shutdown(wait=True)
+
+
 class _ColdStore(Blockstore):
     """A store whose blocks are never in the page cache: every read takes ``get``."""
 

@@ -131,6 +131,9 @@ class BitswapConfig:
     max_storing_bytes: int = 16 * 1024 * 1024
     # Worker threads that hash and store received blocks (a message's blocks per trip).
     store_threads: int = 4
+    # Of those, how many may store one peer's messages at once when they pile up (over half
+    # of max_storing_bytes waiting); below that, one at a time.
+    store_lanes_per_peer: int = 2
     # get_file stores a block file of each leaf it writes into its output, as well as the
     # output. Off: the output is the leaves' storage (the store references them there and
     # re-hashes them when it reads them), so each byte is written once.
@@ -247,19 +250,25 @@ class _Storing:
     """One peer's messages whose blocks are being verified and stored in worker threads, and
     their bytes; ``wait_for_room`` is how the peer's reader waits while they are too many.
 
-    A peer's messages run one after the other on one worker thread at a time (``run``): the
-    thread that stored a message takes the peer's next one itself, so a steady stream from one
-    peer keeps one thread busy instead of waking an idle one per message (a futex hand-off
-    each way); different peers still use different threads.
+    A peer's messages normally run one after the other on one worker thread at a time
+    (``run``): the thread that stored a message takes the peer's next one itself, so a steady
+    stream from one peer keeps one thread busy instead of waking an idle one per message (a
+    futex hand-off each way); different peers still use different threads. When the peer's
+    stored-but-not-done bytes build up (the caller passes ``lanes`` > 1), more threads take
+    its messages side by side: one thread is then the slowest stage of a get (hashing, and
+    writing into a page cache whose fresh pages can cost several times the copy on a virtual
+    machine), and with one lane the reader stopped at ``max_storing_bytes``, the socket filled
+    and both event loops (ours and the seeder's) slept while it caught up. Messages may then
+    finish out of order; nothing depends on their order (each block is delivered on its own).
     """
 
     def __init__(self) -> None:
         self.count = 0
         self.nbytes = 0
         self._waiters: list[asyncio.Future[None]] = []
-        self._lock = threading.Lock()  # _jobs and _running, shared with the worker thread
+        self._lock = threading.Lock()  # _jobs and _running, shared with the worker threads
         self._jobs: deque[Callable[[], None]] = deque()
-        self._running = False
+        self._running = 0  # worker threads taking this peer's jobs
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -293,13 +302,14 @@ class _Storing:
             self._waiters.append(waiter)
             await waiter
 
-    def run(self, pool: ThreadPoolExecutor, job: Callable[[], None]) -> None:
-        """Run ``job`` in a worker thread after the peer's jobs before it."""
+    def run(self, pool: ThreadPoolExecutor, job: Callable[[], None], lanes: int = 1) -> None:
+        """Run ``job`` in a worker thread after the peer's jobs before it have started, on
+        up to ``lanes`` threads at once (1: in order, one at a time)."""
         with self._lock:
             self._jobs.append(job)
-            if self._running:
-                return  # the thread running the peer's jobs takes it next
-            self._running = True
+            if self._running >= max(1, lanes):
+                return  # a thread running the peer's jobs takes it
+            self._running += 1
         pool.submit(self._drain)
 
     def _drain(self) -> None:
@@ -307,7 +317,7 @@ class _Storing:
         while True:
             with self._lock:
                 if not self._jobs:
-                    self._running = False
+                    self._running -= 1
                     return
                 job = self._jobs.popleft()
             job()
@@ -705,7 +715,11 @@ class Bitswap:
                     log.exception("storing blocks from %s failed", peer)
             loop.call_soon_threadsafe(done, received)
 
-        storing.run(pool, job)
+        # A second thread joins once half the peer's storing allowance is taken: one thread
+        # is falling behind (see _Storing), and the reader would soon stop.
+        limit = self.config.max_storing_bytes
+        lanes = self.config.store_lanes_per_peer if storing.nbytes > limit // 2 else 1
+        storing.run(pool, job, lanes)
         if storing.nbytes > self.config.max_storing_bytes:
             await storing.wait_for_room(self.config.max_storing_bytes)
 
