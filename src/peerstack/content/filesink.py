@@ -113,6 +113,7 @@ class FileSink:
         root: CID,
         *,
         keep_copies: bool = False,
+        reused_file: bool = False,
     ) -> None:
         self.target = target
         self.tmp = tmp
@@ -134,6 +135,9 @@ class FileSink:
         self.abandoned = ""  # why the sink gave up ("" while it has not)
         self.error: OutputWriteError | None = None
         self.reused = 0  # leaves found in place in a reused partial file (not written again)
+        # A leftover partial file is continued: its leaves are looked for in place as they are
+        # placed, whether or not the store still references them (see ``_recover``).
+        self.reused_file = reused_file
 
     @classmethod
     def open(
@@ -141,13 +145,15 @@ class FileSink:
     ) -> FileSink:
         """Open the temporary output next to ``target``.
 
-        A partial file left by an earlier get of ``target`` is continued when the store
-        still references blocks in it (each is re-hashed before it counts; the rest of the
-        file is overwritten as its leaves come). Any other leftover is removed first: nothing
-        says its bytes were ever verified.
+        A partial file left by an earlier get of ``target`` is continued: every leaf in it is
+        re-hashed at its place before it counts (the rest is overwritten as its leaves come,
+        and the file is cut to the root's size at the end), so its bytes need no other
+        warrant. That matters after a crash: references are written in batches, so a get that
+        was killed may have left verified leaves in the file that the store does not name.
+        Anything but a regular file under that name is removed first.
         """
         tmp = partial_path(target)
-        reuse = os.path.isfile(tmp) and not os.path.islink(tmp) and store.refs_in_sync(tmp) > 0
+        reuse = os.path.isfile(tmp) and not os.path.islink(tmp)
         if os.path.lexists(tmp) and not reuse:
             remove_path(tmp)
         flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if reuse else os.O_CREAT | os.O_EXCL)
@@ -155,7 +161,7 @@ class FileSink:
             fd = os.open(tmp, flags, 0o644)
         except OSError as exc:
             raise _write_error(tmp, exc) from exc
-        return cls(target, tmp, fd, store, root, keep_copies=keep_copies)
+        return cls(target, tmp, fd, store, root, keep_copies=keep_copies, reused_file=reuse)
 
     # -- placements (any thread) ------------------------------------------------------------
 
@@ -267,8 +273,47 @@ class FileSink:
             self._node(cid, node, places, late)
             for child, place in late:
                 self._late_leaf(child, place)
+            if self.reused_file:
+                self._recover([link.hash for link in node.links if link.hash.codec == RAW])
         finally:
             self._release()
+
+    def _recover(self, leaves: list[CID]) -> None:
+        """Leaves of a reused partial file that the store does not reference there: when the
+        bytes at a leaf's place hash to its CID (a get killed before its references were
+        written), they count as written and are referenced now instead of fetched again.
+        Leaves the store does reference come through ``from_store``, which re-hashes them."""
+        todo: list[tuple[CID, _Place]] = []
+        with self._lock:
+            for cid in leaves:
+                places = self._places.get(cid)
+                if places and places[0].size:
+                    todo.append((cid, places[0]))
+        if not todo:
+            return
+        try:
+            fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return  # nothing to recover from: the leaves are fetched
+        try:
+            where = os.path.abspath(self.tmp)
+            for cid, place in todo:
+                ref = self.store.ref_sync(cid)
+                if ref is not None and ref.path == where:
+                    continue
+                size = place.size or 0
+                try:
+                    data = os.pread(fd, size, place.offset)
+                except OSError:
+                    return
+                if len(data) != size or not cid.verify(data):
+                    continue  # never written, or cut short: fetched as usual
+                in_place = FileRef(where, place.offset, size)
+                if not self._leaf(cid, data, in_place, record=not self.keep_copies):
+                    with contextlib.suppress(BlockstoreError):  # then it is simply fetched
+                        self.store.put_sync(cid, data, verify=False)  # keep_copies: a copy
+        finally:
+            os.close(fd)
 
     def _node(
         self, cid: CID, node: dagpb.PBNode, places: list[_Place], late: list[tuple[CID, _Place]]
