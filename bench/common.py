@@ -20,6 +20,7 @@ passes over it quickly.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import importlib.util
@@ -395,6 +396,37 @@ class Placement:
         if not self.checked:
             return f"placement: {self.label}"
         return f"placement: {self.label} (checked: {', '.join(self.checked)})"
+
+
+def add_same_cpu_option(parser: argparse.ArgumentParser) -> None:
+    """``--same-cpu [CPU]``: pin every process of the run to one CPU."""
+    parser.add_argument(
+        "--same-cpu",
+        type=int,
+        nargs="?",
+        const=-1,
+        default=None,
+        metavar="CPU",
+        help="pin every process of the run to one CPU (default: the first allowed one)",
+    )
+
+
+def placements(
+    parser: argparse.ArgumentParser, same_cpu: int | None, mode: str | None = None
+) -> list[Placement]:
+    """The placements to measure: ``mode`` is unpinned, same-cpu or both; None follows
+    ``--same-cpu`` (given: same-cpu). A CPU this process may not run on is a usage error."""
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed) if same_cpu is None or same_cpu == -1 else same_cpu
+    if cpu not in allowed:
+        parser.error(f"CPU {cpu} is not one this process may run on ({sorted(allowed)})")
+    mode = mode or ("same-cpu" if same_cpu is not None else "unpinned")
+    found: list[Placement] = []
+    if mode in ("unpinned", "both"):
+        found.append(Placement(set(allowed), pinned=False))
+    if mode in ("same-cpu", "both"):
+        found.append(Placement({cpu}, pinned=True))
+    return found
 
 
 # -- third-party peers -------------------------------------------------------------------------

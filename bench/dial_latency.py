@@ -57,6 +57,7 @@ from bench.common import (
     CpuMeter,
     Placement,
     ServerProcess,
+    add_same_cpu_option,
     bench_limits,
     ensure_interop,
     fmt,
@@ -66,6 +67,7 @@ from bench.common import (
     loop_name,
     median,
     percentile,
+    placements,
     print_table,
     run,
     status,
@@ -285,15 +287,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="fresh connections per stack")
     parser.add_argument("--no-interop", action="store_true", help="skip js / py-libp2p")
     parser.add_argument("--no-setup", action="store_true", help="never run setup-interop.sh")
-    parser.add_argument(
-        "--same-cpu",
-        type=int,
-        nargs="?",
-        const=-1,
-        default=None,
-        metavar="CPU",
-        help="pin every process of the run to one CPU (default: the first allowed one)",
-    )
+    add_same_cpu_option(parser)
     parser.add_argument(
         "--gap-ms",
         type=float,
@@ -309,14 +303,8 @@ def main() -> None:
         run(serve_tcp())
         return
     n = args.n
-    allowed = os.sched_getaffinity(0)
-    if args.same_cpu is None:
-        placement = Placement(set(allowed), pinned=False)
-    else:
-        cpu = min(allowed) if args.same_cpu == -1 else args.same_cpu
-        if cpu not in allowed:
-            parser.error(f"CPU {cpu} is not one this process may run on ({sorted(allowed)})")
-        placement = Placement({cpu}, pinned=True)
+    (placement,) = placements(parser, args.same_cpu)
+    if placement.pinned:
         placement.apply()  # before any child starts: they inherit the mask
     status(placement.note())
     load_before = os.getloadavg()[0]

@@ -50,6 +50,7 @@ from bench.common import (
     CpuMeter,
     Placement,
     ServerProcess,
+    add_same_cpu_option,
     ensure_interop,
     fmt,
     fmt_ratio,
@@ -57,6 +58,7 @@ from bench.common import (
     load_interop_harness,
     loop_name,
     median,
+    placements,
     print_table,
     run,
     status,
@@ -283,15 +285,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--count", type=int, default=20_000, help="round trips per run")
     parser.add_argument("--py-count", type=int, default=2_000, help="round trips per py run")
-    parser.add_argument(
-        "--same-cpu",
-        type=int,
-        nargs="?",
-        const=0,
-        default=None,
-        metavar="CPU",
-        help="pin every process of the run to one CPU (default CPU 0)",
-    )
+    add_same_cpu_option(parser)
     parser.add_argument(
         "--placement",
         choices=["unpinned", "same-cpu", "both"],
@@ -309,17 +303,8 @@ def main() -> None:
         run(serve_tcp())
         return
     allowed = os.sched_getaffinity(0)
-    cpu = 0 if args.same_cpu is None else args.same_cpu
-    if cpu not in allowed:
-        parser.error(f"CPU {cpu} is not one this process may run on ({sorted(allowed)})")
-    mode = args.placement or ("same-cpu" if args.same_cpu is not None else "unpinned")
-    placements: list[Placement] = []
-    if mode in ("unpinned", "both"):
-        placements.append(Placement(set(allowed), pinned=False))
-    if mode in ("same-cpu", "both"):
-        placements.append(Placement({cpu}, pinned=True))
     try:
-        for placement in placements:
+        for placement in placements(parser, args.same_cpu, args.placement):
             measure(args, placement)
     finally:
         os.sched_setaffinity(0, allowed)
