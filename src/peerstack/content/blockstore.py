@@ -67,9 +67,16 @@ _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 class _AlignedBuffer(threading.local):
-    """One page-aligned buffer per worker thread, for O_DIRECT writes (allocated on first use)."""
+    """One page-aligned buffer per thread, for O_DIRECT writes and page-cache reads
+    (allocated on first use)."""
 
     buf: mmap.mmap | None = None
+
+    def get(self, size: int) -> mmap.mmap:
+        """This thread's buffer, of at least ``size`` bytes (the store's largest block)."""
+        if self.buf is None:
+            self.buf = mmap.mmap(-1, size + _DIRECT_ALIGN)
+        return self.buf
 
 
 class BlockstoreError(PeerstackError):
@@ -199,10 +206,11 @@ def _abspath(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
 
 
-def _load_ref(ref: FileRef, mh: Multihash) -> tuple[bytes | None, str, bool]:
-    """Read and re-hash a referenced block: (bytes, "", _) when they still hash to ``mh``,
-    else (None, why, gone) where ``gone`` says the reference can never hold again (file gone,
-    too short, other bytes) rather than failing for now (permissions, an I/O error)."""
+def load_ref(ref: FileRef, mh: Multihash) -> tuple[bytes | None, str, bool]:
+    """Read and re-hash the bytes ``ref`` names (a stored reference, or a place to check):
+    (bytes, "", _) when they still hash to ``mh``, else (None, why, gone) where ``gone`` says
+    the reference can never hold again (file gone, too short, other bytes) rather than failing
+    for now (permissions, an I/O error)."""
     try:
         fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
     except _REF_GONE:
@@ -234,6 +242,15 @@ def _load_ref(ref: FileRef, mh: Multihash) -> tuple[bytes | None, str, bool]:
     if not good:
         return None, "the bytes there changed", True
     return data, "", False
+
+
+def _rename_refs(
+    db: sqlite3.Connection, old: str | os.PathLike[str], new: str | os.PathLike[str]
+) -> int:
+    """(store lock held) Point the references of the file ``old`` at ``new``; how many."""
+    with _transaction(db, "renaming file references"):
+        cur = db.execute("UPDATE filestore SET path=? WHERE path=?", (_abspath(new), _abspath(old)))
+        return cur.rowcount
 
 
 @contextlib.contextmanager
@@ -454,12 +471,7 @@ class Blockstore:
     def rename_refs_sync(self, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> int:
         """The file ``old`` is now called ``new``: move its references (one transaction)."""
         with self._lock:
-            db = self._conn()
-            with _transaction(db, "renaming file references"):
-                cur = db.execute(
-                    "UPDATE filestore SET path=? WHERE path=?", (_abspath(new), _abspath(old))
-                )
-                return cur.rowcount
+            return _rename_refs(self._conn(), old, new)
 
     def move_file_sync(self, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> int:
         """Rename the file ``old`` to ``new`` (``os.replace``) and move its references.
@@ -474,11 +486,7 @@ class Blockstore:
         with self._lock:
             db = self._conn()
             os.replace(old, new)
-            with _transaction(db, "renaming file references"):
-                cur = db.execute(
-                    "UPDATE filestore SET path=? WHERE path=?", (_abspath(new), _abspath(old))
-                )
-                return cur.rowcount
+            return _rename_refs(db, old, new)
 
     def drop_refs_sync(self, path: str | os.PathLike[str]) -> int:
         """Forget every block referenced in the file ``path`` (the file itself is left)."""
@@ -493,7 +501,7 @@ class Blockstore:
         copied = 0
         for key, ref in self._iter_refs(_abspath(path)):
             mh = key_to_multihash(key)
-            data, why, _gone = _load_ref(ref, mh)
+            data, why, _gone = load_ref(ref, mh)
             if data is not None:
                 self._write_sync(CID(1, RAW, mh), data, verify=False)
                 copied += 1
@@ -544,7 +552,7 @@ class Blockstore:
             ref = self._refs_of([key]).get(key)
             if ref is None:
                 return None
-            data, why, gone = _load_ref(ref, mh)
+            data, why, gone = load_ref(ref, mh)
             if data is not None:
                 return data, ref
             if not gone:
@@ -606,10 +614,7 @@ class Blockstore:
         stops trying)."""
         size = len(data)
         aligned = size - size % _DIRECT_ALIGN
-        buf = self._aligned.buf
-        if buf is None:
-            buf = self._aligned.buf = mmap.mmap(-1, self.max_block_size + _DIRECT_ALIGN)
-        view = memoryview(buf)
+        view = memoryview(self._aligned.get(self.max_block_size))
         pos = 0
         for part in data.parts if isinstance(data, Chunks) else [data]:
             n = len(part)
@@ -677,9 +682,7 @@ class Blockstore:
             size = os.fstat(fd).st_size
             if size > self.max_block_size:
                 return None
-            buf = self._aligned.buf
-            if buf is None:
-                buf = self._aligned.buf = mmap.mmap(-1, self.max_block_size + _DIRECT_ALIGN)
+            buf = self._aligned.get(self.max_block_size)
             # Into this thread's page-aligned buffer, then one copy out into ``bytes`` (which
             # the transport sends without copying; a bytes object cannot be read into). Into a
             # bytearray the read took twice as long here as into this mmap (134 / 69 us a MiB).
@@ -1071,7 +1074,7 @@ class Blockstore:
                 if remove_damaged:
                     self._drop_ref_if(key, ref)
                 continue
-            held, why, gone = _load_ref(ref, mh)
+            held, why, gone = load_ref(ref, mh)
             if held is not None:
                 continue
             if not gone:

@@ -53,6 +53,7 @@ from peerstack.content.blockstore import (
     BlockstoreError,
     FileRef,
     FsyncPolicy,
+    load_ref,
 )
 from peerstack.content.chunks import Buffer, pwrite_all, reserve
 from peerstack.content.exporter import MAX_DEPTH
@@ -289,31 +290,18 @@ class FileSink:
                 places = self._places.get(cid)
                 if places and places[0].size:
                     todo.append((cid, places[0]))
-        if not todo:
-            return
-        try:
-            fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            return  # nothing to recover from: the leaves are fetched
-        try:
-            where = os.path.abspath(self.tmp)
-            for cid, place in todo:
-                ref = self.store.ref_sync(cid)
-                if ref is not None and ref.path == where:
-                    continue
-                size = place.size or 0
-                try:
-                    data = os.pread(fd, size, place.offset)
-                except OSError:
-                    return
-                if len(data) != size or not cid.verify(data):
-                    continue  # never written, or cut short: fetched as usual
-                in_place = FileRef(where, place.offset, size)
-                if not self._leaf(cid, data, in_place, record=not self.keep_copies):
-                    with contextlib.suppress(BlockstoreError):  # then it is simply fetched
-                        self.store.put_sync(cid, data, verify=False)  # keep_copies: a copy
-        finally:
-            os.close(fd)
+        where = os.path.abspath(self.tmp)
+        for cid, place in todo:
+            ref = self.store.ref_sync(cid)
+            if ref is not None and ref.path == where:
+                continue
+            in_place = FileRef(where, place.offset, place.size or 0)
+            data, _why, _gone = load_ref(in_place, cid.multihash)
+            if data is None:
+                continue  # never written, cut short, other bytes: fetched as usual
+            if not self._leaf(cid, data, in_place, record=not self.keep_copies):
+                with contextlib.suppress(BlockstoreError):  # then it is simply fetched
+                    self.store.put_sync(cid, data, verify=False)  # keep_copies: a copy
 
     def _node(
         self, cid: CID, node: dagpb.PBNode, places: list[_Place], late: list[tuple[CID, _Place]]
