@@ -348,7 +348,12 @@ class FileSink:
                 self._write(data.data, place.offset)
 
     def _late_leaf(self, cid: CID, place: _Place) -> None:
-        """A leaf placed after it was written elsewhere in the file: copy it from the store."""
+        """A leaf placed after it was written elsewhere in the file: copy it from the store,
+        once that write is over (until then the store may not hold it yet: its reference is
+        recorded after the bytes are written, and reading it sooner made the sink give up)."""
+        with self._lock:
+            while cid in self._writing:
+                self._idle.wait()
         try:
             data = self.store.read_sync(cid)
         except (BlockNotFound, BlockstoreError) as exc:
