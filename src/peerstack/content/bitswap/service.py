@@ -366,40 +366,15 @@ class FetchSession:
 
     def deliver(self, peer: PeerId, cid: CID, data: Buffer) -> None:
         core = self.core
-        wake = self._tick_due(peer, cid)
+        wake = core.block_wakes(peer, cid)
         if core.on_block(peer, cid, len(data), self.bitswap.now()):
             # a node is kept until the walk expands it: as bytes of its own, not a view that
             # would pin the whole received message
             node = bytes(as_bytes(data)) if cid.codec == DAG_PB else None
             self.arrivals.put_nowait((cid, node, peer))
             self.sizes[cid] = len(data)
-        state = core.peers.get(peer)
-        if (
-            wake
-            or state is None
-            or state.wants_refill(core.config)
-            or len(state.in_flight) < core.config.endgame_keep
-            or not core.wants
-        ):
+        if wake or core.peer_due(peer):
             self.wake.set()
-
-    def _tick_due(self, peer: PeerId, cid: CID) -> bool:
-        """(before ``on_block``) Whether the block of ``cid`` from ``peer`` makes the session
-        act at once whatever else holds: others were asked for it (cancels to send), or the
-        peer becomes a session peer (parked wants to hand it). Otherwise ``deliver`` ticks
-        the session only when the peer's window is due for a refill or nearly dry (the end
-        game) or nothing is wanted any more: a tick per block was most of the session's cost
-        on the event loop, and it sent nothing but at those points."""
-        state = self.core.peers.get(peer)
-        if state is None or not state.session_peer:
-            return True
-        want = self.core.wants.get(cid)
-        if want is None:
-            return False
-        asked = want.asked_have
-        return (want.requested_from not in (None, peer)) or bool(
-            asked and (len(asked) > 1 or peer not in asked)
-        )
 
     def fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -720,8 +695,8 @@ class Bitswap:
         limit = self.config.max_storing_bytes
         lanes = self.config.store_lanes_per_peer if storing.nbytes > limit // 2 else 1
         storing.run(pool, job, lanes)
-        if storing.nbytes > self.config.max_storing_bytes:
-            await storing.wait_for_room(self.config.max_storing_bytes)
+        if storing.nbytes > limit:
+            await storing.wait_for_room(limit)
 
     def _stored(
         self,

@@ -297,6 +297,34 @@ class Session:
             self._timer(now + self.config.retry_interval, want)
         want.skip.add(peer)
 
+    def block_wakes(self, peer: PeerId, cid: CID) -> bool:
+        """(before ``on_block``) Whether the block of ``cid`` from ``peer`` makes the session
+        act at once whatever else holds: others were asked for it (cancels to send), or the
+        peer becomes a session peer (parked wants to hand it). Otherwise a block needs a tick
+        only when ``peer_due`` says so: a tick per block was most of the session's cost on
+        the event loop, and it sent nothing but at those points."""
+        state = self.peers.get(peer)
+        if state is None or not state.session_peer:
+            return True
+        want = self.wants.get(cid)
+        if want is None:
+            return False
+        asked = want.asked_have
+        return (want.requested_from not in (None, peer)) or bool(
+            asked and (len(asked) > 1 or peer not in asked)
+        )
+
+    def peer_due(self, peer: PeerId) -> bool:
+        """(after ``on_block``) Whether a tick has work because of ``peer``: its window is due
+        for a refill or nearly dry (the end game), or nothing is wanted any more."""
+        state = self.peers.get(peer)
+        return (
+            state is None
+            or state.wants_refill(self.config)
+            or len(state.in_flight) < self.config.endgame_keep
+            or not self.wants
+        )
+
     def _someone_has(self, cid: CID) -> bool:
         return any(cid in st.haves for st in self.peers.values())
 
