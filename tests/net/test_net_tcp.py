@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerstack.core.multiaddr import Multiaddr
-from peerstack.errors import UsageError
 from peerstack.net import tcp
 
 
@@ -196,44 +195,6 @@ async def test_addresses_are_built_once() -> None:
         assert conn.remote_ip == "127.0.0.1"
         conn.close()
         await conn.wait_closed()
-    finally:
-        await listener.close()
-
-
-async def test_read_target_takes_exactly_one_read() -> None:
-    """set_read_target(): the next read goes into the receiver's buffer (at most its size),
-    reported through direct_receiver; later reads go to the shared buffer again."""
-    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
-    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.put_nowait)
-    try:
-        client = await tcp.dial(listener.multiaddrs[0])
-        server = await accepted.get()
-        with pytest.raises(UsageError):
-            server.set_read_target(memoryview(bytearray(4)))  # not attached for direct reads
-        target = bytearray(4)
-        direct: list[int] = []
-        got: list[bytes] = []
-        arrived = asyncio.Event()
-
-        def on_data(data: bytes | memoryview) -> None:
-            got.append(bytes(data))
-            arrived.set()
-
-        def on_direct(n: int) -> None:
-            direct.append(n)
-            arrived.set()
-
-        server.attach(on_data, lambda exc: None, on_direct)
-        server.set_read_target(memoryview(target))
-        client.write(b"abcdefgh")
-        while sum(direct) + sum(map(len, got)) < 8:
-            arrived.clear()
-            await arrived.wait()
-        assert direct == [4]
-        assert bytes(target) == b"abcd"
-        assert b"".join(got) == b"efgh"
-        client.close()
-        server.close()
     finally:
         await listener.close()
 

@@ -4,9 +4,9 @@
 connection (asyncio streams reach about half the speed). A connection starts in *handshake
 mode*, where bytes pile up (bounded) for ``read_some()``; once the upgrade is done the
 connection is ``attach()``ed to a receiver callback that gets every chunk synchronously, or
-``hand_over()``ed to a protocol object that the event loop then reads for directly.
-A receiver that holds part of a frame can have the next read land in its own buffer instead
-(``set_read_target``), so bulk data is never copied out of the shared read buffer.
+``hand_over()``ed to a protocol object that the event loop then reads for directly (an
+upgraded ``Connection``, which also points reads at its own buffer for the rest of a frame it
+holds, so bulk data is never copied out of the shared read buffer).
 
 Write backpressure: the loop calls ``pause_writing()`` when the transport's buffer passes its
 high-water mark; writers ``await drain()`` until ``resume_writing()``. Nothing here buffers
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: and 1.7 at 1 MiB (bench/transport_throughput.py): bigger reads push the read buffer, the
 #: decryption scratch and the plaintext out of the CPU caches, and lose Noise's and Yamux's
 #: zero-copy single-frame paths. Exactly one frame (not 64 KiB, a byte short of one) lets a
-#: read that starts on a frame boundary end on the next one (see ``set_read_target``).
+#: read that starts on a frame boundary end on the next one (see ``Connection.get_buffer``).
 READ_BUFFER_SIZE = 65537
 #: The buffer of a connection made without a shared one (tests, tools).
 PRIVATE_READ_BUFFER_SIZE = 65537
@@ -55,8 +55,6 @@ WRITE_LOW_WATER = 1024 * 1024
 
 #: Gets a view of the read buffer, valid only during the call (it must copy what it keeps).
 Receiver = Callable[[bytes | memoryview], None]
-#: Told how many bytes the loop read into the receiver's own target (see set_read_target).
-DirectReceiver = Callable[[int], None]
 LostCallback = Callable[[Exception | None], None]
 
 
@@ -163,7 +161,6 @@ class TcpConnection(asyncio.BufferedProtocol):
     __slots__ = (
         "_close_waiters",
         "_closed",
-        "_direct",
         "_drain_waiters",
         "_eof",
         "_local_ma",
@@ -177,7 +174,6 @@ class TcpConnection(asyncio.BufferedProtocol):
         "_receiver",
         "_remote_ma",
         "_sockname",
-        "_target",
         "_view",
         "_write_paused",
         "transport",
@@ -194,9 +190,6 @@ class TcpConnection(asyncio.BufferedProtocol):
         )
         self.transport: asyncio.Transport | None = None
         self._receiver: Receiver | None = None
-        self._direct: DirectReceiver | None = None
-        # Where the next read goes instead of the shared buffer (set by the receiver).
-        self._target: memoryview | None = None
         self._on_lost: LostCallback | None = None
         self._pending = bytearray()  # handshake mode input
         self._read_waiter: asyncio.Future[None] | None = None
@@ -255,18 +248,9 @@ class TcpConnection(asyncio.BufferedProtocol):
         return None
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        target = self._target
-        return target if target is not None else self._view
+        return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        target = self._target
-        if target is not None:
-            # The loop read into the receiver's own buffer (the rest of a frame it holds).
-            self._target = None
-            direct = self._direct
-            if direct is not None:
-                direct(nbytes)
-            return
         receiver = self._receiver
         if receiver is not None:
             # The receiver copies what it keeps (Noise decrypts into fresh bytes and copies a
@@ -343,20 +327,13 @@ class TcpConnection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         return data
 
-    def attach(
-        self,
-        receiver: Receiver,
-        on_lost: LostCallback,
-        direct_receiver: DirectReceiver | None = None,
-    ) -> bytes:
+    def attach(self, receiver: Receiver, on_lost: LostCallback) -> bytes:
         """Leave handshake mode: future bytes go to ``receiver``; returns bytes still buffered.
 
         If the connection is already gone, ``on_lost`` is called at once (after returning the
-        buffered bytes is not possible, so it is scheduled on the loop). ``direct_receiver``
-        is told the byte count of a read that went into a target set by set_read_target().
+        buffered bytes is not possible, so it is scheduled on the loop).
         """
         self._receiver = receiver
-        self._direct = direct_receiver
         leftover = bytes(self._pending)
         self._pending.clear()
         if self._reading_paused and self.transport is not None and not self._closed:
@@ -392,18 +369,6 @@ class TcpConnection(asyncio.BufferedProtocol):
     def read_buffer(self) -> memoryview:
         """The buffer the loop reads into (shared by the connections of a host)."""
         return self._view
-
-    def set_read_target(self, target: memoryview | None) -> None:
-        """Have the next read go into ``target`` (the receiver's own buffer) instead.
-
-        For a receiver holding part of a frame whose size it knows: the rest is read where it
-        belongs, with no copy out of the shared buffer, and the read after it starts on a
-        frame boundary. The receiver is then called as ``direct_receiver(nbytes)`` (see
-        attach()); one read only, ``None`` cancels.
-        """
-        if target is not None and self._direct is None:
-            raise UsageError("set_read_target() needs attach(direct_receiver=...)")
-        self._target = target
 
     # -- writing ---------------------------------------------------------------------------
 
