@@ -261,6 +261,77 @@ def test_a_full_window_is_refilled_in_batches() -> None:
     assert len(s.peers[p].in_flight) == 16
 
 
+def _session_peers(s: Session, n: int) -> list[PeerId]:
+    out = []
+    for _ in range(n):
+        p = peer()
+        s.add_peer(p, 0.0)
+        s.peers[p].session_peer = True
+        out.append(p)
+    return out
+
+
+def test_requests_in_flight_are_capped_across_peers() -> None:
+    s = Session(SessionConfig(initial_window=128, max_window=128, max_in_flight=64))
+    peers = _session_peers(s, 4)
+    s.want(cids(300), 0.0)
+    s.tick(0.0)
+    assert s.in_flight() == 64  # not 4 x 128: more would only queue at the peers
+    # a block in: no refill until a quarter of the session's allowance is free again
+    first = next(iter(s.peers[peers[0]].in_flight))
+    s.on_block(peers[0], first, 10, 0.1)
+    s.tick(0.1)
+    assert s.in_flight() == 63
+
+
+def test_each_peer_gets_its_share_and_the_fastest_the_rest() -> None:
+    s = Session(SessionConfig(initial_window=64, max_window=64, max_in_flight=64, busy_seconds=0.5))
+    fast, slow = _session_peers(s, 2)
+    s.peers[fast].gap = 0.02  # 50 blocks a second: 25 keep it busy for half a second
+    s.peers[slow].gap = 0.1  # ten blocks a second: five keep it busy
+    s.want(cids(200), 0.0)
+    s.tick(0.0)
+    assert len(s.peers[slow].in_flight) == 5
+    assert len(s.peers[fast].in_flight) == 59
+
+
+def test_a_peer_that_carries_the_transfer_alone_keeps_it() -> None:
+    s = Session(SessionConfig(initial_window=64, max_window=64, max_in_flight=64, busy_seconds=0.5))
+    fast, other = _session_peers(s, 2)
+    s.peers[fast].gap = 0.001  # its whole window is 64 ms of work: it needs no help
+    s.peers[other].gap = 0.1
+    s.want(cids(200), 0.0)
+    s.tick(0.0)
+    assert len(s.peers[fast].in_flight) == 64
+    assert not s.peers[other].in_flight
+    for cid in list(s.peers[fast].in_flight)[:40]:
+        s.on_block(fast, cid, 10, 1.0)
+    s.peers[fast].gap = 0.5  # it slowed down: the other is the faster now, and takes what is free
+    s.tick(1.0)
+    assert len(s.peers[other].in_flight) == 40
+    assert len(s.peers[fast].in_flight) == 24
+
+
+def test_a_peer_without_the_content_is_probed_not_flooded() -> None:
+    s = Session(SessionConfig(initial_window=8, max_in_flight=8, max_probes=16))
+    (seeder,) = _session_peers(s, 1)
+    stranger = peer()
+    s.add_peer(stranger, 0.0)
+    s.want(cids(200), 0.0)
+    acts = s.tick(0.0)
+    probes = [e for e in acts.messages[stranger] if e.want_type == WantType.HAVE]
+    assert len(probes) == 16  # not a want-have for each of the 192 waiting blocks
+    assert s.tick(0.1).messages.get(stranger) is None  # nothing more while they are unanswered
+    for e in probes:
+        s.on_dont_have(stranger, e.cid, 0.2)
+    more = cids(20, "more")
+    s.want(more, 0.2)
+    acts = s.tick(0.3)
+    again = [e.cid for e in acts.messages.get(stranger, []) if e.want_type == WantType.HAVE]
+    assert 0 < len(again) <= 16  # answered: it may be asked about others
+    assert len(acts.messages.get(seeder, [])) == 0  # its allowance is still in flight
+
+
 def test_session_peers_get_want_block_only_others_want_have() -> None:
     s = Session(SessionConfig(initial_window=2, discovery_delay=0.0))
     seeder, stranger = peer(), peer()

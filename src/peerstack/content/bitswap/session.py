@@ -3,16 +3,22 @@
 A session decides which peer to ask for which block. The strategy, close to go-bitswap's:
 
 * Discovery is cheap first: a want nobody is known to have is broadcast as ``want-have`` (with
-  ``send-dont-have``) to every candidate peer that is not a session peer yet. A peer that answers
-  HAVE, or that sent us any block of this session, becomes a *session peer*. Session peers are
-  not asked want-have: they get want-block as their window allows (a HAVE for every block of a
-  big file first cost both ends a message entry and a presence per block, for nothing).
+  ``send-dont-have``) to every candidate peer that is not a session peer yet, at most
+  ``max_probes`` unanswered at a time per peer (a few answers tell whether it has the content; a
+  peer without it used to get a want-have and a cancel for every block of the file). A peer
+  that answers HAVE, or that sent us any block of this session, becomes a *session peer*.
+  Session peers are not asked want-have: they get want-block as their window allows (a HAVE for
+  every block of a big file first cost both ends a message entry and a presence per block).
 * Blocks are asked with ``want-block`` from one peer at a time, preferring a peer that said HAVE,
   else any session peer (optimistically: the peer that had the parent usually has the children).
-  So many blocks are in flight at once, spread over several peers in parallel.
+  So many blocks are in flight at once, over as many peers as it takes to keep the pace up.
 * Each peer has a window (blocks in flight). It grows by one for every block the peer delivers
   (doubling per round trip, like TCP slow start) up to ``max_window`` and halves when the peer
-  stalls, so fast peers end up carrying more of the transfer than slow ones.
+  stalls.
+* The session as a whole has at most ``max_in_flight`` blocks asked for and not yet here. Each
+  peer's *share* is what it serves in ``busy_seconds`` at its observed pace. Requests go to the
+  fastest peer up to its share, then the next, and what is left to the fastest again: a
+  transfer one fast peer can carry stays on it, and every peer that adds pace stays busy.
 * A peer's window is refilled in batches: only once a quarter of it is free (``refill_fraction``)
   does it get new wants, as many as fit. The three quarters still queued at the peer keep it
   busy meanwhile, and a want message then carries many wants instead of one per block received
@@ -37,6 +43,7 @@ The session emits ``Actions``: wantlist entries per peer and CIDs to find provid
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -58,6 +65,9 @@ class SessionConfig:
     max_broadcast: int = 256  # want-haves broadcast per tick (the DAG frontier is enough)
     refill_fraction: float = 0.25  # a peer gets new wants once this much of its window is free
     endgame_keep: int = 16  # end game: the oldest requests of a peer, never moved (see above)
+    max_in_flight: int = 64  # blocks asked for and not yet here, all peers together
+    max_probes: int = 16  # want-haves a peer that is not a session peer has unanswered
+    busy_seconds: float = 0.5  # a peer's share: the blocks it serves in this long at its pace
 
 
 @dataclass(slots=True)
@@ -66,6 +76,7 @@ class PeerState:
     window: float
     in_flight: dict[CID, float] = field(default_factory=dict)  # cid -> when asked
     haves: set[CID] = field(default_factory=set)
+    probes: set[CID] = field(default_factory=set)  # want-haves it has not answered
     session_peer: bool = False
     last_heard: float = 0.0
     gap: float | None = None  # EWMA of seconds between blocks while busy
@@ -81,10 +92,21 @@ class PeerState:
     def room(self) -> int:
         return int(self.window) - len(self.in_flight)
 
-    def wants_refill(self, cfg: SessionConfig) -> bool:
-        """Enough of the window is free to send this peer a batch of new wants."""
-        return self.room() >= max(1, int(self.window * cfg.refill_fraction))
+    def refill_step(self, cfg: SessionConfig) -> int:
+        """The fewest new wants worth a message to this peer (see ``refill_fraction``)."""
+        return max(1, int(min(self.window, cfg.max_in_flight) * cfg.refill_fraction))
 
+    def share(self, cfg: SessionConfig) -> int:
+        """Requests that keep this peer busy for ``busy_seconds`` at its observed pace (its
+        whole window while the pace is unknown)."""
+        if self.gap is None or self.gap * self.window <= cfg.busy_seconds:
+            return int(self.window)
+        return max(2, math.ceil(cfg.busy_seconds / self.gap))
+
+
+# An idle peer's pace is an old measurement: it must beat a busy peer's by this factor to take
+# requests from it (a busy peer's hiccup, a slow loop turn of ours, must not move a transfer).
+IDLE_PACE_HANDICAP = 2.0
 
 # Where an unassigned want waits (``WantState.place``): in the ready heap (to be handed to a
 # peer), parked (every session peer refused it: it waits for a new session peer or its retry),
@@ -198,6 +220,7 @@ class Session:
         if state is not None:
             self._heard(state, now, block=True)
             state.in_flight.pop(cid, None)
+            state.probes.discard(cid)
             state.blocks += 1
             state.bytes += size
             self._become_session_peer(state)
@@ -212,6 +235,7 @@ class Session:
         if state is None:
             return
         self._heard(state, now, block=False)
+        state.probes.discard(cid)
         if cid in self.wants:
             state.haves.add(cid)
             self._become_session_peer(state)
@@ -222,6 +246,7 @@ class Session:
             return
         self._heard(state, now, block=False)
         state.haves.discard(cid)
+        state.probes.discard(cid)
         state.in_flight.pop(cid, None)
         want = self.wants.get(cid)
         if want is None:
@@ -260,6 +285,7 @@ class Session:
             if state is not None:
                 state.in_flight.pop(want.cid, None)
                 state.haves.discard(want.cid)
+                state.probes.discard(want.cid)
             if peer != got_from and state is not None:
                 self._out.add(peer, WantEntry(want.cid, cancel=True))
 
@@ -320,9 +346,17 @@ class Session:
         state = self.peers.get(peer)
         return (
             state is None
-            or state.wants_refill(self.config)
+            or self._due(state, self.config.max_in_flight - self.in_flight())
             or len(state.in_flight) < self.config.endgame_keep
             or not self.wants
+        )
+
+    def _due(self, state: PeerState, free: int) -> bool:
+        """``state``'s peer is due for a batch of new wants: that much of its window is
+        free, and of the session's ``max_in_flight`` (``free`` requests)."""
+        cfg = self.config
+        return state.room() >= state.refill_step(cfg) and free >= max(
+            1, int(cfg.max_in_flight * cfg.refill_fraction)
         )
 
     def _someone_has(self, cid: CID) -> bool:
@@ -433,19 +467,41 @@ class Session:
             self.examined += 1
             if want.skip and want.skip_since + retry <= now:
                 want.skip.clear()
-                want.asked_have.clear()
+                self._forget_asks(want)
             elif (
                 want.asked_have and want.asked_at + retry <= now and not self._someone_has(want.cid)
             ):
-                want.asked_have.clear()  # nobody answered at all: ask again
+                self._forget_asks(want)  # nobody answered at all: ask again
             else:
                 continue
             self._enqueue(want)
             self._mark_broadcast(want)
 
-    def _pick(self, want: WantState, refill: set[PeerId]) -> PeerState | None:
+    def _forget_asks(self, want: WantState) -> None:
+        """Ask again about ``want`` as if nobody had been asked (their probes are void)."""
+        for peer in want.asked_have:
+            state = self.peers.get(peer)
+            if state is not None:
+                state.probes.discard(want.cid)
+        want.asked_have.clear()
+
+    def _pick(
+        self, want: WantState, refill: set[PeerId], within_share: bool
+    ) -> PeerState | None:
+        """The peer to ask for ``want``, or None: one that said HAVE for it before any other
+        session peer, then the fastest (smallest gap between blocks; one whose pace is not
+        known yet first, to learn it). ``within_share``: only peers below their ``share``.
+
+        Fastest first, each up to its share, then the fastest again: every peer that adds
+        pace gets enough to stay busy, and a transfer one fast peer can carry (its share is
+        the whole allowance) stays on it instead of being spread thin over every peer that
+        has the blocks. Each peer served costs both ends a connection's worth of wake-ups and
+        buffers: where the CPU is the limit (a leecher hashing and writing at its CPU's pace,
+        or peers on one host) four seeders sharing a transfer were slower than one.
+        """
         best: PeerState | None = None
-        best_key: tuple[int, float] | None = None
+        best_key: tuple[int, float, float] | None = None
+        cfg = self.config
         for state in self.peers.values():
             if state.peer in want.skip or state.room() <= 0 or state.peer not in refill:
                 continue
@@ -455,8 +511,12 @@ class Session:
                 rank = 1
             else:
                 continue
-            # prefer peers with the most free room relative to their window
-            key = (rank, -state.room() / state.window)
+            if within_share and len(state.in_flight) >= state.share(cfg):
+                continue
+            gap = state.gap if state.gap is not None else 0.0
+            if not state.in_flight:
+                gap *= IDLE_PACE_HANDICAP
+            key = (rank, gap, -state.room() / state.window)
             if best_key is None or key < best_key:
                 best, best_key = state, key
         return best
@@ -465,12 +525,9 @@ class Session:
         """Hand ready wants, best first, to session peers with room (only a peer that sent a
         block or a HAVE is asked for blocks, so only those peers' room counts)."""
         # Peers whose window is due for a refill, filled up this tick (see ``refill_fraction``).
-        refill = {
-            st.peer
-            for st in self.peers.values()
-            if st.session_peer and st.wants_refill(self.config)
-        }
-        room = sum(max(self.peers[p].room(), 0) for p in refill)
+        free = self.config.max_in_flight - self.in_flight()
+        refill = {st.peer for st in self.peers.values() if st.session_peer and self._due(st, free)}
+        room = min(sum(max(self.peers[p].room(), 0) for p in refill), free)
         # Wants refused by the peers with room but not by every session peer wait for room
         # elsewhere; this bounds how many of them one tick looks at.
         budget = 4 * room + 64
@@ -483,7 +540,7 @@ class Session:
             want.place = _NOWHERE
             self.examined += 1
             budget -= 1
-            state = self._pick(want, refill)
+            state = self._pick(want, refill, True) or self._pick(want, refill, False)
             if state is None:
                 if all(st.peer in want.skip for st in self.peers.values() if st.session_peer):
                     want.place = _PARKED
@@ -514,19 +571,30 @@ class Session:
             if want.requested_from is not None:
                 continue  # marked again if it is ever unassigned
             self.examined += 1
+            # A peer that is not a session peer is probed with at most max_probes want-haves
+            # at a time: a few answers tell whether it has the content (a HAVE makes it a
+            # session peer), and a peer without it would otherwise get a want-have, and then
+            # a cancel, for every block of the file.
+            probes = self.config.max_probes
             targets = [
-                p
+                st
                 for p, st in self.peers.items()
-                if not st.session_peer and p not in want.asked_have and p not in want.skip
+                if not st.session_peer
+                and p not in want.asked_have
+                and p not in want.skip
+                and len(st.probes) < probes
             ]
             if not targets:
                 continue
             sent += 1
             want.asked_at = now
             self._timer(now + self.config.retry_interval, want)
-            for peer in targets:
-                want.asked_have.add(peer)
-                self._out.add(peer, WantEntry(want.cid, want.priority, False, WantType.HAVE, True))
+            for st in targets:
+                want.asked_have.add(st.peer)
+                st.probes.add(cid)
+                self._out.add(
+                    st.peer, WantEntry(want.cid, want.priority, False, WantType.HAVE, True)
+                )
 
     def _search_candidate(self) -> WantState | None:
         """The best unassigned want nobody has said HAVE for and every session peer refused:
