@@ -114,6 +114,33 @@ async def test_repeated_leaves_are_written_at_every_place(tmp_path: Path) -> Non
         assert out.read_bytes() == data
 
 
+async def test_keep_copies_holds_a_leaf_before_its_later_places_come(tmp_path: Path) -> None:
+    # keep_copies: the sink stores each leaf's copy itself, before leaf() returns. A place of
+    # that leaf found right after (another worker thread handling a node) is written from
+    # the store; when the caller stored the copy after leaf() returned, such a place could
+    # come first, find nothing, and the sink gave up.
+    data = bytes(10_500)
+    src, root = await _import(tmp_path, data, SMALL)
+    with src, Blockstore(tmp_path / "dst", FsyncPolicy.NEVER) as dst:
+        nodes, leaves = await _dag(src, root)
+        out = tmp_path / "out.bin"
+        sink = FileSink.open(out, dst, root, keep_copies=True)
+        for cid in nodes[:2]:
+            sink.node(cid, dagpb.decode(src.read_sync(cid)))
+        first = src.read_sync(leaves[0])
+        assert sink.leaf(leaves[0], first)  # held: nothing left for the caller to store
+        assert dst.read_sync(leaves[0]) == first
+        for cid in nodes[2:]:  # later places of that leaf among them
+            sink.node(cid, dagpb.decode(src.read_sync(cid)))
+        for cid in leaves[1:]:
+            if not sink.leaf(cid, src.read_sync(cid)):
+                dst.put_sync(cid, src.read_sync(cid))
+        assert not sink.abandoned
+        assert sink.finish()
+        assert out.read_bytes() == data
+        assert dst.stat_sync().referenced_blocks == 0  # copies, no references
+
+
 async def _file_node(store: Blockstore, kids: list[tuple[CID, int]]) -> CID:
     data = UnixFSData(DataType.FILE, blocksizes=tuple(size for _, size in kids))
     links = tuple(dagpb.PBLink(cid, "", size) for cid, size in kids)

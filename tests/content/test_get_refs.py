@@ -5,6 +5,7 @@ Real files, real SQLite, real Bitswap services on in-memory hosts."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -123,8 +124,14 @@ async def test_a_get_stores_no_block_files_for_its_leaves(
     assert leech.store.stat_sync().referenced_blocks == 0
 
 
-async def test_keep_copies_stores_every_leaf_as_well(net: MemNetwork, tmp_path: Path) -> None:
-    data = pattern(20_000)
+async def test_keep_copies_stores_every_leaf_as_well(
+    net: MemNetwork, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The zeros: one leaf at five places, some filled from the store's copy (see
+    # test_filesink's keep_copies test). Had the sink given up, the exporter would still
+    # have made the file: only the log tells.
+    data = pattern(20_000) + bytes(5000)
+    caplog.set_level(logging.DEBUG, logger="peerstack.content.filesink")
     async with AsyncExitStack() as stack:
         seed_host, leech_host = net.add_host(), net.add_host()
         seed_store = stack.enter_context(Blockstore(tmp_path / "s", FsyncPolicy.NEVER))
@@ -139,6 +146,7 @@ async def test_keep_copies_stores_every_leaf_as_well(net: MemNetwork, tmp_path: 
         assert out.read_bytes() == data
         stat = leech_store.stat_sync()
         assert (stat.blocks, stat.referenced_blocks) == (result.blocks, 0)
+    assert not [r for r in caplog.records if "as it arrives stopped" in r.getMessage()]
 
 
 async def test_a_tampered_output_block_is_absent_and_fetched_elsewhere(

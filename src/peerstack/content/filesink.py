@@ -217,24 +217,28 @@ class FileSink:
     def leaf(self, cid: CID, data: Buffer) -> bool:
         """A verified raw block: write it at each of its places (nothing if it has none).
 
-        True when the block is now held by reference to its first place in this file, so the
-        caller need not store a copy; False when it must (the block has no place here, the
-        sink gave up or cannot write, or ``keep_copies``).
+        True when the block is now held, so the caller need not store it: by reference to its
+        first place in this file, or with ``keep_copies`` by a copy the sink stored itself;
+        False when the caller must (the block has no place here, the sink gave up or cannot
+        write).
         """
-        return self._leaf(cid, data, None, record=not self.keep_copies)
+        return self._leaf(cid, data, None)
 
-    def _leaf(self, cid: CID, data: Buffer, in_place: FileRef | None, *, record: bool) -> bool:
+    def _leaf(
+        self, cid: CID, data: Buffer, in_place: FileRef | None, *, store: bool = True
+    ) -> bool:
         """``leaf``. ``in_place``: the block's reference when it is in this (reused) file: a
-        place at its offset is counted, not written again. ``record``: reference the block."""
+        place at its offset is counted, not written again. ``store``: False for a block the
+        store holds already (written at its places, nothing stored)."""
         places = self._claim(cid, leaf=True)
         if places is None:
             # A second copy of a leaf (a duplicate from the network, verified on a worker
-            # thread before the first was delivered): held if the first copy's reference is
-            # (waiting for that copy's outcome if it is being written), else the caller stores.
+            # thread before the first was delivered): held if the first copy is (waiting for
+            # that copy's outcome if it is being written), else the caller stores.
             with self._lock:
                 while cid in self._writing:
                     self._idle.wait()
-                return record and cid in self._held and not self._closed
+                return cid in self._held and not self._closed
         try:
             for place in places:
                 if place.size is not None and place.size != len(data):
@@ -252,12 +256,18 @@ class FileSink:
                     continue
                 if not self._write(data, place.offset):
                     return False
-            if not (record and places):
+            if not (store and places):
                 return False
-            # After the bytes are written, never before: a reference must not name bytes
-            # that are not there yet (a reader would drop it as damaged). One reference is
-            # enough for a leaf that occurs more than once in the file.
-            self.store.put_ref_sync(cid, self.tmp, places[0].offset, len(data))
+            if self.keep_copies:
+                # Stored here, before the leaf is released: a place of it found later is
+                # written from the store (_late_leaf), which must hold it by then. Stored by
+                # the caller after this returned, it sometimes did not, and the sink gave up.
+                self.store.put_sync(cid, data, verify=False)  # verified: the caller hashed it
+            else:
+                # After the bytes are written, never before: a reference must not name bytes
+                # that are not there yet (a reader would drop it as damaged). One reference is
+                # enough for a leaf that occurs more than once in the file.
+                self.store.put_ref_sync(cid, self.tmp, places[0].offset, len(data))
             with self._lock:
                 self._held.add(cid)
             return True
@@ -299,7 +309,7 @@ class FileSink:
             data, _why, _gone = load_ref(in_place, cid.multihash)
             if data is None:
                 continue  # never written, cut short, other bytes: fetched as usual
-            if not self._leaf(cid, data, in_place, record=not self.keep_copies):
+            if not self._leaf(cid, data, in_place):
                 with contextlib.suppress(BlockstoreError):  # then it is simply fetched
                     self.store.put_sync(cid, data, verify=False)  # keep_copies: a copy
 
@@ -398,7 +408,7 @@ class FileSink:
                 with self._lock:
                     self._give_up(f"{cid} cannot be read from the store: {exc}")
                 return absent
-            self._leaf(cid, data, in_place, record=False)
+            self._leaf(cid, data, in_place, store=False)
         return absent
 
     def _reserve(self, size: int) -> None:
