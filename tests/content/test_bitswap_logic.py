@@ -379,6 +379,27 @@ def test_end_game_moves_queued_requests_to_an_idle_peer() -> None:
     assert all(not e.cancel for e in s.tick(0.7).messages.get(slow, []))
 
 
+@pytest.mark.parametrize(("giver_gap", "moved"), [(0.01, 20), (0.001, 3)])
+def test_end_game_moves_what_evens_out_the_finish(giver_gap: float, moved: int) -> None:
+    s = Session(
+        SessionConfig(initial_window=40, max_window=40, max_in_flight=40, endgame_keep=4)
+    )
+    giver, taker = _session_peers(s, 2)
+    s.want(cids(40), 0.0)
+    s.peers[taker].window = 0.0  # everything goes to the giver
+    s.tick(0.0)
+    s.peers[taker].window = 40.0
+    assert len(s.peers[giver].in_flight) == 40
+    s.peers[giver].gap = giver_gap
+    s.peers[taker].gap = 0.01
+    acts = s.tick(0.1)
+    to_taker = [e for e in acts.messages.get(taker, []) if not e.cancel]
+    # as fast as the taker: half of its queue; ten times faster: it drains 37 in the time the
+    # taker needs for 3 (37 x 1 ms ~ 3 x 10 ms)
+    assert len(to_taker) == moved
+    assert len(s.peers[giver].in_flight) == 40 - moved
+
+
 def test_session_window_grows_and_stalled_peer_is_retried_elsewhere() -> None:
     cfg = SessionConfig(
         initial_window=2, max_window=8, min_stall_timeout=1.0, max_stall_timeout=4.0

@@ -25,8 +25,9 @@ A session decides which peer to ask for which block. The strategy, close to go-b
   (each message costs both ends a decode, and the server a trip to look up block sizes).
 * End game: once every want is handed out, a peer that has nearly run dry (fewer than
   ``endgame_keep`` requests left) takes over the newest requests queued at the peer with the
-  most (a cancel there, a want-block here), up to half the difference, so the last blocks do
-  not wait in one peer's deep queue while the others idle. The ``endgame_keep`` oldest requests
+  most (a cancel there, a want-block here), as many as make both finish together at their
+  observed paces (half the difference while a pace is unknown), so the last blocks do not wait
+  in one peer's deep queue while the others idle. The ``endgame_keep`` oldest requests
   of a queue stay where they are: they may be on their way already (sent by the server, or
   buffered here while we hash and store), and moving them would fetch them twice.
 * A peer stalls when it has requests outstanding and has sent nothing for its stall timeout
@@ -102,6 +103,17 @@ class PeerState:
         if self.gap is None or self.gap * self.window <= cfg.busy_seconds:
             return int(self.window)
         return max(2, math.ceil(cfg.busy_seconds / self.gap))
+
+
+def _even_finish(giver: PeerState, taker: PeerState) -> int:
+    """End game: how many of ``giver``'s queued requests to move to ``taker`` so that both
+    are done at about the same time, at their observed paces (half the difference while a
+    pace is unknown). A fast giver keeps most of its queue: moving requests from a peer that
+    drains it in milliseconds to one that needs as long per block gains nothing."""
+    lg, lt = len(giver.in_flight), len(taker.in_flight)
+    if not giver.gap or not taker.gap:
+        return (lg - lt) // 2
+    return int((lg * giver.gap - lt * taker.gap) / (giver.gap + taker.gap))
 
 
 # An idle peer's pace is an old measurement: it must beat a busy peer's by this factor to take
@@ -406,7 +418,7 @@ class Session:
             giver = max(peers, key=lambda st: len(st.in_flight))
             n = min(
                 taker.room(),
-                (len(giver.in_flight) - len(taker.in_flight)) // 2,
+                _even_finish(giver, taker),
                 len(giver.in_flight) - self.config.endgame_keep,
             )
             if n <= 0:
