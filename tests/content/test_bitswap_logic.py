@@ -240,7 +240,7 @@ def test_session_spreads_blocks_and_cancels_others() -> None:
 
 
 def test_a_full_window_is_refilled_in_batches() -> None:
-    s = Session(SessionConfig(initial_window=16, max_window=16, refill_fraction=0.25))
+    s = Session(SessionConfig(initial_window=16, max_window=16, refill_fraction=0.25, block_unit=0))
     p = peer()
     s.add_peer(p, 0.0)
     s.peers[p].session_peer = True
@@ -261,6 +261,24 @@ def test_a_full_window_is_refilled_in_batches() -> None:
     assert len(s.peers[p].in_flight) == 16
 
 
+MIB = 1 << 20
+
+
+def test_smaller_blocks_may_have_more_in_flight_for_the_same_bytes() -> None:
+    s = Session(SessionConfig(initial_window=1000, max_window=1000, max_in_flight=64))
+    (p,) = _session_peers(s, 1)
+    s.want(cids(2000), 0.0)
+    s.tick(0.0)
+    assert s.in_flight() == 64  # block size unknown: 64 of the 1 MiB unit
+    s.on_block(p, next(iter(s.peers[p].in_flight)), 256 * 1024, 0.1)
+    s.tick(0.1)
+    assert s.in_flight() == 256  # 64 MiB of 256 KiB blocks
+    for i in range(60):  # small blocks (empty ones too): the mean falls, the count is capped
+        s.on_block(p, next(iter(s.peers[p].in_flight)), 1000 if i % 2 else 0, 0.2)
+    s.tick(0.2)
+    assert s.in_flight() == SessionConfig().max_blocks_in_flight
+
+
 def _session_peers(s: Session, n: int) -> list[PeerId]:
     out = []
     for _ in range(n):
@@ -279,7 +297,7 @@ def test_requests_in_flight_are_capped_across_peers() -> None:
     assert s.in_flight() == 64  # not 4 x 128: more would only queue at the peers
     # a block in: no refill until a quarter of the session's allowance is free again
     first = next(iter(s.peers[peers[0]].in_flight))
-    s.on_block(peers[0], first, 10, 0.1)
+    s.on_block(peers[0], first, MIB, 0.1)
     s.tick(0.1)
     assert s.in_flight() == 63
 
@@ -305,7 +323,7 @@ def test_a_peer_that_carries_the_transfer_alone_keeps_it() -> None:
     assert len(s.peers[fast].in_flight) == 64
     assert not s.peers[other].in_flight
     for cid in list(s.peers[fast].in_flight)[:40]:
-        s.on_block(fast, cid, 10, 1.0)
+        s.on_block(fast, cid, MIB, 1.0)
     s.peers[fast].gap = 0.5  # it slowed down: the other is the faster now, and takes what is free
     s.tick(1.0)
     assert len(s.peers[other].in_flight) == 40
@@ -494,7 +512,14 @@ def test_session_invariants_under_random_events(events: list[tuple[str, int, int
     peers = [peer() for _ in range(4)]
     wanted = cids(8, "r")
     s = Session(
-        SessionConfig(initial_window=2, max_window=4, min_stall_timeout=0.5, max_stall_timeout=2.0)
+        SessionConfig(
+            initial_window=2,
+            max_window=4,
+            max_in_flight=6,
+            min_stall_timeout=0.5,
+            max_stall_timeout=2.0,
+            block_unit=0,  # the limits in plain counts (the blocks here are 10 bytes)
+        )
     )
     now = 0.0
     for p in peers[:2]:
@@ -524,6 +549,7 @@ def test_session_invariants_under_random_events(events: list[tuple[str, int, int
         for state in s.peers.values():
             assert len(state.in_flight) <= max(int(state.window), 1)
             assert 1 <= state.window <= 4
+        assert s.in_flight() <= 6
         for want in s.wants.values():
             if want.requested_from is not None:
                 assert want.cid in s.peers[want.requested_from].in_flight

@@ -19,6 +19,8 @@ A session decides which peer to ask for which block. The strategy, close to go-b
   peer's *share* is what it serves in ``busy_seconds`` at its observed pace. Requests go to the
   fastest peer up to its share, then the next, and what is left to the fastest again: a
   transfer one fast peer can carry stays on it, and every peer that adds pace stays busy.
+  Both limits count 1 MiB blocks (``block_unit``): a session of smaller blocks may have as
+  many more in flight as makes the same bytes, up to ``max_blocks_in_flight``.
 * A peer's window is refilled in batches: only once a quarter of it is free (``refill_fraction``)
   does it get new wants, as many as fit. The three quarters still queued at the peer keep it
   busy meanwhile, and a want message then carries many wants instead of one per block received
@@ -57,7 +59,7 @@ from peerstack.errors import UsageError
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     initial_window: int = 8
-    max_window: int = 128
+    max_window: int = 128  # blocks of block_unit bytes or more (see block_unit)
     min_stall_timeout: float = 3.0
     max_stall_timeout: float = 30.0
     discovery_delay: float = 1.0  # no peer has it after this long: ask the DHT
@@ -67,6 +69,12 @@ class SessionConfig:
     refill_fraction: float = 0.25  # a peer gets new wants once this much of its window is free
     endgame_keep: int = 16  # end game: the oldest requests of a peer, never moved (see above)
     max_in_flight: int = 64  # blocks asked for and not yet here, all peers together
+    # max_window and max_in_flight count blocks of this size or more. A session whose blocks
+    # are smaller (kubo's 256 KiB chunks, a tree of small nodes) may have as many more in
+    # flight as keeps the bytes the same, up to max_blocks_in_flight: a count made for 1 MiB
+    # blocks held a walk of small blocks to a few kilobytes per round trip. 0: plain counts.
+    block_unit: int = 1 << 20
+    max_blocks_in_flight: int = 512  # whatever their size (servers cap wantlists at ~1024)
     max_probes: int = 16  # want-haves a peer that is not a session peer has unanswered
     busy_seconds: float = 0.5  # a peer's share: the blocks it serves in this long at its pace
 
@@ -93,9 +101,10 @@ class PeerState:
     def room(self) -> int:
         return int(self.window) - len(self.in_flight)
 
-    def refill_step(self, cfg: SessionConfig) -> int:
-        """The fewest new wants worth a message to this peer (see ``refill_fraction``)."""
-        return max(1, int(min(self.window, cfg.max_in_flight) * cfg.refill_fraction))
+    def refill_step(self, cfg: SessionConfig, allowance: int) -> int:
+        """The fewest new wants worth a message to this peer (see ``refill_fraction``), the
+        session's ``allowance`` being what it may have in flight."""
+        return max(1, int(min(self.window, allowance) * cfg.refill_fraction))
 
     def share(self, cfg: SessionConfig) -> int:
         """Requests that keep this peer busy for ``busy_seconds`` at its observed pace (its
@@ -114,6 +123,18 @@ def _even_finish(giver: PeerState, taker: PeerState) -> int:
     if not giver.gap or not taker.gap:
         return (lg - lt) // 2
     return int((lg * giver.gap - lt * taker.gap) / (giver.gap + taker.gap))
+
+
+class _MeanSize:
+    """The mean size of the blocks received lately (an exponentially weighted mean)."""
+
+    __slots__ = ("mean",)
+
+    def __init__(self) -> None:
+        self.mean: float | None = None
+
+    def add(self, size: int) -> None:
+        self.mean = float(size) if self.mean is None else 0.9 * self.mean + 0.1 * size
 
 
 # An idle peer's pace is an old measurement: it must beat a busy peer's by this factor to take
@@ -176,6 +197,7 @@ class Session:
         self._to_broadcast: list[tuple[int, CID]] = []
         self._timers: list[tuple[float, int, CID]] = []  # (when, seq, cid): retry checks
         self._seq = 0
+        self._sizes = _MeanSize()
         self.examined = 0
 
     # -- inputs -------------------------------------------------------------------------
@@ -236,7 +258,8 @@ class Session:
             state.blocks += 1
             state.bytes += size
             self._become_session_peer(state)
-            state.window = min(float(self.config.max_window), state.window + 1)
+            self._sizes.add(size)
+            state.window = min(float(self._scaled(self.config.max_window)), state.window + 1)
         if want is None:
             return False
         self._cancel_everywhere(want, peer)
@@ -354,22 +377,40 @@ class Session:
 
     def peer_due(self, peer: PeerId) -> bool:
         """(after ``on_block``) Whether a tick has work because of ``peer``: its window is due
-        for a refill or nearly dry (the end game), or nothing is wanted any more."""
+        for a refill and a want waits for one, or it is nearly dry (the end game), or nothing
+        is wanted any more."""
         state = self.peers.get(peer)
         return (
             state is None
-            or self._due(state, self.config.max_in_flight - self.in_flight())
             or len(state.in_flight) < self.config.endgame_keep
             or not self.wants
+            or (
+                self._due(state, self._allowance() - self.in_flight())
+                and self._head(self._ready, _READY) is not None
+            )
         )
 
     def _due(self, state: PeerState, free: int) -> bool:
         """``state``'s peer is due for a batch of new wants: that much of its window is
         free, and of the session's ``max_in_flight`` (``free`` requests)."""
-        cfg = self.config
-        return state.room() >= state.refill_step(cfg) and free >= max(
-            1, int(cfg.max_in_flight * cfg.refill_fraction)
+        allowance = self._allowance()
+        return state.room() >= state.refill_step(self.config, allowance) and free >= max(
+            1, int(allowance * self.config.refill_fraction)
         )
+
+    def _scaled(self, blocks: int) -> int:
+        """A limit of ``blocks`` unit-sized blocks, in blocks of this session's size."""
+        cfg = self.config
+        mean = self._sizes.mean
+        if not cfg.block_unit or mean is None or mean >= cfg.block_unit:
+            return blocks
+        return min(
+            cfg.max_blocks_in_flight, max(blocks, int(blocks * cfg.block_unit / max(mean, 1.0)))
+        )
+
+    def _allowance(self) -> int:
+        """Blocks this session may have asked for and not received yet."""
+        return self._scaled(self.config.max_in_flight)
 
     def _someone_has(self, cid: CID) -> bool:
         return any(cid in st.haves for st in self.peers.values())
@@ -537,7 +578,7 @@ class Session:
         """Hand ready wants, best first, to session peers with room (only a peer that sent a
         block or a HAVE is asked for blocks, so only those peers' room counts)."""
         # Peers whose window is due for a refill, filled up this tick (see ``refill_fraction``).
-        free = self.config.max_in_flight - self.in_flight()
+        free = self._allowance() - self.in_flight()
         refill = {st.peer for st in self.peers.values() if st.session_peer and self._due(st, free)}
         room = min(sum(max(self.peers[p].room(), 0) for p in refill), free)
         # Wants refused by the peers with room but not by every session peer wait for room
