@@ -330,6 +330,17 @@ def test_a_peer_that_carries_the_transfer_alone_keeps_it() -> None:
     assert len(s.peers[fast].in_flight) == 24
 
 
+def test_many_slow_peers_each_get_requests_past_max_in_flight() -> None:
+    s = Session(SessionConfig(initial_window=8, max_in_flight=16, busy_seconds=0.5))
+    peers = _session_peers(s, 20)
+    for p in peers:
+        s.peers[p].gap = 1.0  # a block a second each: two keep one busy
+    s.want(cids(200), 0.0)
+    s.tick(0.0)
+    assert s.in_flight() == 40  # not 16: each of the 20 has a block coming and one queued
+    assert all(len(s.peers[p].in_flight) == 2 for p in peers)
+
+
 def test_a_peer_without_the_content_is_probed_not_flooded() -> None:
     s = Session(SessionConfig(initial_window=8, max_in_flight=8, max_probes=16))
     (seeder,) = _session_peers(s, 1)
@@ -549,7 +560,8 @@ def test_session_invariants_under_random_events(events: list[tuple[str, int, int
         for state in s.peers.values():
             assert len(state.in_flight) <= max(int(state.window), 1)
             assert 1 <= state.window <= 4
-        assert s.in_flight() <= 6
+        sessions = sum(1 for st in s.peers.values() if st.session_peer)
+        assert s.in_flight() <= max(6, 2 * sessions)
         for want in s.wants.values():
             if want.requested_from is not None:
                 assert want.cid in s.peers[want.requested_from].in_flight

@@ -392,7 +392,7 @@ class Session:
 
     def _due(self, state: PeerState, free: int) -> bool:
         """``state``'s peer is due for a batch of new wants: that much of its window is
-        free, and of the session's ``max_in_flight`` (``free`` requests)."""
+        free, and of the session's allowance (``free`` requests, see ``_allowance``)."""
         allowance = self._allowance()
         return state.room() >= state.refill_step(self.config, allowance) and free >= max(
             1, int(allowance * self.config.refill_fraction)
@@ -409,8 +409,14 @@ class Session:
         )
 
     def _allowance(self) -> int:
-        """Blocks this session may have asked for and not received yet."""
-        return self._scaled(self.config.max_in_flight)
+        """Blocks this session may have asked for and not received yet: ``max_in_flight``
+        (scaled to its block size), and at least two per session peer, so that many slow
+        peers together still each have one block on its way while another is served."""
+        sessions = sum(1 for st in self.peers.values() if st.session_peer)
+        return min(
+            self.config.max_blocks_in_flight,
+            max(self._scaled(self.config.max_in_flight), 2 * sessions),
+        )
 
     def _someone_has(self, cid: CID) -> bool:
         return any(cid in st.haves for st in self.peers.values())
