@@ -11,8 +11,10 @@ Every seeder and leecher is its own process; only 127.0.0.1. In the same run, si
 
 Time is measured inside the leecher, from just before it dials the seeders to the output file
 complete on disk *and* its sha256 equal to the source's ("verified"). MB/s = 10^6 bytes/s.
-Seeders are started and loaded (import, torrent check) once per scenario, before any timing;
-every run starts a fresh leecher with an empty store. Medians over ``--runs``.
+Seeders are started and loaded (import, torrent check) before any timing, once per
+implementation and cap: 1 -> 1 connects to the first of the 4 seeders, and its runs alternate
+with those of 4 -> 1 (see ``Driver.run_cells``), after one uncounted warm-up run of each
+(``--warmup``). Every run starts a fresh leecher with an empty store. Medians over ``--runs``.
 
 Upload caps: libtorrent has ``upload_rate_limit``; peerstack's seeders use Bitswap's own
 ``upload_rate`` (``--ps-cap knob``, the default; ``--ps-cap emulate`` is the older bench-side
@@ -443,41 +445,60 @@ class Driver:
             argv += ["--peer", s["addr"]]
         return argv
 
-    def run_cell(self, impl: str, sc: Scenario) -> Cell:
-        cell = Cell()
-        if sc.cap and impl == "helia":
-            cell.skipped = "helia has no upload rate limit"
-            return cell
-        runs = self.args.capped_runs if sc.cap else self.args.runs
+    def run_cells(self, impl: str, group: list[Scenario]) -> dict[str, Cell]:
+        """The scenarios of ``group`` (one cap: 1 -> 1 and N -> 1) on one set of N seeders.
+
+        A 1 -> 1 run connects to the first seeder only (the others idle: none of the three
+        implementations discovers peers by itself here), and the runs of the scenarios
+        alternate, in turn first and last (1, N, N, 1, ...). Run one after the other, the
+        later scenario was the warmer: the machine's speed drifts over minutes (see the
+        warm-up below), and the N -> 1 / 1 -> 1 ratio leaned with it.
+        """
+        cells = {sc.name: Cell() for sc in group}
+        if group[0].cap and impl == "helia":
+            for cell in cells.values():
+                cell.skipped = "helia has no upload rate limit"
+            return cells
+        runs = self.args.capped_runs if group[0].cap else self.args.runs
         if impl == "helia" and self.args.helia_runs > 0:
             runs = self.args.helia_runs
-        status(f"{impl} {sc.name}: starting {sc.seeders} seeder(s)")
+        count = max(sc.seeders for sc in group)
+        names = " and ".join(sc.name for sc in group)
+        status(f"{impl} {names}: starting {count} seeder(s)")
         seeders: list[Seeder] = []
         try:
             # Seeders load the file (helia imports it, libtorrent checks it): all at once.
-            seeders += [Seeder(self.seeder_argv(impl, sc.cap)) for _ in range(sc.seeders)]
+            seeders += [Seeder(self.seeder_argv(impl, group[0].cap)) for _ in range(count)]
             infos = [json.loads(p.readline(900)) for p in seeders]
             if impl == "helia" and infos[0]["cid"] != self.ws.ps_cid and self.ws.ps_cid:
                 status(f"note: helia's CID {infos[0]['cid']} differs from peerstack's")
+
+            def one(sc: Scenario, run_no: int, counted: bool = True) -> None:
+                self._one_run(impl, sc, seeders[: sc.seeders], infos[: sc.seeders],
+                              run_no=run_no, cell=cells[sc.name], counted=counted)
+
             # Uncapped, --warmup runs of every implementation come first and are left out: on
             # the bench VM a run whose output lands in page-cache pages the host has taken
             # back (the first ones after the source file's gigabyte, or after an idle spell)
             # pays up to 2 ms/MiB more for its writes, whichever implementation runs. Capped
             # runs move 20 MB/s: the pages' cost is lost in the wait.
-            for _ in range(0 if sc.cap else self.args.warmup):
-                self._one_run(impl, sc, seeders, infos, run_no=0, cell=cell, counted=False)
+            for _ in range(0 if group[0].cap else self.args.warmup):
+                for sc in group:
+                    one(sc, 0, counted=False)
             # With --profile, peerstack gets one extra run under cProfile, left out of the figures.
             first = -1 if self.args.profile and impl == "peerstack" else 0
             for run_no in range(first, runs):
-                self._one_run(impl, sc, seeders, infos, run_no=run_no, cell=cell)
+                for sc in group if run_no % 2 == 0 else group[::-1]:
+                    one(sc, run_no)
         except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
-            cell.failures.append(f"{type(exc).__name__}: {exc}")
-            status(f"{impl} {sc.name}: {exc}")
+            for cell in cells.values():
+                cell.failures.append(f"{type(exc).__name__}: {exc}")
+            status(f"{impl} {names}: {exc}")
         finally:
             for proc in seeders:
                 if proc.proc.poll() is None:
                     proc.close(timeout=20)
-        return cell
+        return cells
 
     def _uploaded(self, impl: str, seeders: list[Seeder]) -> list[int]:
         if impl == "helia":
@@ -667,14 +688,18 @@ def driver_main(args: argparse.Namespace) -> None:
         driver = Driver(args, ws)
         cells: dict[tuple[str, str], Cell] = {}
         skip = {impl: prepare[impl](driver) for impl in args.only}
-        for sc in scenarios:
+        # Scenarios of one cap share their seeders and alternate their runs (run_cells).
+        groups = [[sc for sc in scenarios if sc.cap == c] for c in dict.fromkeys(
+            sc.cap for sc in scenarios)]
+        for group in groups:
             for impl in args.only:
                 if skip[impl]:
-                    cells[(impl, sc.name)] = Cell(skipped=skip[impl])
-                elif sc.cap and impl == "peerstack" and args.ps_cap == "skip":
-                    cells[(impl, sc.name)] = Cell(skipped="--ps-cap skip")
+                    got = {sc.name: Cell(skipped=skip[impl]) for sc in group}
+                elif group[0].cap and impl == "peerstack" and args.ps_cap == "skip":
+                    got = {sc.name: Cell(skipped="--ps-cap skip") for sc in group}
                 else:
-                    cells[(impl, sc.name)] = driver.run_cell(impl, sc)
+                    got = driver.run_cells(impl, group)
+                cells.update({(impl, name): cell for name, cell in got.items()})
         report(cells, scenarios, args, ws)
     finally:
         if not args.keep:
@@ -716,7 +741,7 @@ def main(argv: list[str] | None = None) -> None:
                         "under the temporary folder)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="uncounted runs before each uncapped cell's timed runs, every "
-                             "implementation alike (see run_cell)")
+                             "implementation alike (see run_cells)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--no-setup", dest="setup", action="store_false")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per leecher run, s")
