@@ -380,20 +380,18 @@ class Session:
         for a refill and a want waits for one, or it is nearly dry (the end game), or nothing
         is wanted any more."""
         state = self.peers.get(peer)
+        if state is None or len(state.in_flight) < self.config.endgame_keep or not self.wants:
+            return True
+        allowance = self._allowance()
         return (
-            state is None
-            or len(state.in_flight) < self.config.endgame_keep
-            or not self.wants
-            or (
-                self._due(state, self._allowance() - self.in_flight())
-                and self._head(self._ready, _READY) is not None
-            )
+            self._due(state, allowance, allowance - self.in_flight())
+            and self._head(self._ready, _READY) is not None
         )
 
-    def _due(self, state: PeerState, free: int) -> bool:
+    def _due(self, state: PeerState, allowance: int, free: int) -> bool:
         """``state``'s peer is due for a batch of new wants: that much of its window is
-        free, and of the session's allowance (``free`` requests, see ``_allowance``)."""
-        allowance = self._allowance()
+        free, and of the session's ``allowance`` (see ``_allowance``; ``free`` requests of it
+        are not in flight). The caller works both out once: each is a pass over the peers."""
         return state.room() >= state.refill_step(self.config, allowance) and free >= max(
             1, int(allowance * self.config.refill_fraction)
         )
@@ -584,8 +582,13 @@ class Session:
         """Hand ready wants, best first, to session peers with room (only a peer that sent a
         block or a HAVE is asked for blocks, so only those peers' room counts)."""
         # Peers whose window is due for a refill, filled up this tick (see ``refill_fraction``).
-        free = self._allowance() - self.in_flight()
-        refill = {st.peer for st in self.peers.values() if st.session_peer and self._due(st, free)}
+        allowance = self._allowance()
+        free = allowance - self.in_flight()
+        refill = {
+            st.peer
+            for st in self.peers.values()
+            if st.session_peer and self._due(st, allowance, free)
+        }
         room = min(sum(max(self.peers[p].room(), 0) for p in refill), free)
         # Wants refused by the peers with room but not by every session peer wait for room
         # elsewhere; this bounds how many of them one tick looks at.
