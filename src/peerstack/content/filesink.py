@@ -236,8 +236,7 @@ class FileSink:
             # thread before the first was delivered): held if the first copy is (waiting for
             # that copy's outcome if it is being written), else the caller stores.
             with self._lock:
-                while cid in self._writing:
-                    self._idle.wait()
+                self._idle.wait_for(lambda: cid not in self._writing)
                 return cid in self._held and not self._closed
         try:
             for place in places:
@@ -362,8 +361,7 @@ class FileSink:
         once that write is over (until then the store may not hold it yet: its reference is
         recorded after the bytes are written, and reading it sooner made the sink give up)."""
         with self._lock:
-            while cid in self._writing:
-                self._idle.wait()
+            self._idle.wait_for(lambda: cid not in self._writing)
         try:
             data = self.store.read_sync(cid)
         except (BlockNotFound, BlockstoreError) as exc:
@@ -419,9 +417,7 @@ class FileSink:
         try:
             reserve(self._fd, size)
         except OSError as exc:
-            with self._lock:
-                if self.error is None:
-                    self.error = _write_error(self.tmp, exc)
+            self._write_failed(exc)
 
     def _write(self, data: Buffer, offset: int) -> bool:
         """Write ``data`` at ``offset``; False (``error`` set) when it could not be."""
@@ -430,13 +426,17 @@ class FileSink:
         try:
             pwrite_all(self._fd, data, offset)
         except OSError as exc:
-            with self._lock:
-                if self.error is None:
-                    self.error = _write_error(self.tmp, exc)
+            self._write_failed(exc)
             return False
         with self._lock:
             self.written += len(data)
         return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        """The output could not be written: the first such error is the sink's."""
+        with self._lock:
+            if self.error is None:
+                self.error = _write_error(self.tmp, exc)
 
     def _release(self, leaf: CID | None = None) -> None:
         with self._lock:
