@@ -16,9 +16,10 @@ figure. Then the bench reads the file back and compares its sha256 with the sour
 mismatch fails the run. That re-read is timed too, and reported beside ("+ re-read": about
 0.7 s a GiB here, whichever implementation wrote the file). MB/s = 10^6 bytes/s.
 Seeders are started and loaded (import, torrent check) before any timing, once per
-implementation and cap: 1 -> 1 connects to the first of the 4 seeders, and its runs alternate
-with those of 4 -> 1 (see ``Driver.run_cells``), after one uncounted warm-up run of each
-(``--warmup``). Every run starts a fresh leecher with an empty store. Medians over ``--runs``.
+implementation and cap: 1 -> 1 connects to the first of the 4 seeders. The runs of 1 -> 1 and
+4 -> 1, and of peerstack and libtorrent, interleave (see ``Driver.run_cells``), after one
+uncounted warm-up run of each (``--warmup``); helia's runs follow on their own. Every run
+starts a fresh leecher with an empty store. Medians over ``--runs``.
 
 Upload caps: libtorrent has ``upload_rate_limit``; peerstack's seeders use Bitswap's own
 ``upload_rate`` (``--ps-cap knob``, the default; ``--ps-cap emulate`` is the older bench-side
@@ -450,37 +451,66 @@ class Driver:
             argv += ["--peer", s["addr"]]
         return argv
 
-    def run_cells(self, impl: str, group: list[Scenario]) -> dict[str, Cell]:
-        """The scenarios of ``group`` (one cap: 1 -> 1 and N -> 1) on one set of N seeders.
+    def run_cells(self, impls: list[str], group: list[Scenario]) -> dict[tuple[str, str], Cell]:
+        """The scenarios of ``group`` (one cap: 1 -> 1 and N -> 1) for each implementation of
+        ``impls``, each on one set of N seeders, all sets up at once.
 
         A 1 -> 1 run connects to the first seeder only (the others idle: none of the three
-        implementations discovers peers by itself here), and the runs of the scenarios
-        alternate, in turn first and last (1, N, N, 1, ...). Run one after the other, the
-        later scenario was the warmer: the machine's speed drifts over minutes (see the
-        warm-up below), and the N -> 1 / 1 -> 1 ratio leaned with it.
+        implementations discovers peers by itself here). The runs interleave: run k of every
+        implementation and scenario, then run k + 1 of them in the reverse order (ps 1, ps N,
+        lt 1, lt N, then lt N, lt 1, ps N, ps 1, ...). Run one after the other, the later
+        cells were the warmer: the machine's speed drifts by a third within a minute (see the
+        warm-up below), and both the N -> 1 / 1 -> 1 and the implementations' ratios leaned
+        with it. An implementation that fails is dropped from the rotation; the rest go on.
         """
-        cells = {sc.name: Cell() for sc in group}
-        if group[0].cap and impl == "helia":
-            for cell in cells.values():
-                cell.skipped = "helia has no upload rate limit"
-            return cells
-        runs = self.args.capped_runs if group[0].cap else self.args.runs
-        if impl == "helia" and self.args.helia_runs > 0:
-            runs = self.args.helia_runs
+        cells = {(impl, sc.name): Cell() for impl in impls for sc in group}
+        live: list[str] = []
+        for impl in impls:
+            if group[0].cap and impl == "helia":
+                for sc in group:
+                    cells[(impl, sc.name)].skipped = "helia has no upload rate limit"
+            else:
+                live.append(impl)
+        runs = {impl: self.args.capped_runs if group[0].cap else self.args.runs for impl in live}
+        if "helia" in runs and self.args.helia_runs > 0:
+            runs["helia"] = self.args.helia_runs
         count = max(sc.seeders for sc in group)
         names = " and ".join(sc.name for sc in group)
-        status(f"{impl} {names}: starting {count} seeder(s)")
-        seeders: list[Seeder] = []
+        seeders: dict[str, list[Seeder]] = {}
+        infos: dict[str, list[dict[str, Any]]] = {}
+
+        def failed(impl: str, exc: BaseException) -> None:
+            for sc in group:
+                cells[(impl, sc.name)].failures.append(f"{type(exc).__name__}: {exc}")
+            status(f"{impl} {names}: {exc}")
+            live.remove(impl)
+
         try:
             # Seeders load the file (helia imports it, libtorrent checks it): all at once.
-            seeders += [Seeder(self.seeder_argv(impl, group[0].cap)) for _ in range(count)]
-            infos = [json.loads(p.readline(900)) for p in seeders]
-            if impl == "helia" and infos[0]["cid"] != self.ws.ps_cid and self.ws.ps_cid:
-                status(f"note: helia's CID {infos[0]['cid']} differs from peerstack's")
+            for impl in list(live):
+                status(f"{impl} {names}: starting {count} seeder(s)")
+                try:
+                    seeders[impl] = [Seeder(self.seeder_argv(impl, group[0].cap))
+                                     for _ in range(count)]
+                except OSError as exc:
+                    failed(impl, exc)
+            for impl in list(live):
+                try:
+                    infos[impl] = [json.loads(p.readline(900)) for p in seeders[impl]]
+                except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                    failed(impl, exc)
+                    continue
+                if impl == "helia" and self.ws.ps_cid and infos[impl][0]["cid"] != self.ws.ps_cid:
+                    status(f"note: helia's CID {infos[impl][0]['cid']} differs from peerstack's")
 
-            def one(sc: Scenario, run_no: int, counted: bool = True) -> None:
-                self._one_run(impl, sc, seeders[: sc.seeders], infos[: sc.seeders],
-                              run_no=run_no, cell=cells[sc.name], counted=counted)
+            def one(impl: str, sc: Scenario, run_no: int, counted: bool = True) -> None:
+                if impl not in live:
+                    return
+                try:
+                    self._one_run(impl, sc, seeders[impl][: sc.seeders], infos[impl][: sc.seeders],
+                                  run_no=run_no, cell=cells[(impl, sc.name)], counted=counted)
+                except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                    failed(impl, exc)
 
             # Uncapped, --warmup runs of every implementation come first and are left out: on
             # the bench VM a run whose output lands in page-cache pages the host has taken
@@ -488,21 +518,23 @@ class Driver:
             # pays up to 2 ms/MiB more for its writes, whichever implementation runs. Capped
             # runs move 20 MB/s: the pages' cost is lost in the wait.
             for _ in range(0 if group[0].cap else self.args.warmup):
-                for sc in group:
-                    one(sc, 0, counted=False)
+                for impl in list(live):
+                    for sc in group:
+                        one(impl, sc, 0, counted=False)
             # With --profile, peerstack gets one extra run under cProfile, left out of the figures.
-            first = -1 if self.args.profile and impl == "peerstack" else 0
-            for run_no in range(first, runs):
-                for sc in group if run_no % 2 == 0 else group[::-1]:
-                    one(sc, run_no)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
-            for cell in cells.values():
-                cell.failures.append(f"{type(exc).__name__}: {exc}")
-            status(f"{impl} {names}: {exc}")
+            if self.args.profile and "peerstack" in live:
+                for sc in group:
+                    one("peerstack", sc, -1)
+            order = [(impl, sc) for impl in live for sc in group]
+            for run_no in range(max(runs.values(), default=0)):
+                for impl, sc in order if run_no % 2 == 0 else order[::-1]:
+                    if run_no < runs[impl]:
+                        one(impl, sc, run_no)
         finally:
-            for proc in seeders:
-                if proc.proc.poll() is None:
-                    proc.close(timeout=20)
+            for procs in seeders.values():
+                for proc in procs:
+                    if proc.proc.poll() is None:
+                        proc.close(timeout=20)
         return cells
 
     def _uploaded(self, impl: str, seeders: list[Seeder]) -> list[int]:
@@ -724,18 +756,23 @@ def driver_main(args: argparse.Namespace) -> None:
         driver = Driver(args, ws)
         cells: dict[tuple[str, str], Cell] = {}
         skip = {impl: prepare[impl](driver) for impl in args.only}
-        # Scenarios of one cap share their seeders and alternate their runs (run_cells).
+        # Scenarios of one cap share their seeders, and their runs interleave (run_cells).
         groups = [[sc for sc in scenarios if sc.cap == c] for c in dict.fromkeys(
             sc.cap for sc in scenarios)]
         for group in groups:
+            ready = []
             for impl in args.only:
                 if skip[impl]:
-                    got = {sc.name: Cell(skipped=skip[impl]) for sc in group}
+                    cells.update({(impl, sc.name): Cell(skipped=skip[impl]) for sc in group})
                 elif group[0].cap and impl == "peerstack" and args.ps_cap == "skip":
-                    got = {sc.name: Cell(skipped="--ps-cap skip") for sc in group}
+                    cells.update({(impl, sc.name): Cell(skipped="--ps-cap skip") for sc in group})
                 else:
-                    got = driver.run_cells(impl, group)
-                cells.update({(impl, name): cell for name, cell in got.items()})
+                    ready.append(impl)
+            # peerstack's and libtorrent's runs interleave (run_cells); helia's, a minute or
+            # more each at its tens of MB/s, come after on their own.
+            for batch in ([i for i in ready if i != "helia"], [i for i in ready if i == "helia"]):
+                if batch:
+                    cells.update(driver.run_cells(batch, group))
         report(cells, scenarios, args, ws)
     finally:
         if not args.keep:
