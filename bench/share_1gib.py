@@ -359,6 +359,21 @@ def _shares(before: list[int], after: list[int]) -> list[float]:
     return [s / total for s in sent] if total else []
 
 
+def _run_order(impls: list[str], group: list[Scenario], run_no: int) -> list[tuple[str, Scenario]]:
+    """The cells of run ``run_no``, in the order they run.
+
+    The implementations swap every run and the scenarios every second run (ps 1, ps N, lt 1,
+    lt N; lt 1, lt N, ps 1, ps N; ps N, ps 1, lt N, lt 1; lt N, lt 1, ps N, ps 1). Over four
+    runs every cell has each place once, so the machine's drift within a run evens out, and
+    each cell follows the other implementation's runs once: on the bench VM a run right after
+    another implementation's often found its output's pages taken back by the host (see
+    run_cells' warm-up), and with plain alternation that fell on N -> 1 every time.
+    """
+    impl_order = impls if run_no % 2 == 0 else impls[::-1]
+    sc_order = group if (run_no // 2) % 2 == 0 else group[::-1]
+    return [(impl, sc) for impl in impl_order for sc in sc_order]
+
+
 class Driver:
     def __init__(self, args: argparse.Namespace, ws: Workspace) -> None:
         self.args = args
@@ -457,11 +472,11 @@ class Driver:
 
         A 1 -> 1 run connects to the first seeder only (the others idle: none of the three
         implementations discovers peers by itself here). The runs interleave: run k of every
-        implementation and scenario, then run k + 1 of them in the reverse order (ps 1, ps N,
-        lt 1, lt N, then lt N, lt 1, ps N, ps 1, ...). Run one after the other, the later
-        cells were the warmer: the machine's speed drifts by a third within a minute (see the
-        warm-up below), and both the N -> 1 / 1 -> 1 and the implementations' ratios leaned
-        with it. An implementation that fails is dropped from the rotation; the rest go on.
+        implementation and scenario before run k + 1 of any (order: ``_run_order``). Run one
+        after the other, the later cells were the warmer: the machine's speed drifts by a
+        third within a minute (see the warm-up below), and both the N -> 1 / 1 -> 1 and the
+        implementations' ratios leaned with it. An implementation that fails is dropped from
+        the rotation; the rest go on.
         """
         cells = {(impl, sc.name): Cell() for impl in impls for sc in group}
         live: list[str] = []
@@ -517,17 +532,17 @@ class Driver:
             # back (the first ones after the source file's gigabyte, or after an idle spell)
             # pays up to 2 ms/MiB more for its writes, whichever implementation runs. Capped
             # runs move 20 MB/s: the pages' cost is lost in the wait.
+            # In the reverse of run 1's order: its first cell follows its own warm-up.
             for _ in range(0 if group[0].cap else self.args.warmup):
-                for impl in list(live):
-                    for sc in group:
-                        one(impl, sc, 0, counted=False)
+                for impl, sc in _run_order(list(live), group, 0)[::-1]:
+                    one(impl, sc, 0, counted=False)
             # With --profile, peerstack gets one extra run under cProfile, left out of the figures.
             if self.args.profile and "peerstack" in live:
                 for sc in group:
                     one("peerstack", sc, -1)
-            order = [(impl, sc) for impl in live for sc in group]
+            order = list(live)
             for run_no in range(max(runs.values(), default=0)):
-                for impl, sc in order if run_no % 2 == 0 else order[::-1]:
+                for impl, sc in _run_order(order, group, run_no):
                     if run_no < runs[impl]:
                         one(impl, sc, run_no)
         finally:
