@@ -504,9 +504,10 @@ class Driver:
             # Seeders load the file (helia imports it, libtorrent checks it): all at once.
             for impl in list(live):
                 status(f"{impl} {names}: starting {count} seeder(s)")
+                seeders[impl] = []  # filled one by one: those started are stopped below
                 try:
-                    seeders[impl] = [Seeder(self.seeder_argv(impl, group[0].cap))
-                                     for _ in range(count)]
+                    for _ in range(count):
+                        seeders[impl].append(Seeder(self.seeder_argv(impl, group[0].cap)))
                 except OSError as exc:
                     failed(impl, exc)
             for impl in list(live):
