@@ -534,14 +534,14 @@ class Driver:
             # pays up to 2 ms/MiB more for its writes, whichever implementation runs. Capped
             # runs move 20 MB/s: the pages' cost is lost in the wait.
             # In the reverse of run 1's order: its first cell follows its own warm-up.
+            order = list(live)  # the rotation; an implementation that fails is skipped in it
             for _ in range(0 if group[0].cap else self.args.warmup):
-                for impl, sc in _run_order(list(live), group, 0)[::-1]:
+                for impl, sc in _run_order(order, group, 0)[::-1]:
                     one(impl, sc, 0, counted=False)
             # With --profile, peerstack gets one extra run under cProfile, left out of the figures.
             if self.args.profile and "peerstack" in live:
                 for sc in group:
                     one("peerstack", sc, -1)
-            order = list(live)
             for run_no in range(max(runs.values(), default=0)):
                 for impl, sc in _run_order(order, group, run_no):
                     if run_no < runs[impl]:
@@ -652,11 +652,7 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
         row.append(_goal_text(cells, sc, scenarios))
         rows.append(row)
     # the scaling rows: 4 seeders over 1, uncapped and capped
-    for capped in (False, True):
-        one = next((s for s in scenarios if s.seeders == 1 and bool(s.cap) == capped), None)
-        many = next((s for s in scenarios if s.seeders > 1 and bool(s.cap) == capped), None)
-        if one is None or many is None:
-            continue
+    for one, many, capped in _scaling_pairs(scenarios):
         row = [f"{many.name} / {one.name}"]
         row += [fmt_ratio(cells[(i, many.name)].median, cells[(i, one.name)].median)
                 for i in impls]
@@ -702,17 +698,24 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
                 headers, rows, notes)
 
 
+def _scaling_pairs(scenarios: list[Scenario]) -> list[tuple[Scenario, Scenario, bool]]:
+    """(1 -> 1, N -> 1, capped) for the uncapped and the capped pair, where both ran."""
+    pairs = []
+    for capped in (False, True):
+        one = next((s for s in scenarios if s.seeders == 1 and bool(s.cap) == capped), None)
+        many = next((s for s in scenarios if s.seeders > 1 and bool(s.cap) == capped), None)
+        if one is not None and many is not None:
+            pairs.append((one, many, capped))
+    return pairs
+
+
 def _paired_notes(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario],
                   impls: Sequence[str]) -> list[str]:
     """N -> 1 over 1 -> 1 run by run: the runs of the two alternate (``run_cells``), so run k of
     each was minutes apart at most, and the spread of these ratios shows how much of the ratio
     of the medians is the machine's drift."""
     notes = []
-    for capped in (False, True):
-        one = next((s for s in scenarios if s.seeders == 1 and bool(s.cap) == capped), None)
-        many = next((s for s in scenarios if s.seeders > 1 and bool(s.cap) == capped), None)
-        if one is None or many is None:
-            continue
+    for one, many, _capped in _scaling_pairs(scenarios):
         parts = []
         for i in impls:
             ones = dict(zip(cells[(i, one.name)].run_nos, cells[(i, one.name)].mbps,
