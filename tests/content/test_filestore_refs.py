@@ -57,6 +57,10 @@ async def test_a_referenced_block_is_served_like_a_stored_one(
     assert (report.checked, report.checked_refs) == (0, 1)
     # the CIDv0/v1 rule of the store holds for references too: the key is the multihash
     assert await store.get(CID(1, DAG_PB, cid.multihash)) == data
+    # so CIDs of one multihash asked together are each answered (one lookup of their key)
+    twin = CID(1, DAG_PB, cid.multihash)
+    absent = CID.hash_of(b"not held", RAW)
+    assert store.sizes_sync([cid, twin, absent]) == {cid: len(data), twin: len(data), absent: None}
 
 
 def cid_key(store: Blockstore, cid: CID) -> str:

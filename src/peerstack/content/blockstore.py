@@ -300,6 +300,7 @@ class Blockstore:
         self.direct_io = direct_io and bool(_O_DIRECT)
         self._aligned = _AlignedBuffer()
         self._blocks = self.root / "blocks"
+        self._blocks_dir = os.fspath(self._blocks)
         self._tmp = self.root / "tmp"
         self._blocks.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -363,9 +364,15 @@ class Blockstore:
     # -- paths ----------------------------------------------------------------------------
 
     def path_for(self, cid: CID | Multihash) -> Path:
-        mh = cid.multihash if isinstance(cid, CID) else cid
-        key = mh_key(mh)
-        return self._blocks / _shard(key) / f"{key}.data"
+        return Path(self._block_file(cid))
+
+    def _block_file(self, cid: CID | Multihash) -> str:
+        """``path_for`` as a string: the per-block paths (a server's reads, a walk's lookups)
+        are built without pathlib, whose joins cost more than the stat or read they serve."""
+        return self._key_file(mh_key(cid.multihash if isinstance(cid, CID) else cid))
+
+    def _key_file(self, key: str) -> str:
+        return f"{self._blocks_dir}/{_shard(key)}/{key}.data"
 
     # -- synchronous core (runs in worker threads) -----------------------------------------
 
@@ -590,20 +597,21 @@ class Blockstore:
         checked when read, so a block answered here may still turn out absent then.
         """
         out: dict[CID, int | None] = {}
-        missing: list[CID] = []
+        # by key, each made once (base32 is pure Python); CIDs of one multihash share a key
+        missing: dict[str, list[CID]] = {}
         for cid in cids:
+            key = mh_key(cid.multihash)
             try:
-                out[cid] = self.path_for(cid).stat().st_size
+                out[cid] = os.stat(self._key_file(key)).st_size
             except OSError:  # missing, or unreadable: either way no block file to serve
                 out[cid] = None
-                missing.append(cid)
+                missing.setdefault(key, []).append(cid)
         if missing:
-            refs = self._refs_of([mh_key(c.multihash) for c in missing])
-            if refs:
-                sizes: dict[str, int | None] = {}
-                for cid in missing:
-                    ref = refs.get(mh_key(cid.multihash))
-                    if ref is not None and self._plausible(ref, sizes):
+            refs = self._refs_of(list(missing))
+            sizes: dict[str, int | None] = {}
+            for key, ref in refs.items():
+                if self._plausible(ref, sizes):
+                    for cid in missing[key]:
                         out[cid] = ref.length
         return out
 
@@ -675,7 +683,7 @@ class Blockstore:
         if _RWF_NOWAIT is None:
             return None
         try:
-            fd = os.open(self.path_for(cid), os.O_RDONLY)
+            fd = os.open(self._block_file(cid), os.O_RDONLY)
         except OSError:
             return None
         try:
