@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from peerstack.core import multibase
 from peerstack.core.cid import CID, DAG_CBOR, DAG_PB, LIBP2P_KEY, RAW, Prefix, UnsupportedCid
 from peerstack.core.multihash import BLAKE3, SHA2_256, Multihash
+from peerstack.core.varint import encode as varint_encode
 from peerstack.errors import DecodeError, UsageError
 
 EMPTY_RAW = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
@@ -108,6 +109,32 @@ def test_from_bytes_never_crashes(data: bytes) -> None:
     except DecodeError:
         return
     assert CID.from_bytes(cid.to_bytes()) == cid
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from([1, 0, 2]),
+    st.integers(0, 0x1FF),
+    st.sampled_from([SHA2_256, BLAKE3, 0x13]),
+    st.binary(min_size=32, max_size=32),
+)
+def test_the_short_v1_form_parses_as_the_varint_form_does(
+    version: int, codec: int, code: int, digest: bytes
+) -> None:
+    # 36 bytes with a one-byte codec and sha2-256 take a shortcut past the varint parsing: it
+    # must accept and refuse exactly what the general path does
+    data = bytes([version]) + varint_encode(codec) + bytes([code, 32]) + digest
+    supported = (
+        version == 1 and codec in (RAW, DAG_PB, DAG_CBOR, LIBP2P_KEY) and code in (SHA2_256, BLAKE3)
+    )
+    try:
+        cid = CID.from_bytes(data)
+    except DecodeError:
+        assert not supported
+        return
+    assert supported
+    assert (cid.version, cid.codec, cid.multihash) == (1, codec, Multihash(code, digest))
+    assert cid.to_bytes() == data
 
 
 @settings(max_examples=300)

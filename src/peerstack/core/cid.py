@@ -140,6 +140,16 @@ class CID:
             raise DecodeError(f"CID of {len(data)} bytes is too long")
         if len(data) == 34 and data[0] == SHA2_256 and data[1] == 32:
             return cls(0, DAG_PB, Multihash(SHA2_256, data[2:]))
+        if (
+            len(data) == 36
+            and data[0] == 1
+            and data[1] in CODEC_NAMES
+            and data[2] == SHA2_256
+            and data[3] == 32
+        ):
+            # The common v1 form (a codec we know, sha2-256) without the varint parsing: a node
+            # of 1024 links or a wantlist of a thousand CIDs parses one per entry.
+            return cls(1, data[1], Multihash(SHA2_256, data[4:]))
         version, i = varint.decode(data, 0)
         if version != 1:
             raise UnsupportedCid(f"unsupported CID version {version}")
