@@ -1093,6 +1093,10 @@ class Bitswap:
 DECODE_INLINE_MAX = 16 * 1024
 
 
+# A node's children past this many are looked up in the store on a second worker-thread trip,
+# once the first ones are wanted (at least what a session has in flight: see SessionConfig).
+EXPAND_FIRST = 64
+
 # A message at least this big is read as the pieces it arrives in, not joined into one buffer.
 READ_PIECES_MIN = 128 * 1024
 
@@ -1172,16 +1176,25 @@ class _Walk:
 
     async def visit(self, cids: list[CID]) -> None:
         """Look up all of ``cids`` in the store in one worker-thread trip; want the rest."""
-        fresh = await self.bitswap.in_thread(self._lookup, None, None, cids)
+        fresh, local, _ = await self.bitswap.in_thread(self._lookup, None, None, cids)
         self._check_sink()
-        self._found(*fresh)
+        self._found(fresh, local)
 
     async def expand(self, node: _PendingNode) -> None:
-        """Decode ``node`` and look up its children: one worker-thread trip for both."""
-        found = await self.bitswap.in_thread(self._lookup, node.cid, node.data, [])
+        """Decode ``node`` and look up its children: one worker-thread trip for both, and a
+        second for the children past the first ``EXPAND_FIRST`` of a big node (those are
+        wanted meanwhile: the store lookups of a thousand children took longer than the
+        first blocks take to arrive)."""
+        fresh, local, rest = await self.bitswap.in_thread(
+            self._lookup, node.cid, node.data, [], EXPAND_FIRST
+        )
         self._check_sink()
         self.tracker.block(node.size, self.bitswap.now(), node.peer)
-        self._found(*found)
+        self._found(fresh, local)
+        if rest:
+            fresh, local, _ = await self.bitswap.in_thread(self._lookup, None, None, rest)
+            self._check_sink()
+            self._found(fresh, local)
 
     def _check_sink(self) -> None:
         sink = self.session.sink
@@ -1189,12 +1202,13 @@ class _Walk:
             raise sink.error
 
     def _lookup(
-        self, cid: CID | None, data: bytes | None, cids: list[CID]
-    ) -> tuple[list[CID], dict[CID, tuple[int, bytes | None]]]:
+        self, cid: CID | None, data: bytes | None, cids: list[CID], limit: int | None = None
+    ) -> tuple[list[CID], dict[CID, tuple[int, bytes | None]], list[CID]]:
         """(runs in a worker thread) The unseen CIDs among ``cids`` or the links of node
         ``cid`` (its bytes ``data``), and those of them that are stored. A get_file's output
         gets the node's place in the file and the stored leaves under it on the same trip.
-        ``seen`` is only read here; the loop awaits this call."""
+        With ``limit``, only the first ``limit`` unseen CIDs are looked up; the others come
+        back third, not looked up. ``seen`` is only read here; the loop awaits this call."""
         sink = self.session.sink
         if cid is not None and data is not None:
             node = dagpb.decode(data)
@@ -1202,11 +1216,14 @@ class _Walk:
                 sink.node(cid, node)  # places the children before they are looked up
             cids = [link.hash for link in node.links]
         fresh = list(dict.fromkeys(c for c in cids if c not in self.seen))
+        rest: list[CID] = []
+        if limit is not None:
+            fresh, rest = fresh[:limit], fresh[limit:]
         local = self.bitswap.store.lookup_many_sync(fresh)
         if sink is not None:
             for absent in sink.from_store(list(local)):
                 del local[absent]  # a referenced file changed: fetch the block instead
-        return fresh, local
+        return fresh, local, rest
 
     def _found(self, fresh: list[CID], local: dict[CID, tuple[int, bytes | None]]) -> None:
         self.seen.update(fresh)
