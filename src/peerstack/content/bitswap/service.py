@@ -1094,7 +1094,8 @@ DECODE_INLINE_MAX = 16 * 1024
 
 
 # A node's children past this many are looked up in the store on a second worker-thread trip,
-# once the first ones are wanted (at least what a session has in flight: see SessionConfig).
+# once the first ones are wanted: as many as a session has in flight of 1 MiB blocks
+# (SessionConfig.max_in_flight); the rest are wanted a few milliseconds later.
 EXPAND_FIRST = 64
 
 # A message at least this big is read as the pieces it arrives in, not joined into one buffer.
