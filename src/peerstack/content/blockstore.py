@@ -35,7 +35,6 @@ import enum
 import errno
 import fcntl
 import logging
-import mmap
 import os
 import secrets
 import sqlite3
@@ -47,7 +46,16 @@ from pathlib import Path
 from stat import S_ISREG
 
 from peerstack.content import dagpb
-from peerstack.content.chunks import Buffer, Chunks, as_bytes, write_all
+from peerstack.content.chunks import (
+    DIRECT_ALIGN,
+    DIRECT_MIN,
+    O_DIRECT,
+    AlignedBuffer,
+    Buffer,
+    as_bytes,
+    gather,
+    write_all,
+)
 from peerstack.core.cid import CID, DAG_PB, RAW, hash_bytes
 from peerstack.core.multihash import SHA2_256, Multihash
 from peerstack.errors import DecodeError, PeerstackError, UsageError
@@ -57,26 +65,8 @@ log = logging.getLogger(__name__)
 MAX_BLOCK_SIZE = 2 * 1024 * 1024
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
-# direct_io: O_DIRECT wants the buffer address, the file offset and the length aligned to the
-# device's logical block size (4096 covers the common ones); smaller blocks are not worth it.
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
-_DIRECT_ALIGN = 4096
-_DIRECT_MIN = 64 * 1024
 # preadv2 flag: fail with EAGAIN instead of waiting for the disk (Linux 4.14+; None elsewhere).
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-
-
-class _AlignedBuffer(threading.local):
-    """One page-aligned buffer per thread, for O_DIRECT writes and page-cache reads
-    (allocated on first use)."""
-
-    buf: mmap.mmap | None = None
-
-    def get(self, size: int) -> mmap.mmap:
-        """This thread's buffer, of at least ``size`` bytes (the store's largest block)."""
-        if self.buf is None:
-            self.buf = mmap.mmap(-1, size + _DIRECT_ALIGN)
-        return self.buf
 
 
 class BlockstoreError(PeerstackError):
@@ -297,8 +287,8 @@ class Blockstore:
         self.root = Path(root)
         self.fsync = fsync
         self.max_block_size = max_block_size
-        self.direct_io = direct_io and bool(_O_DIRECT)
-        self._aligned = _AlignedBuffer()
+        self.direct_io = direct_io and bool(O_DIRECT)
+        self._aligned = AlignedBuffer()
         self._blocks = self.root / "blocks"
         self._blocks_dir = os.fspath(self._blocks)
         self._tmp = self.root / "tmp"
@@ -396,7 +386,7 @@ class Blockstore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 if not (
-                    self.direct_io and len(data) >= _DIRECT_MIN and self._write_direct(fd, data)
+                    self.direct_io and len(data) >= DIRECT_MIN and self._write_direct(fd, data)
                 ):
                     write_all(fd, data)  # the pieces of a received block in one writev
                 if self.fsync is not FsyncPolicy.NEVER:
@@ -620,17 +610,12 @@ class Blockstore:
         with O_DIRECT from this thread's aligned buffer, the tail (under 4 KiB) normally.
         False, having written nothing, when the file system refuses O_DIRECT (then this store
         stops trying)."""
-        size = len(data)
-        aligned = size - size % _DIRECT_ALIGN
         view = memoryview(self._aligned.get(self.max_block_size))
-        pos = 0
-        for part in data.parts if isinstance(data, Chunks) else [data]:
-            n = len(part)
-            view[pos : pos + n] = part
-            pos += n
+        size = gather(data, view)
+        aligned = size - size % DIRECT_ALIGN
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | O_DIRECT)
             done = os.write(fd, view[:aligned])
         except OSError as exc:
             if exc.errno != errno.EINVAL:

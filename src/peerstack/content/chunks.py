@@ -10,12 +10,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 # os.writev takes at most IOV_MAX buffers per call (1024 on Linux).
 _IOV_MAX = 1024
+
+# O_DIRECT wants the buffer address, the file offset and the length aligned to the device's
+# logical block size (4096 covers the common ones); smaller writes are not worth it.
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+DIRECT_ALIGN = 4096
+DIRECT_MIN = 64 * 1024
 
 
 def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
@@ -113,6 +121,45 @@ def pwrite_all(fd: int, data: Buffer, offset: int) -> None:
         views = _advance(views, n)
 
 
+class AlignedBuffer(threading.local):
+    """One page-aligned buffer per thread, allocated on first use: what O_DIRECT writes are
+    made from (and page-cache reads are made into), reused so it stays in memory."""
+
+    buf: mmap.mmap | None = None
+
+    def get(self, size: int) -> mmap.mmap:
+        """This thread's buffer, of at least ``size`` bytes (pass the largest size you use:
+        a bigger one replaces the buffer)."""
+        if self.buf is None or len(self.buf) < size:
+            self.buf = mmap.mmap(-1, size + DIRECT_ALIGN)
+        return self.buf
+
+
+def gather(data: Buffer, view: memoryview) -> int:
+    """Copy ``data``'s pieces one after the other to the start of ``view``; their length."""
+    pos = 0
+    for part in data.parts if isinstance(data, Chunks) else [data]:
+        n = len(part)
+        view[pos : pos + n] = part
+        pos += n
+    return pos
+
+
+def pwrite_direct(direct_fd: int, fd: int, data: Buffer, offset: int, buf: mmap.mmap) -> None:
+    """Write ``data`` at ``offset`` (a multiple of DIRECT_ALIGN) past the page cache: copied
+    into the page-aligned ``buf``, its aligned part written through ``direct_fd`` (the file
+    opened with O_DIRECT), the tail under DIRECT_ALIGN bytes through ``fd`` (the same file
+    opened without). ``OSError`` EINVAL, nothing written, where the file system refuses."""
+    with memoryview(buf) as view:
+        size = gather(data, view)
+        aligned = size - size % DIRECT_ALIGN
+        done = 0
+        while done < aligned:
+            done += os.pwrite(direct_fd, view[done:aligned], offset + done)
+        while done < size:
+            done += os.pwrite(fd, view[done:size], offset + done)
+
+
 def reserve(fd: int, size: int) -> bool:
     """Allocate the first ``size`` bytes of the file ``fd`` on disk now (the file grows to at
     least ``size``; what it holds stays). A file written all over in pieces afterwards costs
@@ -130,4 +177,18 @@ def reserve(fd: int, size: int) -> bool:
     return False  # EOPNOTSUPP and the like: written as it comes instead
 
 
-__all__ = ["Buffer", "Chunks", "as_bytes", "pwrite_all", "reserve", "sha256", "write_all"]
+__all__ = [
+    "DIRECT_ALIGN",
+    "DIRECT_MIN",
+    "O_DIRECT",
+    "AlignedBuffer",
+    "Buffer",
+    "Chunks",
+    "as_bytes",
+    "gather",
+    "pwrite_all",
+    "pwrite_direct",
+    "reserve",
+    "sha256",
+    "write_all",
+]
