@@ -413,3 +413,129 @@ async def test_a_disk_too_full_for_the_output_fails_at_the_start(
         with pytest.raises(OutputWriteError, match="disk full"):
             sink.finish()
         sink.suspend()
+
+
+# -- direct_io: a big output past the page cache -------------------------------------------
+
+DIRECT_SIZE = filesink.DIRECT_FILE_MIN + 5  # 64 leaves of 256 KiB and a 5-byte one
+
+
+def _cached(path: Path, offset: int, size: int) -> bool:
+    """Whether the page cache holds ``size`` bytes of ``path`` at ``offset`` (read with
+    RWF_NOWAIT: refused when any of it would come from the disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(size)], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+async def _feed_shuffled(
+    tmp: Path, store: Blockstore, direct: bool
+) -> tuple[FileSink, Path, bytes]:
+    """A DIRECT_SIZE file imported into ``store``, its leaves fed in random order."""
+    data = pattern(DIRECT_SIZE)
+    root = (await import_bytes(store, data, BIG)).cid
+    nodes, leaves = await _dag(store, root)
+    random.Random(3).shuffle(leaves)
+    out = tmp / "out.bin"
+    sink = FileSink.open(out, store, root, direct_io=direct)
+    _feed(sink, store, nodes, leaves)
+    return sink, out, data
+
+
+@pytest.mark.skipif(not chunks.O_DIRECT, reason="no O_DIRECT on this platform")
+async def test_a_big_output_is_written_past_the_page_cache(
+    store: Blockstore, tmp_path: Path
+) -> None:
+    sink, out, data = await _feed_shuffled(tmp_path, store, direct=True)
+    # every whole leaf went past the cache; the 5-byte last one through it
+    assert sink.direct_bytes == DIRECT_SIZE - 5
+    assert sink.finish()
+    if hasattr(os, "RWF_NOWAIT"):
+        assert not _cached(out, 0, 256 * 1024)
+    assert out.read_bytes() == data
+
+
+async def test_a_small_output_or_direct_io_off_goes_through_the_cache(
+    store: Blockstore, tmp_path: Path
+) -> None:
+    sink, out, data = await _feed_shuffled(tmp_path, store, direct=False)
+    assert sink.direct_bytes == 0
+    assert sink.finish()
+    assert out.read_bytes() == data
+    small = pattern(3 * 1024 * 1024)
+    root = (await import_bytes(store, small, BIG)).cid
+    nodes, leaves = await _dag(store, root)
+    sink = FileSink.open(tmp_path / "small.bin", store, root, direct_io=True)
+    _feed(sink, store, nodes, leaves)
+    assert sink.direct_bytes == 0  # under DIRECT_FILE_MIN
+    assert sink.finish()
+    assert (tmp_path / "small.bin").read_bytes() == small
+
+
+async def test_a_file_system_without_o_direct_gets_the_file_through_the_cache(
+    store: Blockstore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real_open = os.open
+
+    def no_direct(path: str, flags: int, *args: int) -> int:
+        if flags & chunks.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    with caplog.at_level("INFO", logger="peerstack.content.filesink"):
+        sink, out, data = await _feed_shuffled(tmp_path, store, direct=True)
+    assert sink.direct_bytes == 0
+    assert sum("no O_DIRECT here" in r.getMessage() for r in caplog.records) == 1
+    assert sink.finish()
+    assert out.read_bytes() == data
+
+
+async def test_a_direct_write_refused_midway_is_written_through_the_cache(
+    store: Blockstore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = chunks.pwrite_direct
+    calls = 0
+
+    def refuse_third(*args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(filesink, "pwrite_direct", refuse_third)
+    sink, out, data = await _feed_shuffled(tmp_path, store, direct=True)
+    assert sink.direct_bytes == 2 * 256 * 1024  # two went past the cache, then it stopped
+    assert calls == 3
+    assert sink.finish()
+    assert out.read_bytes() == data
+
+
+async def test_get_file_of_a_big_file_writes_it_past_the_cache_and_resumes_from_it(
+    pair: tuple[Peer, Peer], tmp_path: Path
+) -> None:
+    seed, leech = pair
+    assert leech.bitswap.config.get_direct_io
+    data = pattern(DIRECT_SIZE)
+    res = await import_bytes(seed.store, data, BIG)
+    out = tmp_path / "big.bin"
+    result = await asyncio.wait_for(leech.bitswap.get_file(res.cid, out), 60)
+    assert out.read_bytes() == data
+    assert result.fetched_bytes == result.bytes
+    # the leaves are held by reference in the output written past the cache: re-hashed there
+    report = await leech.store.verify()
+    assert report.ok
+    assert report.checked_refs == 65
+    again = tmp_path / "again.bin"
+    second = await asyncio.wait_for(leech.bitswap.get_file(res.cid, again), 60)
+    assert again.read_bytes() == data
+    assert second.fetched_bytes == 0
