@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from peerstack.allocator import tune_for_bulk_transfers
 from peerstack.content.bitswap.progress import Progress
-from peerstack.content.bitswap.service import Bitswap
+from peerstack.content.bitswap.service import Bitswap, BitswapConfig
 from peerstack.content.blockstore import Blockstore, FsyncPolicy
 from peerstack.content.importer import import_path
 from peerstack.core.cid import CID
@@ -193,7 +193,8 @@ def sha256_file(path: Path) -> str:
 
 
 async def ps_leech(
-    cid_text: str, repo: Path, out: Path, peers: Sequence[str], expect: str, *, direct_io: bool
+    cid_text: str, repo: Path, out: Path, peers: Sequence[str], expect: str, *, direct_io: bool,
+    output_io: str,
 ) -> dict[str, Any]:
     """Fetch the file from ``peers``; the timings, measured here, as a dict."""
     cid = CID.parse(cid_text)
@@ -207,7 +208,8 @@ async def ps_leech(
             fetched_at.append(time.perf_counter())
 
     try:
-        async with Bitswap(host, store) as bitswap:
+        config = BitswapConfig(get_direct_io=output_io == "direct")
+        async with Bitswap(host, store, config=config) as bitswap:
             t0 = time.perf_counter()
             cpu0 = time.process_time()
             loop_cpu0 = time.thread_time()
@@ -260,7 +262,8 @@ def child_main(args: argparse.Namespace) -> None:
 
         async def leech() -> None:
             out.update(await ps_leech(args.cid, args.repo, args.out, args.peer, args.expect,
-                                      direct_io=args.ps_direct_io == "on"))
+                                      direct_io=args.ps_direct_io == "on",
+                                      output_io=args.ps_output_io))
 
         if args.profile:
             profiler = cProfile.Profile(time.thread_time)  # the event loop's own CPU time
@@ -444,6 +447,7 @@ class Driver:
             argv = [PYTHON, __file__, "--role", "ps-leech", "--cid", self.ws.ps_cid,
                     "--repo", str(self.leech_dir / "repo"), "--out", str(out),
                     "--expect", self.ws.sha256, "--ps-direct-io", self.args.ps_direct_io,
+                    "--ps-output-io", self.args.ps_output_io,
                     "--ps-malloc", self.args.ps_malloc]
             if run_no < 0:  # the extra, uncounted run under cProfile
                 tag = f"{sc.seeders}seed" + ("-capped" if sc.cap else "")
@@ -668,8 +672,8 @@ def report(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario], args: 
         f"({args.capped_runs} capped), (min-max), after {args.warmup} uncounted warm-up run(s) "
         "per uncapped cell; MB/s = 10^6 bytes/s, to the download complete: file whole on disk, "
         "every block verified by the implementation (the bench's sha256 check follows)",
-        f"peerstack: {loop_name()}, CID {ws.ps_cid}, leecher blockstore direct_io "
-        f"{args.ps_direct_io}, malloc {args.ps_malloc}; capped rows: "
+        f"peerstack: {loop_name()}, CID {ws.ps_cid}, output written {args.ps_output_io}, "
+        f"leecher blockstore direct_io {args.ps_direct_io}, malloc {args.ps_malloc}; capped rows: "
         + ("bench-side token bucket on seeder block reads (--ps-cap emulate)"
            if args.ps_cap == "emulate" else
            "Bitswap(upload_rate=cap) on each seeder" if args.ps_cap == "knob" else "not run"),
@@ -817,7 +821,10 @@ def main(argv: list[str] | None = None) -> None:
                         "does (peerstack.allocator), or keep its defaults")
     parser.add_argument("--ps-direct-io", choices=("on", "off"), default="off",
                         help="the peerstack leecher's Blockstore(direct_io=...): its copy of each "
-                        "block written past the page cache (the output file is not)")
+                        "block written past the page cache (the output file: --ps-output-io)")
+    parser.add_argument("--ps-output-io", choices=("direct", "cached"), default="direct",
+                        help="the peerstack leecher writes the output file past the page cache "
+                        "(BitswapConfig.get_direct_io, the default) or through it"),
     parser.add_argument("--helia-runs", type=int, default=0,
                         help="runs for helia (tens of MB/s: a 1 GiB run takes minutes); 0 = --runs")
     parser.add_argument("--helia-concurrency", type=int, default=8,
