@@ -487,8 +487,10 @@ class FileSink:
         with self._lock:
             if self._direct_fd < 0 and self._direct and not self._closed:
                 try:
+                    # the very file the sink has open (by its descriptor, not by its name,
+                    # which could name another file by now), in a description of its own
                     self._direct_fd = os.open(
-                        self.tmp, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | O_DIRECT
+                        f"/proc/self/fd/{self._fd}", os.O_WRONLY | os.O_CLOEXEC | O_DIRECT
                     )
                 except OSError as exc:
                     self._no_direct(exc)
