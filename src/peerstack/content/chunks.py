@@ -149,7 +149,8 @@ def pwrite_direct(direct_fd: int, fd: int, data: Buffer, offset: int, buf: mmap.
     """Write ``data`` at ``offset`` (a multiple of DIRECT_ALIGN) past the page cache: copied
     into the page-aligned ``buf``, its aligned part written through ``direct_fd`` (the file
     opened with O_DIRECT), the tail under DIRECT_ALIGN bytes through ``fd`` (the same file
-    opened without). ``OSError`` EINVAL, nothing written, where the file system refuses."""
+    opened without). ``OSError`` EINVAL where the file system refuses O_DIRECT (normally at
+    the first write; the caller writes the data again through ``fd``)."""
     with memoryview(buf) as view:
         size = gather(data, view)
         aligned = size - size % DIRECT_ALIGN

@@ -482,8 +482,10 @@ class FileSink:
         return True
 
     def _write_direct(self, data: Buffer, offset: int) -> bool:
-        """``_write`` past the page cache; False, nothing written, where the file system
-        refuses O_DIRECT (then this sink stops trying). Other errors are raised."""
+        """``_write`` past the page cache; False where the file system refuses O_DIRECT (this
+        sink then stops trying, and the caller writes the data through the cache: a refusal
+        midway may have left part of it written, which is written again). Other errors are
+        raised."""
         with self._lock:
             if self._direct_fd < 0 and self._direct and not self._closed:
                 try:
