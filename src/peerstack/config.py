@@ -51,7 +51,7 @@ OPTIONAL_SERVICES = ("perf", "echo")
 #: ``[node]`` keys for the Yamux keepalive, in seconds.
 KEEPALIVE_KEYS = ("keepalive_interval", "keepalive_timeout")
 #: ``[content]`` keys.
-CONTENT_KEYS = ("provide", "reprovide_interval", "get_keeps_copies")
+CONTENT_KEYS = ("provide", "reprovide_interval", "get_keeps_copies", "get_direct_io")
 #: ``[bitswap]`` keys: the upload caps ``Bitswap`` takes, in bytes per second.
 UPLOAD_RATE_KEYS = ("upload_rate", "upload_rate_per_peer")
 
@@ -101,6 +101,11 @@ class Config:
     # stored too, for a store that must keep serving the content whatever becomes of the
     # file, at the price of writing every byte twice.
     get_keeps_copies: bool = False
+    # True (the default): a downloaded file of 16 MiB or more is written past the page cache
+    # (O_DIRECT, where the file system allows it): it does not push the user's working set out,
+    # and on a virtual machine whose free memory goes back to the host it is much cheaper. The
+    # price: reading the file right after the download comes from the disk.
+    get_direct_io: bool = True
     perf: bool = False
     echo: bool = False
     upload_rate: float | None = None
@@ -118,8 +123,9 @@ class Config:
             isinstance(self.reprovide_interval, int | float) and self.reprovide_interval > 0
         ):
             raise UsageError("[content] reprovide_interval must be a positive number of seconds")
-        if not isinstance(self.get_keeps_copies, bool):
-            raise UsageError("[content] get_keeps_copies must be true or false")
+        for name in ("get_keeps_copies", "get_direct_io"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"[content] {name} must be true or false")
         for name in OPTIONAL_SERVICES:
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"[services] {name} must be true or false")
@@ -238,6 +244,8 @@ class Config:
             "# false: a downloaded file is the storage of its blocks (referenced, re-hashed",
             "# when read); true: a block copy of each is stored too (every byte written twice).",
             f"get_keeps_copies = {str(self.get_keeps_copies).lower()}",
+            "# true: a downloaded file of 16 MiB or more is written past the page cache.",
+            f"get_direct_io = {str(self.get_direct_io).lower()}",
             "",
             "[services]",
             "# Measuring protocols: a peer may ask perf for gigabytes. Turn on to benchmark.",

@@ -282,7 +282,10 @@ class Node:
                 host,
                 self._blockstore,
                 routing,
-                BitswapConfig(get_keeps_copies=self.config.get_keeps_copies),
+                BitswapConfig(
+                    get_keeps_copies=self.config.get_keeps_copies,
+                    get_direct_io=self.config.get_direct_io,
+                ),
                 upload_rate=self.config.upload_rate,
                 upload_rate_per_peer=self.config.upload_rate_per_peer,
             )

@@ -52,6 +52,7 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         provide="all",
         reprovide_interval=600.0,
         get_keeps_copies=True,
+        get_direct_io=False,
         perf=True,
     )
     path = tmp_path / "config.toml"
@@ -80,6 +81,7 @@ def test_config_round_trip_through_toml(tmp_path: Path) -> None:
         "[content]\nreprovide_interval = -1\n",
         "[content]\nreprovide_interval = true\n",
         "[content]\nget_keeps_copies = 'yes'\n",
+        "[content]\nget_direct_io = 'no'\n",
         "[services]\nperf = 'yes'\n",
         "[services]\ntelnet = true\n",
     ],

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +28,19 @@ from peerstack.host.interface import (
     StreamHandler,
 )
 from peerstack.host.memstream import MemStream, stream_pair
+
+
+def page_cached(path: Path, offset: int, size: int) -> bool:
+    """Whether the page cache holds ``size`` bytes of ``path`` at ``offset`` (read with
+    RWF_NOWAIT: refused when any of it would come from the disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(size)], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def pattern(n: int) -> bytes:

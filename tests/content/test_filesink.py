@@ -22,7 +22,7 @@ from peerstack.content.filesink import FileSink, OutputWriteError, partial_path
 from peerstack.content.importer import ImportProfile, import_bytes
 from peerstack.content.unixfs import DataType, MalformedUnixFS, UnixFSData
 from peerstack.core.cid import CID, DAG_PB, RAW
-from tests.content.content_testkit import MemHost, MemNetwork, pattern
+from tests.content.content_testkit import MemHost, MemNetwork, page_cached, pattern
 
 SMALL = ImportProfile(chunk_size=1000, max_links=4)
 
@@ -420,19 +420,6 @@ async def test_a_disk_too_full_for_the_output_fails_at_the_start(
 DIRECT_SIZE = filesink.DIRECT_FILE_MIN + 5  # 64 leaves of 256 KiB and a 5-byte one
 
 
-def _cached(path: Path, offset: int, size: int) -> bool:
-    """Whether the page cache holds ``size`` bytes of ``path`` at ``offset`` (read with
-    RWF_NOWAIT: refused when any of it would come from the disk)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.preadv(fd, [bytearray(size)], offset, os.RWF_NOWAIT)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
 async def _feed_shuffled(
     tmp: Path, store: Blockstore, direct: bool
 ) -> tuple[FileSink, Path, bytes]:
@@ -456,7 +443,7 @@ async def test_a_big_output_is_written_past_the_page_cache(
     assert sink.direct_bytes == DIRECT_SIZE - 5
     assert sink.finish()
     if hasattr(os, "RWF_NOWAIT"):
-        assert not _cached(out, 0, 256 * 1024)
+        assert not page_cached(out, 0, 256 * 1024)
     assert out.read_bytes() == data
 
 

@@ -9,13 +9,13 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from peerstack.config import Config
-from peerstack.content import dagpb
+from peerstack.content import dagpb, filesink
 from peerstack.content.bitswap.service import Bitswap, BitswapConfig, BlocksUnavailable
 from peerstack.content.blockstore import BlockNotFound, Blockstore, FsyncPolicy
 from peerstack.content.dagpb import MalformedDagPb
@@ -24,7 +24,13 @@ from peerstack.content.importer import ImportProfile, import_bytes
 from peerstack.content.unixfs import DataType, UnixFSData
 from peerstack.core.cid import CID, DAG_PB, RAW
 from peerstack.node import Node
-from tests.content.content_testkit import MemHost, MemNetwork, interrupt_after, pattern
+from tests.content.content_testkit import (
+    MemHost,
+    MemNetwork,
+    interrupt_after,
+    page_cached,
+    pattern,
+)
 
 SMALL = ImportProfile(chunk_size=1000, max_links=4)
 
@@ -287,31 +293,51 @@ async def test_content_that_can_never_complete_removes_the_partial_file(
     assert leech.store.ref_sync(leaf) is None
 
 
-@pytest.mark.parametrize("keep_copies", [False, True])
-async def test_node_get_honours_get_keeps_copies(tmp_path: Path, keep_copies: bool) -> None:
-    """The ``[content] get_keeps_copies`` option reaches the get (real nodes, TCP on
-    loopback), and ``repo_stat`` tells stored blocks from referenced ones."""
+@asynccontextmanager
+async def _node_got(tmp_path: Path, data: bytes, cfg: Config) -> AsyncIterator[tuple[Node, Path]]:
+    """A node with ``cfg`` that got ``data`` (added on another node) into a file: real nodes,
+    TCP on loopback; both stay up until the block ends."""
     src = tmp_path / "src.bin"
-    data = pattern(3 * 1024 * 1024 + 5)  # 4 leaves of 1 MiB (one short) and a root
     src.write_bytes(data)
-    listen = ("/ip4/127.0.0.1/tcp/0",)
-    cfg = Config(listen=listen, get_keeps_copies=keep_copies)
     async with (
-        Node(repo=tmp_path / "seed", listen=listen, dht=False, background=False) as seed,
+        Node(repo=tmp_path / "seed", listen=cfg.listen, dht=False, background=False) as seed,
         Node(repo=tmp_path / "get", config=cfg, dht=False, background=False) as getter,
     ):
         cid = await seed.add(src, provide="none")
         await getter.connect(seed.addrs[0].encapsulate(f"/p2p/{seed.peer_id}"))
         out = tmp_path / "out.bin"
         await getter.get(cid, out)
-        assert out.read_bytes() == data
+        yield getter, out
+        assert out.read_bytes() == data  # after the caller looked at the file as the get left it
+        assert (await getter.repo_verify()).ok
+
+
+LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
+
+
+@pytest.mark.parametrize("keep_copies", [False, True])
+async def test_node_get_honours_get_keeps_copies(tmp_path: Path, keep_copies: bool) -> None:
+    """The ``[content] get_keeps_copies`` option reaches the get, and ``repo_stat`` tells
+    stored blocks from referenced ones."""
+    data = pattern(3 * 1024 * 1024 + 5)  # 4 leaves of 1 MiB (one short) and a root
+    cfg = Config(listen=LOOPBACK, get_keeps_copies=keep_copies)
+    async with _node_got(tmp_path, data, cfg) as (getter, _out):
         stat = await getter.repo_stat()
         if keep_copies:
             assert (stat["blocks"], stat["referenced_blocks"]) == (5, 0)
         else:
             assert (stat["blocks"], stat["referenced_blocks"]) == (1, 4)
             assert stat["referenced_size"] == len(data)
-        assert (await getter.repo_verify()).ok
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT to look at the cache")
+@pytest.mark.parametrize("direct_io", [True, False])
+async def test_node_get_honours_get_direct_io(tmp_path: Path, direct_io: bool) -> None:
+    """The ``[content] get_direct_io`` option reaches the get: a 16 MiB file is written past
+    the page cache, or through it."""
+    cfg = Config(listen=LOOPBACK, get_direct_io=direct_io)
+    async with _node_got(tmp_path, pattern(filesink.DIRECT_FILE_MIN + 5), cfg) as (_getter, out):
+        assert page_cached(out, 0, 1 << 20) is not direct_io
 
 
 async def test_a_duplicate_leaf_is_not_stored_as_a_block_file(tmp_path: Path) -> None:
