@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -329,3 +331,15 @@ async def test_read_cached_reads_only_what_the_page_cache_holds(
     store.put_ref_sync(ref, outside, 10, 1000)
     assert await store.get(ref) == data[:1000]
     assert store.read_cached(ref) is None
+
+
+def test_the_aligned_buffer_is_one_per_thread_and_store(store: Blockstore) -> None:
+    """O_DIRECT writes (the store's and every get's output file's) share one page-aligned
+    buffer per thread: concurrent gets add no memory."""
+    mine = store.aligned_buffer()
+    assert store.aligned_buffer() is mine
+    assert len(mine) >= store.max_block_size
+    assert ctypes.addressof(ctypes.c_char.from_buffer(mine)) % 4096 == 0
+    with ThreadPoolExecutor(1) as pool:
+        theirs = pool.submit(store.aligned_buffer).result()
+    assert theirs is not mine

@@ -35,6 +35,7 @@ import enum
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import secrets
 import sqlite3
@@ -353,6 +354,12 @@ class Blockstore:
 
     # -- paths ----------------------------------------------------------------------------
 
+    def aligned_buffer(self) -> mmap.mmap:
+        """This thread's page-aligned buffer of ``max_block_size`` bytes and more, for O_DIRECT
+        writes of a block (the store's, and a get's output file's): one per thread and store,
+        not per file, so concurrent gets add no memory. Valid until this thread's next use."""
+        return self._aligned.get(self.max_block_size)
+
     def path_for(self, cid: CID | Multihash) -> Path:
         return Path(self._block_file(cid))
 
@@ -610,7 +617,7 @@ class Blockstore:
         with O_DIRECT from this thread's aligned buffer, the tail (under 4 KiB) normally.
         False, having written nothing, when the file system refuses O_DIRECT (then this store
         stops trying)."""
-        view = memoryview(self._aligned.get(self.max_block_size))
+        view = memoryview(self.aligned_buffer())
         size = gather(data, view)
         aligned = size - size % DIRECT_ALIGN
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -675,7 +682,7 @@ class Blockstore:
             size = os.fstat(fd).st_size
             if size > self.max_block_size:
                 return None
-            buf = self._aligned.get(self.max_block_size)
+            buf = self.aligned_buffer()
             # Into this thread's page-aligned buffer, then one copy out into ``bytes`` (which
             # the transport sends without copying; a bytes object cannot be read into). Into a
             # bytearray the read took twice as long here as into this mmap (134 / 69 us a MiB).

@@ -59,7 +59,6 @@ from peerstack.content.chunks import (
     DIRECT_ALIGN,
     DIRECT_MIN,
     O_DIRECT,
-    AlignedBuffer,
     Buffer,
     pwrite_all,
     pwrite_direct,
@@ -139,7 +138,6 @@ class FileSink:
         # write; False once the file system refused it (the writes go through the cache).
         self._direct = direct_io and bool(O_DIRECT)
         self._direct_fd = -1
-        self._aligned = AlignedBuffer()
         self.direct_bytes = 0  # of ``written``, what went past the page cache
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -172,11 +170,11 @@ class FileSink:
         """Open the temporary output next to ``target``.
 
         ``direct_io``: the leaves of a file of DIRECT_FILE_MIN bytes or more are written past
-        the page cache (O_DIRECT; each through this thread's reused aligned buffer), where the
-        file system allows it. Filling the page cache costs more than the copy on a virtual
-        machine whose free memory goes back to the host (every fresh page is a fault there:
-        ~11 us a page, ~2.8 ms of CPU a MiB, on the bench VM), and a big download then does
-        not push what the user works on out of the cache. The price: reading the file
+        the page cache (O_DIRECT, from the store's aligned buffer of the writing thread), where
+        the file system allows it. Filling the page cache costs more than that copy on a
+        virtual machine whose free memory goes back to the host (every fresh page is a fault
+        there: ~11 us a page, ~2.8 ms of CPU a MiB, on the bench VM), and a big download then
+        does not push what the user works on out of the cache. The price: reading the file
         right after comes from the disk.
 
         A partial file left by an earlier get of ``target`` is continued: every leaf in it is
@@ -500,8 +498,7 @@ class FileSink:
         if direct_fd < 0:
             return False
         try:
-            buf = self._aligned.get(self.store.max_block_size)
-            pwrite_direct(direct_fd, self._fd, data, offset, buf)
+            pwrite_direct(direct_fd, self._fd, data, offset, self.store.aligned_buffer())
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
