@@ -714,7 +714,7 @@ class Blockstore:
         directory scan, then the references in batches; they are not re-hashed here)."""
         yield from self._block_keys()
         for key, _ref in self._iter_refs():
-            if not self._blocks.joinpath(_shard(key), f"{key}.data").exists():
+            if not os.path.exists(self._key_file(key)):
                 yield key
 
     def _block_keys(self) -> Iterator[str]:
@@ -752,7 +752,7 @@ class Blockstore:
         blocks = size = 0
         for key in self._block_keys():
             with contextlib.suppress(OSError):
-                size += self._blocks.joinpath(_shard(key), f"{key}.data").stat().st_size
+                size += os.stat(self._key_file(key)).st_size
                 blocks += 1
         rows = self._exec("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM filestore")
         return StoreStat(blocks, size, int(str(rows[0][0])), int(str(rows[0][1])))
@@ -989,10 +989,10 @@ class Blockstore:
             if key in live:
                 kept += 1
                 continue
-            path = self._blocks / _shard(key) / f"{key}.data"
+            path = self._key_file(key)
             try:
-                size = path.stat().st_size
-                path.unlink()
+                size = os.stat(path).st_size
+                os.unlink(path)
             except FileNotFoundError:
                 continue
             removed += 1
